@@ -1,0 +1,17 @@
+-- Claim up to :limit runnable tasks of one unpaused queue for worker :owner: highest priority
+-- first, then earliest run_at, then oldest id. Each claim starts a new attempt, and the attempt
+-- number is the fencing token every later write of that worker must present.
+UPDATE tasks
+SET status = 'running',
+    attempts = attempts + 1,
+    lease_owner = :owner,
+    lease_expires_at = :now + :lease_ms,
+    started_at = :now,
+    updated_at = :now
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE queue = :queue AND status = 'pending' AND run_at <= :now
+      AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused = 1)
+    ORDER BY priority DESC, run_at, id
+    LIMIT :limit)
+RETURNING *

@@ -1,0 +1,1 @@
+SELECT name, is_admin FROM users WHERE token_hash = :token_hash

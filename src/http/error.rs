@@ -1,0 +1,112 @@
+//! The API's error shape: `{"error": {"code": "...", "message": "..."}}` with the status of
+//! API.md, for our own errors and for axum's rejections alike. 4xx are not logged; 5xx get a
+//! generic message and are logged once, here.
+
+use crate::store::StoreError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400 `invalid_request`.
+    Invalid(String),
+    /// 401 `unauthorized`.
+    Unauthorized(String),
+    /// 403 `forbidden`.
+    Forbidden(String),
+    /// 404 `not_found`.
+    NotFound(String),
+    /// 405 `method_not_allowed`.
+    MethodNotAllowed,
+    /// 409 `conflict`.
+    Conflict(String),
+    /// 413 `payload_too_large`.
+    TooLarge(String),
+    /// 415 `unsupported_media_type`.
+    UnsupportedMediaType,
+    /// 422 `idempotency_mismatch`.
+    IdempotencyMismatch(String),
+    /// 503 `unavailable`: nothing was written; retry.
+    Unavailable(String),
+    /// 500 `internal`: logged, never detailed to the client.
+    Internal(String),
+}
+
+impl ApiError {
+    /// The status and stable code.
+    pub fn status_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::IdempotencyMismatch(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch")
+            }
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::Invalid(m)
+            | Self::Unauthorized(m)
+            | Self::Forbidden(m)
+            | Self::NotFound(m)
+            | Self::Conflict(m)
+            | Self::TooLarge(m)
+            | Self::IdempotencyMismatch(m) => m.clone(),
+            Self::Unavailable(m) => format!("{m}; nothing was written, retry"),
+            Self::MethodNotAllowed => "method not allowed on this route".into(),
+            Self::UnsupportedMediaType => {
+                "the body must be JSON with Content-Type: application/json".into()
+            }
+            Self::Internal(_) => "internal error (logged on the server)".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_code();
+        match &self {
+            Self::Internal(detail) => tracing::error!(%detail, "internal error answered 500"),
+            Self::Unavailable(detail) => tracing::warn!(%detail, "answered 503"),
+            _ => {}
+        }
+        let body = json!({"error": {"code": code, "message": self.message()}});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::Unavailable(_)) {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::NotFound(id) => Self::NotFound(format!("task {id} not found")),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            e @ StoreError::IdempotencyMismatch { .. } => Self::IdempotencyMismatch(e.to_string()),
+            StoreError::Pool(e) => Self::Unavailable(format!("no database connection free: {e}")),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Short for a handler result.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,167 @@
+//! Extractors whose rejections use the API's error shape: JSON bodies, bearer tokens, task ids
+//! in paths, query strings.
+
+use super::{ApiError, AppState};
+use crate::store::User;
+use crate::task::TaskId;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// The hex SHA-256 of a token, as stored.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new random bearer token.
+pub fn new_token() -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!("spool_{}", hex::encode(bytes))
+}
+
+/// A JSON body: `application/json` only (415), at most `http.max_body_bytes` (413), and
+/// well-formed with no unknown fields (400 naming the problem).
+pub(super) struct ApiJson<T>(pub(super) T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = st.cfg.http.max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::TooLarge(format!("the body is over the limit of {limit} bytes"))
+            })?;
+        let value = parse_json::<T>(&bytes)?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// Parses JSON with a message that says where it went wrong.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::Invalid(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::Invalid(format!("invalid JSON body at {path}: {inner}"))
+        }
+    })
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub(super) struct Auth(pub(super) User);
+
+impl Auth {
+    /// The user filter for store reads: `None` for an admin (sees everything).
+    pub(super) fn scope(&self) -> Option<String> {
+        if self.0.is_admin {
+            None
+        } else {
+            Some(self.0.name.clone())
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing Authorization: Bearer <token>".into())
+            })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
+            })?;
+        let hash = hash_token(token);
+        if let Some(u) = st.users.lock().ok().and_then(|m| m.get(&hash).cloned()) {
+            return Ok(Auth(u));
+        }
+        match st.store.user_by_token(hash.clone()).await? {
+            Some(u) => {
+                if let Ok(mut m) = st.users.lock() {
+                    if m.len() < 10_000 {
+                        m.insert(hash, u.clone());
+                    }
+                }
+                Ok(Auth(u))
+            }
+            None => Err(ApiError::Unauthorized("unknown token".into())),
+        }
+    }
+}
+
+/// An admin caller; a user's token gets 403.
+pub(super) struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let Auth(u) = Auth::from_request_parts(parts, st).await?;
+        if !u.is_admin {
+            return Err(ApiError::Forbidden(
+                "this route needs an admin token".into(),
+            ));
+        }
+        Ok(Admin)
+    }
+}
+
+/// A task id from the path: malformed is 400.
+pub(super) struct TaskPath(pub(super) TaskId);
+
+impl FromRequestParts<AppState> for TaskPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, st)
+            .await
+            .map_err(|_| ApiError::Invalid("bad task id in the path".into()))?;
+        raw.parse::<TaskId>()
+            .map(TaskPath)
+            .map_err(ApiError::Invalid)
+    }
+}
+
+/// A query string parsed into `T` (unknown parameters rejected by `T` itself).
+pub(super) struct ApiQuery<T>(pub(super) T);
+
+impl<T: DeserializeOwned> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _st: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str::<T>(q)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::Invalid(format!("bad query string: {e}")))
+    }
+}

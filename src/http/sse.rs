@@ -1,0 +1,172 @@
+//! Server-sent events: a task's messages and status changes, resumable with `Last-Event-ID`,
+//! and every status change of the caller's tasks.
+//!
+//! A task stream replays from the database after the cursor, then waits: an in-process event
+//! wakes it at once, a poll tick finds rows of other processes. Each wake is one short read (no
+//! transaction is held between polls: an open read would pin the WAL). The stream is pulled by
+//! the client's socket, so a slow client slows only itself, and its memory stays one page.
+
+use super::extract::{ApiQuery, Auth, TaskPath};
+use super::{ApiError, ApiResult, AppState};
+use crate::events::Event as HubEvent;
+use crate::task::{Task, TaskId, TaskStatus};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Messages read per database page.
+const PAGE: u32 = 500;
+/// Reconnect hint sent to clients.
+const RETRY_HINT: Duration = Duration::from_secs(2);
+/// Keep-alive comment interval.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TaskEventsQuery {
+    after: Option<i64>,
+}
+
+fn status_event(name: &'static str, t: &Task) -> Event {
+    Event::default().event(name).data(t.to_json().to_string())
+}
+
+fn signature(t: &Task) -> (TaskStatus, u32, bool) {
+    (t.status, t.attempts, t.cancel_requested)
+}
+
+pub(super) async fn task_events(
+    State(st): State<AppState>,
+    auth: Auth,
+    TaskPath(id): TaskPath,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<TaskEventsQuery>,
+) -> ApiResult<Response> {
+    let from_header = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::Invalid("Last-Event-ID must be a message id".into()))?,
+        ),
+    };
+    let after = match (from_header, q.after) {
+        (Some(h), _) => h,
+        (None, Some(a)) if a >= 0 => a,
+        (None, Some(_)) => return Err(ApiError::Invalid("after must be 0 or more".into())),
+        (None, None) => 0,
+    };
+    let scope = auth.scope();
+    // Subscribe before the first read so nothing committed in between is missed.
+    let mut rx = st.store.hub().subscribe();
+    let first = st.store.task_get(id, scope.clone()).await?;
+    let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
+
+    let stream = async_stream::stream! {
+        let mut cursor = after;
+        let mut last = signature(&first);
+        yield Ok::<Event, Infallible>(status_event("status", &first).retry(RETRY_HINT));
+        loop {
+            let (task, msgs) = match st.store.task_with_messages(id, scope.clone(), cursor, PAGE).await {
+                Ok(v) => v,
+                // Gone (pruned) or the database is unavailable: close; the client resumes.
+                Err(_) => break,
+            };
+            let full = msgs.len() as u32 == PAGE;
+            for m in msgs {
+                cursor = m.id;
+                yield Ok(Event::default().event("message").id(m.id.to_string()).data(m.to_json().to_string()));
+            }
+            if signature(&task) != last {
+                last = signature(&task);
+                yield Ok(status_event("status", &task));
+            }
+            if full {
+                continue;
+            }
+            if task.status.is_terminal() {
+                yield Ok(status_event("end", &task));
+                break;
+            }
+            tokio::select! {
+                _ = wait_for_task(&mut rx, id, cursor) => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = st.shutdown.cancelled() => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// Returns when this process changed the task or wrote a message after `cursor` (or events were
+/// missed, so the caller must re-read anyway).
+async fn wait_for_task(
+    rx: &mut tokio::sync::broadcast::Receiver<HubEvent>,
+    id: TaskId,
+    cursor: i64,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(HubEvent::Message(m)) if m.task_id == id && m.id > cursor => return,
+            Ok(HubEvent::Task(t)) if t.id == id => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AllEventsQuery {
+    queue: Option<String>,
+}
+
+pub(super) async fn all_events(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<AllEventsQuery>,
+) -> ApiResult<Response> {
+    if let Some(qn) = &q.queue {
+        if !crate::task::valid_name(qn) {
+            return Err(ApiError::Invalid(
+                "queue must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
+            ));
+        }
+    }
+    let scope = auth.scope();
+    let mut rx = st.store.hub().subscribe();
+    let stream = async_stream::stream! {
+        yield Ok::<Event, Infallible>(Event::default().comment("subscribed").retry(RETRY_HINT));
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok(HubEvent::Task(t)) => {
+                        let mine = scope.as_deref().is_none_or(|u| u == t.user_id);
+                        let queue_ok = q.queue.as_deref().is_none_or(|qn| qn == t.queue);
+                        if mine && queue_ok {
+                            yield Ok(status_event("status", &t));
+                        }
+                    }
+                    Ok(_) => {}
+                    // Changes were missed; a list screen should re-read the list.
+                    Err(RecvError::Lagged(n)) => yield Ok(Event::default().event("lagged").data(n.to_string())),
+                    Err(RecvError::Closed) => break,
+                },
+                _ = st.shutdown.cancelled() => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}

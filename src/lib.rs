@@ -1,0 +1,34 @@
+//! spool: a durable job queue in one binary, SQLite-backed.
+//!
+//! # Layout
+//!
+//! | layer | module | owns | must not |
+//! |---|---|---|---|
+//! | nouns | [`task`], [`clock`], [`backoff`] | ids, statuses, time, retry maths | do I/O |
+//! | store | [`store`] | the database: migrations, SQL, the writer thread, readers | know HTTP or processes |
+//! | queue | [`queue`] | what the end of an attempt leads to (pure) | run anything |
+//! | events | [`events`] | in-process announcements of committed changes | hold state |
+//! | executor | [`executor`] | handlers: command, built-ins, Rust [`executor::Handler`]s | touch SQL |
+//! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |
+//! | http | [`http`] | routes, auth, errors, SSE, long poll | hold task state |
+//! | config | [`config`] | the typed configuration | be read after start |
+//! | app | [`app`] | wiring and shutdown order | hold logic of its own |
+
+pub mod app;
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod events;
+pub mod executor;
+pub mod http;
+pub mod queue;
+pub mod store;
+pub mod task;
+pub mod worker;
+
+pub use app::{Spool, SpoolBuilder};
+pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use config::Config;
+pub use executor::{Handler, Registry, TaskContext, TaskError};
+pub use store::{SqliteStore, StoreError};
+pub use task::{Message, NewTask, Task, TaskId, TaskStatus};

@@ -1,0 +1,436 @@
+//! The `spool` binary: arguments, configuration, logging, then the library. The only place
+//! that uses `anyhow`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use spool::app::{open_store, shutdown_signal, EnqueueOptions, Spool};
+use spool::clock::{rfc3339, Clock, SystemClock};
+use spool::http::{configured_queues, hash_token, new_token};
+use spool::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spool",
+    version,
+    about = "A durable job queue in one binary, SQLite-backed"
+)]
+struct Cli {
+    /// Config file (default: config/spool.toml if present, else built-in defaults).
+    #[arg(long, global = true, env = "SPOOL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the HTTP API and run workers.
+    Serve,
+    /// Run workers only (more processes on the same database file).
+    Work,
+    /// Enqueue a task and print its id.
+    Enqueue {
+        /// The task kind.
+        kind: String,
+        /// The payload, as JSON (default null).
+        payload: Option<String>,
+        /// Queue.
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// Priority, -100..=100, higher first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Wait this many milliseconds before the first attempt.
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Attempts before the task fails.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Owner of the task.
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
+    /// Show queue depths, running leases and recent failures.
+    Inspect {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Apply pending schema migrations and print the version.
+    Migrate,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create a token for a user and print it (only this once).
+    Create {
+        /// The user name.
+        #[arg(long)]
+        user: String,
+        /// May see every task and use the queue routes.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// An error of the user's making (arguments, config, files): exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            let user_made = e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<spool::app::AppError>().is_some_and(|a| {
+                    !matches!(
+                        a,
+                        spool::app::AppError::Store(spool::StoreError::Unavailable(_))
+                    )
+                });
+            ExitCode::from(if user_made { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        Command::Serve | Command::Work => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Config::load(cli.config.as_deref()).map_err(|e| usage(e.to_string()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = load_config(&cli)?;
+    match cli.command {
+        Command::Serve => serve(cfg).await,
+        Command::Work => work(cfg).await,
+        Command::Enqueue {
+            kind,
+            payload,
+            queue,
+            priority,
+            delay_ms,
+            max_attempts,
+            user,
+        } => {
+            let payload: Value = match payload {
+                None => Value::Null,
+                Some(p) => serde_json::from_str(&p)
+                    .map_err(|e| usage(format!("PAYLOAD is not JSON: {e}")))?,
+            };
+            if !spool::task::valid_name(&kind) || !spool::task::valid_name(&queue) {
+                return Err(usage(
+                    "KIND and --queue must be 1 to 128 characters of [A-Za-z0-9._:-]",
+                ));
+            }
+            if !(-100..=100).contains(&priority) {
+                return Err(usage("--priority must be between -100 and 100"));
+            }
+            if max_attempts.is_some_and(|m| !(1..=100).contains(&m)) {
+                return Err(usage("--max-attempts must be between 1 and 100"));
+            }
+            let spool = Spool::builder().config(cfg).build()?;
+            let task = spool
+                .enqueue_with(
+                    &kind,
+                    payload,
+                    EnqueueOptions {
+                        queue: Some(queue),
+                        priority,
+                        delay: delay_ms.map(Duration::from_millis),
+                        max_attempts,
+                        timeout_ms: None,
+                        user: Some(user),
+                    },
+                )
+                .await?;
+            println!("{}", task.id);
+            Ok(())
+        }
+        Command::Inspect { json, watch } => inspect(cfg, json, watch).await,
+        Command::Token {
+            cmd: TokenCmd::Create { user, admin },
+        } => {
+            if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
+                return Err(usage(
+                    "--user must be 1 to 128 characters with no control characters",
+                ));
+            }
+            let store = open_store(&cfg)?;
+            let token = new_token();
+            store
+                .user_insert(user, hash_token(&token), admin, SystemClock.now())
+                .await
+                .context("store the token")?;
+            store.close();
+            println!("{token}");
+            Ok(())
+        }
+        Command::Migrate => {
+            let store = open_store(&cfg)?;
+            let v = store
+                .read_raw(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?))
+                .await?;
+            store.close();
+            println!(
+                "database {} is at schema version {v}",
+                cfg.db_path().display()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let listen = cfg.listen;
+    let spool = Spool::builder().config(cfg).build()?;
+    if let Some(path) = spool.bootstrap_admin().await? {
+        tracing::info!(path = %path.display(), "created the first admin token; read it from this file");
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, db = %spool.store().path().display(), "spool serving");
+    // Printed for scripts and tests that bind port 0.
+    println!("listening on http://{addr}");
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: no new tasks are claimed");
+        stop.cancel();
+    });
+    spool.serve(listener, shutdown).await?;
+    spool.close();
+    Ok(())
+}
+
+async fn work(cfg: Config) -> anyhow::Result<()> {
+    if cfg.worker.concurrency == 0 {
+        return Err(usage(
+            "worker.concurrency is 0: this process would run nothing",
+        ));
+    }
+    let spool = Spool::builder().config(cfg).build()?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: no new tasks are claimed");
+        stop.cancel();
+    });
+    spool.run(shutdown).await?;
+    spool.close();
+    Ok(())
+}
+
+async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> {
+    let path = cfg.db_path();
+    if !path.exists() {
+        return Err(usage(format!(
+            "no database at {} (start spool serve first, or check data_dir)",
+            path.display()
+        )));
+    }
+    let store = open_store(&cfg)?;
+    loop {
+        let now = SystemClock.now();
+        let queues = store.queue_stats(configured_queues(&cfg), now).await?;
+        let (running, failed) = store.inspect_lists(20).await?;
+        if as_json {
+            let running: Vec<Value> = running
+                .iter()
+                .map(|t| {
+                    let mut v = t.to_json();
+                    v["lease_owner"] = json!(t.lease_owner);
+                    v["lease_expires_at"] = json!(t.lease_expires_at.map(rfc3339));
+                    v
+                })
+                .collect();
+            let failed: Vec<Value> = failed.iter().map(|t| t.to_json()).collect();
+            let out = json!({"queues": queues, "running": running, "recent_failures": failed, "last_drill": null});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("spool {}  (at {})\n", path.display(), rfc3339(now));
+            let mut rows = vec![vec![
+                "QUEUE".to_string(),
+                "PAUSED".into(),
+                "PENDING".into(),
+                "SCHEDULED".into(),
+                "RUNNING".into(),
+                "COMPLETED".into(),
+                "FAILED".into(),
+                "CANCELED".into(),
+                "OLDEST PENDING".into(),
+            ]];
+            for q in &queues {
+                rows.push(vec![
+                    q.name.clone(),
+                    if q.paused { "yes" } else { "no" }.into(),
+                    q.pending.to_string(),
+                    q.scheduled.to_string(),
+                    q.running.to_string(),
+                    q.completed.to_string(),
+                    q.failed.to_string(),
+                    q.canceled.to_string(),
+                    q.oldest_pending_age_ms
+                        .map(age)
+                        .unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            print_table(&rows);
+            println!("\nRUNNING ({})", running.len());
+            let mut rows = vec![vec![
+                "TASK".to_string(),
+                "KIND".into(),
+                "QUEUE".into(),
+                "ATTEMPT".into(),
+                "OWNER".into(),
+                "LEASE LEFT".into(),
+            ]];
+            for t in &running {
+                rows.push(vec![
+                    t.id.to_string(),
+                    t.kind.clone(),
+                    t.queue.clone(),
+                    format!("{}/{}", t.attempts, t.max_attempts),
+                    t.lease_owner.clone().unwrap_or_default(),
+                    t.lease_expires_at
+                        .map(|e| age((e - now).max(0) as u64))
+                        .unwrap_or_default(),
+                ]);
+            }
+            print_table(&rows);
+            println!("\nRECENT FAILURES ({})", failed.len());
+            let mut rows = vec![vec![
+                "TASK".to_string(),
+                "KIND".into(),
+                "FAILED AT".into(),
+                "ERROR".into(),
+            ]];
+            for t in &failed {
+                let err: String = t
+                    .last_error
+                    .clone()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(80)
+                    .collect();
+                rows.push(vec![
+                    t.id.to_string(),
+                    t.kind.clone(),
+                    t.completed_at.map(rfc3339).unwrap_or_default(),
+                    err,
+                ]);
+            }
+            print_table(&rows);
+        }
+        if !watch {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    store.close();
+    Ok(())
+}
+
+fn age(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{:.1}m", ms as f64 / 60_000.0),
+        _ => format!("{:.1}h", ms as f64 / 3_600_000.0),
+    }
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

@@ -1,0 +1,32 @@
+//! Every SQL statement spool runs, pulled in from `sql/queries/` so the SQL is readable as SQL.
+
+pub(crate) const FAILURES_LIST: &str = include_str!("../../sql/queries/failures_list.sql");
+pub(crate) const LEASE_EXPIRED_CANCEL: &str =
+    include_str!("../../sql/queries/lease_expired_cancel.sql");
+pub(crate) const LEASE_EXPIRED_FAIL: &str =
+    include_str!("../../sql/queries/lease_expired_fail.sql");
+pub(crate) const LEASE_EXPIRED_RESCUE: &str =
+    include_str!("../../sql/queries/lease_expired_rescue.sql");
+pub(crate) const LEASE_EXTEND: &str = include_str!("../../sql/queries/lease_extend.sql");
+pub(crate) const MESSAGE_INSERT: &str = include_str!("../../sql/queries/message_insert.sql");
+pub(crate) const MESSAGE_LIST: &str = include_str!("../../sql/queries/message_list.sql");
+pub(crate) const QUEUE_LIST: &str = include_str!("../../sql/queries/queue_list.sql");
+pub(crate) const QUEUE_SET_PAUSED: &str = include_str!("../../sql/queries/queue_set_paused.sql");
+pub(crate) const QUEUE_STATS: &str = include_str!("../../sql/queries/queue_stats.sql");
+pub(crate) const RUNNING_LIST: &str = include_str!("../../sql/queries/running_list.sql");
+pub(crate) const TASK_CANCEL_PENDING: &str =
+    include_str!("../../sql/queries/task_cancel_pending.sql");
+pub(crate) const TASK_CANCEL_RUNNING: &str =
+    include_str!("../../sql/queries/task_cancel_running.sql");
+pub(crate) const TASK_CLAIM: &str = include_str!("../../sql/queries/task_claim.sql");
+pub(crate) const TASK_FINISH: &str = include_str!("../../sql/queries/task_finish.sql");
+pub(crate) const TASK_GET: &str = include_str!("../../sql/queries/task_get.sql");
+pub(crate) const TASK_GET_BY_KEY: &str = include_str!("../../sql/queries/task_get_by_key.sql");
+pub(crate) const TASK_INSERT: &str = include_str!("../../sql/queries/task_insert.sql");
+pub(crate) const TASK_LIST: &str = include_str!("../../sql/queries/task_list.sql");
+pub(crate) const TASK_PRUNE: &str = include_str!("../../sql/queries/task_prune.sql");
+pub(crate) const TASK_RETRY: &str = include_str!("../../sql/queries/task_retry.sql");
+pub(crate) const USER_BY_TOKEN: &str = include_str!("../../sql/queries/user_by_token.sql");
+pub(crate) const USER_INSERT: &str = include_str!("../../sql/queries/user_insert.sql");
+pub(crate) const WORKER_DELETE: &str = include_str!("../../sql/queries/worker_delete.sql");
+pub(crate) const WORKER_UPSERT: &str = include_str!("../../sql/queries/worker_upsert.sql");

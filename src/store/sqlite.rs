@@ -1,0 +1,1131 @@
+//! SQLite store: one writer thread with group commit, and a pool of read-only connections.
+//!
+//! # The writer
+//! SQLite takes one writer at a time, so spool has exactly one: a dedicated thread that owns the
+//! write connection for the whole life of the process (Litestream needs the WAL to stay put).
+//! Callers send it jobs on a bounded channel. The thread blocks for the first job, drains what
+//! else is waiting (up to [`MAX_BATCH`]), runs it all inside one `BEGIN IMMEDIATE`, each job in
+//! its own savepoint, commits once, and only then answers each caller and publishes events.
+//! Under load thousands of small commits become a few large ones; alone, a job commits at once.
+
+use super::migrate;
+use super::sql;
+use super::{
+    ClaimParams, FinishParams, HeldLease, Inserted, ListParams, QueueStats, Result, StoreError,
+    User,
+};
+use crate::clock::UnixMillis;
+use crate::events::{Event, EventHub};
+use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most jobs committed in one transaction.
+pub const MAX_BATCH: usize = 1024;
+/// Default capacity of the writer's channel; past it requests get `503` at once.
+pub const DEFAULT_WRITE_QUEUE: usize = 8192;
+
+/// `PRAGMA synchronous` of the write connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged task survives power loss.
+    Full,
+    /// fsync at checkpoints: survives a crash of spool, not of the machine.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// `PRAGMA synchronous`.
+    pub synchronous: Synchronous,
+    /// How long a write waits for another process's lock before `503`.
+    pub busy_timeout_ms: u64,
+    /// Read-only connections in the pool.
+    pub readers: u32,
+    /// Capacity of the writer's channel.
+    pub write_queue: usize,
+}
+
+impl StoreOptions {
+    /// Defaults for a file.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            busy_timeout_ms: 5000,
+            readers: 8,
+            write_queue: DEFAULT_WRITE_QUEUE,
+        }
+    }
+}
+
+/// A unit of work for the writer thread.
+trait WriteJob: Send {
+    /// Runs inside the open transaction; true when it succeeded (its savepoint is kept).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Called once the transaction committed (`Ok`) or failed as a whole (`Err`).
+    fn finish(self: Box<Self>, commit: Result<()>, hub: &EventHub);
+}
+
+type JobOutput<T> = Result<(T, Vec<Event>)>;
+
+struct FnJob<T, F> {
+    f: Option<F>,
+    out: Option<JobOutput<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteJob for FnJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> JobOutput<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let out = match self.f.take() {
+            Some(f) => f(conn),
+            None => Err(StoreError::Conflict("write job ran twice".into())),
+        };
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<()>, hub: &EventHub) {
+        let answer = match (commit, self.out) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(Ok((value, events)))) => {
+                for e in events {
+                    hub.publish(e);
+                }
+                Ok(value)
+            }
+            (Ok(()), Some(Err(e))) => Err(e),
+            (Ok(()), None) => Err(StoreError::Unavailable("write job never ran".into())),
+        };
+        // The caller may have gone away (client disconnected); the write stands regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    tx: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    hub: Arc<EventHub>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn open_write_connection(opts: &StoreOptions) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&opts.path, flags).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open {}: {e}", opts.path.display()))
+    })?;
+    conn.busy_timeout(Duration::from_millis(opts.busy_timeout_ms))?;
+    // journal_mode reads the header first: a file that is not a database fails here, unwritten.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::NotADatabase(_) => {
+                StoreError::NotADatabase(opts.path.display().to_string())
+            }
+            other => other,
+        })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "could not switch {} to WAL (journal_mode is {mode})",
+            opts.path.display()
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
+        opts.synchronous.pragma()
+    ))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database, applies pending migrations, starts the writer
+    /// thread and the reader pool.
+    ///
+    /// # Errors
+    /// The file cannot be opened or is not a database, the schema is newer than this spool,
+    /// or a migration failed.
+    pub fn open(opts: StoreOptions) -> Result<Self> {
+        Self::open_with_hub(opts, Arc::new(EventHub::new()))
+    }
+
+    /// As [`SqliteStore::open`], publishing on the given hub.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub fn open_with_hub(opts: StoreOptions, hub: Arc<EventHub>) -> Result<Self> {
+        let conn = open_write_connection(&opts)?;
+        migrate::migrate(&conn)?;
+
+        let busy = opts.busy_timeout_ms;
+        let manager = SqliteConnectionManager::file(&opts.path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(move |c| {
+                c.busy_timeout(Duration::from_millis(busy))?;
+                c.execute_batch("PRAGMA query_only = ON;")
+            });
+        let readers = r2d2::Pool::builder()
+            .max_size(opts.readers.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_millis(opts.busy_timeout_ms.max(1000)))
+            .build(manager)?;
+
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(opts.write_queue.max(1));
+        let writer_hub = hub.clone();
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer_loop(conn, rx, &writer_hub))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers,
+            hub,
+            path: opts.path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The hub this store publishes committed changes on.
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.hub
+    }
+
+    /// Stops the writer after it finished what it was given, closing the write connection.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Box<dyn WriteJob>>> {
+        self.tx
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))
+    }
+
+    /// Runs `f` on the writer inside the next group commit and answers after the commit.
+    /// When the writer's queue is full this fails at once with `Unavailable` (backpressure);
+    /// with `wait` it waits for room instead (for workers, whose writes must not be dropped).
+    async fn write<T, F>(&self, wait: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(FnJob {
+            f: Some(f),
+            out: None,
+            reply,
+        });
+        let tx = self.sender()?;
+        if wait {
+            tx.send(job)
+                .await
+                .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        } else {
+            tx.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Unavailable("too many writes waiting".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("the writer has stopped".into())
+                }
+            })?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+
+    /// Runs `f` with a read-only connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get()?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+
+    // ---- writes -------------------------------------------------------------------------
+
+    /// Enqueues tasks, all or nothing. A task whose idempotency key the user used before comes
+    /// back as the original (`created: false`) when the request hash matches, and fails the whole
+    /// call with [`StoreError::IdempotencyMismatch`] when it does not.
+    ///
+    /// # Errors
+    /// `IdempotencyMismatch`, `Unavailable`, or a database error; nothing is written then.
+    pub async fn task_insert(&self, tasks: Vec<NewTask>, now: UnixMillis) -> Result<Vec<Inserted>> {
+        self.write(false, move |conn| insert_tasks(conn, &tasks, now))
+            .await
+    }
+
+    /// Claims runnable tasks for a worker; first rescues expired leases (a lost lease counts as
+    /// a failed attempt). Returns the claimed tasks, best first.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Task>> {
+        self.write(true, move |conn| claim(conn, &p)).await
+    }
+
+    /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn lease_extend(
+        &self,
+        owner: String,
+        lease_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Vec<HeldLease>> {
+        self.write(true, move |conn| {
+            let mut st = conn.prepare_cached(sql::LEASE_EXTEND)?;
+            let rows = st.query_map(
+                named_params! {":owner": owner, ":expires_at": now + lease_ms as i64},
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                },
+            )?;
+            let mut held = Vec::new();
+            for row in rows {
+                let (id, attempt, cancel_requested) = row?;
+                if let Ok(id) = id.parse::<TaskId>() {
+                    held.push(HeldLease {
+                        id,
+                        attempt: attempt as u32,
+                        cancel_requested,
+                    });
+                }
+            }
+            Ok((held, Vec::new()))
+        })
+        .await
+    }
+
+    /// Ends an attempt, fenced by owner and attempt number. `None` when the fence did not match
+    /// (the lease was lost): nothing changed.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn task_finish(&self, p: FinishParams) -> Result<Option<Task>> {
+        self.write(true, move |conn| {
+            let result = match &p.result {
+                Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
+                None => None,
+            };
+            let mut st = conn.prepare_cached(sql::TASK_FINISH)?;
+            let task = st
+                .query_row(
+                    named_params! {
+                        ":id": p.id.to_string(), ":owner": p.owner, ":attempt": p.attempt,
+                        ":status": p.status.as_str(), ":result": result, ":error": p.error,
+                        ":run_at": p.run_at, ":uncount": p.uncount as i64, ":now": p.now,
+                    },
+                    task_from_row,
+                )
+                .optional()?;
+            let events = task
+                .iter()
+                .map(|t| Event::Task(Arc::new(t.clone())))
+                .collect();
+            Ok((task, events))
+        })
+        .await
+    }
+
+    /// Cancels a task: a pending one ends at once; a running one is marked `cancel_requested`
+    /// for its worker to stop. `user` limits it to that user's tasks.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` for a terminal task, `Unavailable`.
+    pub async fn task_cancel(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        now: UnixMillis,
+    ) -> Result<Task> {
+        self.write(false, move |conn| {
+            let task = get_owned(conn, id, user.as_deref())?;
+            let query = match task.status {
+                TaskStatus::Pending => sql::TASK_CANCEL_PENDING,
+                TaskStatus::Running => sql::TASK_CANCEL_RUNNING,
+                s => {
+                    return Err(StoreError::Conflict(format!(
+                        "task {id} is already {s} and cannot be canceled"
+                    )))
+                }
+            };
+            let t = conn.prepare_cached(query)?.query_row(
+                named_params! {":id": id.to_string(), ":now": now},
+                task_from_row,
+            )?;
+            Ok((t.clone(), vec![Event::Task(Arc::new(t))]))
+        })
+        .await
+    }
+
+    /// Puts a failed or canceled task back to pending with attempts reset.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` for other states, `Unavailable`.
+    pub async fn task_retry(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        now: UnixMillis,
+    ) -> Result<Task> {
+        self.write(false, move |conn| {
+            let task = get_owned(conn, id, user.as_deref())?;
+            if !matches!(task.status, TaskStatus::Failed | TaskStatus::Canceled) {
+                return Err(StoreError::Conflict(format!(
+                    "task {id} is {} and only failed or canceled tasks can be retried",
+                    task.status
+                )));
+            }
+            let t = conn.prepare_cached(sql::TASK_RETRY)?.query_row(
+                named_params! {":id": id.to_string(), ":now": now},
+                task_from_row,
+            )?;
+            Ok((t.clone(), vec![Event::Task(Arc::new(t))]))
+        })
+        .await
+    }
+
+    /// Appends a message to a task. With `user`, the task must be that user's and not terminal
+    /// (the API's rule); without, any existing task takes it (a worker's progress).
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` for a terminal task, `Unavailable`.
+    pub async fn message_insert(
+        &self,
+        task_id: TaskId,
+        kind: String,
+        content: Value,
+        check: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Message> {
+        let wait = matches!(check, MessageCheck::Worker);
+        self.write(wait, move |conn| {
+            let task = match &check {
+                MessageCheck::User(u) => Some(get_owned(conn, task_id, u.as_deref())?),
+                MessageCheck::Attempt(a) => Some(get_owned(conn, task_id, None).and_then(|t| {
+                    if t.status == TaskStatus::Running && t.attempts == *a {
+                        Ok(t)
+                    } else {
+                        Err(StoreError::Conflict(format!(
+                            "attempt {a} of task {task_id} has ended"
+                        )))
+                    }
+                })?),
+                MessageCheck::Worker => None,
+            };
+            if let Some(t) = task {
+                if t.status.is_terminal() {
+                    return Err(StoreError::Conflict(format!(
+                        "task {task_id} is {} and takes no more messages",
+                        t.status
+                    )));
+                }
+            }
+            let text = serde_json::to_string(&content).map_err(json_err)?;
+            let id: i64 = conn
+                .prepare_cached(sql::MESSAGE_INSERT)?
+                .query_row(
+                    named_params! {":task_id": task_id.to_string(), ":kind": kind,
+                    ":content": text, ":now": now},
+                    |r| r.get(0),
+                )
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        StoreError::NotFound(task_id)
+                    }
+                    e => e.into(),
+                })?;
+            let m = Message {
+                id,
+                task_id,
+                kind,
+                content,
+                created_at: now,
+            };
+            Ok((m.clone(), vec![Event::Message(Arc::new(m))]))
+        })
+        .await
+    }
+
+    /// Pauses or resumes a queue.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn queue_set_paused(
+        &self,
+        name: String,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<()> {
+        self.write(false, move |conn| {
+            conn.prepare_cached(sql::QUEUE_SET_PAUSED)?
+                .execute(named_params! {":name": name, ":paused": paused, ":now": now})?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    /// Stores a user token (hashed).
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn user_insert(
+        &self,
+        name: String,
+        token_hash: String,
+        is_admin: bool,
+        now: UnixMillis,
+    ) -> Result<()> {
+        self.write(true, move |conn| {
+            conn.prepare_cached(sql::USER_INSERT)?
+                .execute(named_params! {
+                ":name": name, ":token_hash": token_hash, ":is_admin": is_admin, ":now": now})?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    /// Stores an admin token only when the database has no user at all; true when it did.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn user_bootstrap_admin(&self, token_hash: String, now: UnixMillis) -> Result<bool> {
+        self.write(true, move |conn| {
+            let n: i64 = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+            if n > 0 {
+                return Ok((false, Vec::new()));
+            }
+            conn.prepare_cached(sql::USER_INSERT)?
+                .execute(named_params! {
+                ":name": "admin", ":token_hash": token_hash, ":is_admin": true, ":now": now})?;
+            Ok((true, Vec::new()))
+        })
+        .await
+    }
+
+    /// Records this worker process and its heartbeat; forgets workers silent since `stale_before`.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn worker_heartbeat(
+        &self,
+        id: String,
+        host: String,
+        pid: u32,
+        stale_before: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()> {
+        self.write(true, move |conn| {
+            conn.prepare_cached(sql::WORKER_DELETE)?
+                .execute(named_params! {":id": "", ":stale_before": stale_before})?;
+            conn.prepare_cached(sql::WORKER_UPSERT)?
+                .execute(named_params! {":id": id, ":host": host, ":pid": pid, ":now": now})?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    /// Forgets a worker process that stopped.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn worker_remove(&self, id: String) -> Result<()> {
+        self.write(true, move |conn| {
+            conn.prepare_cached(sql::WORKER_DELETE)?
+                .execute(named_params! {":id": id, ":stale_before": i64::MIN})?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    /// Deletes up to `limit` tasks that ended with `status` before `before`; returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn task_prune(
+        &self,
+        status: TaskStatus,
+        before: UnixMillis,
+        limit: u32,
+    ) -> Result<usize> {
+        self.write(true, move |conn| {
+            let n = conn.prepare_cached(sql::TASK_PRUNE)?.execute(
+                named_params! {":status": status.as_str(), ":before": before, ":limit": limit},
+            )?;
+            Ok((n, Vec::new()))
+        })
+        .await
+    }
+
+    /// Runs an arbitrary write on the writer (for tools: the drill's record, token hashes).
+    ///
+    /// # Errors
+    /// What `f` returns, or `Unavailable`.
+    pub async fn write_raw<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.write(true, move |conn| f(conn).map(|v| (v, Vec::new())))
+            .await
+    }
+
+    // ---- reads --------------------------------------------------------------------------
+
+    /// One task; with `user`, only that user's.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    pub async fn task_get(&self, id: TaskId, user: Option<String>) -> Result<Task> {
+        self.read(move |conn| get_owned(conn, id, user.as_deref()))
+            .await
+    }
+
+    /// A page of tasks, newest first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn task_list(&self, p: ListParams) -> Result<Vec<Task>> {
+        self.read(move |conn| {
+            let mut st = conn.prepare_cached(sql::TASK_LIST)?;
+            let rows = st.query_map(
+                named_params! {
+                    ":user_id": p.user_id, ":status": p.status.map(|s| s.as_str()),
+                    ":queue": p.queue, ":kind": p.kind,
+                    ":cursor": p.cursor.map(|c| c.to_string()), ":limit": p.limit,
+                },
+                task_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// A task's messages with ids greater than `after`, oldest first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn message_list(
+        &self,
+        task_id: TaskId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        self.read(move |conn| messages_after(conn, task_id, after, limit))
+            .await
+    }
+
+    /// A task (scoped to `user`) and its messages after `after`, read in one snapshot.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    pub async fn task_with_messages(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Task, Vec<Message>)> {
+        self.read(move |conn| {
+            // A short read transaction so the task and the messages agree; it ends at once.
+            conn.execute_batch("BEGIN")?;
+            let out = (|| {
+                let t = get_owned(conn, id, user.as_deref())?;
+                let m = messages_after(conn, id, after, limit)?;
+                Ok((t, m))
+            })();
+            let _ = conn.execute_batch("COMMIT");
+            out
+        })
+        .await
+    }
+
+    /// Depths of every queue that has a task, a pause record, or is named in `configured`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn queue_stats(
+        &self,
+        configured: Vec<String>,
+        now: UnixMillis,
+    ) -> Result<Vec<QueueStats>> {
+        self.read(move |conn| {
+            let mut by: BTreeMap<String, QueueStats> = BTreeMap::new();
+            for name in configured {
+                by.entry(name.clone()).or_insert_with(|| QueueStats {
+                    name,
+                    ..Default::default()
+                });
+            }
+            let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?;
+            for row in rows {
+                let (name, paused) = row?;
+                by.entry(name.clone())
+                    .or_insert_with(|| QueueStats {
+                        name,
+                        ..Default::default()
+                    })
+                    .paused = paused;
+            }
+            let mut st = conn.prepare_cached(sql::QUEUE_STATS)?;
+            let rows = st.query_map(named_params! {":now": now}, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (queue, status, scheduled, n, oldest) = row?;
+                let q = by.entry(queue.clone()).or_insert_with(|| QueueStats {
+                    name: queue,
+                    ..Default::default()
+                });
+                let n = n.max(0) as u64;
+                match (status.as_str(), scheduled) {
+                    ("pending", true) => q.scheduled += n,
+                    ("pending", false) => q.pending += n,
+                    ("running", _) => q.running += n,
+                    ("completed", _) => q.completed += n,
+                    ("failed", _) => q.failed += n,
+                    ("canceled", _) => q.canceled += n,
+                    _ => {}
+                }
+                if let Some(o) = oldest {
+                    q.oldest_pending_age_ms = Some((now - o).max(0) as u64);
+                }
+            }
+            Ok(by.into_values().collect())
+        })
+        .await
+    }
+
+    /// Names of paused queues.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn queue_paused(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, paused) = row?;
+                if paused {
+                    out.push(name);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The user a token hash names.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn user_by_token(&self, token_hash: String) -> Result<Option<User>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(sql::USER_BY_TOKEN)?
+                .query_row(named_params! {":token_hash": token_hash}, |r| {
+                    Ok(User {
+                        name: r.get(0)?,
+                        is_admin: r.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Running tasks (oldest first) and the latest failures, for `spool inspect`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn inspect_lists(&self, limit: u32) -> Result<(Vec<Task>, Vec<Task>)> {
+        self.read(move |conn| {
+            let running = conn
+                .prepare_cached(sql::RUNNING_LIST)?
+                .query_map(named_params! {":limit": limit}, task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let failed = conn
+                .prepare_cached(sql::FAILURES_LIST)?
+                .query_map(named_params! {":limit": limit}, task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((running, failed))
+        })
+        .await
+    }
+
+    /// Runs an arbitrary read (for tools and tests).
+    ///
+    /// # Errors
+    /// What `f` returns.
+    pub async fn read_raw<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.read(f).await
+    }
+
+    /// Whether the database takes a write now (for `/readyz`): an empty write transaction.
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not.
+    pub async fn ping_write(&self) -> Result<()> {
+        self.write(false, |conn| {
+            // Touch the file so a full disk or a held lock shows here.
+            conn.prepare_cached("UPDATE queues SET updated_at = updated_at WHERE 0")?
+                .execute([])?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Who may append a message, and so what is checked.
+#[derive(Debug, Clone)]
+pub enum MessageCheck {
+    /// A user through the API (`None`: an admin): the task must be theirs and not terminal.
+    User(Option<String>),
+    /// A webhook receiver's task token: that attempt must still be running.
+    Attempt(u32),
+    /// This process's worker: only that the task exists.
+    Worker,
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Conflict(format!("value is not JSON: {e}"))
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, hub: &EventHub) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("spool_writer_batch_size").record(batch.len() as f64);
+        run_batch(&conn, &mut batch, hub);
+    }
+    // All senders are gone: the process is stopping. The connection closes here, last.
+}
+
+fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventHub) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = StoreError::from(e);
+        for job in batch.drain(..) {
+            job.finish(Err(clone_err(&err)), hub);
+        }
+        return;
+    }
+    let single = batch.len() == 1;
+    let mut single_failed = false;
+    for job in batch.iter_mut() {
+        if conn.is_autocommit() {
+            // The database rolled the transaction back (disk full, I/O error). Running the rest
+            // now would commit each statement on its own: stop; all of them fail below.
+            break;
+        }
+        if single {
+            // Alone in the transaction: on failure the whole is rolled back, no savepoint needed.
+            single_failed = !job.run(conn);
+            continue;
+        }
+        if conn.execute_batch("SAVEPOINT job").is_err() {
+            // Cannot isolate it; a failure of the connection itself shows at COMMIT below.
+            job.run(conn);
+            continue;
+        }
+        if job.run(conn) {
+            let _ = conn.execute_batch("RELEASE job");
+        } else {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+        }
+    }
+    // A full disk or an I/O error may have rolled the transaction back under us: then nothing of
+    // the batch stands and every caller must hear so.
+    let commit = if conn.is_autocommit() {
+        Err(StoreError::Unavailable(
+            "the transaction was rolled back by the database (disk full or I/O error)".into(),
+        ))
+    } else if single_failed {
+        // The job's own error reaches its caller; nothing of it may stay.
+        let _ = conn.execute_batch("ROLLBACK");
+        Ok(())
+    } else {
+        conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::from(e)
+        })
+    };
+    for job in batch.drain(..) {
+        let c = match &commit {
+            Ok(()) => Ok(()),
+            Err(e) => Err(clone_err(e)),
+        };
+        job.finish(c, hub);
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+pub(crate) fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
+    let conv = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    let id: String = r.get("id")?;
+    let status: String = r.get("status")?;
+    let payload: String = r.get("payload")?;
+    let result: Option<String> = r.get("result")?;
+    Ok(Task {
+        id: id.parse().map_err(|e| conv(0, e))?,
+        user_id: r.get("user_id")?,
+        queue: r.get("queue")?,
+        kind: r.get("kind")?,
+        status: status.parse().map_err(|e| conv(5, e))?,
+        priority: r.get("priority")?,
+        payload: parse_json_lenient(payload),
+        result: result.map(parse_json_lenient),
+        attempts: r.get::<_, i64>("attempts")?.max(0) as u32,
+        max_attempts: r.get::<_, i64>("max_attempts")?.max(0) as u32,
+        last_error: r.get("last_error")?,
+        idempotency_key: r.get("idempotency_key")?,
+        run_at: r.get("run_at")?,
+        timeout_ms: r.get::<_, i64>("timeout_ms")?.max(0) as u64,
+        cancel_requested: r.get("cancel_requested")?,
+        lease_owner: r.get("lease_owner")?,
+        lease_expires_at: r.get("lease_expires_at")?,
+        created_at: r.get("created_at")?,
+        started_at: r.get("started_at")?,
+        completed_at: r.get("completed_at")?,
+        updated_at: r.get("updated_at")?,
+    })
+}
+
+/// JSON columns are written by spool as JSON; an operator's hand edit that is not JSON is shown
+/// as a string rather than failing the read.
+fn parse_json_lenient(s: String) -> Value {
+    serde_json::from_str(&s).unwrap_or(Value::String(s))
+}
+
+fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
+    let task_id: String = r.get("task_id")?;
+    let content: String = r.get("content")?;
+    Ok(Message {
+        id: r.get("id")?,
+        task_id: task_id.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+        })?,
+        kind: r.get("kind")?,
+        content: parse_json_lenient(content),
+        created_at: r.get("created_at")?,
+    })
+}
+
+fn messages_after(
+    conn: &Connection,
+    task_id: TaskId,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let mut st = conn.prepare_cached(sql::MESSAGE_LIST)?;
+    let rows = st.query_map(
+        named_params! {":task_id": task_id.to_string(), ":after": after, ":limit": limit},
+        message_from_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+fn get_owned(conn: &Connection, id: TaskId, user: Option<&str>) -> Result<Task> {
+    let t = conn
+        .prepare_cached(sql::TASK_GET)?
+        .query_row(named_params! {":id": id.to_string()}, task_from_row)
+        .optional()?;
+    match t {
+        Some(t) if user.is_none_or(|u| u == t.user_id) => Ok(t),
+        _ => Err(StoreError::NotFound(id)),
+    }
+}
+
+fn insert_tasks(conn: &Connection, tasks: &[NewTask], now: UnixMillis) -> JobOutput<Vec<Inserted>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    let mut events = Vec::new();
+    let mut insert = conn.prepare_cached(sql::TASK_INSERT)?;
+    let mut by_key = conn.prepare_cached(sql::TASK_GET_BY_KEY)?;
+    for (index, t) in tasks.iter().enumerate() {
+        if let Some(key) = &t.idempotency_key {
+            let existing = by_key
+                .query_row(
+                    named_params! {":user_id": t.user_id, ":idempotency_key": key},
+                    |r| {
+                        Ok((
+                            task_from_row(r)?,
+                            r.get::<_, Option<String>>("request_hash")?,
+                        ))
+                    },
+                )
+                .optional()?;
+            if let Some((task, hash)) = existing {
+                if hash != t.request_hash {
+                    return Err(StoreError::IdempotencyMismatch {
+                        index,
+                        key: key.clone(),
+                    });
+                }
+                out.push(Inserted {
+                    task,
+                    created: false,
+                });
+                continue;
+            }
+            // Two items of one batch with the same key: the second sees the first's row above.
+        }
+        let payload = serde_json::to_string(&t.payload).map_err(json_err)?;
+        let task = insert.query_row(
+            named_params! {
+                ":id": t.id.to_string(), ":user_id": t.user_id, ":queue": t.queue,
+                ":kind": t.kind, ":payload": payload, ":priority": t.priority,
+                ":run_at": t.run_at, ":max_attempts": t.max_attempts,
+                ":timeout_ms": t.timeout_ms as i64, ":idempotency_key": t.idempotency_key,
+                ":request_hash": t.request_hash, ":now": now,
+            },
+            task_from_row,
+        )?;
+        events.push(Event::Task(Arc::new(task.clone())));
+        out.push(Inserted {
+            task,
+            created: true,
+        });
+    }
+    Ok((out, events))
+}
+
+fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Task>> {
+    let mut events = Vec::new();
+    // Expired leases first: canceled ones end, exhausted ones fail, the rest become runnable.
+    for q in [
+        sql::LEASE_EXPIRED_CANCEL,
+        sql::LEASE_EXPIRED_FAIL,
+        sql::LEASE_EXPIRED_RESCUE,
+    ] {
+        let mut st = conn.prepare_cached(q)?;
+        let rows = st.query_map(named_params! {":now": p.now}, task_from_row)?;
+        for t in rows {
+            let t = t?;
+            tracing::warn!(task.id = %t.id, task.kind = %t.kind, task.queue = %t.queue,
+                status = %t.status, "rescued task from a dead worker (lease expired)");
+            events.push(Event::Task(Arc::new(t)));
+        }
+    }
+    let mut claimed = Vec::new();
+    let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
+    let mut remaining = p.total;
+    for q in &p.queues {
+        let limit = q.limit.min(remaining);
+        if limit == 0 {
+            continue;
+        }
+        let rows = st.query_map(
+            named_params! {":owner": p.owner, ":now": p.now, ":lease_ms": p.lease_ms as i64,
+            ":queue": q.queue, ":limit": limit},
+            task_from_row,
+        )?;
+        for t in rows {
+            claimed.push(t?);
+            remaining -= 1;
+        }
+    }
+    // RETURNING does not keep the subquery's order.
+    claimed.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+    events.extend(claimed.iter().map(|t| Event::Task(Arc::new(t.clone()))));
+    Ok((claimed, events))
+}

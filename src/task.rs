@@ -1,0 +1,279 @@
+//! The nouns of the queue: task ids, statuses, tasks, new tasks and messages. No SQL, no HTTP.
+
+use crate::clock::{rfc3339, UnixMillis};
+use serde::Serialize;
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// A task's id: a UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub Uuid);
+
+impl TaskId {
+    /// A new, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Only the canonical hyphenated form: ids are compared as text in SQL.
+        if s.len() != 36 {
+            return Err(format!("{s:?} is not a task id (a UUID)"));
+        }
+        Uuid::parse_str(s)
+            .map(|u| TaskId(u))
+            .map_err(|_| format!("{s:?} is not a task id (a UUID)"))
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where a task is in its life. `completed`, `failed` and `canceled` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Waiting to be claimed, perhaps until `run_at`.
+    Pending,
+    /// Claimed by a worker under a lease.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Attempts exhausted or a permanent error.
+    Failed,
+    /// Canceled by a user.
+    Canceled,
+}
+
+impl TaskStatus {
+    /// Every status, in life order.
+    pub const ALL: [TaskStatus; 5] = [
+        Self::Pending,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Canceled,
+    ];
+
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Whether the task will never change again on its own.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status {s:?}: one of pending, running, completed, failed, canceled"
+                )
+            })
+    }
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Its id.
+    pub id: TaskId,
+    /// The user who enqueued it.
+    pub user_id: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind, which picks the handler.
+    pub kind: String,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Higher runs first, -100..=100.
+    pub priority: i32,
+    /// The input, any JSON.
+    pub payload: Value,
+    /// The output of a completed task.
+    pub result: Option<Value>,
+    /// Attempts started so far (the fencing token of the current one).
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// The client's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Not claimed before this time.
+    pub run_at: UnixMillis,
+    /// Time limit of one attempt.
+    pub timeout_ms: u64,
+    /// A cancel was asked for while it ran.
+    pub cancel_requested: bool,
+    /// The worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// When the lease runs out.
+    pub lease_expires_at: Option<UnixMillis>,
+    /// When it was enqueued.
+    pub created_at: UnixMillis,
+    /// When its latest attempt started.
+    pub started_at: Option<UnixMillis>,
+    /// When it reached a terminal status.
+    pub completed_at: Option<UnixMillis>,
+    /// Its last change.
+    pub updated_at: UnixMillis,
+}
+
+impl Task {
+    /// The task as the API shows it (API.md "The task").
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "queue": self.queue,
+            "kind": self.kind,
+            "status": self.status,
+            "priority": self.priority,
+            "payload": self.payload,
+            "result": self.result,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "last_error": self.last_error,
+            "idempotency_key": self.idempotency_key,
+            "run_at": rfc3339(self.run_at),
+            "timeout_ms": self.timeout_ms,
+            "cancel_requested": self.cancel_requested,
+            "created_at": rfc3339(self.created_at),
+            "started_at": self.started_at.map(rfc3339),
+            "completed_at": self.completed_at.map(rfc3339),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
+/// A task to enqueue, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// Its id, chosen by the caller.
+    pub id: TaskId,
+    /// The user enqueuing it.
+    pub user_id: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its input.
+    pub payload: Value,
+    /// -100..=100.
+    pub priority: i32,
+    /// Not before this time.
+    pub run_at: UnixMillis,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Time limit of one attempt.
+    pub timeout_ms: u64,
+    /// The client's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// A hash of the request, to tell a replay from a different request under the same key.
+    pub request_hash: Option<String>,
+}
+
+/// A progress message of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Strictly increasing id, the SSE event id.
+    pub id: i64,
+    /// Its task.
+    pub task_id: TaskId,
+    /// `log`, `stderr`, `progress`, or whatever the writer chose.
+    pub kind: String,
+    /// Any JSON.
+    pub content: Value,
+    /// When it was written.
+    pub created_at: UnixMillis,
+}
+
+impl Message {
+    /// The message as the API shows it.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "content": self.content,
+            "created_at": rfc3339(self.created_at),
+        })
+    }
+}
+
+/// Whether `s` is a valid queue or kind name: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_rejects_unknown() {
+        for s in TaskStatus::ALL {
+            assert_eq!(s.as_str().parse::<TaskStatus>(), Ok(s));
+        }
+        assert!("done".parse::<TaskStatus>().is_err());
+    }
+
+    #[test]
+    fn task_id_rejects_non_canonical_forms() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>(), Ok(id));
+        assert!("not-a-uuid".parse::<TaskId>().is_err());
+        assert!(id.0.simple().to_string().parse::<TaskId>().is_err());
+    }
+
+    #[test]
+    fn names_follow_the_api_alphabet() {
+        assert!(valid_name("agent.run:v2-x_y"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"a".repeat(129)));
+        assert!(!valid_name("é"));
+    }
+}

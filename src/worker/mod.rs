@@ -1,0 +1,500 @@
+//! The worker pool: claims tasks under leases, runs each attempt with its handler, heartbeats
+//! the leases, reports the outcome, and stops cleanly.
+//!
+//! One dispatcher loop claims for every free slot at once (a batch per claim, one commit), so
+//! `concurrency` slots cost one claim transaction, not one each. It wakes at once when a task is
+//! enqueued in this process, when a slot frees, and otherwise every `poll_interval` to find
+//! tasks written by other processes. One heartbeat loop extends every lease this process holds
+//! in one statement every lease/3 and learns of cancel requests and lost leases there.
+
+mod prune;
+
+pub use prune::prune_once;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::executor::{Registry, TaskContext, TaskError};
+use crate::queue::{decide, Outcome};
+use crate::store::{ClaimParams, FinishParams, QueueClaim, SqliteStore, StoreError};
+use crate::task::{Task, TaskId, TaskStatus};
+use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Why a running attempt was stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// A user asked for a cancel: the task ends `canceled`.
+    Canceled,
+    /// Our lease is gone (another worker may hold the task): write nothing.
+    LeaseLost,
+    /// The process is stopping: give the attempt back.
+    Shutdown,
+}
+
+struct Running {
+    attempt: u32,
+    queue: String,
+    seq: u64,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Running {
+    fn stop(&self, why: StopReason) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert(why);
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// A pool of task slots in this process.
+pub struct WorkerPool {
+    store: Arc<SqliteStore>,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    cfg: Arc<Config>,
+    id: String,
+    running: Mutex<HashMap<TaskId, Running>>,
+    seq: AtomicU64,
+    slot_freed: Notify,
+    claim_rotation: AtomicU64,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool").field("id", &self.id).finish()
+    }
+}
+
+impl WorkerPool {
+    /// A pool with a fresh worker id.
+    pub fn new(
+        store: Arc<SqliteStore>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        cfg: Arc<Config>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            registry,
+            clock,
+            cfg,
+            id: format!("w-{}", uuid::Uuid::now_v7()),
+            running: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            slot_freed: Notify::new(),
+            claim_rotation: AtomicU64::new(0),
+        })
+    }
+
+    /// This pool's worker id, the `lease_owner` of its tasks.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn running_counts(&self) -> (u32, HashMap<String, u32>) {
+        let mut per = HashMap::new();
+        let Ok(r) = self.running.lock() else {
+            return (u32::MAX, per);
+        };
+        for e in r.values() {
+            *per.entry(e.queue.clone()).or_insert(0) += 1;
+        }
+        (r.len() as u32, per)
+    }
+
+    /// Claims for every free slot once and starts the attempts; returns (asked, got).
+    async fn claim_once(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+    ) -> Result<(u32, usize), StoreError> {
+        let (busy, per) = self.running_counts();
+        let total = self.cfg.worker.concurrency.saturating_sub(busy);
+        if total == 0 {
+            return Ok((0, 0));
+        }
+        let qs = &self.cfg.worker.queues;
+        let start =
+            (self.claim_rotation.fetch_add(1, Ordering::Relaxed) as usize) % qs.len().max(1);
+        let mut queues = Vec::with_capacity(qs.len());
+        for i in 0..qs.len() {
+            let q = &qs[(start + i) % qs.len()];
+            let cap = self
+                .cfg
+                .queues
+                .get(q)
+                .and_then(|c| c.concurrency)
+                .unwrap_or(u32::MAX);
+            let limit = cap
+                .saturating_sub(per.get(q).copied().unwrap_or(0))
+                .min(total);
+            queues.push(QueueClaim {
+                queue: q.clone(),
+                limit,
+            });
+        }
+        let asked: u32 = queues.iter().map(|q| q.limit).sum::<u32>().min(total);
+        if asked == 0 {
+            return Ok((0, 0));
+        }
+        let now = self.clock.now();
+        let claimed = self
+            .store
+            .task_claim(ClaimParams {
+                owner: self.id.clone(),
+                queues,
+                total,
+                lease_ms: self.cfg.worker.lease_ms,
+                now,
+            })
+            .await?;
+        let got = claimed.len();
+        for task in claimed {
+            self.start(task, tracker, now);
+        }
+        Ok((asked, got))
+    }
+
+    fn start(self: &Arc<Self>, task: Task, tracker: &TaskTracker, claimed_at: i64) {
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(
+                task.id,
+                Running {
+                    attempt: task.attempts,
+                    queue: task.queue.clone(),
+                    seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+                    cancel: cancel.clone(),
+                    reason: reason.clone(),
+                },
+            );
+        }
+        let labels = [("queue", task.queue.clone()), ("kind", task.kind.clone())];
+        metrics::counter!("spool_tasks_started_total", &labels).increment(1);
+        let waited = (claimed_at - task.run_at.max(task.created_at)).max(0) as f64 / 1000.0;
+        metrics::histogram!("spool_task_claim_to_start_seconds", &labels).record(waited);
+        let span = tracing::info_span!("task", task.id = %task.id, task.kind = %task.kind,
+            task.queue = %task.queue, task.attempt = task.attempts);
+        let pool = self.clone();
+        tracker.spawn(
+            async move {
+                tracing::info!("claimed");
+                let id = task.id;
+                pool.run_attempt(task, cancel, reason).await;
+                if let Ok(mut r) = pool.running.lock() {
+                    r.remove(&id);
+                }
+                pool.slot_freed.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn run_attempt(
+        &self,
+        task: Task,
+        cancel: CancellationToken,
+        reason: Arc<Mutex<Option<StopReason>>>,
+    ) {
+        let task = Arc::new(task);
+        let started = std::time::Instant::now();
+        let timeout = Duration::from_millis(task.timeout_ms.max(1));
+        let outcome = match self.registry.get(&task.kind) {
+            None => Ok(Outcome::Failed {
+                error: format!("no handler for kind {:?} in this process", task.kind),
+                permanent: true,
+                retry_after: None,
+            }),
+            Some(handler) => {
+                let ctx = TaskContext::new(
+                    task.clone(),
+                    self.store.clone(),
+                    self.clock.clone(),
+                    cancel.clone(),
+                );
+                let fut = AssertUnwindSafe(handler.run(ctx)).catch_unwind();
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(reason.lock().ok().and_then(|r| *r).unwrap_or(StopReason::Shutdown)),
+                    r = fut => Ok(match r {
+                        Ok(Ok(v)) => Outcome::Completed(v),
+                        Ok(Err(TaskError { message, permanent, retry_after })) =>
+                            Outcome::Failed { error: message, permanent, retry_after },
+                        Err(panic) => Outcome::Failed {
+                            error: format!("handler panicked: {}", panic_text(&panic)),
+                            permanent: false,
+                            retry_after: None,
+                        },
+                    }),
+                    _ = tokio::time::sleep(timeout) => Ok(Outcome::TimedOut(timeout)),
+                }
+            }
+        };
+        // The handler's future is dropped by now: a child process group is already killed.
+        let labels = [("queue", task.queue.clone()), ("kind", task.kind.clone())];
+        metrics::histogram!("spool_task_run_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        let now = self.clock.now();
+        let params = |status, result, error, run_at, uncount| FinishParams {
+            id: task.id,
+            owner: self.id.clone(),
+            attempt: task.attempts,
+            status,
+            result,
+            error,
+            run_at,
+            uncount,
+            now,
+        };
+        let finish = match outcome {
+            Err(StopReason::LeaseLost) => {
+                tracing::warn!(
+                    "lease lost: another worker may run this task; dropping this attempt"
+                );
+                return;
+            }
+            Err(StopReason::Shutdown) => {
+                tracing::info!("shutting down: lease released, attempt not counted");
+                params(TaskStatus::Pending, None, None, Some(now), true)
+            }
+            Err(StopReason::Canceled) => params(
+                TaskStatus::Canceled,
+                None,
+                Some("canceled while running".into()),
+                None,
+                false,
+            ),
+            Ok(outcome) => {
+                let policy = self.cfg.retry_for(&task.kind);
+                let jitter: f64 = rand::random();
+                let t = decide(
+                    outcome,
+                    task.attempts,
+                    task.max_attempts,
+                    &policy,
+                    jitter,
+                    now,
+                );
+                params(t.status, t.result, t.error, t.run_at, false)
+            }
+        };
+        let status = finish.status;
+        let error = finish.error.clone();
+        let run_at = finish.run_at;
+        let write = || async { self.store.task_finish(finish.clone()).await };
+        let done = write
+            .retry(
+                ExponentialBuilder::default()
+                    .with_max_times(8)
+                    .with_max_delay(Duration::from_secs(2)),
+            )
+            .when(|e| matches!(e, StoreError::Unavailable(_)))
+            .await;
+        match done {
+            Ok(Some(_)) => {
+                let counter = match status {
+                    TaskStatus::Completed => "spool_tasks_completed_total",
+                    TaskStatus::Failed => "spool_tasks_failed_total",
+                    TaskStatus::Canceled => "spool_tasks_canceled_total",
+                    _ => "spool_tasks_retried_total",
+                };
+                metrics::counter!(counter, &labels).increment(1);
+                match status {
+                    TaskStatus::Completed => tracing::info!("completed"),
+                    TaskStatus::Failed => {
+                        tracing::warn!(error = error.as_deref().unwrap_or(""), "failed")
+                    }
+                    TaskStatus::Canceled => tracing::info!("canceled"),
+                    _ if run_at == Some(now) => {}
+                    _ => tracing::info!(
+                        error = error.as_deref().unwrap_or(""),
+                        retry_in_ms = run_at.unwrap_or(now) - now,
+                        "retry scheduled"
+                    ),
+                }
+            }
+            Ok(None) => tracing::warn!("lease lost before the result was written; result dropped"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the outcome; the lease will expire and the task run again")
+            }
+        }
+    }
+
+    /// One heartbeat: extends our leases, stops attempts whose lease is gone or that were
+    /// canceled.
+    async fn heartbeat_once(&self) -> Result<(), StoreError> {
+        let snapshot = self.seq.load(Ordering::SeqCst);
+        let held = self
+            .store
+            .lease_extend(self.id.clone(), self.cfg.worker.lease_ms, self.clock.now())
+            .await?;
+        let held: HashMap<TaskId, (u32, bool)> = held
+            .into_iter()
+            .map(|h| (h.id, (h.attempt, h.cancel_requested)))
+            .collect();
+        if let Ok(r) = self.running.lock() {
+            for (id, e) in r.iter() {
+                if e.seq > snapshot {
+                    continue; // claimed after the heartbeat was sent
+                }
+                match held.get(id) {
+                    Some((a, _)) if *a != e.attempt => e.stop(StopReason::LeaseLost),
+                    Some((_, true)) => e.stop(StopReason::Canceled),
+                    Some(_) => {}
+                    None => e.stop(StopReason::LeaseLost),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&self, ev: &crate::events::Event) {
+        if let crate::events::Event::Task(t) = ev {
+            if t.cancel_requested
+                && t.status == TaskStatus::Running
+                && t.lease_owner.as_deref() == Some(&self.id)
+            {
+                if let Ok(r) = self.running.lock() {
+                    if let Some(e) = r.get(&t.id).filter(|e| e.attempt == t.attempts) {
+                        e.stop(StopReason::Canceled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until `shutdown`, then stops claiming, gives running attempts `shutdown.grace_ms`
+    /// to finish, stops the rest and releases their leases (their attempt not counted).
+    ///
+    /// # Errors
+    /// Never for a passing database problem (it is logged and retried); only if the worker
+    /// could not be registered at all.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), StoreError> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let lease = self.cfg.worker.lease_ms;
+        self.store
+            .worker_heartbeat(
+                self.id.clone(),
+                host.clone(),
+                std::process::id(),
+                self.clock.now() - 10 * lease as i64,
+                self.clock.now(),
+            )
+            .await?;
+        tracing::info!(worker = %self.id, concurrency = self.cfg.worker.concurrency,
+            queues = ?self.cfg.worker.queues, "worker pool started");
+
+        let side = CancellationToken::new();
+        let hb = {
+            let pool = self.clone();
+            let side = side.clone();
+            let host = host.clone();
+            tokio::spawn(async move {
+                let every = Duration::from_millis((lease / 3).max(100));
+                let mut events = pool.store.hub().subscribe();
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = side.cancelled() => break,
+                        _ = tick.tick() => {
+                            if let Err(e) = pool.heartbeat_once().await {
+                                tracing::warn!(error = %e, "heartbeat failed; will retry");
+                            }
+                            let now = pool.clock.now();
+                            let _ = pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now).await;
+                        }
+                        ev = events.recv() => match ev {
+                            Ok(ev) => pool.on_event(&ev),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        },
+                    }
+                }
+            })
+        };
+
+        let tracker = TaskTracker::new();
+        let poll = Duration::from_millis(self.cfg.worker.poll_interval_ms);
+        let hub = self.store.hub().clone();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let woken = hub.work_available();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let wait = match self.claim_once(&tracker).await {
+                Ok((asked, got)) => {
+                    failures = 0;
+                    if asked > 0 && got as u32 == asked {
+                        continue; // there may be more waiting
+                    }
+                    poll
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 20 == 0 {
+                        tracing::warn!(error = %e, failures, "claim failed; retrying");
+                    }
+                    poll.max(Duration::from_millis(100 * u64::from(failures.min(50))))
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = &mut woken => {}
+                _ = &mut freed => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+
+        // Stop: no more claims; let running attempts finish within the grace period.
+        tracker.close();
+        let n = self.running.lock().map(|r| r.len()).unwrap_or(0);
+        if n > 0 {
+            tracing::info!(
+                running = n,
+                grace_ms = self.cfg.shutdown_grace.as_millis() as u64,
+                "waiting for running tasks"
+            );
+        }
+        if tokio::time::timeout(self.cfg.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            if let Ok(r) = self.running.lock() {
+                for e in r.values() {
+                    e.stop(StopReason::Shutdown);
+                }
+            }
+            tracker.wait().await;
+        }
+        side.cancel();
+        let _ = hb.await;
+        let _ = self.store.worker_remove(self.id.clone()).await;
+        tracing::info!(worker = %self.id, "worker pool stopped");
+        Ok(())
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
