@@ -319,12 +319,9 @@ impl Config {
             }
         };
         let raw: RawConfig = match text {
-            Some(t) => toml::from_str(&t).map_err(|e| ConfigError::Parse {
+            Some(t) => parse_toml(&t).map_err(|reason| ConfigError::Parse {
                 path: shown,
-                reason: e.message().to_string()
-                    + &e.span()
-                        .map(|s| format!(" (at byte {})", s.start))
-                        .unwrap_or_default(),
+                reason,
             })?,
             None => RawConfig::default(),
         };
@@ -546,6 +543,26 @@ impl Config {
             .and_then(|k| k.timeout_ms)
             .unwrap_or(DEFAULT_TIMEOUT_MS)
     }
+}
+
+/// Parses TOML into the raw config; errors name the key (`worker.concurrency: invalid type`).
+fn parse_toml(text: &str) -> Result<RawConfig, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        e.message().to_string()
+            + &e.span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default()
+    })?;
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.trim_end();
+        if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
 }
 
 fn retry_policy(

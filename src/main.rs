@@ -256,16 +256,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(%addr, db = %spool.store().path().display(), "spool serving");
-    // Printed for scripts and tests that bind port 0.
-    println!("listening on http://{addr}");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("stopping: no new tasks are claimed");
         stop.cancel();
     });
+    tracing::info!(%addr, db = %spool.store().path().display(), "spool serving");
+    // Printed (after the signal handlers are in place) for scripts and tests that bind port 0.
+    println!("listening on http://{addr}");
     spool.serve(listener, shutdown).await?;
     spool.close();
     Ok(())
@@ -280,8 +281,9 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
     let spool = Spool::builder().config(cfg).build()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("stopping: no new tasks are claimed");
         stop.cancel();
     });

@@ -1,0 +1,270 @@
+//! Bad input to the CLI and config: a one-line error naming the problem, exit code 2, nothing
+//! written. And the commands that work: enqueue, inspect, migrate, token.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(spool_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn assert_usage_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{err:?} should name {needle:?}");
+}
+
+#[test]
+fn missing_config_file_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["serve", "--config", "nope/spool.toml"]);
+    assert_usage_error(&out, "nope/spool.toml");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn unknown_key_and_bad_values_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (text, needle) in [
+        ("[worker]\nconcurency = 4\n", "concurency"),
+        ("[worker]\nlease_ms = 10\n", "worker.lease_ms"),
+        ("[database]\nsynchronous = \"sometimes\"\n", "database.synchronous"),
+        ("listen = \"not an address\"\n", "listen"),
+        ("[retention]\ncompleted = \"a while\"\n", "retention.completed"),
+        ("[worker]\nconcurrency = \"eight\"\n", "concurrency"),
+        ("[kinds.hook]\nwebhook = \"http://127.0.0.1:9/h\"\nsecret_env = \"SPOOL_TEST_UNSET_SECRET\"\n", "SPOOL_TEST_UNSET_SECRET"),
+    ] {
+        std::fs::write(&cfg, format!("data_dir = \"d\"\n{text}")).unwrap();
+        let out = run(dir.path(), &["--config", "c.toml", "serve"]);
+        assert_usage_error(&out, needle);
+        assert!(!dir.path().join("d").exists(), "nothing written for {text:?}");
+    }
+}
+
+#[test]
+fn bad_environment_override_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(spool_bin())
+        .args(["migrate"])
+        .current_dir(dir.path())
+        .env("SPOOL_WORKER_CONCURRENCY", "lots")
+        .env("SPOOL_DATA_DIR", "d")
+        .output()
+        .unwrap();
+    assert_usage_error(&out, "SPOOL_WORKER_CONCURRENCY");
+}
+
+#[test]
+fn unwritable_data_dir_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("afile"), "x").unwrap();
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"afile/data\"\n").unwrap();
+    let out = run(dir.path(), &["--config", "c.toml", "migrate"]);
+    assert_usage_error(&out, "afile/data");
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let junk = b"this is not a database, it is a shopping list: eggs, milk\n".repeat(200);
+    std::fs::write(dir.path().join("d/spool.db"), &junk).unwrap();
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").unwrap();
+    for cmd in ["serve", "work", "migrate"] {
+        let out = run(dir.path(), &["--config", "c.toml", cmd]);
+        assert_usage_error(&out, "not a SQLite database");
+    }
+    assert_eq!(std::fs::read(dir.path().join("d/spool.db")).unwrap(), junk);
+    assert!(!dir.path().join("d/spool.db-wal").exists());
+}
+
+#[test]
+fn a_database_from_a_newer_spool_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let c = rusqlite::Connection::open(dir.path().join("d/spool.db")).unwrap();
+    c.execute_batch("PRAGMA user_version = 99; CREATE TABLE future (x);")
+        .unwrap();
+    drop(c);
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").unwrap();
+    let out = run(dir.path(), &["--config", "c.toml", "migrate"]);
+    assert_usage_error(&out, "newer");
+    let c = rusqlite::Connection::open(dir.path().join("d/spool.db")).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99);
+}
+
+#[test]
+fn enqueue_refuses_bad_payload_and_names_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").unwrap();
+    assert_usage_error(
+        &run(
+            dir.path(),
+            &["--config", "c.toml", "enqueue", "echo", "{not json"],
+        ),
+        "PAYLOAD",
+    );
+    assert_usage_error(
+        &run(dir.path(), &["--config", "c.toml", "enqueue", "bad kind"]),
+        "KIND",
+    );
+    assert_usage_error(
+        &run(
+            dir.path(),
+            &["--config", "c.toml", "enqueue", "echo", "--priority", "500"],
+        ),
+        "priority",
+    );
+    assert!(!dir.path().join("d").exists());
+    // clap's own usage errors also exit 2
+    assert_eq!(run(dir.path(), &["enqueue"]).status.code(), Some(2));
+    assert_eq!(run(dir.path(), &["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn enqueue_prints_the_id_and_inspect_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "data_dir = \"d\"\n[worker]\nqueues = [\"default\"]\n",
+    )
+    .unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "--config",
+            "c.toml",
+            "enqueue",
+            "echo",
+            "{\"x\": 1}",
+            "--queue",
+            "q1",
+            "--priority",
+            "-3",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(id.parse::<spool::TaskId>().is_ok(), "{id}");
+
+    let out = run(dir.path(), &["--config", "c.toml", "inspect", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q1 = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "q1")
+        .unwrap();
+    assert_eq!(q1["pending"], 1);
+    assert_eq!(v["running"], serde_json::json!([]));
+    // Checked against the database itself.
+    let c = rusqlite::Connection::open(dir.path().join("d/spool.db")).unwrap();
+    let (queue, prio, payload): (String, i64, String) = c
+        .query_row(
+            "SELECT queue, priority, payload FROM tasks WHERE id = ?",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (queue.as_str(), prio, payload.as_str()),
+        ("q1", -3, "{\"x\":1}")
+    );
+
+    let out = run(dir.path(), &["--config", "c.toml", "inspect"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("QUEUE") && text.contains("q1") && text.contains("RECENT FAILURES"),
+        "{text}"
+    );
+}
+
+#[test]
+fn inspect_without_a_database_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").unwrap();
+    assert_usage_error(
+        &run(dir.path(), &["--config", "c.toml", "inspect"]),
+        "no database",
+    );
+}
+
+#[test]
+fn migrate_reports_the_schema_version_and_token_create_prints_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").unwrap();
+    let out = run(dir.path(), &["migrate", "--config", "c.toml"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("schema version {}", spool::store::LATEST_VERSION)),
+        "{text}"
+    );
+    let out = run(
+        dir.path(),
+        &["--config", "c.toml", "token", "create", "--user", "alice"],
+    );
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("spool_") && token.len() > 30);
+    let c = rusqlite::Connection::open(dir.path().join("d/spool.db")).unwrap();
+    let (name, admin): (String, bool) = c
+        .query_row(
+            "SELECT name, is_admin FROM users WHERE token_hash = ?",
+            [spool::http::hash_token(&token)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((name.as_str(), admin), ("alice", false));
+    let clear: i64 = c
+        .query_row(
+            "SELECT count(*) FROM users WHERE token_hash = ?",
+            [&token],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(clear, 0, "tokens are never stored in clear");
+}
+
+#[test]
+fn serve_writes_an_admin_token_file_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let mut s = serve(&cfg, &[]);
+    let mode = std::fs::metadata(dir.path().join("data/admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(s.token.starts_with("spool_"));
+    assert_eq!(
+        s.proc
+            .terminate(std::time::Duration::from_secs(30))
+            .map(|x| x.code()),
+        Some(Some(0))
+    );
+}

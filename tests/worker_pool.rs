@@ -1,0 +1,435 @@
+//! The worker pool in-process with Rust handlers: many tasks over 8 slots, panics, unknown
+//! kinds, timeouts, cancellation, per-queue limits and the shutdown grace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use spool::app::{EnqueueOptions, Spool};
+use spool::task::{NewTask, TaskId, TaskStatus};
+use spool::{Config, Handler, TaskContext, TaskError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn config(dir: &std::path::Path, extra: &str) -> Config {
+    let path = dir.join("spool.toml");
+    let text = format!(
+        "data_dir = {:?}\n[retry]\nbase_ms = 10\nmax_ms = 50\n[shutdown]\ngrace_ms = 2000\n{extra}\n",
+        dir.join("data").display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    Config::load(Some(&path)).unwrap()
+}
+
+/// Counts runs per task; fails or completes as the payload says.
+#[derive(Clone, Default)]
+struct Recorder {
+    runs: Arc<Mutex<HashMap<TaskId, u32>>>,
+    active: Arc<AtomicUsize>,
+    max_active: Arc<AtomicUsize>,
+}
+
+impl Handler for Recorder {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+        let me = self.clone();
+        Box::pin(async move {
+            *me.runs.lock().unwrap().entry(ctx.id()).or_insert(0) += 1;
+            let now = me.active.fetch_add(1, Ordering::SeqCst) + 1;
+            me.max_active.fetch_max(now, Ordering::SeqCst);
+            if let Some(ms) = ctx.payload()["sleep_ms"].as_u64() {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            me.active.fetch_sub(1, Ordering::SeqCst);
+            match ctx.payload()["mode"].as_str() {
+                Some("fail") => Err(TaskError::permanent("told to fail")),
+                Some("flaky") if ctx.attempt() == 1 => Err(TaskError::retry("first attempt fails")),
+                Some("panic") => panic!("handler blew up"),
+                _ => Ok(json!({"attempt": ctx.attempt()})),
+            }
+        })
+    }
+}
+
+async fn wait_all_terminal(spool: &Spool, n: usize, limit: Duration) {
+    let end = Instant::now() + limit;
+    loop {
+        let done: i64 = spool
+            .store()
+            .read_raw(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM tasks WHERE status IN ('completed','failed','canceled')",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        if done as usize >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "only {done} of {n} tasks finished in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn new_task(kind: &str, queue: &str, payload: Value) -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        user_id: "u".into(),
+        queue: queue.into(),
+        kind: kind.into(),
+        payload,
+        priority: 0,
+        run_at: 0,
+        max_attempts: 3,
+        timeout_ms: 10_000,
+        idempotency_key: None,
+        request_hash: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_tasks_over_eight_slots_each_end_in_one_terminal_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(
+                dir.path(),
+                "[worker]\nconcurrency = 8\npoll_interval_ms = 50",
+            ))
+            .handler("rec", rec.clone())
+            .build()
+            .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let s = spool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { s.run(stop).await })
+    };
+    let mut expect = HashMap::new();
+    for chunk in 0..5 {
+        let batch: Vec<NewTask> = (0..1000)
+            .map(|i| {
+                let mode = match (chunk * 1000 + i) % 10 {
+                    0 => "fail",
+                    1 => "flaky",
+                    _ => "ok",
+                };
+                let t = new_task("rec", "default", json!({"mode": mode}));
+                expect.insert(t.id, mode);
+                t
+            })
+            .collect();
+        spool.store().task_insert(batch, 0).await.unwrap();
+    }
+    wait_all_terminal(&spool, 5000, Duration::from_secs(180)).await;
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+
+    let finals: HashMap<TaskId, (TaskStatus, u32)> = spool
+        .store()
+        .read_raw(|c| {
+            let mut st = c.prepare("SELECT id, status, attempts FROM tasks").unwrap();
+            let rows = st
+                .query_map([], |r| {
+                    let id: String = r.get(0)?;
+                    let s: String = r.get(1)?;
+                    Ok((
+                        id.parse().unwrap(),
+                        (s.parse().unwrap(), r.get::<_, u32>(2)?),
+                    ))
+                })?
+                .collect::<Result<HashMap<_, _>, _>>()?;
+            Ok(rows)
+        })
+        .await
+        .unwrap();
+    assert_eq!(finals.len(), 5000);
+    let runs = rec.runs.lock().unwrap();
+    for (id, mode) in &expect {
+        let (status, attempts) = finals[id];
+        let ran = runs.get(id).copied().unwrap_or(0);
+        match *mode {
+            "fail" => assert_eq!((status, attempts, ran), (TaskStatus::Failed, 1, 1), "{id}"),
+            "flaky" => assert_eq!(
+                (status, attempts, ran),
+                (TaskStatus::Completed, 2, 2),
+                "{id}"
+            ),
+            _ => assert_eq!(
+                (status, attempts, ran),
+                (TaskStatus::Completed, 1, 1),
+                "{id}"
+            ),
+        }
+    }
+    assert!(rec.max_active.load(Ordering::SeqCst) <= 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_handler_fails_its_attempt_and_the_pool_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(dir.path(), "[worker]\nconcurrency = 2"))
+            .handler("rec", rec.clone())
+            .build()
+            .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let s = spool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { s.run(stop).await })
+    };
+    let opts = EnqueueOptions {
+        max_attempts: Some(2),
+        ..Default::default()
+    };
+    let p = spool
+        .enqueue_with("rec", json!({"mode": "panic"}), opts)
+        .await
+        .unwrap();
+    let unknown = spool
+        .enqueue("nobody.handles.this", json!(null))
+        .await
+        .unwrap();
+    wait_all_terminal(&spool, 2, Duration::from_secs(30)).await;
+    let ok = spool.enqueue("rec", json!({"mode": "ok"})).await.unwrap();
+    wait_all_terminal(&spool, 3, Duration::from_secs(30)).await;
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+
+    let p = spool.store().task_get(p.id, None).await.unwrap();
+    assert_eq!((p.status, p.attempts), (TaskStatus::Failed, 2));
+    assert!(p
+        .last_error
+        .unwrap()
+        .contains("handler panicked: handler blew up"));
+    let u = spool.store().task_get(unknown.id, None).await.unwrap();
+    assert_eq!(u.status, TaskStatus::Failed);
+    assert!(u.last_error.unwrap().contains("no handler for kind"));
+    assert_eq!(
+        spool.store().task_get(ok.id, None).await.unwrap().status,
+        TaskStatus::Completed
+    );
+}
+
+/// Waits on its cancellation token and records that it saw it.
+#[derive(Clone, Default)]
+struct WaitsForCancel {
+    saw_cancel: Arc<AtomicUsize>,
+}
+
+impl Handler for WaitsForCancel {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+        let saw = self.saw_cancel.clone();
+        Box::pin(async move {
+            ctx.progress("log", json!("started")).await?;
+            tokio::select! {
+                _ = ctx.cancelled() => { saw.fetch_add(1, Ordering::SeqCst); }
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+            Ok(Value::Null)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_a_running_handler_stops_it_within_a_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = WaitsForCancel::default();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(
+                dir.path(),
+                "[worker]\nconcurrency = 1\nlease_ms = 3000",
+            ))
+            .handler("wait", h.clone())
+            .build()
+            .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let s = spool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { s.run(stop).await })
+    };
+    let t = spool.enqueue("wait", json!(null)).await.unwrap();
+    // Wait until it runs (its first message is written).
+    let end = Instant::now() + Duration::from_secs(20);
+    while spool
+        .store()
+        .message_list(t.id, 0, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < end, "task never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = Instant::now();
+    let c = spool
+        .store()
+        .task_cancel(t.id, None, spool::clock::Clock::now(&spool::SystemClock))
+        .await
+        .unwrap();
+    assert!(c.cancel_requested);
+    // One heartbeat is lease/3 = 1 s; allow a wide margin on a loaded machine.
+    wait_all_terminal(&spool, 1, Duration::from_secs(10)).await;
+    let waited = asked.elapsed();
+    let t = spool.store().task_get(t.id, None).await.unwrap();
+    assert_eq!(t.status, TaskStatus::Canceled);
+    assert!(waited < Duration::from_secs(10));
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_stops_the_attempt_and_retries_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(dir.path(), ""))
+            .build()
+            .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let s = spool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { s.run(stop).await })
+    };
+    let opts = EnqueueOptions {
+        max_attempts: Some(2),
+        timeout_ms: Some(100),
+        ..Default::default()
+    };
+    let t = spool
+        .enqueue_with("spool.sleep", json!({"ms": 60_000}), opts)
+        .await
+        .unwrap();
+    wait_all_terminal(&spool, 1, Duration::from_secs(30)).await;
+    let t = spool.store().task_get(t.id, None).await.unwrap();
+    assert_eq!((t.status, t.attempts), (TaskStatus::Failed, 2));
+    assert!(t.last_error.unwrap().contains("timed out after 100 ms"));
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_concurrency_limit_caps_running_tasks_of_that_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(
+                dir.path(),
+                "[worker]\nconcurrency = 8\nqueues = [\"narrow\"]\n[queues.narrow]\nconcurrency = 2",
+            ))
+            .handler("rec", rec.clone())
+            .build()
+            .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let s = spool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { s.run(stop).await })
+    };
+    let batch: Vec<NewTask> = (0..12)
+        .map(|_| new_task("rec", "narrow", json!({"sleep_ms": 50})))
+        .collect();
+    spool.store().task_insert(batch, 0).await.unwrap();
+    wait_all_terminal(&spool, 12, Duration::from_secs(60)).await;
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+    assert_eq!(rec.max_active.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_grace_releases_leases_without_counting_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(dir.path(), "").replace_grace())
+            .build()
+            .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let s = spool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { s.run(stop).await })
+    };
+    let long = spool
+        .enqueue("spool.sleep", json!({"ms": 60_000}))
+        .await
+        .unwrap();
+    let short = spool
+        .enqueue("spool.sleep", json!({"ms": 50}))
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = spool.store().task_get(long.id, None).await.unwrap();
+        if t.status == TaskStatus::Running {
+            break;
+        }
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), runner)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let l = spool.store().task_get(long.id, None).await.unwrap();
+    assert_eq!(
+        (l.status, l.attempts, l.lease_owner),
+        (TaskStatus::Pending, 0, None)
+    );
+    let s = spool.store().task_get(short.id, None).await.unwrap();
+    assert_eq!(
+        s.status,
+        TaskStatus::Completed,
+        "a short task finishes within the grace"
+    );
+}
+
+trait ReplaceGrace {
+    fn replace_grace(self) -> Self;
+}
+
+impl ReplaceGrace for Config {
+    /// The helper's config sets grace 2000 ms; this test wants 200 ms.
+    fn replace_grace(mut self) -> Self {
+        self.shutdown_grace = Duration::from_millis(200);
+        self
+    }
+}
+
+#[tokio::test]
+async fn enqueue_rejects_bad_names_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::builder()
+        .config(config(dir.path(), ""))
+        .build()
+        .unwrap();
+    assert!(spool.enqueue("bad kind", json!(null)).await.is_err());
+    let n: i64 = spool
+        .store()
+        .read_raw(|c| Ok(c.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
