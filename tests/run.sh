@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of spool. Installs what the tests need into the project's own ignored folder
+# (.tools/), builds the release binary once, and runs all test binaries against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# The sqlite3 shell plays "another process holding the write lock" in the HTTP tests.
+if ! command -v sqlite3 >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq sqlite3
+  else
+    echo "error: sqlite3 is needed by the tests: apt-get install sqlite3" >&2
+    exit 1
+  fi
+fi
+
+# One release build shared by every integration test (they run target/release/spool).
+cargo build --release --all-targets
+cargo test --release --no-fail-fast -- --test-threads=2
