@@ -6,7 +6,11 @@ use crate::task::valid_name;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
+#[allow(unused_imports)]
+use super::openapi::{ErrorBody, QueueList, QueueView};
 
+/// Every queue's depths (admin).
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, description = "queues", body = QueueList), (status = 403, description = "not an admin token", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn list(State(st): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
     let qs = st
         .store
@@ -35,6 +39,8 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<
     Ok(Json(json!(q)))
 }
 
+/// Pause a queue: it accepts tasks, no worker claims from it (admin).
+#[utoipa::path(post, path = "/v1/queues/{name}/pause", tag = "queues", params(("name" = String, Path, description = "queue name")), responses((status = 200, description = "the queue", body = QueueView), (status = 403, description = "not an admin token", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn pause(
     State(st): State<AppState>,
     _admin: Admin,
@@ -43,6 +49,8 @@ pub(super) async fn pause(
     set_paused(st, name, true).await
 }
 
+/// Resume a paused queue (admin).
+#[utoipa::path(post, path = "/v1/queues/{name}/resume", tag = "queues", params(("name" = String, Path, description = "queue name")), responses((status = 200, description = "the queue", body = QueueView), (status = 403, description = "not an admin token", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn resume(
     State(st): State<AppState>,
     _admin: Admin,

@@ -8,6 +8,8 @@
 
 use super::extract::{ApiQuery, Auth, TaskPath};
 use super::{ApiError, ApiResult, AppState};
+#[allow(unused_imports)]
+use super::openapi::ErrorBody;
 use crate::events::Event as HubEvent;
 use crate::task::{Task, TaskId, TaskStatus};
 use axum::extract::State;
@@ -26,7 +28,8 @@ const RETRY_HINT: Duration = Duration::from_secs(2);
 /// Keep-alive comment interval.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TaskEventsQuery {
     after: Option<i64>,
@@ -40,6 +43,11 @@ fn signature(t: &Task) -> (TaskStatus, u32, bool) {
     (t.status, t.attempts, t.cancel_requested)
 }
 
+/// Server-sent events of one task: `status`, `message` (with `id:`), then `end`.
+/// Resumes after `Last-Event-ID` (wins) or `?after=`.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "task id (UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "last message id seen"), TaskEventsQuery),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn task_events(
     State(st): State<AppState>,
     auth: Auth,
@@ -125,12 +133,16 @@ async fn wait_for_task(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AllEventsQuery {
     queue: Option<String>,
 }
 
+/// Server-sent `status` events for every change of the caller's tasks.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(AllEventsQuery),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn all_events(
     State(st): State<AppState>,
     auth: Auth,

@@ -13,6 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use super::openapi::{ErrorBody, MessagePage, MessageView, TaskBatch, TaskPage, TaskView};
 use std::time::Duration;
 
 /// Longest `delay_ms` or distance of `run_at` into the future: one year.
@@ -21,11 +22,12 @@ const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
 const MAX_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The body of `POST /v1/tasks` and each item of a batch.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateTask {
     kind: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     payload: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     queue: Option<String>,
@@ -43,7 +45,7 @@ pub(super) struct CreateTask {
     idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBatch {
     tasks: Vec<CreateTask>,
@@ -142,6 +144,12 @@ fn header_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Enqueue one task.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = CreateTask,
+    params(("Idempotency-Key" = Option<String>, Header, description = "same as the idempotency_key field")),
+    responses((status = 201, description = "committed", body = TaskView), (status = 200, description = "replay of an idempotency key: the original task", body = TaskView),
+        (status = 413, description = "body over the limit", body = ErrorBody), (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 422, description = "same key, different request", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn create(
     State(st): State<AppState>,
     Auth(user): Auth,
@@ -166,6 +174,9 @@ pub(super) async fn create(
     Ok((code, Json(ins.task.to_json())).into_response())
 }
 
+/// Enqueue 1 to 1000 tasks, all or nothing.
+#[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = CreateBatch,
+    responses((status = 201, description = "all committed, in order", body = TaskBatch), (status = 422, description = "an item's key was used with a different request", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn create_batch(
     State(st): State<AppState>,
     Auth(user): Auth,
@@ -210,6 +221,9 @@ pub(super) async fn create_batch(
     Ok((StatusCode::CREATED, Json(json!({ "tasks": tasks }))).into_response())
 }
 
+/// One task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id (UUID)")),
+    responses((status = 200, description = "the task", body = TaskView), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn get_one(
     State(st): State<AppState>,
     auth: Auth,
@@ -218,7 +232,8 @@ pub(super) async fn get_one(
     Ok(Json(st.store.task_get(id, auth.scope()).await?.to_json()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     status: Option<String>,
@@ -228,6 +243,9 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
 }
 
+/// Tasks, newest first, with a stable cursor.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
+    responses((status = 200, description = "a page", body = TaskPage), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn list(
     State(st): State<AppState>,
     auth: Auth,
@@ -276,6 +294,9 @@ pub(super) async fn list(
     Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
 }
 
+/// Cancel: pending ends at once; running is stopped by its worker within a heartbeat.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id (UUID)")),
+    responses((status = 200, description = "the task", body = TaskView), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 409, description = "already terminal", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn cancel(
     State(st): State<AppState>,
     auth: Auth,
@@ -289,6 +310,9 @@ pub(super) async fn cancel(
     ))
 }
 
+/// Run a failed or canceled task again, attempts reset.
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks", params(("id" = String, Path, description = "task id (UUID)")),
+    responses((status = 200, description = "the task, pending", body = TaskView), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 409, description = "not failed or canceled", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn retry(
     State(st): State<AppState>,
     auth: Auth,
@@ -302,7 +326,8 @@ pub(super) async fn retry(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MessagesQuery {
     after: Option<i64>,
@@ -310,6 +335,9 @@ pub(super) struct MessagesQuery {
     wait_ms: Option<u64>,
 }
 
+/// A task's messages after a cursor; with `wait_ms`, a long poll.
+#[utoipa::path(get, path = "/v1/tasks/{id}/messages", tag = "messages", params(("id" = String, Path, description = "task id (UUID)"), MessagesQuery),
+    responses((status = 200, description = "a page of messages", body = MessagePage), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn messages(
     State(st): State<AppState>,
     auth: Auth,
@@ -373,14 +401,18 @@ pub(super) async fn messages(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AppendMessage {
     kind: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     content: Value,
 }
 
+/// Append a message to a task that is not terminal.
+#[utoipa::path(post, path = "/v1/tasks/{id}/messages", tag = "messages", params(("id" = String, Path, description = "task id (UUID)")), request_body = AppendMessage,
+    responses((status = 201, description = "stored", body = MessageView), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 409, description = "task is terminal", body = ErrorBody), (status = 413, description = "content over the limit", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn append_message(
     State(st): State<AppState>,
     auth: Auth,
