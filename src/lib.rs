@@ -24,6 +24,7 @@ pub mod http;
 pub mod queue;
 pub mod store;
 pub mod task;
+pub mod token;
 pub mod worker;
 
 pub use app::{Spool, SpoolBuilder};

@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod command;
+pub mod webhook;
 
 use crate::clock::Clock;
 use crate::store::sqlite::MessageCheck;
@@ -203,9 +204,23 @@ impl Registry {
     pub fn from_config(cfg: &crate::config::Config) -> Self {
         let mut r = Self::new();
         builtin::register(&mut r);
+        // One HTTP client for every webhook kind, so connections are reused across tasks.
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build()
+            .unwrap_or_default();
         for (kind, k) in &cfg.kinds {
-            if let crate::config::KindHandler::Command(argv) = &k.handler {
-                r.insert(kind.clone(), command::CommandHandler::new(argv.clone()));
+            match &k.handler {
+                crate::config::KindHandler::Command(argv) => {
+                    r.insert(kind.clone(), command::CommandHandler::new(argv.clone()));
+                }
+                crate::config::KindHandler::Webhook { url, secret } => {
+                    r.insert(
+                        kind.clone(),
+                        webhook::WebhookHandler::new(url.clone(), secret.clone(), client.clone()),
+                    );
+                }
+                crate::config::KindHandler::None => {}
             }
         }
         r

@@ -4,21 +4,10 @@
 use super::{ApiError, AppState};
 use crate::store::User;
 use crate::task::TaskId;
+use crate::token::{hash_token, TASK_TOKEN_PREFIX};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
-
-/// The hex SHA-256 of a token, as stored.
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// A new random bearer token.
-pub fn new_token() -> String {
-    let bytes: [u8; 24] = rand::random();
-    format!("spool_{}", hex::encode(bytes))
-}
 
 /// A JSON body: `application/json` only (415), at most `http.max_body_bytes` (413), and
 /// well-formed with no unknown fields (400 naming the problem).
@@ -98,6 +87,12 @@ impl FromRequestParts<AppState> for Auth {
             .ok_or_else(|| {
                 ApiError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
             })?;
+        if token.starts_with(TASK_TOKEN_PREFIX) {
+            // Task tokens only append messages to their own task (see `Caller`).
+            return Err(ApiError::Unauthorized(
+                "a task token only posts messages to its own task".into(),
+            ));
+        }
         let hash = hash_token(token);
         if let Some(u) = st.users.lock().ok().and_then(|m| m.get(&hash).cloned()) {
             return Ok(Auth(u));
@@ -163,5 +158,45 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for ApiQuery<T> {
         serde_urlencoded::from_str::<T>(q)
             .map(ApiQuery)
             .map_err(|e| ApiError::Invalid(format!("bad query string: {e}")))
+    }
+}
+
+/// Who may append a message: a user, or a webhook receiver holding its attempt's task token.
+pub(super) enum Caller {
+    /// A user token.
+    User(Auth),
+    /// A task token: this task, this attempt.
+    Task(TaskId, u32),
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be \"Bearer <token>\"".into()))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if token.starts_with(TASK_TOKEN_PREFIX) {
+            return match st.store.task_token_lookup(hash_token(token)).await? {
+                Some((id, attempt)) => Ok(Caller::Task(id, attempt)),
+                None => Err(ApiError::Unauthorized("unknown token".into())),
+            };
+        }
+        Ok(Caller::User(Auth::from_request_parts(parts, st).await?))
     }
 }

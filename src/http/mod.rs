@@ -8,8 +8,8 @@ mod queues;
 mod sse;
 mod tasks;
 
+pub use crate::token::{hash_token, new_token};
 pub use error::{ApiError, ApiResult};
-pub use extract::{hash_token, new_token};
 
 use crate::clock::Clock;
 use crate::config::Config;

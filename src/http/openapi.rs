@@ -170,7 +170,9 @@ pub struct ApiDoc;
 
 /// The document as JSON.
 pub fn document() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".into())
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".into())
 }
 
 #[cfg(test)]
@@ -180,7 +182,9 @@ mod tests {
     #[test]
     fn task_view_matches_the_json_the_routes_send() {
         let doc: Value = serde_json::from_str(&document()).unwrap();
-        let props = doc["components"]["schemas"]["TaskView"]["properties"].as_object().unwrap();
+        let props = doc["components"]["schemas"]["TaskView"]["properties"]
+            .as_object()
+            .unwrap();
         let mut documented: Vec<&String> = props.keys().collect();
         documented.sort();
         let t = crate::task::Task {
@@ -217,9 +221,17 @@ mod tests {
         let doc: Value = serde_json::from_str(&document()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
         for p in [
-            "/v1/tasks", "/v1/tasks/batch", "/v1/tasks/{id}", "/v1/tasks/{id}/cancel", "/v1/tasks/{id}/retry",
-            "/v1/tasks/{id}/messages", "/v1/tasks/{id}/events", "/v1/events", "/v1/queues",
-            "/v1/queues/{name}/pause", "/v1/queues/{name}/resume",
+            "/v1/tasks",
+            "/v1/tasks/batch",
+            "/v1/tasks/{id}",
+            "/v1/tasks/{id}/cancel",
+            "/v1/tasks/{id}/retry",
+            "/v1/tasks/{id}/messages",
+            "/v1/tasks/{id}/events",
+            "/v1/events",
+            "/v1/queues",
+            "/v1/queues/{name}/pause",
+            "/v1/queues/{name}/resume",
         ] {
             assert!(paths.contains_key(p), "{p} missing");
         }

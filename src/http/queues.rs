@@ -1,13 +1,13 @@
 //! `/v1/queues` routes (admin only): depths, pause, resume.
 
 use super::extract::Admin;
+#[allow(unused_imports)]
+use super::openapi::{ErrorBody, QueueList, QueueView};
 use super::{configured_queues, ApiError, ApiResult, AppState};
 use crate::task::valid_name;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
-#[allow(unused_imports)]
-use super::openapi::{ErrorBody, QueueList, QueueView};
 
 /// Every queue's depths (admin).
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, description = "queues", body = QueueList), (status = 403, description = "not an admin token", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]

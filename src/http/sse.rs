@@ -7,9 +7,9 @@
 //! the client's socket, so a slow client slows only itself, and its memory stays one page.
 
 use super::extract::{ApiQuery, Auth, TaskPath};
-use super::{ApiError, ApiResult, AppState};
 #[allow(unused_imports)]
 use super::openapi::ErrorBody;
+use super::{ApiError, ApiResult, AppState};
 use crate::events::Event as HubEvent;
 use crate::task::{Task, TaskId, TaskStatus};
 use axum::extract::State;

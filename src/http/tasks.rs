@@ -1,6 +1,7 @@
 //! `/v1/tasks` routes: enqueue (one or a batch), get, list, cancel, retry, messages.
 
-use super::extract::{ApiJson, ApiQuery, Auth, TaskPath};
+use super::extract::{ApiJson, ApiQuery, Auth, Caller, TaskPath};
+use super::openapi::{ErrorBody, MessagePage, MessageView, TaskBatch, TaskPage, TaskView};
 use super::{ApiError, ApiResult, AppState};
 use crate::clock::parse_rfc3339;
 use crate::store::sqlite::MessageCheck;
@@ -13,7 +14,6 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use super::openapi::{ErrorBody, MessagePage, MessageView, TaskBatch, TaskPage, TaskView};
 use std::time::Duration;
 
 /// Longest `delay_ms` or distance of `run_at` into the future: one year.
@@ -415,7 +415,7 @@ pub(super) struct AppendMessage {
     responses((status = 201, description = "stored", body = MessageView), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 409, description = "task is terminal", body = ErrorBody), (status = 413, description = "content over the limit", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn append_message(
     State(st): State<AppState>,
-    auth: Auth,
+    caller: Caller,
     TaskPath(id): TaskPath,
     ApiJson(req): ApiJson<AppendMessage>,
 ) -> ApiResult<Response> {
@@ -433,15 +433,25 @@ pub(super) async fn append_message(
             st.cfg.max_message_bytes
         )));
     }
+    let check = match &caller {
+        Caller::User(auth) => MessageCheck::User(auth.scope()),
+        // A task token reaches only its own task, and only while its attempt runs.
+        Caller::Task(task, _) if *task != id => {
+            return Err(ApiError::Unauthorized(
+                "this task token belongs to another task".into(),
+            ))
+        }
+        Caller::Task(_, attempt) => MessageCheck::Attempt(*attempt),
+    };
     let m = st
         .store
-        .message_insert(
-            id,
-            req.kind,
-            req.content,
-            MessageCheck::User(auth.scope()),
-            st.clock.now(),
-        )
-        .await?;
+        .message_insert(id, req.kind, req.content, check, st.clock.now())
+        .await
+        .map_err(|e| match (&caller, e) {
+            (Caller::Task(..), crate::store::StoreError::Conflict(_)) => ApiError::Unauthorized(
+                "the attempt this task token was issued for has ended".into(),
+            ),
+            (_, e) => e.into(),
+        })?;
     Ok((StatusCode::CREATED, Json(m.to_json())).into_response())
 }

@@ -30,3 +30,5 @@ pub(crate) const USER_BY_TOKEN: &str = include_str!("../../sql/queries/user_by_t
 pub(crate) const USER_INSERT: &str = include_str!("../../sql/queries/user_insert.sql");
 pub(crate) const WORKER_DELETE: &str = include_str!("../../sql/queries/worker_delete.sql");
 pub(crate) const WORKER_UPSERT: &str = include_str!("../../sql/queries/worker_upsert.sql");
+pub(crate) const TASK_TOKEN_INSERT: &str = include_str!("../../sql/queries/task_token_insert.sql");
+pub(crate) const TASK_TOKEN_GET: &str = include_str!("../../sql/queries/task_token_get.sql");

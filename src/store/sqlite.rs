@@ -621,6 +621,44 @@ impl SqliteStore {
         .await
     }
 
+    /// Issues a token for attempt `attempt` of a task (for a webhook receiver); stores its hash.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn task_token_create(
+        &self,
+        task_id: TaskId,
+        attempt: u32,
+        now: UnixMillis,
+    ) -> Result<String> {
+        let token = crate::token::new_task_token();
+        let hash = crate::token::hash_token(&token);
+        self.write(true, move |conn| {
+            conn.prepare_cached(sql::TASK_TOKEN_INSERT)?.execute(named_params! {
+                ":token_hash": hash, ":task_id": task_id.to_string(), ":attempt": attempt, ":now": now})?;
+            Ok(((), Vec::new()))
+        })
+        .await?;
+        Ok(token)
+    }
+
+    /// The task and attempt a task token was issued for.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn task_token_lookup(&self, token_hash: String) -> Result<Option<(TaskId, u32)>> {
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(sql::TASK_TOKEN_GET)?
+                .query_row(named_params! {":token_hash": token_hash}, |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            Ok(row.and_then(|(id, a)| id.parse().ok().map(|id| (id, a.max(0) as u32))))
+        })
+        .await
+    }
+
     /// Runs an arbitrary write on the writer (for tools: the drill's record, token hashes).
     ///
     /// # Errors
