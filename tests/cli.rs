@@ -268,3 +268,21 @@ fn serve_writes_an_admin_token_file_readable_by_its_owner_only() {
         Some(Some(0))
     );
 }
+
+#[test]
+fn the_embedded_example_runs_its_tasks_to_the_end() {
+    // Built by `cargo build --release --all-targets` in tests/run.sh, beside the spool binary.
+    let exe = spool_bin().parent().unwrap().join("examples/embedded");
+    assert!(exe.exists(), "build the examples first: {}", exe.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(exe).current_dir(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("resize completed attempts=1"), "{text}");
+    assert!(text.contains("resize failed attempts=1"), "{text}");
+    assert!(text.contains("greet completed attempts=2"), "{text}");
+}
