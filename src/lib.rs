@@ -12,12 +12,14 @@
 //! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |
 //! | http | [`http`] | routes, auth, errors, SSE, long poll | hold task state |
 //! | config | [`config`] | the typed configuration | be read after start |
+//! | drill | [`drill`] | the restore drill: restore the replica, check it, compare | touch the live file but to read it |
 //! | app | [`app`] | wiring and shutdown order | hold logic of its own |
 
 pub mod app;
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod drill;
 pub mod events;
 pub mod executor;
 pub mod http;

@@ -80,6 +80,28 @@ enum Command {
     },
     /// Apply pending schema migrations and print the version.
     Migrate,
+    /// The restore drill: restore the newest replica to a temporary file, check it, compare it
+    /// with the live database, print a verdict; exit 0 only on pass.
+    Drill {
+        /// The Litestream config (default: $LITESTREAM_CONFIG, else ./litestream.yml).
+        #[arg(long)]
+        litestream_config: Option<PathBuf>,
+        /// The litestream binary (default: found on PATH).
+        #[arg(long)]
+        litestream: Option<PathBuf>,
+        /// Fail when the replica is further behind the live database than this.
+        #[arg(long, default_value = "5m")]
+        max_lag: String,
+        /// Give up on the restore after this long.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not record the result in the live database.
+        #[arg(long)]
+        no_record: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,6 +148,7 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<DrillFailed>().is_some() => ExitCode::from(1),
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {line}");
@@ -228,6 +251,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Drill {
+            litestream_config,
+            litestream,
+            max_lag,
+            timeout,
+            json,
+            no_record,
+        } => {
+            drill(
+                cfg,
+                litestream_config,
+                litestream,
+                &max_lag,
+                &timeout,
+                json,
+                no_record,
+            )
+            .await
+        }
         Command::Migrate => {
             let store = open_store(&cfg)?;
             let v = store
@@ -292,6 +334,101 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drill(
+    cfg: Config,
+    litestream_config: Option<PathBuf>,
+    litestream: Option<PathBuf>,
+    max_lag: &str,
+    timeout: &str,
+    as_json: bool,
+    no_record: bool,
+) -> anyhow::Result<()> {
+    let max_lag = humantime::parse_duration(max_lag)
+        .map_err(|e| usage(format!("--max-lag {max_lag:?}: {e}")))?;
+    let restore_timeout = humantime::parse_duration(timeout)
+        .map_err(|e| usage(format!("--timeout {timeout:?}: {e}")))?;
+    let litestream = match litestream {
+        Some(p) if p.exists() => p,
+        Some(p) => return Err(usage(format!("--litestream {}: no such file", p.display()))),
+        None => find_on_path("litestream").ok_or_else(|| {
+            usage("litestream is not on PATH: install it or pass --litestream PATH")
+        })?,
+    };
+    let ls_config = litestream_config
+        .or_else(|| std::env::var_os("LITESTREAM_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("litestream.yml"));
+    if !ls_config.is_file() {
+        return Err(usage(format!(
+            "no Litestream config at {} (pass --litestream-config)",
+            ls_config.display()
+        )));
+    }
+    let db_path =
+        std::path::absolute(cfg.db_path()).map_err(|e| usage(format!("data_dir: {e}")))?;
+    let opts = spool::drill::DrillOptions {
+        litestream,
+        litestream_config: ls_config,
+        db_path: db_path.clone(),
+        max_lag,
+        restore_timeout,
+    };
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message("restoring the newest replica into a temporary file…");
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let now = SystemClock.now();
+    let report = tokio::select! {
+        r = spool::drill::run(&opts, now) => r,
+        _ = shutdown_signal() => {
+            spinner.finish_and_clear();
+            anyhow::bail!("drill interrupted; temporary files removed");
+        }
+    };
+    spinner.finish_and_clear();
+    if !no_record && db_path.exists() {
+        if let Err(e) = spool::drill::record(&db_path, &report, now) {
+            eprintln!(
+                "warning: could not record the drill in {}: {e}",
+                db_path.display()
+            );
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.verdict);
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(DrillFailed))
+    }
+}
+
+/// A drill that ran and failed: its verdict is already printed.
+#[derive(Debug)]
+struct DrillFailed;
+
+impl std::fmt::Display for DrillFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the restore drill failed")
+    }
+}
+
+impl std::error::Error for DrillFailed {}
+
 async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> {
     let path = cfg.db_path();
     if !path.exists() {
@@ -305,6 +442,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
         let now = SystemClock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
         let (running, failed) = store.inspect_lists(20).await?;
+        let last_drill = store.read_raw(|c| Ok(spool::drill::last(c)?)).await?;
         if as_json {
             let running: Vec<Value> = running
                 .iter()
@@ -316,7 +454,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                 })
                 .collect();
             let failed: Vec<Value> = failed.iter().map(|t| t.to_json()).collect();
-            let out = json!({"queues": queues, "running": running, "recent_failures": failed, "last_drill": null});
+            let out = json!({"queues": queues, "running": running, "recent_failures": failed, "last_drill": last_drill});
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             if watch {
@@ -372,6 +510,15 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                 ]);
             }
             print_table(&rows);
+            match &last_drill {
+                Some(d) => println!(
+                    "\nLAST DRILL  {} at {}: {}",
+                    if d.passed { "PASS" } else { "FAIL" },
+                    d.ran_at,
+                    d.verdict
+                ),
+                None => println!("\nLAST DRILL  none recorded (run spool drill)"),
+            }
             println!("\nRECENT FAILURES ({})", failed.len());
             let mut rows = vec![vec![
                 "TASK".to_string(),

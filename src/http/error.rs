@@ -85,6 +85,13 @@ impl IntoResponse for ApiError {
         }
         let body = json!({"error": {"code": code, "message": self.message()}});
         let mut resp = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::TooLarge(_)) {
+            // The rest of the body was not read: the connection cannot be reused.
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if matches!(self, Self::Unavailable(_)) {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

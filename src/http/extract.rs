@@ -39,8 +39,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
 /// Parses JSON with a message that says where it went wrong.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path.is_empty() || path == "." {
@@ -48,7 +48,11 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
         } else {
             ApiError::Invalid(format!("invalid JSON body at {path}: {inner}"))
         }
-    })
+    })?;
+    // Anything after the value (`{"kind": "a"} x`) makes the whole body invalid.
+    de.end()
+        .map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))?;
+    Ok(value)
 }
 
 /// The caller, from `Authorization: Bearer <token>`.

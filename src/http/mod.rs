@@ -107,7 +107,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.store.ping_write().await {
+    match st.store.ping_write(st.clock.now()).await {
         Ok(()) => "ok".into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -879,11 +879,11 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` when it does not.
-    pub async fn ping_write(&self) -> Result<()> {
-        self.write(false, |conn| {
-            // Touch the file so a full disk or a held lock shows here.
-            conn.prepare_cached("UPDATE queues SET updated_at = updated_at WHERE 0")?
-                .execute([])?;
+    pub async fn ping_write(&self, now: UnixMillis) -> Result<()> {
+        self.write(false, move |conn| {
+            // A real page write: a full disk or a lock held elsewhere fails it.
+            conn.prepare_cached(sql::HEALTH_TOUCH)?
+                .execute(named_params! {":now": now})?;
             Ok(((), Vec::new()))
         })
         .await
