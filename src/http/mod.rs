@@ -136,6 +136,12 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
             }
         }
     }
+    if let Ok(Some(d)) = st.store.read_raw(|c| Ok(crate::drill::last(c)?)).await {
+        metrics::gauge!("spool_last_drill_passed").set(if d.passed { 1.0 } else { 0.0 });
+        if let Some(t) = d.last_pass_at_ms {
+            metrics::gauge!("spool_last_good_drill_timestamp_seconds").set(t as f64 / 1000.0);
+        }
+    }
     (
         StatusCode::OK,
         [(

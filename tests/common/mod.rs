@@ -136,10 +136,10 @@ pub fn serve(config: &Path, envs: &[(&str, &str)]) -> Server {
         }
     };
     let dir = config.parent().unwrap().to_path_buf();
+    // Written on the first start of an empty database only (a restored one has its users).
     let token = std::fs::read_to_string(dir.join("data/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
     Server {
         proc,
         base,
