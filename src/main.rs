@@ -80,6 +80,51 @@ enum Command {
     },
     /// Apply pending schema migrations and print the version.
     Migrate,
+    /// Measure throughput and latency against a raw-SQLite floor measured in the same run.
+    Bench {
+        /// Target a running server instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// Token for --url.
+        #[arg(long)]
+        token: Option<String>,
+        /// synchronous of the started server and of the floor: full or normal.
+        #[arg(long, default_value = "full")]
+        synchronous: String,
+        /// Concurrent clients of the single-enqueue test.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Tasks of the single-enqueue test.
+        #[arg(long, default_value_t = 50_000)]
+        n: usize,
+        /// Tasks of the batch test.
+        #[arg(long, default_value_t = 200_000)]
+        batch_n: usize,
+        /// Tasks of the end-to-end test.
+        #[arg(long, default_value_t = 50_000)]
+        e2e_n: usize,
+        /// Worker slots of the started server.
+        #[arg(long, default_value_t = 256)]
+        concurrency: u32,
+        /// Samples of the enqueue-to-start latency test.
+        #[arg(long, default_value_t = 500)]
+        latency_samples: usize,
+        /// SSE streams.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+        /// Messages per SSE stream.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Idle SSE streams held open for the memory figure (0 skips).
+        #[arg(long, default_value_t = 0)]
+        idle_streams: usize,
+        /// Directory for the temporary data dir and the floor (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The restore drill: restore the newest replica to a temporary file, check it, compare it
     /// with the live database, print a verdict; exit 0 only on pass.
     Drill {
@@ -251,6 +296,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Bench {
+            url,
+            token,
+            synchronous,
+            clients,
+            n,
+            batch_n,
+            e2e_n,
+            concurrency,
+            latency_samples,
+            streams,
+            messages,
+            idle_streams,
+            dir,
+            json,
+        } => {
+            if !matches!(synchronous.as_str(), "full" | "normal") {
+                return Err(usage("--synchronous must be full or normal"));
+            }
+            if clients == 0 || n == 0 || concurrency == 0 {
+                return Err(usage("--clients, --n and --concurrency must be at least 1"));
+            }
+            if let Some(u) = &url {
+                if !(u.starts_with("http://127.")
+                    || u.starts_with("http://localhost")
+                    || u.starts_with("http://[::1]"))
+                {
+                    return Err(usage(
+                        "--url must be a loopback address (http://127.0.0.1:PORT)",
+                    ));
+                }
+            }
+            let opts = spool::bench::BenchOptions {
+                url,
+                token,
+                synchronous,
+                clients,
+                n,
+                batch_n,
+                e2e_n,
+                concurrency,
+                latency_samples,
+                streams,
+                messages_per_stream: messages,
+                idle_streams,
+                dir,
+            };
+            let report = spool::bench::run(opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", spool::bench::table(&report));
+            }
+            Ok(())
+        }
         Command::Drill {
             litestream_config,
             litestream,
@@ -286,6 +388,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Every SSE stream is a socket: allow as many as the hard limit does.
+    spool::bench::raise_fd_limit();
     let listen = cfg.listen;
     let spool = Spool::builder().config(cfg).build()?;
     if let Some(path) = spool.bootstrap_admin().await? {
