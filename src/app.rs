@@ -204,7 +204,7 @@ impl Spool {
         };
         let mut out = self.store.task_insert(vec![task], now).await?;
         out.pop()
-            .map(|i| i.task)
+            .map(|i| Arc::unwrap_or_clone(i.task))
             .ok_or_else(|| AppError::Invalid("insert returned nothing".into()))
     }
 

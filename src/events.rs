@@ -1,8 +1,9 @@
 //! In-process announcements of committed changes: SSE streams and idle workers wake at once
 //! instead of waiting for a poll tick. Rows written by other processes are found by polling.
 
-use crate::task::{Message, Task};
-use std::sync::Arc;
+use crate::task::{Message, Task, TaskId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{broadcast, Notify};
 
 /// Capacity of the broadcast ring. A receiver that falls this far behind gets `Lagged` and
@@ -23,6 +24,40 @@ pub enum Event {
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
     work: Notify,
+    /// Per-task wake-ups: a stream or long poll waits on its task only, so a message wakes one
+    /// waiter, not every open stream (1,000 streams would otherwise mean 1,000 wake-ups a message).
+    watchers: Mutex<HashMap<TaskId, Vec<Weak<Notify>>>>,
+}
+
+/// A registration for one task's changes; dropping it unregisters.
+#[derive(Debug)]
+pub struct TaskWatch {
+    hub: Arc<EventHub>,
+    id: TaskId,
+    notify: Arc<Notify>,
+}
+
+impl TaskWatch {
+    /// Resolves after the task changed or got a message (at once if that happened since the
+    /// last call: the wake-up is kept until taken).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for TaskWatch {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.hub.watchers.lock() {
+            if let Some(list) = w.get_mut(&self.id) {
+                list.retain(|n| {
+                    n.strong_count() > 0 && !std::ptr::eq(n.as_ptr(), Arc::as_ptr(&self.notify))
+                });
+                if list.is_empty() {
+                    w.remove(&self.id);
+                }
+            }
+        }
+    }
 }
 
 impl Default for EventHub {
@@ -38,11 +73,39 @@ impl EventHub {
         Self {
             tx,
             work: Notify::new(),
+            watchers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers interest in one task's changes and messages.
+    pub fn watch(self: &Arc<Self>, id: TaskId) -> TaskWatch {
+        let notify = Arc::new(Notify::new());
+        if let Ok(mut w) = self.watchers.lock() {
+            w.entry(id).or_default().push(Arc::downgrade(&notify));
+        }
+        TaskWatch {
+            hub: self.clone(),
+            id,
+            notify,
+        }
+    }
+
+    fn wake(&self, id: TaskId) {
+        if let Ok(w) = self.watchers.lock() {
+            if let Some(list) = w.get(&id) {
+                for n in list.iter().filter_map(Weak::upgrade) {
+                    n.notify_one();
+                }
+            }
         }
     }
 
     /// Announces a committed change. Called only after the commit.
     pub fn publish(&self, e: Event) {
+        match &e {
+            Event::Task(t) => self.wake(t.id),
+            Event::Message(m) => self.wake(m.task_id),
+        }
         if let Event::Task(t) = &e {
             if t.status == crate::task::TaskStatus::Pending {
                 // notify_waiters wakes every idle pool; a pool that is busy claiming will claim

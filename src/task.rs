@@ -162,26 +162,34 @@ pub struct Task {
 impl Task {
     /// The task as the API shows it (API.md "The task").
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "queue": self.queue,
-            "kind": self.kind,
-            "status": self.status,
-            "priority": self.priority,
-            "payload": self.payload,
-            "result": self.result,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "last_error": self.last_error,
-            "idempotency_key": self.idempotency_key,
-            "run_at": rfc3339(self.run_at),
-            "timeout_ms": self.timeout_ms,
-            "cancel_requested": self.cancel_requested,
-            "created_at": rfc3339(self.created_at),
-            "started_at": self.started_at.map(rfc3339),
-            "completed_at": self.completed_at.map(rfc3339),
-            "updated_at": rfc3339(self.updated_at),
-        })
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The API's view of a task: serialized straight to the response, with times as RFC 3339.
+impl Serialize for Task {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Task", 18)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("queue", &self.queue)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("priority", &self.priority)?;
+        st.serialize_field("payload", &self.payload)?;
+        st.serialize_field("result", &self.result)?;
+        st.serialize_field("attempts", &self.attempts)?;
+        st.serialize_field("max_attempts", &self.max_attempts)?;
+        st.serialize_field("last_error", &self.last_error)?;
+        st.serialize_field("idempotency_key", &self.idempotency_key)?;
+        st.serialize_field("run_at", &rfc3339(self.run_at))?;
+        st.serialize_field("timeout_ms", &self.timeout_ms)?;
+        st.serialize_field("cancel_requested", &self.cancel_requested)?;
+        st.serialize_field("created_at", &rfc3339(self.created_at))?;
+        st.serialize_field("started_at", &self.started_at.map(rfc3339))?;
+        st.serialize_field("completed_at", &self.completed_at.map(rfc3339))?;
+        st.serialize_field("updated_at", &rfc3339(self.updated_at))?;
+        st.end()
     }
 }
 
@@ -230,13 +238,20 @@ pub struct Message {
 impl Message {
     /// The message as the API shows it.
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "task_id": self.task_id,
-            "kind": self.kind,
-            "content": self.content,
-            "created_at": rfc3339(self.created_at),
-        })
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Message", 5)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("task_id", &self.task_id)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("content", &self.content)?;
+        st.serialize_field("created_at", &rfc3339(self.created_at))?;
+        st.end()
     }
 }
 

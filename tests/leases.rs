@@ -55,6 +55,8 @@ impl Bundle {
             .unwrap()
             .remove(0)
             .task
+            .as_ref()
+            .clone()
     }
 
     async fn claim(&self, owner: &str, n: u32) -> Vec<Task> {

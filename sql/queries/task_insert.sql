@@ -1,6 +1,5 @@
--- Enqueue one task as `pending`. Returns the stored row.
+-- Enqueue one task as `pending`. The caller builds the row from what it inserted.
 INSERT INTO tasks (id, user_id, queue, kind, payload, status, priority, run_at, attempts,
                    max_attempts, timeout_ms, idempotency_key, request_hash, created_at, updated_at)
 VALUES (:id, :user_id, :queue, :kind, :payload, 'pending', :priority, :run_at, 0,
         :max_attempts, :timeout_ms, :idempotency_key, :request_hash, :now, :now)
-RETURNING *

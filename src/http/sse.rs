@@ -11,7 +11,7 @@ use super::extract::{ApiQuery, Auth, TaskPath};
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiResult, AppState};
 use crate::events::Event as HubEvent;
-use crate::task::{Task, TaskId, TaskStatus};
+use crate::task::{Task, TaskStatus};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -72,8 +72,8 @@ pub(super) async fn task_events(
         (None, None) => 0,
     };
     let scope = auth.scope();
-    // Subscribe before the first read so nothing committed in between is missed.
-    let mut rx = st.store.hub().subscribe();
+    // Watch before the first read so nothing committed in between is missed.
+    let watch = st.store.hub().watch(id);
     let first = st.store.task_get(id, scope.clone()).await?;
     let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
 
@@ -104,7 +104,7 @@ pub(super) async fn task_events(
                 break;
             }
             tokio::select! {
-                _ = wait_for_task(&mut rx, id, cursor) => {}
+                _ = watch.changed() => {}
                 _ = tokio::time::sleep(poll) => {}
                 _ = st.shutdown.cancelled() => break,
             }
@@ -113,24 +113,6 @@ pub(super) async fn task_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
-}
-
-/// Returns when this process changed the task or wrote a message after `cursor` (or events were
-/// missed, so the caller must re-read anyway).
-async fn wait_for_task(
-    rx: &mut tokio::sync::broadcast::Receiver<HubEvent>,
-    id: TaskId,
-    cursor: i64,
-) {
-    loop {
-        match rx.recv().await {
-            Ok(HubEvent::Message(m)) if m.task_id == id && m.id > cursor => return,
-            Ok(HubEvent::Task(t)) if t.id == id => return,
-            Ok(_) => {}
-            Err(RecvError::Lagged(_)) => return,
-            Err(RecvError::Closed) => std::future::pending::<()>().await,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

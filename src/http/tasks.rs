@@ -356,8 +356,8 @@ pub(super) async fn messages(
     if wait_ms > 30_000 {
         return Err(ApiError::Invalid("wait_ms must be at most 30000".into()));
     }
-    // Subscribe before the first read, so a message committed in between is not missed.
-    let mut events = st.store.hub().subscribe();
+    // Watch before the first read, so a message committed in between is not missed.
+    let watch = st.store.hub().watch(id);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
     loop {
@@ -373,23 +373,9 @@ pub(super) async fn messages(
                 json!({"messages": msgs, "next_after": next_after, "task_status": task.status}),
             ));
         }
-        // Wait for a message of this task in this process, a status change, a poll tick (rows of
-        // other processes), the deadline, or shutdown.
-        let wake = async {
-            loop {
-                match events.recv().await {
-                    Ok(crate::events::Event::Message(m)) if m.task_id == id => return,
-                    Ok(crate::events::Event::Task(t)) if t.id == id && t.status.is_terminal() => {
-                        return
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        std::future::pending::<()>().await
-                    }
-                }
-            }
-        };
+        // Wait for a change of this task in this process, a poll tick (rows of other
+        // processes), the deadline, or shutdown.
+        let wake = watch.changed();
         tokio::select! {
             _ = wake => {}
             _ = tokio::time::sleep(poll.min(deadline - now)) => {}

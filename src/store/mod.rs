@@ -159,7 +159,7 @@ pub struct ListParams {
 #[derive(Debug, Clone)]
 pub struct Inserted {
     /// The task (the original one on an idempotent replay).
-    pub task: Task,
+    pub task: std::sync::Arc<Task>,
     /// False when an earlier task with the same key was returned.
     pub created: bool,
 }

@@ -948,13 +948,19 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventH
             single_failed = !job.run(conn);
             continue;
         }
-        if conn.execute_batch("SAVEPOINT job").is_err() {
+        if conn
+            .prepare_cached("SAVEPOINT job")
+            .and_then(|mut st| st.execute([]))
+            .is_err()
+        {
             // Cannot isolate it; a failure of the connection itself shows at COMMIT below.
             job.run(conn);
             continue;
         }
         if job.run(conn) {
-            let _ = conn.execute_batch("RELEASE job");
+            let _ = conn
+                .prepare_cached("RELEASE job")
+                .and_then(|mut st| st.execute([]));
         } else {
             let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
         }
@@ -991,36 +997,38 @@ fn clone_err(e: &StoreError) -> StoreError {
     }
 }
 
+/// A `tasks` row, read by position: every task query selects `*` (or `RETURNING *`), whose
+/// order is the table's (0001_init.sql); later migrations only append columns.
 pub(crate) fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     let conv = |i: usize, e: String| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
     };
-    let id: String = r.get("id")?;
-    let status: String = r.get("status")?;
-    let payload: String = r.get("payload")?;
-    let result: Option<String> = r.get("result")?;
+    let id: String = r.get(0)?;
+    let status: String = r.get(5)?;
+    let payload: String = r.get(4)?;
+    let result: Option<String> = r.get(15)?;
     Ok(Task {
         id: id.parse().map_err(|e| conv(0, e))?,
-        user_id: r.get("user_id")?,
-        queue: r.get("queue")?,
-        kind: r.get("kind")?,
+        user_id: r.get(1)?,
+        queue: r.get(2)?,
+        kind: r.get(3)?,
         status: status.parse().map_err(|e| conv(5, e))?,
-        priority: r.get("priority")?,
+        priority: r.get(6)?,
         payload: parse_json_lenient(payload),
         result: result.map(parse_json_lenient),
-        attempts: r.get::<_, i64>("attempts")?.max(0) as u32,
-        max_attempts: r.get::<_, i64>("max_attempts")?.max(0) as u32,
-        last_error: r.get("last_error")?,
-        idempotency_key: r.get("idempotency_key")?,
-        run_at: r.get("run_at")?,
-        timeout_ms: r.get::<_, i64>("timeout_ms")?.max(0) as u64,
-        cancel_requested: r.get("cancel_requested")?,
-        lease_owner: r.get("lease_owner")?,
-        lease_expires_at: r.get("lease_expires_at")?,
-        created_at: r.get("created_at")?,
-        started_at: r.get("started_at")?,
-        completed_at: r.get("completed_at")?,
-        updated_at: r.get("updated_at")?,
+        attempts: r.get::<_, i64>(8)?.max(0) as u32,
+        max_attempts: r.get::<_, i64>(9)?.max(0) as u32,
+        last_error: r.get(14)?,
+        idempotency_key: r.get(16)?,
+        run_at: r.get(7)?,
+        timeout_ms: r.get::<_, i64>(10)?.max(0) as u64,
+        cancel_requested: r.get(13)?,
+        lease_owner: r.get(11)?,
+        lease_expires_at: r.get(12)?,
+        created_at: r.get(18)?,
+        started_at: r.get(19)?,
+        completed_at: r.get(20)?,
+        updated_at: r.get(21)?,
     })
 }
 
@@ -1095,7 +1103,7 @@ fn insert_tasks(conn: &Connection, tasks: &[NewTask], now: UnixMillis) -> JobOut
                     });
                 }
                 out.push(Inserted {
-                    task,
+                    task: Arc::new(task),
                     created: false,
                 });
                 continue;
@@ -1103,17 +1111,38 @@ fn insert_tasks(conn: &Connection, tasks: &[NewTask], now: UnixMillis) -> JobOut
             // Two items of one batch with the same key: the second sees the first's row above.
         }
         let payload = serde_json::to_string(&t.payload).map_err(json_err)?;
-        let task = insert.query_row(
-            named_params! {
-                ":id": t.id.to_string(), ":user_id": t.user_id, ":queue": t.queue,
-                ":kind": t.kind, ":payload": payload, ":priority": t.priority,
-                ":run_at": t.run_at, ":max_attempts": t.max_attempts,
-                ":timeout_ms": t.timeout_ms as i64, ":idempotency_key": t.idempotency_key,
-                ":request_hash": t.request_hash, ":now": now,
-            },
-            task_from_row,
-        )?;
-        events.push(Event::Task(Arc::new(task.clone())));
+        insert.execute(named_params! {
+            ":id": t.id.to_string(), ":user_id": t.user_id, ":queue": t.queue,
+            ":kind": t.kind, ":payload": payload, ":priority": t.priority,
+            ":run_at": t.run_at, ":max_attempts": t.max_attempts,
+            ":timeout_ms": t.timeout_ms as i64, ":idempotency_key": t.idempotency_key,
+            ":request_hash": t.request_hash, ":now": now,
+        })?;
+        // The row is exactly what was inserted: build it here rather than read it back.
+        let task = Arc::new(Task {
+            id: t.id,
+            user_id: t.user_id.clone(),
+            queue: t.queue.clone(),
+            kind: t.kind.clone(),
+            status: TaskStatus::Pending,
+            priority: t.priority,
+            payload: t.payload.clone(),
+            result: None,
+            attempts: 0,
+            max_attempts: t.max_attempts,
+            last_error: None,
+            idempotency_key: t.idempotency_key.clone(),
+            run_at: t.run_at,
+            timeout_ms: t.timeout_ms,
+            cancel_requested: false,
+            lease_owner: None,
+            lease_expires_at: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            updated_at: now,
+        });
+        events.push(Event::Task(task.clone()));
         out.push(Inserted {
             task,
             created: true,
