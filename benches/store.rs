@@ -40,6 +40,7 @@ fn claim(store: &SqliteStore, rt: &tokio::runtime::Runtime, n: u32) -> Vec<spool
         }],
         total: n,
         lease_ms: 60_000,
+        rescue: true,
         now: 1,
     }))
     .unwrap()

@@ -23,7 +23,8 @@ pub enum Event {
 #[derive(Debug)]
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
-    work: Notify,
+    /// Idle worker pools by the queues they work: an enqueue wakes only the pools of its queue.
+    work: Mutex<HashMap<String, Vec<Weak<Notify>>>>,
     /// Per-task wake-ups: a stream or long poll waits on its task only, so a message wakes one
     /// waiter, not every open stream (1,000 streams would otherwise mean 1,000 wake-ups a message).
     watchers: Mutex<HashMap<TaskId, Vec<Weak<Notify>>>>,
@@ -72,7 +73,7 @@ impl EventHub {
         let (tx, _) = broadcast::channel(EVENT_CAPACITY);
         Self {
             tx,
-            work: Notify::new(),
+            work: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
         }
     }
@@ -108,9 +109,15 @@ impl EventHub {
         }
         if let Event::Task(t) = &e {
             if t.status == crate::task::TaskStatus::Pending {
-                // notify_waiters wakes every idle pool; a pool that is busy claiming will claim
-                // again before it sleeps (it sleeps only after a claim came back short).
-                self.work.notify_waiters();
+                // notify_one keeps the wake-up for a pool that is busy claiming right now, so it
+                // claims again before it sleeps: no enqueue is missed.
+                if let Ok(w) = self.work.lock() {
+                    if let Some(list) = w.get(&t.queue) {
+                        for n in list.iter().filter_map(Weak::upgrade) {
+                            n.notify_one();
+                        }
+                    }
+                }
             }
         }
         // No receivers is fine: nobody is watching.
@@ -122,8 +129,17 @@ impl EventHub {
         self.tx.subscribe()
     }
 
-    /// Resolves when a task becomes pending in this process.
-    pub fn work_available(&self) -> tokio::sync::futures::Notified<'_> {
-        self.work.notified()
+    /// A wake-up for a pool working `queues`: notified when a task of one of them becomes
+    /// pending in this process. Keep the returned `Arc` as long as the pool runs.
+    pub fn work_notify(&self, queues: &[String]) -> Arc<Notify> {
+        let n = Arc::new(Notify::new());
+        if let Ok(mut w) = self.work.lock() {
+            for q in queues {
+                let list = w.entry(q.clone()).or_default();
+                list.retain(|x| x.strong_count() > 0);
+                list.push(Arc::downgrade(&n));
+            }
+        }
+        n
     }
 }

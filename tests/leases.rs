@@ -69,6 +69,7 @@ impl Bundle {
                 }],
                 total: n,
                 lease_ms: LEASE,
+                rescue: true,
                 now: self.clock.now(),
             })
             .await
@@ -469,6 +470,7 @@ async fn per_queue_claims_share_one_total() {
             ],
             total: 4,
             lease_ms: LEASE,
+            rescue: true,
             now: T0,
         })
         .await
@@ -538,6 +540,7 @@ async fn two_stores_on_one_file_never_claim_the_same_task() {
                     }],
                     total: 7,
                     lease_ms: 60_000,
+                    rescue: true,
                     now: T0,
                 })
                 .await

@@ -1,8 +1,9 @@
--- Counts by queue and status; pending split into due now and scheduled for later.
+-- Counts by queue and status (an index scan, no sort), plus for pending tasks how many are
+-- due now and the oldest due run_at. The CASE columns are NULL for other statuses.
 SELECT queue,
        status,
-       CASE WHEN status = 'pending' AND run_at > :now THEN 1 ELSE 0 END AS scheduled,
        count(*) AS n,
-       min(CASE WHEN status = 'pending' AND run_at <= :now THEN run_at END) AS oldest_due
+       CASE WHEN status = 'pending' THEN sum(run_at <= :now) END AS due,
+       CASE WHEN status = 'pending' THEN min(CASE WHEN run_at <= :now THEN run_at END) END AS oldest_due
 FROM tasks
-GROUP BY queue, status, scheduled
+GROUP BY queue, status

@@ -8,6 +8,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../sql/migrations/0001_init.sql")),
     (2, include_str!("../../sql/migrations/0002_task_tokens.sql")),
     (3, include_str!("../../sql/migrations/0003_health.sql")),
+    (
+        4,
+        include_str!("../../sql/migrations/0004_queue_status_index.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.
@@ -86,7 +90,7 @@ mod tests {
     fn migrate_from_zero_then_rerun_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("m.db")).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4]);
         assert_eq!(current_version(&conn).unwrap(), LATEST_VERSION);
         assert!(migrate(&conn).unwrap().is_empty());
     }

@@ -98,6 +98,8 @@ pub struct ClaimParams {
     pub queues: Vec<QueueClaim>,
     /// At most this many tasks in all.
     pub total: u32,
+    /// Also look for expired leases first (a pool does this once per poll interval).
+    pub rescue: bool,
     /// Lease length.
     pub lease_ms: u64,
     /// The time now.

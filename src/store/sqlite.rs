@@ -775,25 +775,28 @@ impl SqliteStore {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                     r.get::<_, Option<i64>>(4)?,
                 ))
             })?;
             for row in rows {
-                let (queue, status, scheduled, n, oldest) = row?;
+                let (queue, status, n, due, oldest) = row?;
                 let q = by.entry(queue.clone()).or_insert_with(|| QueueStats {
                     name: queue,
                     ..Default::default()
                 });
                 let n = n.max(0) as u64;
-                match (status.as_str(), scheduled) {
-                    ("pending", true) => q.scheduled += n,
-                    ("pending", false) => q.pending += n,
-                    ("running", _) => q.running += n,
-                    ("completed", _) => q.completed += n,
-                    ("failed", _) => q.failed += n,
-                    ("canceled", _) => q.canceled += n,
+                match status.as_str() {
+                    "pending" => {
+                        let due = due.unwrap_or(0).max(0) as u64;
+                        q.pending += due;
+                        q.scheduled += n.saturating_sub(due);
+                    }
+                    "running" => q.running += n,
+                    "completed" => q.completed += n,
+                    "failed" => q.failed += n,
+                    "canceled" => q.canceled += n,
                     _ => {}
                 }
                 if let Some(o) = oldest {
@@ -1154,11 +1157,16 @@ fn insert_tasks(conn: &Connection, tasks: &[NewTask], now: UnixMillis) -> JobOut
 fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Task>> {
     let mut events = Vec::new();
     // Expired leases first: canceled ones end, exhausted ones fail, the rest become runnable.
-    for q in [
-        sql::LEASE_EXPIRED_CANCEL,
-        sql::LEASE_EXPIRED_FAIL,
-        sql::LEASE_EXPIRED_RESCUE,
-    ] {
+    let rescues: &[&str] = if p.rescue {
+        &[
+            sql::LEASE_EXPIRED_CANCEL,
+            sql::LEASE_EXPIRED_FAIL,
+            sql::LEASE_EXPIRED_RESCUE,
+        ]
+    } else {
+        &[]
+    };
+    for q in rescues {
         let mut st = conn.prepare_cached(q)?;
         let rows = st.query_map(named_params! {":now": p.now}, task_from_row)?;
         for t in rows {

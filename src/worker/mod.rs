@@ -68,6 +68,8 @@ pub struct WorkerPool {
     seq: AtomicU64,
     slot_freed: Notify,
     claim_rotation: AtomicU64,
+    /// When expired leases were last looked for (ms): once per poll interval is enough.
+    last_rescue: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for WorkerPool {
@@ -94,6 +96,7 @@ impl WorkerPool {
             seq: AtomicU64::new(0),
             slot_freed: Notify::new(),
             claim_rotation: AtomicU64::new(0),
+            last_rescue: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -148,6 +151,12 @@ impl WorkerPool {
             return Ok((0, 0));
         }
         let now = self.clock.now();
+        let every = self.cfg.worker.poll_interval_ms as i64;
+        let last = self.last_rescue.load(Ordering::Relaxed);
+        let rescue = now < last || now.saturating_sub(last) >= every;
+        if rescue {
+            self.last_rescue.store(now, Ordering::Relaxed);
+        }
         let claimed = self
             .store
             .task_claim(ClaimParams {
@@ -156,6 +165,7 @@ impl WorkerPool {
                 total,
                 lease_ms: self.cfg.worker.lease_ms,
                 now,
+                rescue,
             })
             .await?;
         let got = claimed.len();
@@ -427,12 +437,11 @@ impl WorkerPool {
 
         let tracker = TaskTracker::new();
         let poll = Duration::from_millis(self.cfg.worker.poll_interval_ms);
-        let hub = self.store.hub().clone();
+        let work = self.store.hub().work_notify(&self.cfg.worker.queues);
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            let woken = hub.work_available();
+            let woken = work.notified();
             tokio::pin!(woken);
-            woken.as_mut().enable();
             let freed = self.slot_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
