@@ -298,6 +298,128 @@ impl Api {
     }
 }
 
+/// A minimal HTTP/1.1 keep-alive client for the load phases: one connection, one prepared
+/// request sent again and again, the answer's status read and its body skipped. A load
+/// generator must cost far less than the server it measures, and a general client (reqwest)
+/// cost about as much CPU per request as spool itself on this 2-core machine.
+struct RawConn {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl RawConn {
+    async fn connect(base: &str) -> Result<Self, String> {
+        let addr = base.trim_start_matches("http://").trim_end_matches('/');
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Self {
+            stream: tokio::io::BufReader::new(tcp),
+        })
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request) and returns the response status.
+    async fn send(&mut self, request: &[u8]) -> Result<u16, String> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .get_mut()
+            .write_all(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stream
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("bad status line")?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            let n = self
+                .stream
+                .read_line(&mut line)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("connection closed".into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(status)
+    }
+}
+
+fn raw_request(base: &str, token: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// `clients` connections each sending `request` until `total` were sent; returns (seconds, non-201s).
+async fn raw_load(
+    base: &str,
+    request: Vec<u8>,
+    clients: usize,
+    total: usize,
+    pb: &ProgressBar,
+    step: u64,
+) -> Result<(f64, usize), String> {
+    let request = Arc::new(request);
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(RawConn::connect(base).await?);
+    }
+    let t = Instant::now();
+    let mut hs = vec![];
+    for mut conn in conns {
+        let (request, next, errors, pb) =
+            (request.clone(), next.clone(), errors.clone(), pb.clone());
+        hs.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match conn.send(&request).await {
+                    Ok(201) => {}
+                    Ok(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                pb.inc(step);
+            }
+        }));
+    }
+    for h in hs {
+        let _ = h.await;
+    }
+    Ok((t.elapsed().as_secs_f64(), errors.load(Ordering::Relaxed)))
+}
+
 /// Runs the benchmark and returns its figures.
 ///
 /// # Errors
@@ -369,36 +491,10 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         opts.n as u64,
         &format!("enqueue, 1/request, {} clients", opts.clients),
     );
-    let next = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let t = Instant::now();
-    let mut hs = vec![];
-    for _ in 0..opts.clients {
-        let (api, next, errors, pb, n) = (
-            api.clone(),
-            next.clone(),
-            errors.clone(),
-            pb.clone(),
-            opts.n,
-        );
-        hs.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let body =
-                    json!({"kind": "spool.noop", "queue": "bench-enqueue", "payload": {"n": 1}});
-                match api.post("/v1/tasks", &body).await {
-                    Ok((201, _)) => {}
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                pb.inc(1);
-            }
-        }));
-    }
-    for h in hs {
-        let _ = h.await;
-    }
-    let single = opts.n as f64 / t.elapsed().as_secs_f64();
+    let body = br#"{"kind": "spool.noop", "queue": "bench-enqueue", "payload": {"n": 1}}"#;
+    let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
+    let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
+    let single = opts.n as f64 / secs;
     pb.finish_and_clear();
     let mean_batch = (api.metric("spool_writer_batch_size_sum").await - batch_sum0)
         / (api.metric("spool_writer_batch_size_count").await - batch_cnt0).max(1.0);
@@ -416,7 +512,6 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         None,
         "group commit",
     ));
-    let errs = errors.load(Ordering::Relaxed);
     if errs > 0 {
         figures.push(fig(
             "  enqueue errors (non-201)",
@@ -441,26 +536,13 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     // 3. Batches of 1,000.
     let requests = (opts.batch_n / 1000).max(1);
     let pb = bar(requests as u64 * 1000, "batch enqueue, 1,000/request");
-    let next = Arc::new(AtomicUsize::new(0));
-    let t = Instant::now();
-    let mut hs = vec![];
-    for _ in 0..4 {
-        let (api, next, pb) = (api.clone(), next.clone(), pb.clone());
-        hs.push(tokio::spawn(async move {
-            let tasks: Vec<Value> = (0..1000)
-                .map(|i| json!({"kind": "spool.noop", "queue": "bench-batch", "payload": {"i": i}}))
-                .collect();
-            let body = json!({ "tasks": tasks });
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let _ = api.post("/v1/tasks/batch", &body).await;
-                pb.inc(1000);
-            }
-        }));
-    }
-    for h in hs {
-        let _ = h.await;
-    }
-    let batched = (requests * 1000) as f64 / t.elapsed().as_secs_f64();
+    let tasks: Vec<Value> = (0..1000)
+        .map(|i| json!({"kind": "spool.noop", "queue": "bench-batch", "payload": {"i": i}}))
+        .collect();
+    let body = serde_json::to_vec(&json!({ "tasks": tasks })).map_err(|e| e.to_string())?;
+    let request = raw_request(&api.base, &api.token, "/v1/tasks/batch", &body);
+    let (secs, _) = raw_load(&api.base, request, 4, requests, &pb, 1000).await?;
+    let batched = (requests * 1000) as f64 / secs;
     pb.finish_and_clear();
     figures.push(fig(
         "HTTP batch enqueue, 1,000 tasks/request",
