@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -98,6 +99,19 @@ async fn openapi_json() -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         openapi::document(),
+    )
+        .into_response()
+}
+
+/// The dashboard: one HTML page (CSS and JavaScript inline, no build step, no CDN). It asks for
+/// a token and then uses the API like any client, so it shows only what that token may see.
+async fn dashboard() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.html"),
     )
         .into_response()
 }
