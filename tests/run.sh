@@ -23,6 +23,22 @@ if [ ! -x .tools/venv/bin/litestream ] || [ ! -x .tools/venv/bin/moto_server ]; 
 fi
 .tools/venv/bin/litestream version >/dev/null
 
+# Headless Chromium (Debian's package) and playwright-core (npm, no browser download) for the
+# dashboard's browser test.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    echo "error: the dashboard test needs Debian's chromium: apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+command -v node >/dev/null || { echo "error: the dashboard test needs node (and npm)" >&2; exit 1; }
+if [ ! -d .tools/node/node_modules/playwright-core ]; then
+  mkdir -p .tools/node
+  (cd .tools/node && { [ -f package.json ] || npm init -y >/dev/null; } && npm install --silent --no-audit --no-fund playwright-core@1)
+fi
+
 # One release build shared by every integration test (they run target/release/spool).
 cargo build --release --all-targets
 cargo test --release --no-fail-fast -- --test-threads=2

@@ -307,7 +307,17 @@ impl SqliteStore {
     /// # Errors
     /// `IdempotencyMismatch`, `Unavailable`, or a database error; nothing is written then.
     pub async fn task_insert(&self, tasks: Vec<NewTask>, now: UnixMillis) -> Result<Vec<Inserted>> {
-        self.write(false, move |conn| insert_tasks(conn, &tasks, now))
+        // Payloads are turned into text here, on the caller's thread: the writer is the one
+        // serial resource, so it does only what must be serial.
+        let prepared = tasks
+            .into_iter()
+            .map(|t| {
+                serde_json::to_string(&t.payload)
+                    .map(|p| (t, p))
+                    .map_err(json_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.write(false, move |conn| insert_tasks(conn, prepared, now))
             .await
     }
 
@@ -1080,22 +1090,21 @@ fn get_owned(conn: &Connection, id: TaskId, user: Option<&str>) -> Result<Task> 
     }
 }
 
-fn insert_tasks(conn: &Connection, tasks: &[NewTask], now: UnixMillis) -> JobOutput<Vec<Inserted>> {
+fn insert_tasks(
+    conn: &Connection,
+    tasks: Vec<(NewTask, String)>,
+    now: UnixMillis,
+) -> JobOutput<Vec<Inserted>> {
     let mut out = Vec::with_capacity(tasks.len());
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(tasks.len());
     let mut insert = conn.prepare_cached(sql::TASK_INSERT)?;
-    let mut by_key = conn.prepare_cached(sql::TASK_GET_BY_KEY)?;
-    for (index, t) in tasks.iter().enumerate() {
+    for (index, (t, payload)) in tasks.into_iter().enumerate() {
         if let Some(key) = &t.idempotency_key {
+            let mut by_key = conn.prepare_cached(sql::TASK_GET_BY_KEY)?;
             let existing = by_key
                 .query_row(
                     named_params! {":user_id": t.user_id, ":idempotency_key": key},
-                    |r| {
-                        Ok((
-                            task_from_row(r)?,
-                            r.get::<_, Option<String>>("request_hash")?,
-                        ))
-                    },
+                    |r| Ok((task_from_row(r)?, r.get::<_, Option<String>>(17)?)),
                 )
                 .optional()?;
             if let Some((task, hash)) = existing {
@@ -1113,7 +1122,6 @@ fn insert_tasks(conn: &Connection, tasks: &[NewTask], now: UnixMillis) -> JobOut
             }
             // Two items of one batch with the same key: the second sees the first's row above.
         }
-        let payload = serde_json::to_string(&t.payload).map_err(json_err)?;
         insert.execute(named_params! {
             ":id": t.id.to_string(), ":user_id": t.user_id, ":queue": t.queue,
             ":kind": t.kind, ":payload": payload, ":priority": t.priority,
@@ -1124,17 +1132,17 @@ fn insert_tasks(conn: &Connection, tasks: &[NewTask], now: UnixMillis) -> JobOut
         // The row is exactly what was inserted: build it here rather than read it back.
         let task = Arc::new(Task {
             id: t.id,
-            user_id: t.user_id.clone(),
-            queue: t.queue.clone(),
-            kind: t.kind.clone(),
+            user_id: t.user_id,
+            queue: t.queue,
+            kind: t.kind,
             status: TaskStatus::Pending,
             priority: t.priority,
-            payload: t.payload.clone(),
+            payload: t.payload,
             result: None,
             attempts: 0,
             max_attempts: t.max_attempts,
             last_error: None,
-            idempotency_key: t.idempotency_key.clone(),
+            idempotency_key: t.idempotency_key,
             run_at: t.run_at,
             timeout_ms: t.timeout_ms,
             cancel_requested: false,
