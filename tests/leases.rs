@@ -562,3 +562,50 @@ async fn two_stores_on_one_file_never_claim_the_same_task() {
     assert_eq!(all.len(), 600, "every task claimed exactly once");
     assert_eq!(a.len() + b.len(), 600, "no task claimed twice");
 }
+
+#[tokio::test]
+async fn a_failed_attempt_of_a_cancel_requested_task_ends_canceled_not_pending() {
+    let b = setup();
+    let t = b.add(new_task("default", 5, 0, T0)).await;
+    let c = b.claim("A", 1).await.remove(0);
+    b.store.task_cancel(t.id, None, T0).await.unwrap();
+    // The worker had not seen the cancel yet and reports a retryable failure.
+    let f = b
+        .finish(&c, "A", TaskStatus::Pending, Some(T0 + 1000))
+        .await
+        .unwrap();
+    assert_eq!(f.status, TaskStatus::Canceled);
+    assert!(f.completed_at.is_some());
+    b.clock.advance(10_000);
+    assert!(
+        b.claim("B", 1).await.is_empty(),
+        "a canceled task never runs again"
+    );
+}
+
+#[tokio::test]
+async fn the_claim_reads_the_claim_index_without_sorting() {
+    let b = setup();
+    let plan: Vec<String> = b
+        .store
+        .read_raw(|c| {
+            let sql = include_str!("../sql/queries/task_claim.sql");
+            // The subquery is what the planner must serve from the index.
+            let select = &sql[sql.find("SELECT id").unwrap()..sql.rfind("LIMIT").unwrap()];
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {select}")).unwrap();
+            let rows = st
+                .query_map(
+                    rusqlite::named_params! {":queue": "default", ":now": 1},
+                    |r| r.get::<_, String>(3),
+                )
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            Ok(rows)
+        })
+        .await
+        .unwrap();
+    let text = plan.join(" | ");
+    assert!(text.contains("tasks_claim"), "{text}");
+    assert!(!text.contains("TEMP B-TREE"), "{text}");
+}

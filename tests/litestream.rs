@@ -52,22 +52,37 @@ fn free_port() -> u16 {
 }
 
 fn start_moto() -> Moto {
-    let port = free_port();
-    let child = Command::new(tool("moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
+    // A port picked free can be taken before moto binds it: then moto exits and we try another.
+    for _ in 0..5 {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("moto-{port}.log"));
+        let mut child = Command::new(tool("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let _ = std::fs::remove_file(&log);
+                return Moto {
+                    child,
+                    endpoint: format!("http://127.0.0.1:{port}"),
+                };
+            }
+            if child.try_wait().unwrap().is_some() {
+                break; // exited: try another port
+            }
+            assert!(
+                Instant::now() < end,
+                "moto_server did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    }
+    panic!("moto_server did not start on any of 5 ports");
 }
 
 impl Moto {

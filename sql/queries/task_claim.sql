@@ -9,7 +9,8 @@ SET status = 'running',
     started_at = :now,
     updated_at = :now
 WHERE id IN (
-    SELECT id FROM tasks
+    -- INDEXED BY: the planner would otherwise pick tasks_queue_status and sort every due row.
+    SELECT id FROM tasks INDEXED BY tasks_claim
     WHERE queue = :queue AND status = 'pending' AND run_at <= :now
       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused = 1)
     ORDER BY priority DESC, run_at, id

@@ -138,7 +138,10 @@ impl TaskContext {
                 self.task.id,
                 kind.into(),
                 content,
-                MessageCheck::Worker,
+                MessageCheck::Lease {
+                    owner: self.task.lease_owner.clone().unwrap_or_default(),
+                    attempt: self.task.attempts,
+                },
                 self.clock.now(),
             )
             .await

@@ -18,6 +18,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::time::{Duration, SystemTime};
 
+/// Largest webhook response body kept as a result (1 MiB, the payload limit).
+pub const MAX_RESPONSE: usize = 1 << 20;
+
 /// POSTs each attempt to a URL.
 #[derive(Clone)]
 pub struct WebhookHandler {
@@ -124,10 +127,21 @@ impl WebhookHandler {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let text = resp
-            .bytes()
+        // The body becomes the task's result: read at most MAX_RESPONSE bytes of it.
+        let mut resp = resp;
+        let mut text: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| TaskError::retry(format!("reading the webhook response: {e}")))?;
+            .map_err(|e| TaskError::retry(format!("reading the webhook response: {e}")))?
+        {
+            if text.len() + chunk.len() > MAX_RESPONSE {
+                return Err(TaskError::permanent(format!(
+                    "webhook response is larger than {MAX_RESPONSE} bytes"
+                )));
+            }
+            text.extend_from_slice(&chunk);
+        }
         if status.is_success() {
             if text.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Value::Null);

@@ -12,6 +12,7 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         4,
         include_str!("../../sql/migrations/0004_queue_status_index.sql"),
     ),
+    (5, include_str!("../../sql/migrations/0005_prune_index.sql")),
 ];
 
 /// The schema version this build of spool writes.
@@ -90,7 +91,7 @@ mod tests {
     fn migrate_from_zero_then_rerun_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("m.db")).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5]);
         assert_eq!(current_version(&conn).unwrap(), LATEST_VERSION);
         assert!(migrate(&conn).unwrap().is_empty());
     }

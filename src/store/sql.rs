@@ -33,3 +33,4 @@ pub(crate) const WORKER_UPSERT: &str = include_str!("../../sql/queries/worker_up
 pub(crate) const TASK_TOKEN_INSERT: &str = include_str!("../../sql/queries/task_token_insert.sql");
 pub(crate) const TASK_TOKEN_GET: &str = include_str!("../../sql/queries/task_token_get.sql");
 pub(crate) const HEALTH_TOUCH: &str = include_str!("../../sql/queries/health_touch.sql");
+pub(crate) const TASK_LIST_USER: &str = include_str!("../../sql/queries/task_list_user.sql");

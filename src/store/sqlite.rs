@@ -470,7 +470,7 @@ impl SqliteStore {
         check: MessageCheck,
         now: UnixMillis,
     ) -> Result<Message> {
-        let wait = matches!(check, MessageCheck::Worker);
+        let wait = matches!(check, MessageCheck::Worker | MessageCheck::Lease { .. });
         self.write(wait, move |conn| {
             let task = match &check {
                 MessageCheck::User(u) => Some(get_owned(conn, task_id, u.as_deref())?),
@@ -483,6 +483,18 @@ impl SqliteStore {
                         )))
                     }
                 })?),
+                MessageCheck::Lease { owner, attempt } => {
+                    let t = get_owned(conn, task_id, None)?;
+                    if t.status != TaskStatus::Running
+                        || t.attempts != *attempt
+                        || t.lease_owner.as_deref() != Some(owner.as_str())
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "attempt {attempt} of task {task_id} no longer holds its lease"
+                        )));
+                    }
+                    Some(t)
+                }
                 MessageCheck::Worker => None,
             };
             if let Some(t) = task {
@@ -699,7 +711,12 @@ impl SqliteStore {
     /// A database error.
     pub async fn task_list(&self, p: ListParams) -> Result<Vec<Task>> {
         self.read(move |conn| {
-            let mut st = conn.prepare_cached(sql::TASK_LIST)?;
+            let query = if p.user_id.is_some() {
+                sql::TASK_LIST_USER
+            } else {
+                sql::TASK_LIST
+            };
+            let mut st = conn.prepare_cached(query)?;
             let rows = st.query_map(
                 named_params! {
                     ":user_id": p.user_id, ":status": p.status.map(|s| s.as_str()),
@@ -916,8 +933,16 @@ pub enum MessageCheck {
     User(Option<String>),
     /// A webhook receiver's task token: that attempt must still be running.
     Attempt(u32),
-    /// This process's worker: only that the task exists.
+    /// This process's worker: only that the task exists (tools and tests).
     Worker,
+    /// A running attempt: the task must still be running under this owner and attempt, so a
+    /// worker that lost its lease cannot write into the next attempt's messages.
+    Lease {
+        /// The worker holding the lease.
+        owner: String,
+        /// The attempt.
+        attempt: u32,
+    },
 }
 
 fn json_err(e: serde_json::Error) -> StoreError {

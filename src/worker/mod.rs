@@ -44,6 +44,8 @@ struct Running {
     attempt: u32,
     queue: String,
     seq: u64,
+    /// When the lease was taken (ms): with `last_extend_ok`, when it runs out locally.
+    claimed_at: i64,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
 }
@@ -68,6 +70,8 @@ pub struct WorkerPool {
     seq: AtomicU64,
     slot_freed: Notify,
     claim_rotation: AtomicU64,
+    /// When a heartbeat last extended our leases (ms).
+    last_extend_ok: std::sync::atomic::AtomicI64,
     /// When expired leases were last looked for (ms): once per poll interval is enough.
     last_rescue: std::sync::atomic::AtomicI64,
 }
@@ -97,6 +101,7 @@ impl WorkerPool {
             slot_freed: Notify::new(),
             claim_rotation: AtomicU64::new(0),
             last_rescue: std::sync::atomic::AtomicI64::new(i64::MIN),
+            last_extend_ok: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -178,17 +183,24 @@ impl WorkerPool {
     fn start(self: &Arc<Self>, task: Task, tracker: &TaskTracker, claimed_at: i64) {
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         if let Ok(mut r) = self.running.lock() {
-            r.insert(
+            let previous = r.insert(
                 task.id,
                 Running {
                     attempt: task.attempts,
                     queue: task.queue.clone(),
-                    seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+                    seq,
+                    claimed_at,
                     cancel: cancel.clone(),
                     reason: reason.clone(),
                 },
             );
+            // This pool took the task again after its own earlier attempt lost the lease: that
+            // attempt must stop (and its end must not remove the new entry; see `seq` below).
+            if let Some(old) = previous {
+                old.stop(StopReason::LeaseLost);
+            }
         }
         let labels = [("queue", task.queue.clone()), ("kind", task.kind.clone())];
         metrics::counter!("spool_tasks_started_total", &labels).increment(1);
@@ -203,7 +215,9 @@ impl WorkerPool {
                 let id = task.id;
                 pool.run_attempt(task, cancel, reason).await;
                 if let Ok(mut r) = pool.running.lock() {
-                    r.remove(&id);
+                    if r.get(&id).is_some_and(|e| e.seq == seq) {
+                        r.remove(&id);
+                    }
                 }
                 pool.slot_freed.notify_one();
             }
@@ -369,6 +383,21 @@ impl WorkerPool {
         Ok(())
     }
 
+    /// After failed heartbeats: every attempt whose lease has run out by our own reckoning is
+    /// stopped, since another worker may already have taken its task over.
+    fn stop_expired_leases(&self) {
+        let now = self.clock.now();
+        let last_ok = self.last_extend_ok.load(Ordering::Relaxed);
+        let lease = self.cfg.worker.lease_ms as i64;
+        if let Ok(r) = self.running.lock() {
+            for e in r.values() {
+                if e.claimed_at.max(last_ok).saturating_add(lease) <= now {
+                    e.stop(StopReason::LeaseLost);
+                }
+            }
+        }
+    }
+
     fn on_event(&self, ev: &crate::events::Event) {
         if let crate::events::Event::Task(t) = ev {
             if t.cancel_requested
@@ -419,8 +448,12 @@ impl WorkerPool {
                     tokio::select! {
                         _ = side.cancelled() => break,
                         _ = tick.tick() => {
-                            if let Err(e) = pool.heartbeat_once().await {
-                                tracing::warn!(error = %e, "heartbeat failed; will retry");
+                            match pool.heartbeat_once().await {
+                                Ok(()) => pool.last_extend_ok.store(pool.clock.now(), Ordering::Relaxed),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "heartbeat failed; will retry");
+                                    pool.stop_expired_leases();
+                                }
                             }
                             let now = pool.clock.now();
                             let _ = pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now).await;
