@@ -299,6 +299,15 @@ impl Spool {
         );
         let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
         let server_stop = shutdown.clone();
+        let stall = self.cfg.http.stall_timeout;
+        // A reader that stops taking data fills its socket's buffers and then holds them: the
+        // kernel drops such a connection after `stall` (TCP_USER_TIMEOUT also bounds a zero
+        // window), so a stalled SSE client costs neither memory nor a stream for long.
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| {
+                let _ = tcp.set_nodelay(true);
+                let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(stall));
+            });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { server_stop.cancelled().await })

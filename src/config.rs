@@ -123,6 +123,7 @@ struct RawRetry {
 struct RawHttp {
     max_body_bytes: Option<usize>,
     metrics: Option<bool>,
+    stall_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -221,6 +222,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Whether `/metrics` is served.
     pub metrics: bool,
+    /// A client that takes none of the data sent to it for this long is disconnected
+    /// (TCP_USER_TIMEOUT), so a stalled SSE reader costs the server nothing for long.
+    pub stall_timeout: Duration,
 }
 
 /// `[retention]`: `None` keeps forever.
@@ -406,6 +410,10 @@ impl Config {
             return Err(invalid("http.max_body_bytes", "must be 1024..=268435456"));
         }
 
+        let stall_timeout_ms = raw.http.stall_timeout_ms.unwrap_or(30_000);
+        if !(1000..=3_600_000).contains(&stall_timeout_ms) {
+            return Err(invalid("http.stall_timeout_ms", "must be 1000..=3600000"));
+        }
         let retention = RetentionConfig {
             completed: retention_value(
                 "retention.completed",
@@ -515,6 +523,7 @@ impl Config {
             http: HttpConfig {
                 max_body_bytes,
                 metrics: raw.http.metrics.unwrap_or(true),
+                stall_timeout: Duration::from_millis(stall_timeout_ms),
             },
             shutdown_grace: Duration::from_millis(
                 raw.shutdown.grace_ms.unwrap_or(DEFAULT_GRACE_MS),
