@@ -378,7 +378,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Migrate => {
-            let store = open_store(&cfg)?;
+            // Migrations run inside open_store; on a large file (a new index over millions of
+            // rows) that takes a while, so show that something is happening.
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_message(format!(
+                "applying migrations to {}…",
+                cfg.db_path().display()
+            ));
+            spinner.enable_steady_tick(Duration::from_millis(120));
+            let store = open_store(&cfg);
+            spinner.finish_and_clear();
+            let store = store?;
             let v = store
                 .read_raw(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?))
                 .await?;
