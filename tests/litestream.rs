@@ -65,6 +65,11 @@ fn start_moto() -> Moto {
         let end = Instant::now() + Duration::from_secs(120);
         loop {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Someone else may hold the port, with our moto gone: make sure it is ours.
+                std::thread::sleep(Duration::from_millis(300));
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
                 let _ = std::fs::remove_file(&log);
                 return Moto {
                     child,
@@ -87,16 +92,21 @@ fn start_moto() -> Moto {
 
 impl Moto {
     fn bucket(&self, name: &str) {
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
-            .arg(format!("{}/{name}", self.endpoint))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "200",
-            "create bucket {name}"
-        );
+        // moto may accept connections a moment before it answers them: retry for a while.
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+                .arg(format!("{}/{name}", self.endpoint))
+                .output()
+                .unwrap();
+            let code = String::from_utf8_lossy(&out.stdout).to_string();
+            if code == "200" {
+                return;
+            }
+            assert!(Instant::now() < end, "create bucket {name}: HTTP {code}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn env(&self, bucket: &str) -> Vec<(String, String)> {
