@@ -83,6 +83,9 @@ trait WriteJob: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// Called once the transaction committed (`Ok`) or failed as a whole (`Err`).
     fn finish(self: Box<Self>, commit: Result<()>, hub: &EventHub);
+    /// Whether the job needs a savepoint of its own: false for a job that writes with a single
+    /// statement, which SQLite already undoes as a whole when it fails.
+    fn needs_savepoint(&self) -> bool;
 }
 
 type JobOutput<T> = Result<(T, Vec<Event>)>;
@@ -91,6 +94,7 @@ struct FnJob<T, F> {
     f: Option<F>,
     out: Option<JobOutput<T>>,
     reply: oneshot::Sender<Result<T>>,
+    single_statement: bool,
 }
 
 impl<T, F> WriteJob for FnJob<T, F>
@@ -106,6 +110,10 @@ where
         let ok = out.is_ok();
         self.out = Some(out);
         ok
+    }
+
+    fn needs_savepoint(&self) -> bool {
+        !self.single_statement
     }
 
     fn finish(self: Box<Self>, commit: Result<()>, hub: &EventHub) {
@@ -258,11 +266,29 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
     {
+        self.submit(wait, false, f).await
+    }
+
+    /// As `write`, for a job whose only write is one statement: no savepoint needed.
+    async fn write_one<T, F>(&self, wait: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
+    {
+        self.submit(wait, true, f).await
+    }
+
+    async fn submit<T, F>(&self, wait: bool, single_statement: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job: Box<dyn WriteJob> = Box::new(FnJob {
             f: Some(f),
             out: None,
             reply,
+            single_statement,
         });
         let tx = self.sender()?;
         if wait {
@@ -340,7 +366,7 @@ impl SqliteStore {
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>> {
-        self.write(true, move |conn| {
+        self.write_one(true, move |conn| {
             let mut st = conn.prepare_cached(sql::LEASE_EXTEND)?;
             let rows = st.query_map(
                 named_params! {":owner": owner, ":expires_at": now + lease_ms as i64},
@@ -374,7 +400,7 @@ impl SqliteStore {
     /// # Errors
     /// `Unavailable` or a database error.
     pub async fn task_finish(&self, p: FinishParams) -> Result<Option<Task>> {
-        self.write(true, move |conn| {
+        self.write_one(true, move |conn| {
             let result = match &p.result {
                 Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
                 None => None,
@@ -410,7 +436,7 @@ impl SqliteStore {
         user: Option<String>,
         now: UnixMillis,
     ) -> Result<Task> {
-        self.write(false, move |conn| {
+        self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
             let query = match task.status {
                 TaskStatus::Pending => sql::TASK_CANCEL_PENDING,
@@ -440,7 +466,7 @@ impl SqliteStore {
         user: Option<String>,
         now: UnixMillis,
     ) -> Result<Task> {
-        self.write(false, move |conn| {
+        self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
             if !matches!(task.status, TaskStatus::Failed | TaskStatus::Canceled) {
                 return Err(StoreError::Conflict(format!(
@@ -471,7 +497,7 @@ impl SqliteStore {
         now: UnixMillis,
     ) -> Result<Message> {
         let wait = matches!(check, MessageCheck::Worker | MessageCheck::Lease { .. });
-        self.write(wait, move |conn| {
+        self.write_one(wait, move |conn| {
             let task = match &check {
                 MessageCheck::User(u) => Some(get_owned(conn, task_id, u.as_deref())?),
                 MessageCheck::Attempt(a) => Some(get_owned(conn, task_id, None).and_then(|t| {
@@ -543,7 +569,7 @@ impl SqliteStore {
         paused: bool,
         now: UnixMillis,
     ) -> Result<()> {
-        self.write(false, move |conn| {
+        self.write_one(false, move |conn| {
             conn.prepare_cached(sql::QUEUE_SET_PAUSED)?
                 .execute(named_params! {":name": name, ":paused": paused, ":now": now})?;
             Ok(((), Vec::new()))
@@ -655,7 +681,7 @@ impl SqliteStore {
     ) -> Result<String> {
         let token = crate::token::new_task_token();
         let hash = crate::token::hash_token(&token);
-        self.write(true, move |conn| {
+        self.write_one(true, move |conn| {
             conn.prepare_cached(sql::TASK_TOKEN_INSERT)?.execute(named_params! {
                 ":token_hash": hash, ":task_id": task_id.to_string(), ":attempt": attempt, ":now": now})?;
             Ok(((), Vec::new()))
@@ -910,7 +936,7 @@ impl SqliteStore {
     /// # Errors
     /// `Unavailable` when it does not.
     pub async fn ping_write(&self, now: UnixMillis) -> Result<()> {
-        self.write(false, move |conn| {
+        self.write_one(false, move |conn| {
             // A real page write: a full disk or a lock held elsewhere fails it.
             conn.prepare_cached(sql::HEALTH_TOUCH)?
                 .execute(named_params! {":now": now})?;
@@ -966,7 +992,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, hub:
 }
 
 fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventHub) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut st| st.execute([]))
+    {
         let err = StoreError::from(e);
         for job in batch.drain(..) {
             job.finish(Err(clone_err(&err)), hub);
@@ -980,6 +1009,11 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventH
             // The database rolled the transaction back (disk full, I/O error). Running the rest
             // now would commit each statement on its own: stop; all of them fail below.
             break;
+        }
+        if !single && !job.needs_savepoint() {
+            // One statement: if it fails, SQLite undoes it and the transaction stays open.
+            job.run(conn);
+            continue;
         }
         if single {
             // Alone in the transaction: on failure the whole is rolled back, no savepoint needed.
@@ -1014,10 +1048,13 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventH
         let _ = conn.execute_batch("ROLLBACK");
         Ok(())
     } else {
-        conn.execute_batch("COMMIT").map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            StoreError::from(e)
-        })
+        conn.prepare_cached("COMMIT")
+            .and_then(|mut st| st.execute([]))
+            .map(|_| ())
+            .map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                StoreError::from(e)
+            })
     };
     for job in batch.drain(..) {
         let c = match &commit {
