@@ -23,6 +23,9 @@ pub enum Event {
 #[derive(Debug)]
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
+    /// Cancel requests of running tasks only: worker pools listen here, so they are not woken
+    /// by every enqueue, claim and message the way a subscriber of `tx` is.
+    cancels: broadcast::Sender<Arc<Task>>,
     /// Idle worker pools by the queues they work: an enqueue wakes only the pools of its queue.
     work: Mutex<HashMap<String, Vec<Weak<Notify>>>>,
     /// Per-task wake-ups: a stream or long poll waits on its task only, so a message wakes one
@@ -71,8 +74,10 @@ impl EventHub {
     /// A hub with no subscribers.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(EVENT_CAPACITY);
+        let (cancels, _) = broadcast::channel(1024);
         Self {
             tx,
+            cancels,
             work: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
         }
@@ -108,6 +113,9 @@ impl EventHub {
             Event::Message(m) => self.wake(m.task_id),
         }
         if let Event::Task(t) = &e {
+            if t.cancel_requested && t.status == crate::task::TaskStatus::Running {
+                let _ = self.cancels.send(t.clone());
+            }
             if t.status == crate::task::TaskStatus::Pending {
                 // notify_one keeps the wake-up for a pool that is busy claiming right now, so it
                 // claims again before it sleeps: no enqueue is missed.
@@ -127,6 +135,11 @@ impl EventHub {
     /// A receiver of every change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// A receiver of cancel requests for running tasks (committed in this process).
+    pub fn subscribe_cancels(&self) -> broadcast::Receiver<Arc<Task>> {
+        self.cancels.subscribe()
     }
 
     /// A wake-up for a pool working `queues`: notified when a task of one of them becomes

@@ -417,6 +417,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let shutdown = stop_on_signal();
+    tracing::info!(%addr, db = %spool.store().path().display(), "spool serving");
+    // Printed (after the signal handlers are in place) for scripts and tests that bind port 0.
+    println!("listening on http://{addr}");
+    spool.serve(listener, shutdown).await?;
+    spool.close();
+    Ok(())
+}
+
+/// A token cancelled by SIGTERM or Ctrl-C; the handlers are installed before this returns.
+fn stop_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let signal = shutdown_signal();
@@ -425,12 +436,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("stopping: no new tasks are claimed");
         stop.cancel();
     });
-    tracing::info!(%addr, db = %spool.store().path().display(), "spool serving");
-    // Printed (after the signal handlers are in place) for scripts and tests that bind port 0.
-    println!("listening on http://{addr}");
-    spool.serve(listener, shutdown).await?;
-    spool.close();
-    Ok(())
+    shutdown
 }
 
 async fn work(cfg: Config) -> anyhow::Result<()> {
@@ -440,14 +446,7 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
         ));
     }
     let spool = Spool::builder().config(cfg).build()?;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let signal = shutdown_signal();
-    tokio::spawn(async move {
-        signal.await;
-        tracing::info!("stopping: no new tasks are claimed");
-        stop.cancel();
-    });
+    let shutdown = stop_on_signal();
     spool.run(shutdown).await?;
     spool.close();
     Ok(())
@@ -557,6 +556,8 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
         )));
     }
     let store = open_store(&cfg)?;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
     loop {
         let now = SystemClock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
@@ -666,7 +667,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
             break;
         }
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut signal => break,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }

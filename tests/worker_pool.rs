@@ -77,6 +77,19 @@ async fn wait_all_terminal(spool: &Spool, n: usize, limit: Duration) {
     }
 }
 
+/// Runs the pool of `spool` in the background until the returned token is cancelled.
+fn run_pool(
+    spool: &Arc<Spool>,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), spool::app::AppError>>,
+) {
+    let stop = CancellationToken::new();
+    let s = spool.clone();
+    let token = stop.clone();
+    (stop, tokio::spawn(async move { s.run(token).await }))
+}
+
 fn new_task(kind: &str, queue: &str, payload: Value) -> NewTask {
     NewTask {
         id: TaskId::new(),
@@ -107,12 +120,7 @@ async fn five_thousand_tasks_over_eight_slots_each_end_in_one_terminal_state() {
             .build()
             .unwrap(),
     );
-    let stop = CancellationToken::new();
-    let runner = {
-        let s = spool.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { s.run(stop).await })
-    };
+    let (stop, runner) = run_pool(&spool);
     let mut expect = HashMap::new();
     for chunk in 0..5 {
         let batch: Vec<NewTask> = (0..1000)
@@ -184,12 +192,7 @@ async fn panicking_handler_fails_its_attempt_and_the_pool_lives_on() {
             .build()
             .unwrap(),
     );
-    let stop = CancellationToken::new();
-    let runner = {
-        let s = spool.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { s.run(stop).await })
-    };
+    let (stop, runner) = run_pool(&spool);
     let opts = EnqueueOptions {
         max_attempts: Some(2),
         ..Default::default()
@@ -257,12 +260,7 @@ async fn canceling_a_running_handler_stops_it_within_a_heartbeat() {
             .build()
             .unwrap(),
     );
-    let stop = CancellationToken::new();
-    let runner = {
-        let s = spool.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { s.run(stop).await })
-    };
+    let (stop, runner) = run_pool(&spool);
     let t = spool.enqueue("wait", json!(null)).await.unwrap();
     // Wait until it runs (its first message is written).
     let end = Instant::now() + Duration::from_secs(20);
@@ -302,12 +300,7 @@ async fn timeout_stops_the_attempt_and_retries_then_fails() {
             .build()
             .unwrap(),
     );
-    let stop = CancellationToken::new();
-    let runner = {
-        let s = spool.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { s.run(stop).await })
-    };
+    let (stop, runner) = run_pool(&spool);
     let opts = EnqueueOptions {
         max_attempts: Some(2),
         timeout_ms: Some(100),
@@ -339,12 +332,7 @@ async fn queue_concurrency_limit_caps_running_tasks_of_that_queue() {
             .build()
             .unwrap(),
     );
-    let stop = CancellationToken::new();
-    let runner = {
-        let s = spool.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { s.run(stop).await })
-    };
+    let (stop, runner) = run_pool(&spool);
     let batch: Vec<NewTask> = (0..12)
         .map(|_| new_task("rec", "narrow", json!({"sleep_ms": 50})))
         .collect();
@@ -364,12 +352,7 @@ async fn shutdown_past_the_grace_releases_leases_without_counting_the_attempt() 
             .build()
             .unwrap(),
     );
-    let stop = CancellationToken::new();
-    let runner = {
-        let s = spool.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { s.run(stop).await })
-    };
+    let (stop, runner) = run_pool(&spool);
     let long = spool
         .enqueue("spool.sleep", json!({"ms": 60_000}))
         .await

@@ -398,17 +398,15 @@ impl WorkerPool {
         }
     }
 
-    fn on_event(&self, ev: &crate::events::Event) {
-        if let crate::events::Event::Task(t) = ev {
-            if t.cancel_requested
-                && t.status == TaskStatus::Running
-                && t.lease_owner.as_deref() == Some(&self.id)
-            {
-                if let Ok(r) = self.running.lock() {
-                    if let Some(e) = r.get(&t.id).filter(|e| e.attempt == t.attempts) {
-                        e.stop(StopReason::Canceled);
-                    }
-                }
+    /// A cancel request committed in this process: stop the attempt at once rather than at the
+    /// next heartbeat (which still catches requests made by other processes).
+    fn on_cancel(&self, t: &Task) {
+        if t.lease_owner.as_deref() != Some(&self.id) {
+            return;
+        }
+        if let Ok(r) = self.running.lock() {
+            if let Some(e) = r.get(&t.id).filter(|e| e.attempt == t.attempts) {
+                e.stop(StopReason::Canceled);
             }
         }
     }
@@ -441,7 +439,7 @@ impl WorkerPool {
             let host = host.clone();
             tokio::spawn(async move {
                 let every = Duration::from_millis((lease / 3).max(100));
-                let mut events = pool.store.hub().subscribe();
+                let mut cancels = pool.store.hub().subscribe_cancels();
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -458,8 +456,8 @@ impl WorkerPool {
                             let now = pool.clock.now();
                             let _ = pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now).await;
                         }
-                        ev = events.recv() => match ev {
-                            Ok(ev) => pool.on_event(&ev),
+                        ev = cancels.recv() => match ev {
+                            Ok(t) => pool.on_cancel(&t),
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                         },
