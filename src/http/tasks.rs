@@ -62,7 +62,18 @@ fn validate(
     // The request as sent, less the key itself: a replay must match it exactly. serde_json's
     // map is ordered, so the text is canonical.
     let field_key = req.idempotency_key.take();
-    let canonical = serde_json::to_vec(&req).unwrap_or_default();
+    let key = match (field_key, header_key) {
+        (Some(f), Some(h)) if f != h => {
+            return Err("the Idempotency-Key header and the idempotency_key field differ".into())
+        }
+        (Some(f), _) => Some(f),
+        (None, h) => h.map(str::to_string),
+    };
+    // Only a keyed request is ever compared, so only then is it written out and hashed.
+    let request_hash = key.as_ref().map(|_| {
+        let canonical = serde_json::to_vec(&req).unwrap_or_default();
+        hex::encode(Sha256::digest(&canonical))
+    });
     if !valid_name(&req.kind) {
         return Err("kind must be 1 to 128 characters of [A-Za-z0-9._:-]".into());
     }
@@ -102,13 +113,6 @@ fn validate(
     if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
         return Err(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"));
     }
-    let key = match (field_key, header_key) {
-        (Some(f), Some(h)) if f != h => {
-            return Err("the Idempotency-Key header and the idempotency_key field differ".into())
-        }
-        (Some(f), _) => Some(f),
-        (None, h) => h.map(str::to_string),
-    };
     if let Some(k) = &key {
         if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
             return Err(
@@ -116,9 +120,6 @@ fn validate(
             );
         }
     }
-    let request_hash = key
-        .as_ref()
-        .map(|_| hex::encode(Sha256::digest(&canonical)));
     Ok(NewTask {
         id: TaskId::new(),
         user_id: user.to_string(),
@@ -171,7 +172,7 @@ pub(super) async fn create(
     if ins.created {
         metrics::counter!("spool_tasks_enqueued_total", "queue" => ins.task.queue.clone(), "kind" => ins.task.kind.clone()).increment(1);
     }
-    Ok((code, Json(ins.task.to_json())).into_response())
+    Ok((code, Json(&*ins.task)).into_response())
 }
 
 /// Enqueue 1 to 1000 tasks, all or nothing.
@@ -217,8 +218,14 @@ pub(super) async fn create_batch(
     for ins in out.iter().filter(|i| i.created) {
         metrics::counter!("spool_tasks_enqueued_total", "queue" => ins.task.queue.clone(), "kind" => ins.task.kind.clone()).increment(1);
     }
-    let tasks: Vec<Value> = out.iter().map(|i| i.task.to_json()).collect();
-    Ok((StatusCode::CREATED, Json(json!({ "tasks": tasks }))).into_response())
+    let tasks: Vec<&crate::task::Task> = out.iter().map(|i| &*i.task).collect();
+    Ok((StatusCode::CREATED, Json(TaskList { tasks })).into_response())
+}
+
+/// `{"tasks": [...]}`, written straight from the tasks (no intermediate JSON tree).
+#[derive(serde::Serialize)]
+struct TaskList<'a> {
+    tasks: Vec<&'a crate::task::Task>,
 }
 
 /// One task.

@@ -13,6 +13,7 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../sql/migrations/0004_queue_status_index.sql"),
     ),
     (5, include_str!("../../sql/migrations/0005_prune_index.sql")),
+    (6, include_str!("../../sql/migrations/0006_lean_tasks.sql")),
 ];
 
 /// The schema version this build of spool writes.
@@ -39,6 +40,22 @@ pub(crate) fn migrate(conn: &Connection) -> Result<Vec<u32>, StoreError> {
             known: LATEST_VERSION,
         });
     }
+    if found == LATEST_VERSION {
+        return Ok(Vec::new());
+    }
+    // A step that rebuilds a table drops the old one, which with foreign keys on would cascade
+    // into its children. Keys are off while migrating (the pragma is a no-op inside a
+    // transaction, so it is set out here) and each step is checked before it commits.
+    let keys_were_on: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    let out = apply(conn, found);
+    if keys_were_on {
+        conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    }
+    out
+}
+
+fn apply(conn: &Connection, found: u32) -> Result<Vec<u32>, StoreError> {
     let mut applied = Vec::new();
     for &(version, sql) in MIGRATIONS {
         if version <= found {
@@ -57,6 +74,13 @@ pub(crate) fn migrate(conn: &Connection) -> Result<Vec<u32>, StoreError> {
                 return Ok(false); // another process got here first
             }
             conn.execute_batch(sql)?;
+            let dangling: i64 =
+                conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            if dangling > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "migration {version} would leave {dangling} rows with a missing parent"
+                )));
+            }
             conn.execute_batch(&format!("PRAGMA user_version = {version}"))?;
             Ok(true)
         })();
@@ -91,9 +115,46 @@ mod tests {
     fn migrate_from_zero_then_rerun_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("m.db")).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(current_version(&conn).unwrap(), LATEST_VERSION);
         assert!(migrate(&conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn lean_tasks_rebuild_keeps_every_row_and_child_and_still_refuses_a_reused_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("m.db")).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for (v, sql) in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {v}")).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO tasks (id, user_id, queue, kind, status, run_at, max_attempts, timeout_ms,
+                                idempotency_key, created_at, completed_at, updated_at)
+             VALUES ('a', 'u', 'q', 'k', 'completed', 1, 1, 1, 'key', 1, 2, 2),
+                    ('b', 'u', 'q', 'k', 'pending', 1, 1, 1, NULL, 1, NULL, 1);
+             INSERT INTO messages (task_id, kind, content, created_at) VALUES ('a', 'log', '1', 1);
+             INSERT INTO task_tokens (token_hash, task_id, attempt, created_at) VALUES ('h', 'a', 1, 1);",
+        )
+        .unwrap();
+        assert_eq!(migrate(&conn).unwrap(), vec![6]);
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM tasks"), 2);
+        assert_eq!(count("SELECT count(*) FROM messages"), 1, "the rebuild cascaded into messages");
+        assert_eq!(count("SELECT count(*) FROM task_tokens"), 1);
+        assert_eq!(count("PRAGMA foreign_keys"), 1, "foreign keys were left off");
+        assert_eq!(count("SELECT completed FROM queue_depth WHERE queue = 'q'"), 1);
+        let reused = conn.execute(
+            "INSERT INTO tasks (id, user_id, queue, kind, status, run_at, max_attempts, timeout_ms,
+                                idempotency_key, created_at, updated_at)
+             VALUES ('c', 'u', 'q', 'k', 'pending', 1, 1, 1, 'key', 1, 1)",
+            [],
+        );
+        assert!(reused.is_err(), "a reused idempotency key was accepted");
+        // Deleting a task still takes its messages with it.
+        conn.execute("DELETE FROM tasks WHERE id = 'a'", []).unwrap();
+        assert_eq!(count("SELECT count(*) FROM messages"), 0);
     }
 
     #[test]
