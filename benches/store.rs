@@ -31,7 +31,11 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(o).unwrap()
 }
 
-fn claim(store: &SqliteStore, rt: &tokio::runtime::Runtime, n: u32) -> Vec<spool::Task> {
+fn claim(
+    store: &SqliteStore,
+    rt: &tokio::runtime::Runtime,
+    n: u32,
+) -> Vec<std::sync::Arc<spool::Task>> {
     rt.block_on(store.task_claim(ClaimParams {
         owner: "w".into(),
         queues: vec![QueueClaim {
@@ -83,9 +87,8 @@ fn benches(c: &mut Criterion) {
             },
             |t| {
                 rt.block_on(store.task_finish(FinishParams {
-                    id: t.id,
+                    task: t,
                     owner: "w".into(),
-                    attempt: t.attempts,
                     status: TaskStatus::Completed,
                     result: Some(json!({"ok": true})),
                     error: None,

@@ -74,6 +74,9 @@ impl Bundle {
             })
             .await
             .unwrap()
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect()
     }
 
     async fn finish(
@@ -85,9 +88,8 @@ impl Bundle {
     ) -> Option<Task> {
         self.store
             .task_finish(FinishParams {
-                id: t.id,
+                task: Arc::new(t.clone()),
                 owner: owner.into(),
-                attempt: t.attempts,
                 status,
                 result: (status == TaskStatus::Completed).then(|| json!("ok")),
                 error: (status != TaskStatus::Completed).then(|| "boom".to_string()),
@@ -97,6 +99,7 @@ impl Bundle {
             })
             .await
             .unwrap()
+            .map(Arc::unwrap_or_clone)
     }
 
     async fn get(&self, id: TaskId) -> Task {
@@ -380,12 +383,12 @@ async fn released_lease_gives_the_attempt_back() {
     let b = setup();
     let t = b.add(new_task("default", 3, 0, T0)).await;
     let c = b.claim("A", 1).await.remove(0);
+    assert_eq!(c.id, t.id);
     let r = b
         .store
         .task_finish(FinishParams {
-            id: t.id,
+            task: Arc::new(c.clone()),
             owner: "A".into(),
-            attempt: c.attempts,
             status: TaskStatus::Pending,
             result: None,
             error: None,
@@ -397,7 +400,7 @@ async fn released_lease_gives_the_attempt_back() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (r.status, r.attempts, r.lease_owner),
+        (r.status, r.attempts, r.lease_owner.as_deref()),
         (TaskStatus::Pending, 0, None)
     );
     // Picked up again at once, as attempt 1.
@@ -591,7 +594,7 @@ async fn the_claim_reads_the_claim_index_without_sorting() {
         .read_raw(|c| {
             let sql = include_str!("../sql/queries/task_claim.sql");
             // The subquery is what the planner must serve from the index.
-            let select = &sql[sql.find("SELECT id").unwrap()..sql.rfind("LIMIT").unwrap()];
+            let select = &sql[sql.find("SELECT rowid").unwrap()..sql.rfind("LIMIT").unwrap()];
             let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {select}")).unwrap();
             let rows = st
                 .query_map(
@@ -608,4 +611,32 @@ async fn the_claim_reads_the_claim_index_without_sorting() {
     let text = plan.join(" | ");
     assert!(text.contains("tasks_claim"), "{text}");
     assert!(!text.contains("TEMP B-TREE"), "{text}");
+}
+
+#[tokio::test]
+async fn the_task_a_finish_returns_is_the_row_as_stored() {
+    // The finish builds its answer (and its event) from the claimed task plus the columns the
+    // statement returns; it must equal what a later read finds, for every way an attempt ends.
+    let b = setup();
+    for status in [TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Pending] {
+        let t = b.add(new_task("default", 3, 0, T0)).await;
+        let c = b.claim("A", 1).await.remove(0);
+        assert_eq!(c.id, t.id);
+        let retry_at = (status == TaskStatus::Pending).then_some(T0 + 5_000);
+        let returned = b.finish(&c, "A", status, retry_at).await.unwrap();
+        assert_eq!(returned, b.get(t.id).await, "after {status}");
+        if status == TaskStatus::Pending {
+            b.clock.advance(10_000);
+            let again = b.claim("A", 1).await.remove(0);
+            let done = b.finish(&again, "A", TaskStatus::Completed, None).await;
+            assert_eq!(done.unwrap(), b.get(t.id).await);
+        }
+    }
+    // A cancel asked for while running turns a retry into canceled, and the answer says so.
+    let t = b.add(new_task("default", 3, 0, T0)).await;
+    let c = b.claim("A", 1).await.remove(0);
+    b.store.task_cancel(t.id, None, T0).await.unwrap();
+    let returned = b.finish(&c, "A", TaskStatus::Pending, Some(T0)).await.unwrap();
+    assert_eq!(returned.status, TaskStatus::Canceled);
+    assert_eq!(returned, b.get(t.id).await);
 }

@@ -1,2 +1,2 @@
 -- Tasks running now, with their leases.
-SELECT * FROM tasks WHERE status = 'running' ORDER BY started_at LIMIT :limit
+SELECT * FROM tasks WHERE status = 'running' ORDER BY started_at LIMIT (SELECT :limit)

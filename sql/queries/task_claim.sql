@@ -8,11 +8,13 @@ SET status = 'running',
     lease_expires_at = :now + :lease_ms,
     started_at = :now,
     updated_at = :now
-WHERE id IN (
-    -- INDEXED BY: the planner would otherwise pick tasks_queue_status and sort every due row.
-    SELECT id FROM tasks INDEXED BY tasks_claim
+WHERE rowid IN (
+    -- INDEXED BY: the claim must walk tasks_claim in order, never sort the due rows. The
+    -- index holds the rowid, so each claimed row is one seek. LIMIT is a subquery because
+    -- SQLite re-prepares a statement whose plan reads a bound LIMIT on every run.
+    SELECT rowid FROM tasks INDEXED BY tasks_claim
     WHERE queue = :queue AND status = 'pending' AND run_at <= :now
       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused = 1)
     ORDER BY priority DESC, run_at, id
-    LIMIT :limit)
+    LIMIT (SELECT :limit))
 RETURNING *

@@ -6,4 +6,4 @@ WHERE user_id = :user_id
   AND (:kind IS NULL OR kind = :kind)
   AND (:cursor IS NULL OR id < :cursor)
 ORDER BY id DESC
-LIMIT :limit
+LIMIT (SELECT :limit)

@@ -14,4 +14,4 @@ WHERE rowid IN (
     SELECT t.rowid FROM q CROSS JOIN tasks t
         ON t.status = :status AND t.queue = q.name AND t.completed_at < :before
     WHERE q.name IS NOT NULL
-    LIMIT :limit)
+    LIMIT (SELECT :limit))

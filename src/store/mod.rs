@@ -14,6 +14,7 @@ pub use sqlite::{SqliteStore, StoreOptions, Synchronous};
 use crate::clock::UnixMillis;
 use crate::task::{Task, TaskId, TaskStatus};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -109,12 +110,11 @@ pub struct ClaimParams {
 /// How an attempt ends, fenced by owner and attempt.
 #[derive(Debug, Clone)]
 pub struct FinishParams {
-    /// The task.
-    pub id: TaskId,
+    /// The task as it was claimed: its id and attempt number (the fencing token) are the ones
+    /// matched, and the updated task is built from it rather than read back.
+    pub task: Arc<Task>,
     /// The worker that claimed it.
     pub owner: String,
-    /// The attempt number it claimed (the fencing token).
-    pub attempt: u32,
     /// The new status.
     pub status: TaskStatus,
     /// The result (completed only).

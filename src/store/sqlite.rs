@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
+/// The write connection's page cache, KiB.
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
 /// Default capacity of the writer's channel; past it requests get `503` at once.
 pub const DEFAULT_WRITE_QUEUE: usize = 8192;
 
@@ -173,9 +175,13 @@ fn open_write_connection(opts: &StoreOptions) -> Result<Connection> {
             opts.path.display()
         )));
     }
+    // The writer's page cache: SQLite's default (2 MiB) is smaller than the pages one busy
+    // second touches, so pages were evicted and read back (and their memory freed and faulted
+    // in again) within a batch. It grows only as pages are used.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
-        opts.synchronous.pragma()
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{};",
+        opts.synchronous.pragma(),
+        WRITER_CACHE_KIB
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -357,8 +363,11 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Task>> {
-        self.write(true, move |conn| claim(conn, &p)).await
+    pub async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>> {
+        // One claim statement and no rescue is a single statement: no savepoint needed.
+        let statements = p.queues.iter().filter(|q| q.limit > 0).count() + 3 * usize::from(p.rescue);
+        self.submit(true, statements <= 1, move |conn| claim(conn, &p))
+            .await
     }
 
     /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
@@ -404,28 +413,53 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn task_finish(&self, p: FinishParams) -> Result<Option<Task>> {
+    pub async fn task_finish(&self, p: FinishParams) -> Result<Option<Arc<Task>>> {
+        // The result is written out here, on the caller's thread, not on the writer.
+        let result_text = match &p.result {
+            Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
+            None => None,
+        };
         self.write_one(true, move |conn| {
-            let result = match &p.result {
-                Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
-                None => None,
-            };
+            let claimed = &p.task;
             let mut st = conn.prepare_cached(sql::TASK_FINISH)?;
-            let task = st
+            let row = st
                 .query_row(
                     named_params! {
-                        ":id": p.id.to_string(), ":owner": p.owner, ":attempt": p.attempt,
-                        ":status": p.status.as_str(), ":result": result, ":error": p.error,
-                        ":run_at": p.run_at, ":uncount": p.uncount as i64, ":now": p.now,
+                        ":id": claimed.id.to_string(), ":owner": p.owner,
+                        ":attempt": claimed.attempts, ":status": p.status.as_str(),
+                        ":result": result_text, ":error": p.error, ":run_at": p.run_at,
+                        ":uncount": p.uncount as i64, ":now": p.now,
                     },
-                    task_from_row,
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, Option<i64>>(4)?,
+                            r.get::<_, bool>(5)?,
+                        ))
+                    },
                 )
                 .optional()?;
-            let events = task
-                .iter()
-                .map(|t| Event::Task(Arc::new(t.clone())))
-                .collect();
-            Ok((task, events))
+            let Some((status, attempts, last_error, run_at, completed_at, cancel_requested)) = row
+            else {
+                return Ok((None, Vec::new()));
+            };
+            let task = Arc::new(Task {
+                status: status.parse().map_err(StoreError::Conflict)?,
+                attempts: attempts.max(0) as u32,
+                last_error,
+                run_at,
+                completed_at,
+                cancel_requested,
+                result: p.result,
+                lease_owner: None,
+                lease_expires_at: None,
+                updated_at: p.now,
+                ..Task::clone(claimed)
+            });
+            Ok((Some(task.clone()), vec![Event::Task(task)]))
         })
         .await
     }
@@ -1255,7 +1289,7 @@ pub(crate) const TASK_INSERT_PARAMS: [&str; 12] = [
     ":now",
 ];
 
-fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Task>> {
+fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
     let mut events = Vec::new();
     // Expired leases first: canceled ones end, exhausted ones fail, the rest become runnable.
     let rescues: &[&str] = if p.rescue {
@@ -1291,7 +1325,7 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Task>> {
             task_from_row,
         )?;
         for t in rows {
-            claimed.push(t?);
+            claimed.push(Arc::new(t?));
             remaining -= 1;
         }
     }
@@ -1302,7 +1336,7 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Task>> {
             .then(a.run_at.cmp(&b.run_at))
             .then(a.id.cmp(&b.id))
     });
-    events.extend(claimed.iter().map(|t| Event::Task(Arc::new(t.clone()))));
+    events.extend(claimed.iter().map(|t| Event::Task(t.clone())));
     Ok((claimed, events))
 }
 
@@ -1353,5 +1387,45 @@ mod tests {
             p.contains("tasks_finished (status=? AND queue=? AND completed_at<?)"),
             "the pruner does not range over each queue's old tasks:\n{p}"
         );
+    }
+
+    #[test]
+    fn hot_statements_run_again_without_being_prepared_again() {
+        // SQLite re-prepares a statement on every run when its plan depends on a bound value
+        // (a bound LIMIT does, since 3.4x): that re-parse was 6% of the writer's time.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("p.db")).unwrap();
+        migrate::migrate(&conn).unwrap();
+        for (name, q) in [
+            ("task_insert", sql::TASK_INSERT),
+            ("task_claim", sql::TASK_CLAIM),
+            ("task_finish", sql::TASK_FINISH),
+            ("lease_extend", sql::LEASE_EXTEND),
+            ("lease_expired_cancel", sql::LEASE_EXPIRED_CANCEL),
+            ("lease_expired_fail", sql::LEASE_EXPIRED_FAIL),
+            ("lease_expired_rescue", sql::LEASE_EXPIRED_RESCUE),
+            ("task_list", sql::TASK_LIST),
+            ("task_list_user", sql::TASK_LIST_USER),
+            ("message_list", sql::MESSAGE_LIST),
+            ("queue_stats", sql::QUEUE_STATS),
+            ("failures_list", sql::FAILURES_LIST),
+            ("running_list", sql::RUNNING_LIST),
+        ] {
+            let mut st = conn.prepare(q).unwrap();
+            for round in 1..=3i64 {
+                for i in 1..=st.parameter_count() {
+                    let v: rusqlite::types::Value = match st.parameter_name(i) {
+                        Some(":id") => format!("task-{round}").into(),
+                        Some(":status") => "completed".to_string().into(),
+                        _ => round.into(),
+                    };
+                    st.raw_bind_parameter(i, v).unwrap();
+                }
+                let mut rows = st.raw_query();
+                while rows.next().unwrap().is_some() {}
+            }
+            let n = st.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(n, 0, "{name} was prepared again {n} times in 3 runs");
+        }
     }
 }

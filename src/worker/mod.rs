@@ -48,6 +48,9 @@ struct Running {
     claimed_at: i64,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
+    /// The handler has returned and only its outcome is being written: the slot is free for
+    /// the next task, while the lease (still held until that write commits) is kept extended.
+    handler_done: bool,
 }
 
 impl Running {
@@ -115,10 +118,12 @@ impl WorkerPool {
         let Ok(r) = self.running.lock() else {
             return (u32::MAX, per);
         };
-        for e in r.values() {
+        let mut busy = 0;
+        for e in r.values().filter(|e| !e.handler_done) {
             *per.entry(e.queue.clone()).or_insert(0) += 1;
+            busy += 1;
         }
-        (r.len() as u32, per)
+        (busy, per)
     }
 
     /// Claims for every free slot once and starts the attempts; returns (asked, got).
@@ -180,7 +185,7 @@ impl WorkerPool {
         Ok((asked, got))
     }
 
-    fn start(self: &Arc<Self>, task: Task, tracker: &TaskTracker, claimed_at: i64) {
+    fn start(self: &Arc<Self>, task: Arc<Task>, tracker: &TaskTracker, claimed_at: i64) {
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
@@ -194,6 +199,7 @@ impl WorkerPool {
                     claimed_at,
                     cancel: cancel.clone(),
                     reason: reason.clone(),
+                    handler_done: false,
                 },
             );
             // This pool took the task again after its own earlier attempt lost the lease: that
@@ -213,7 +219,7 @@ impl WorkerPool {
             async move {
                 tracing::info!("claimed");
                 let id = task.id;
-                pool.run_attempt(task, cancel, reason).await;
+                pool.run_attempt(task, seq, cancel, reason).await;
                 if let Ok(mut r) = pool.running.lock() {
                     if r.get(&id).is_some_and(|e| e.seq == seq) {
                         r.remove(&id);
@@ -225,13 +231,24 @@ impl WorkerPool {
         );
     }
 
+    /// The handler of attempt `seq` returned: its slot takes the next task now rather than
+    /// after the outcome's commit (an fsync away), so claims and outcomes overlap.
+    fn handler_returned(&self, id: TaskId, seq: u64) {
+        if let Ok(mut r) = self.running.lock() {
+            if let Some(e) = r.get_mut(&id).filter(|e| e.seq == seq) {
+                e.handler_done = true;
+            }
+        }
+        self.slot_freed.notify_one();
+    }
+
     async fn run_attempt(
         &self,
-        task: Task,
+        task: Arc<Task>,
+        seq: u64,
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
     ) {
-        let task = Arc::new(task);
         let started = std::time::Instant::now();
         let timeout = Duration::from_millis(task.timeout_ms.max(1));
         let outcome = match self.registry.get(&task.kind) {
@@ -266,14 +283,14 @@ impl WorkerPool {
             }
         };
         // The handler's future is dropped by now: a child process group is already killed.
+        self.handler_returned(task.id, seq);
         let labels = [("queue", task.queue.clone()), ("kind", task.kind.clone())];
         metrics::histogram!("spool_task_run_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
         let now = self.clock.now();
         let params = |status, result, error, run_at, uncount| FinishParams {
-            id: task.id,
+            task: task.clone(),
             owner: self.id.clone(),
-            attempt: task.attempts,
             status,
             result,
             error,
