@@ -1,7 +1,7 @@
 -- Claim up to :limit runnable tasks of one unpaused queue for worker :owner: highest priority
 -- first, then earliest run_at, then oldest id. Each claim starts a new attempt, and the attempt
 -- number is the fencing token every later write of that worker must present.
-UPDATE tasks
+UPDATE OR FAIL tasks
 SET status = 'running',
     attempts = attempts + 1,
     lease_owner = :owner,

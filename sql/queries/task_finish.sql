@@ -3,7 +3,7 @@
 -- :uncount is 1 when the attempt is given back (shutdown) rather than spent. A task whose cancel
 -- was asked for never goes back to pending: it ends canceled. Only the columns this statement
 -- may decide come back; the caller holds the rest of the row from its claim.
-UPDATE tasks
+UPDATE OR FAIL tasks
 SET status = CASE WHEN cancel_requested = 1 AND :status = 'pending' THEN 'canceled' ELSE :status END,
     result = :result,
     last_error = coalesce(:error, last_error),
