@@ -819,7 +819,14 @@ async fn sse_phase(
     }
     // Let every stream connect and replay (nothing yet).
     tokio::time::sleep(Duration::from_millis(1000 + streams as u64)).await;
-    // Steady rate: each round writes one message to every stream, spread over 200 ms.
+    // Steady rate: each round writes one message to every stream, spread over 200 ms. The
+    // writes go over a pool of minimal keep-alive connections (as in the enqueue phases), so the
+    // load generator's own CPU does not crowd out the server it measures.
+    let (give, take) = tokio::sync::mpsc::unbounded_channel::<RawConn>();
+    for _ in 0..32 {
+        let _ = give.send(RawConn::connect(&api.base).await?);
+    }
+    let take = Arc::new(tokio::sync::Mutex::new(take));
     let mut rss_mib = None;
     for round in 0..per_stream {
         let gap = Duration::from_micros(200_000 / streams.max(1) as u64);
@@ -827,14 +834,22 @@ async fn sse_phase(
         let mut hs = vec![];
         for id in &tasks {
             tick.tick().await;
-            let (api, id) = (api.clone(), id.clone());
+            let (api, id, give, take) = (api.clone(), id.clone(), give.clone(), take.clone());
             hs.push(tokio::spawn(async move {
-                let _ = api
-                    .post(
-                        &format!("/v1/tasks/{id}/messages"),
-                        &json!({"kind": "progress", "content": {"sent_us": micros_now()}}),
-                    )
-                    .await;
+                let conn = take.lock().await.recv().await;
+                let Some(mut conn) = conn else { return };
+                let body = format!(r#"{{"kind":"progress","content":{{"sent_us":{}}}}}"#, micros_now());
+                let request = raw_request(
+                    &api.base,
+                    &api.token,
+                    &format!("/v1/tasks/{id}/messages"),
+                    body.as_bytes(),
+                );
+                if conn.send(&request).await.is_ok() {
+                    let _ = give.send(conn);
+                } else if let Ok(c) = RawConn::connect(&api.base).await {
+                    let _ = give.send(c);
+                }
             }));
         }
         for h in hs {

@@ -7,6 +7,7 @@
 -- * tasks_queue_status and tasks_prune changed on every status change. Queue depths now come
 --   from the indexes that exist anyway: pending from tasks_claim, running from tasks_lease,
 --   finished from tasks_finished.
+-- * tasks_claim ends with the rowid instead of the id (see below).
 -- * tasks_finished's WHERE `status IN (...)` made SQLite build a temporary b-tree on every row
 --   written. It is now keyed by `completed_at IS NOT NULL` (set exactly when a task is
 --   terminal) and carries the queue, so queue depths read it without touching the table.
@@ -50,8 +51,10 @@ INSERT INTO tasks_new SELECT * FROM tasks;
 DROP TABLE tasks;
 ALTER TABLE tasks_new RENAME TO tasks;
 
--- The claim: runnable tasks of one queue, priority first, then run_at, then id.
-CREATE INDEX tasks_claim ON tasks (queue, priority DESC, run_at, id) WHERE status = 'pending';
+-- The claim: runnable tasks of one queue, priority first, then run_at, then insertion order
+-- (the rowid every index entry ends with; 0001 spelled out the 36-character id, which made the
+-- index larger and every key comparison in it longer).
+CREATE INDEX tasks_claim ON tasks (queue, priority DESC, run_at) WHERE status = 'pending';
 -- Leases that may have run out.
 CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE status = 'running';
 -- A user's task list, newest first.

@@ -1,6 +1,7 @@
 -- Claim up to :limit runnable tasks of one unpaused queue for worker :owner: highest priority
--- first, then earliest run_at, then oldest id. Each claim starts a new attempt, and the attempt
--- number is the fencing token every later write of that worker must present.
+-- first, then earliest run_at, then first inserted. Each claim starts a new attempt, and the attempt
+-- number is the fencing token every later write of that worker must present. OR FAIL: nothing
+-- set here can break a constraint, and without ABORT SQLite keeps no statement journal.
 UPDATE OR FAIL tasks
 SET status = 'running',
     attempts = attempts + 1,
@@ -15,6 +16,6 @@ WHERE rowid IN (
     SELECT rowid FROM tasks INDEXED BY tasks_claim
     WHERE queue = :queue AND status = 'pending' AND run_at <= :now
       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused = 1)
-    ORDER BY priority DESC, run_at, id
+    ORDER BY priority DESC, run_at, rowid
     LIMIT (SELECT :limit))
 RETURNING *

@@ -2,7 +2,8 @@
 -- row and changes nothing. :status is the new status; :run_at (retry) and :error may be NULL;
 -- :uncount is 1 when the attempt is given back (shutdown) rather than spent. A task whose cancel
 -- was asked for never goes back to pending: it ends canceled. Only the columns this statement
--- may decide come back; the caller holds the rest of the row from its claim.
+-- may decide come back; the caller holds the rest of the row from its claim. OR FAIL: one row,
+-- so there is nothing for a statement journal to undo.
 UPDATE OR FAIL tasks
 SET status = CASE WHEN cancel_requested = 1 AND :status = 'pending' THEN 'canceled' ELSE :status END,
     result = :result,
