@@ -2,7 +2,7 @@
 //! paths, Retry-After, a hanging receiver, and progress posted with the per-attempt task token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -13,6 +13,7 @@ use spool::app::{EnqueueOptions, Spool};
 use spool::executor::webhook::signature;
 use spool::task::TaskStatus;
 use spool::Config;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ struct Seen {
     token: String,
     at: Instant,
     body: Value,
+    /// spool's end of the connection the request came on.
+    peer: SocketAddr,
 }
 
 #[derive(Clone)]
@@ -39,7 +42,12 @@ struct Receiver {
     spool_base: Arc<Mutex<String>>,
 }
 
-async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
+async fn hook(
+    State(r): State<Receiver>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let h = |k: &str| {
         headers
             .get(k)
@@ -55,6 +63,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Res
         token: h("spool-task-token"),
         at: Instant::now(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        peer,
     };
     let n = {
         let mut s = r.seen.lock().unwrap();
@@ -103,7 +112,14 @@ async fn start_receiver(
         .with_state(r.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
     (r, format!("http://{addr}/hook"))
 }
 
@@ -306,6 +322,29 @@ async fn the_receiver_posts_progress_with_its_task_token_which_dies_with_the_att
             .unwrap()
             .len(),
         3
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_tasks_one_after_another_reuse_one_connection() {
+    // One HTTP client is shared by every webhook attempt, so a receiver sees keep-alive
+    // connections reused rather than a TCP (and, over HTTPS, TLS) handshake per task.
+    let (r, url) = start_receiver(vec![(200, None, "{}")], Duration::ZERO).await;
+    let h = start_spool(&url, "").await;
+    for i in 0..20 {
+        let t = h.spool.enqueue("hook", json!({ "i": i })).await.unwrap();
+        assert_eq!(h.wait_terminal(t.id).await.status, TaskStatus::Completed);
+    }
+    let seen = r.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 20);
+    let mut peers: Vec<SocketAddr> = seen.iter().map(|s| s.peer).collect();
+    peers.sort();
+    peers.dedup();
+    assert!(
+        peers.len() <= 2,
+        "20 sequential webhook tasks opened {} connections: {peers:?}",
+        peers.len()
     );
     h.stop().await;
 }
