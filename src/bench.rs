@@ -581,8 +581,14 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     // only at it; then count, until every task is done.
     if let Some(id) = &last_id {
         while Instant::now() < deadline {
-            let t = api.get(&format!("/v1/tasks/{id}")).await.unwrap_or_default();
-            if matches!(t["status"].as_str(), Some("completed" | "failed" | "canceled")) {
+            let t = api
+                .get(&format!("/v1/tasks/{id}"))
+                .await
+                .unwrap_or_default();
+            if matches!(
+                t["status"].as_str(),
+                Some("completed" | "failed" | "canceled")
+            ) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -838,7 +844,10 @@ async fn sse_phase(
             hs.push(tokio::spawn(async move {
                 let conn = take.lock().await.recv().await;
                 let Some(mut conn) = conn else { return };
-                let body = format!(r#"{{"kind":"progress","content":{{"sent_us":{}}}}}"#, micros_now());
+                let body = format!(
+                    r#"{{"kind":"progress","content":{{"sent_us":{}}}}}"#,
+                    micros_now()
+                );
                 let request = raw_request(
                     &api.base,
                     &api.token,

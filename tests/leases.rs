@@ -618,7 +618,11 @@ async fn the_task_a_finish_returns_is_the_row_as_stored() {
     // The finish builds its answer (and its event) from the claimed task plus the columns the
     // statement returns; it must equal what a later read finds, for every way an attempt ends.
     let b = setup();
-    for status in [TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Pending] {
+    for status in [
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Pending,
+    ] {
         let t = b.add(new_task("default", 3, 0, T0)).await;
         let c = b.claim("A", 1).await.remove(0);
         assert_eq!(c.id, t.id);
@@ -636,7 +640,10 @@ async fn the_task_a_finish_returns_is_the_row_as_stored() {
     let t = b.add(new_task("default", 3, 0, T0)).await;
     let c = b.claim("A", 1).await.remove(0);
     b.store.task_cancel(t.id, None, T0).await.unwrap();
-    let returned = b.finish(&c, "A", TaskStatus::Pending, Some(T0)).await.unwrap();
+    let returned = b
+        .finish(&c, "A", TaskStatus::Pending, Some(T0))
+        .await
+        .unwrap();
     assert_eq!(returned.status, TaskStatus::Canceled);
     assert_eq!(returned, b.get(t.id).await);
 }

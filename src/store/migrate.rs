@@ -75,7 +75,9 @@ fn apply(conn: &Connection, found: u32) -> Result<Vec<u32>, StoreError> {
             }
             conn.execute_batch(sql)?;
             let dangling: i64 =
-                conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+                conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
             if dangling > 0 {
                 return Err(StoreError::Conflict(format!(
                     "migration {version} would leave {dangling} rows with a missing parent"
@@ -127,7 +129,8 @@ mod tests {
         conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
         for (v, sql) in &MIGRATIONS[..5] {
             conn.execute_batch(sql).unwrap();
-            conn.execute_batch(&format!("PRAGMA user_version = {v}")).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {v}"))
+                .unwrap();
         }
         conn.execute_batch(
             "INSERT INTO tasks (id, user_id, queue, kind, status, run_at, max_attempts, timeout_ms,
@@ -141,10 +144,21 @@ mod tests {
         assert_eq!(migrate(&conn).unwrap(), vec![6]);
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(count("SELECT count(*) FROM tasks"), 2);
-        assert_eq!(count("SELECT count(*) FROM messages"), 1, "the rebuild cascaded into messages");
+        assert_eq!(
+            count("SELECT count(*) FROM messages"),
+            1,
+            "the rebuild cascaded into messages"
+        );
         assert_eq!(count("SELECT count(*) FROM task_tokens"), 1);
-        assert_eq!(count("PRAGMA foreign_keys"), 1, "foreign keys were left off");
-        assert_eq!(count("SELECT completed FROM queue_depth WHERE queue = 'q'"), 1);
+        assert_eq!(
+            count("PRAGMA foreign_keys"),
+            1,
+            "foreign keys were left off"
+        );
+        assert_eq!(
+            count("SELECT completed FROM queue_depth WHERE queue = 'q'"),
+            1
+        );
         let reused = conn.execute(
             "INSERT INTO tasks (id, user_id, queue, kind, status, run_at, max_attempts, timeout_ms,
                                 idempotency_key, created_at, updated_at)
@@ -153,7 +167,8 @@ mod tests {
         );
         assert!(reused.is_err(), "a reused idempotency key was accepted");
         // Deleting a task still takes its messages with it.
-        conn.execute("DELETE FROM tasks WHERE id = 'a'", []).unwrap();
+        conn.execute("DELETE FROM tasks WHERE id = 'a'", [])
+            .unwrap();
         assert_eq!(count("SELECT count(*) FROM messages"), 0);
     }
 

@@ -367,7 +367,8 @@ impl SqliteStore {
     /// `Unavailable` or a database error.
     pub async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>> {
         // One claim statement and no rescue is a single statement: no savepoint needed.
-        let statements = p.queues.iter().filter(|q| q.limit > 0).count() + 3 * usize::from(p.rescue);
+        let statements =
+            p.queues.iter().filter(|q| q.limit > 0).count() + 3 * usize::from(p.rescue);
         self.submit(true, statements <= 1, move |conn| claim(conn, &p))
             .await
     }
@@ -423,12 +424,14 @@ impl SqliteStore {
         };
         self.write_one(true, move |conn| {
             let claimed = &p.task;
-            let plain = conn.prepare_cached(sql::TASK_FINISH_PLAIN)?.execute(named_params! {
-                ":id": claimed.id.to_string(), ":owner": p.owner,
-                ":attempt": claimed.attempts, ":status": p.status.as_str(),
-                ":result": result_text, ":error": p.error, ":run_at": p.run_at,
-                ":uncount": p.uncount as i64, ":now": p.now,
-            })?;
+            let plain = conn
+                .prepare_cached(sql::TASK_FINISH_PLAIN)?
+                .execute(named_params! {
+                    ":id": claimed.id.to_string(), ":owner": p.owner,
+                    ":attempt": claimed.attempts, ":status": p.status.as_str(),
+                    ":result": result_text, ":error": p.error, ":run_at": p.run_at,
+                    ":uncount": p.uncount as i64, ":now": p.now,
+                })?;
             if plain == 1 {
                 // No cancel was asked for: the row is what was asked, on top of the claim (whose
                 // last_error and run_at only this lease's holder could have changed since).
@@ -1321,7 +1324,11 @@ fn write_rows(
     } else {
         conn.prepare_cached(sql::TASK_INSERT)?
     };
-    let per_statement = if waiting.len() == INSERT_CHUNK { INSERT_CHUNK } else { 1 };
+    let per_statement = if waiting.len() == INSERT_CHUNK {
+        INSERT_CHUNK
+    } else {
+        1
+    };
     for group in waiting.chunks(per_statement) {
         // Bound by position (the order of TASK_INSERT_PARAMS, checked by a test): a name
         // lookup per parameter showed in profiles.
@@ -1486,7 +1493,8 @@ mod tests {
         ] {
             let p = plan(q);
             assert!(
-                !p.lines().any(|l| l.trim() == "SCAN tasks" || l.trim() == "SCAN t"),
+                !p.lines()
+                    .any(|l| l.trim() == "SCAN tasks" || l.trim() == "SCAN t"),
                 "{name} scans the whole table:\n{p}"
             );
         }
@@ -1544,7 +1552,9 @@ mod tests {
         let conn = Connection::open(dir.path().join("p.db")).unwrap();
         migrate::migrate(&conn).unwrap();
         assert_eq!(
-            conn.prepare(&multi_insert_sql(INSERT_CHUNK)).unwrap().parameter_count(),
+            conn.prepare(&multi_insert_sql(INSERT_CHUNK))
+                .unwrap()
+                .parameter_count(),
             INSERT_CHUNK * TASK_INSERT_PARAMS.len()
         );
         // 70 tasks: a keyed one at 40 and 41 (the same key: the second is the first replayed)
@@ -1582,7 +1592,9 @@ mod tests {
             let stored = get_owned(&conn, ins.task.id, None).unwrap();
             assert_eq!(stored, *ins.task, "row {i} differs from what was stored");
         }
-        let n: i64 = conn.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 69);
     }
 }
