@@ -38,7 +38,7 @@ impl FromStr for TaskId {
             return Err(format!("{s:?} is not a task id (a UUID)"));
         }
         Uuid::parse_str(s)
-            .map(|u| TaskId(u))
+            .map(TaskId)
             .map_err(|_| format!("{s:?} is not a task id (a UUID)"))
     }
 }
@@ -264,6 +264,7 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -77,11 +77,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
     let mut reader = BufReader::with_capacity(64 * 1024, r);
     let mut buf: Vec<u8> = Vec::new();
     let mut dropped = 0usize;
-    loop {
-        let chunk = match reader.fill_buf().await {
-            Ok(c) => c,
-            Err(_) => break,
-        };
+    while let Ok(chunk) = reader.fill_buf().await {
         if chunk.is_empty() {
             break;
         }

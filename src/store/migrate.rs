@@ -103,6 +103,7 @@ fn apply(conn: &Connection, found: u32) -> Result<Vec<u32>, StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

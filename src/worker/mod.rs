@@ -503,7 +503,7 @@ impl WorkerPool {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, failures, "claim failed; retrying");
                     }
                     poll.max(Duration::from_millis(100 * u64::from(failures.min(50))))
