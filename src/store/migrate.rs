@@ -73,14 +73,22 @@ fn apply(conn: &Connection, found: u32) -> Result<Vec<u32>, StoreError> {
             if now >= version {
                 return Ok(false); // another process got here first
             }
+            // Rows already orphaned (written with foreign keys off, say from the sqlite3 shell)
+            // are not this step's doing: only new ones fail it.
+            let orphans = || -> Result<i64, StoreError> {
+                Ok(
+                    conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            };
+            let before = orphans()?;
             conn.execute_batch(sql)?;
-            let dangling: i64 =
-                conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-                    r.get(0)
-                })?;
-            if dangling > 0 {
+            let after = orphans()?;
+            if after > before {
                 return Err(StoreError::Conflict(format!(
-                    "migration {version} would leave {dangling} rows with a missing parent"
+                    "migration {version} would leave {} more rows with a missing parent",
+                    after - before
                 )));
             }
             conn.execute_batch(&format!("PRAGMA user_version = {version}"))?;
@@ -142,12 +150,20 @@ mod tests {
              INSERT INTO task_tokens (token_hash, task_id, attempt, created_at) VALUES ('h', 'a', 1, 1);",
         )
         .unwrap();
+        // An orphan written with foreign keys off (as the sqlite3 shell does by default) is
+        // not the migration's doing and must not stop it.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO messages (task_id, kind, content, created_at) VALUES ('gone', 'log', '1', 1);
+             PRAGMA foreign_keys = ON;",
+        )
+        .unwrap();
         assert_eq!(migrate(&conn).unwrap(), vec![6]);
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(count("SELECT count(*) FROM tasks"), 2);
         assert_eq!(
             count("SELECT count(*) FROM messages"),
-            1,
+            2,
             "the rebuild cascaded into messages"
         );
         assert_eq!(count("SELECT count(*) FROM task_tokens"), 1);
@@ -170,7 +186,10 @@ mod tests {
         // Deleting a task still takes its messages with it.
         conn.execute("DELETE FROM tasks WHERE id = 'a'", [])
             .unwrap();
-        assert_eq!(count("SELECT count(*) FROM messages"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM messages WHERE task_id = 'a'"),
+            0
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub(crate) mod sql;
 pub mod sqlite;
 
 pub use migrate::LATEST_VERSION;
-pub use sqlite::{SqliteStore, StoreOptions, Synchronous};
+pub use sqlite::{Queued, SqliteStore, StoreOptions, Synchronous};
 
 use crate::clock::UnixMillis;
 use crate::task::{Task, TaskId, TaskStatus};

@@ -135,6 +135,22 @@ where
     }
 }
 
+/// A write on the writer's queue; [`Queued::answer`] waits for its commit.
+#[derive(Debug)]
+pub struct Queued<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> Queued<T> {
+    /// The write's outcome, once its transaction committed (or failed).
+    ///
+    /// # Errors
+    /// The write's own error, or `Unavailable` when the writer stopped.
+    pub async fn answer(self) -> Result<T> {
+        self.0
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+}
+
 /// The SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
     tx: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
@@ -291,6 +307,19 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
     {
+        self.enqueue(wait, single_statement, f)
+            .await?
+            .answer()
+            .await
+    }
+
+    /// Puts `f` on the writer's queue and returns once it is there: anything queued later
+    /// commits in the same transaction or a later one, never before it.
+    async fn enqueue<T, F>(&self, wait: bool, single_statement: bool, f: F) -> Result<Queued<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job: Box<dyn WriteJob> = Box::new(FnJob {
             f: Some(f),
@@ -313,8 +342,7 @@ impl SqliteStore {
                 }
             })?;
         }
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+        Ok(Queued(rx))
     }
 
     /// Runs `f` with a read-only connection on a blocking thread.
@@ -366,11 +394,9 @@ impl SqliteStore {
     /// # Errors
     /// `Unavailable` or a database error.
     pub async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>> {
-        // One claim statement and no rescue is a single statement: no savepoint needed.
-        let statements =
-            p.queues.iter().filter(|q| q.limit > 0).count() + 3 * usize::from(p.rescue);
-        self.submit(true, statements <= 1, move |conn| claim(conn, &p))
-            .await
+        // In its own savepoint even as one statement: the UPDATE changes every row on its first
+        // step, and a row that then fails to read back must not stay claimed by nobody.
+        self.write(true, move |conn| claim(conn, &p)).await
     }
 
     /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
@@ -417,12 +443,21 @@ impl SqliteStore {
     /// # Errors
     /// `Unavailable` or a database error.
     pub async fn task_finish(&self, p: FinishParams) -> Result<Option<Arc<Task>>> {
+        self.task_finish_queued(p).await?.answer().await
+    }
+
+    /// As [`SqliteStore::task_finish`], in two steps: this returns once the write is queued (a
+    /// claim queued after it cannot commit before it), and its [`Queued::answer`] once committed.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::task_finish`].
+    pub async fn task_finish_queued(&self, p: FinishParams) -> Result<Queued<Option<Arc<Task>>>> {
         // The result is written out here, on the caller's thread, not on the writer.
         let result_text = match &p.result {
             Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
             None => None,
         };
-        self.write_one(true, move |conn| {
+        self.enqueue(true, true, move |conn| {
             let claimed = &p.task;
             let plain = conn
                 .prepare_cached(sql::TASK_FINISH_PLAIN)?

@@ -283,7 +283,6 @@ impl WorkerPool {
             }
         };
         // The handler's future is dropped by now: a child process group is already killed.
-        self.handler_returned(task.id, seq);
         let labels = [("queue", task.queue.clone()), ("kind", task.kind.clone())];
         metrics::histogram!("spool_task_run_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
@@ -333,15 +332,29 @@ impl WorkerPool {
         let status = finish.status;
         let error = finish.error.clone();
         let run_at = finish.run_at;
-        let write = || async { self.store.task_finish(finish.clone()).await };
-        let done = write
-            .retry(
-                ExponentialBuilder::default()
-                    .with_max_times(8)
-                    .with_max_delay(Duration::from_secs(2)),
-            )
-            .when(|e| matches!(e, StoreError::Unavailable(_)))
-            .await;
+        // The slot takes its next task once this outcome is on the writer's queue, not after
+        // its commit: the next claim is queued behind it and so commits with it or later. A
+        // crash therefore never leaves more tasks running than there are slots.
+        let first = self.store.task_finish_queued(finish.clone()).await;
+        self.handler_returned(task.id, seq);
+        let first = match first {
+            Ok(queued) => queued.answer().await,
+            Err(e) => Err(e),
+        };
+        let done = match first {
+            Err(StoreError::Unavailable(_)) => {
+                let write = || async { self.store.task_finish(finish.clone()).await };
+                write
+                    .retry(
+                        ExponentialBuilder::default()
+                            .with_max_times(8)
+                            .with_max_delay(Duration::from_secs(2)),
+                    )
+                    .when(|e| matches!(e, StoreError::Unavailable(_)))
+                    .await
+            }
+            other => other,
+        };
         match done {
             Ok(Some(_)) => {
                 let counter = match status {
