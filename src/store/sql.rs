@@ -20,7 +20,6 @@ pub(crate) const TASK_CANCEL_RUNNING: &str =
     include_str!("../../sql/queries/task_cancel_running.sql");
 pub(crate) const TASK_CLAIM: &str = include_str!("../../sql/queries/task_claim.sql");
 pub(crate) const TASK_FINISH: &str = include_str!("../../sql/queries/task_finish.sql");
-pub(crate) const TASK_FINISH_PLAIN: &str = include_str!("../../sql/queries/task_finish_plain.sql");
 pub(crate) const TASK_GET: &str = include_str!("../../sql/queries/task_get.sql");
 pub(crate) const TASK_GET_BY_KEY: &str = include_str!("../../sql/queries/task_get_by_key.sql");
 pub(crate) const TASK_INSERT: &str = include_str!("../../sql/queries/task_insert.sql");

@@ -459,32 +459,6 @@ impl SqliteStore {
         };
         self.enqueue(true, true, move |conn| {
             let claimed = &p.task;
-            let plain = conn
-                .prepare_cached(sql::TASK_FINISH_PLAIN)?
-                .execute(named_params! {
-                    ":id": claimed.id.to_string(), ":owner": p.owner,
-                    ":attempt": claimed.attempts, ":status": p.status.as_str(),
-                    ":result": result_text, ":error": p.error, ":run_at": p.run_at,
-                    ":uncount": p.uncount as i64, ":now": p.now,
-                })?;
-            if plain == 1 {
-                // No cancel was asked for: the row is what was asked, on top of the claim (whose
-                // last_error and run_at only this lease's holder could have changed since).
-                let task = Arc::new(Task {
-                    status: p.status,
-                    attempts: claimed.attempts.saturating_sub(u32::from(p.uncount)),
-                    last_error: p.error.or_else(|| claimed.last_error.clone()),
-                    run_at: p.run_at.unwrap_or(claimed.run_at),
-                    completed_at: (p.status != TaskStatus::Pending).then_some(p.now),
-                    cancel_requested: false,
-                    result: p.result,
-                    lease_owner: None,
-                    lease_expires_at: None,
-                    updated_at: p.now,
-                    ..Task::clone(claimed)
-                });
-                return Ok((Some(task.clone()), vec![Event::Task(task)]));
-            }
             let mut st = conn.prepare_cached(sql::TASK_FINISH)?;
             let row = st
                 .query_row(
@@ -1354,15 +1328,12 @@ fn write_rows(
     if waiting.is_empty() {
         return Ok(());
     }
-    let mut st = if waiting.len() == INSERT_CHUNK {
-        conn.prepare_cached(CHUNK_SQL.get_or_init(|| multi_insert_sql(INSERT_CHUNK)))?
+    // A full chunk is one statement; anything less is a row per statement.
+    let (mut st, per_statement) = if waiting.len() == INSERT_CHUNK {
+        let sql = CHUNK_SQL.get_or_init(|| multi_insert_sql(INSERT_CHUNK));
+        (conn.prepare_cached(sql)?, INSERT_CHUNK)
     } else {
-        conn.prepare_cached(sql::TASK_INSERT)?
-    };
-    let per_statement = if waiting.len() == INSERT_CHUNK {
-        INSERT_CHUNK
-    } else {
-        1
+        (conn.prepare_cached(sql::TASK_INSERT)?, 1)
     };
     for group in waiting.chunks(per_statement) {
         // Bound by position (the order of TASK_INSERT_PARAMS, checked by a test): a name
@@ -1552,7 +1523,6 @@ mod tests {
             ("task_insert", sql::TASK_INSERT),
             ("task_claim", sql::TASK_CLAIM),
             ("task_finish", sql::TASK_FINISH),
-            ("task_finish_plain", sql::TASK_FINISH_PLAIN),
             ("lease_extend", sql::LEASE_EXTEND),
             ("lease_expired_cancel", sql::LEASE_EXPIRED_CANCEL),
             ("lease_expired_fail", sql::LEASE_EXPIRED_FAIL),
