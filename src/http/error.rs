@@ -28,6 +28,14 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 422 `idempotency_mismatch`.
     IdempotencyMismatch(String),
+    /// 429 `too_many_requests`: a per-user limit was reached; nothing was written. The message
+    /// names the limit; `retry_after_s` becomes the `Retry-After` header.
+    TooManyRequests {
+        /// Which limit, and its value.
+        message: String,
+        /// Seconds until a retry may succeed (at least 1).
+        retry_after_s: u64,
+    },
     /// 503 `unavailable`: nothing was written; retry.
     Unavailable(String),
     /// 500 `internal`: logged, never detailed to the client.
@@ -51,6 +59,7 @@ impl ApiError {
             Self::IdempotencyMismatch(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch")
             }
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -64,7 +73,8 @@ impl ApiError {
             | Self::NotFound(m)
             | Self::Conflict(m)
             | Self::TooLarge(m)
-            | Self::IdempotencyMismatch(m) => m.clone(),
+            | Self::IdempotencyMismatch(m)
+            | Self::TooManyRequests { message: m, .. } => m.clone(),
             Self::Unavailable(m) => format!("{m}; nothing was written, retry"),
             Self::MethodNotAllowed => "method not allowed on this route".into(),
             Self::UnsupportedMediaType => {
@@ -96,6 +106,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        if let Self::TooManyRequests { retry_after_s, .. } = &self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from((*retry_after_s).max(1)),
             );
         }
         resp
