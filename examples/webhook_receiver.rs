@@ -1,5 +1,7 @@
-//! A small webhook receiver for a spool `webhook` kind: it checks the signature, posts two
-//! progress messages back with the attempt's task token, and answers 200 with a JSON result.
+//! A small webhook receiver for a spool `webhook` kind: it checks the timestamp (refusing
+//! requests older than five minutes, so a captured request cannot be replayed) and the
+//! signature (in constant time), posts two progress messages back with the attempt's task
+//! token, and answers 200 with a JSON result.
 //!
 //! ```sh
 //! NOTIFY_SECRET=change-me cargo run --release --example webhook_receiver   # listens on 127.0.0.1:9000
@@ -18,7 +20,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use spool::executor::webhook::signature;
+use spool::executor::webhook::verify;
 
 #[derive(Clone)]
 struct Cfg {
@@ -39,10 +41,21 @@ async fn hook(
             .unwrap_or_default()
             .to_string()
     };
-    // Constant-time comparison matters for a real receiver; hmac's verify_slice gives it.
-    if header("spool-signature") != signature(&cfg.secret, &body) {
-        return Err((StatusCode::UNAUTHORIZED, "bad signature".into()));
-    }
+    // The timestamp is signed with the body: a replay needs a fresh timestamp, and that
+    // breaks the signature. verify compares in constant time (Mac::verify_slice).
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    verify(
+        &cfg.secret,
+        &header("spool-timestamp"),
+        &header("spool-signature"),
+        &body,
+        now_s,
+        300,
+    )
+    .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
     let task: Value =
         serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let id = header("spool-task-id");
@@ -73,7 +86,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         secret: std::env::var("NOTIFY_SECRET")
             .map_err(|_| "set NOTIFY_SECRET (the same as spool's)")?,
         spool_url: std::env::var("SPOOL_URL").unwrap_or_else(|_| "http://127.0.0.1:8787".into()),
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
     };
     let app = Router::new().route("/hook", post(hook)).with_state(cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:9000").await?;

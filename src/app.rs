@@ -11,7 +11,7 @@ use crate::executor::{Handler, Registry};
 use crate::http::{hash_token, new_token, router, AppState};
 use crate::store::{SqliteStore, StoreError, StoreOptions};
 use crate::task::{NewTask, Task, TaskId};
-use crate::worker::{prune_once, WorkerPool};
+use crate::worker::{prune_once, prune_workdirs, WorkerPool};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,7 +69,8 @@ impl SpoolBuilder {
     /// The data directory cannot be made or written, or the database cannot be opened.
     pub fn build(self) -> Result<Spool, AppError> {
         let cfg = self.config.unwrap_or_else(Config::defaults);
-        let mut registry = Registry::from_config(&cfg);
+        let mut registry =
+            Registry::from_config(&cfg, &|k| std::env::var(k).ok()).map_err(AppError::Invalid)?;
         registry.extend(self.registry);
         let store = open_store(&cfg)?;
         Ok(Spool {
@@ -79,6 +80,61 @@ impl SpoolBuilder {
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
         })
     }
+}
+
+/// Validates an enqueue of the embedded API or the CLI into a task, by the same rules as the
+/// HTTP API ([`crate::queue::settle`]), touching nothing: a refusal writes nothing.
+///
+/// # Errors
+/// `AppError::Invalid` naming the field.
+pub fn new_task(
+    cfg: &Config,
+    kind: &str,
+    payload: Value,
+    o: EnqueueOptions,
+    now: crate::clock::UnixMillis,
+) -> Result<NewTask, AppError> {
+    let queue = o.queue.unwrap_or_else(|| "default".into());
+    if !crate::task::valid_name(kind) {
+        return Err(AppError::Invalid(
+            "kind must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
+        ));
+    }
+    if !crate::task::valid_name(&queue) {
+        return Err(AppError::Invalid(
+            "queue must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
+        ));
+    }
+    if !(-100..=100).contains(&o.priority) {
+        return Err(AppError::Invalid(
+            "priority must be between -100 and 100".into(),
+        ));
+    }
+    let asked = crate::queue::Asked {
+        max_attempts: o.max_attempts.map(i64::from),
+        timeout_ms: o
+            .timeout_ms
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        run_at: None,
+        delay_ms: o
+            .delay
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    };
+    let settled =
+        crate::queue::settle(&cfg.enqueue_rules(kind), asked, now).map_err(AppError::Invalid)?;
+    Ok(NewTask {
+        id: TaskId::new(),
+        user_id: o.user.unwrap_or_else(|| "admin".into()),
+        queue,
+        kind: kind.to_string(),
+        payload,
+        priority: o.priority,
+        run_at: settled.run_at,
+        max_attempts: settled.max_attempts,
+        timeout_ms: settled.timeout_ms,
+        idempotency_key: None,
+        request_hash: None,
+    })
 }
 
 /// Makes the data directory and opens the store of `cfg`.
@@ -173,35 +229,8 @@ impl Spool {
         payload: Value,
         o: EnqueueOptions,
     ) -> Result<Task, AppError> {
-        let queue = o.queue.unwrap_or_else(|| "default".into());
-        if !crate::task::valid_name(kind) || !crate::task::valid_name(&queue) {
-            return Err(AppError::Invalid(
-                "kind and queue must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
-            ));
-        }
-        if !(-100..=100).contains(&o.priority) {
-            return Err(AppError::Invalid(
-                "priority must be between -100 and 100".into(),
-            ));
-        }
         let now = self.clock.now();
-        let policy = self.cfg.retry_for(kind);
-        let task = NewTask {
-            id: TaskId::new(),
-            user_id: o.user.unwrap_or_else(|| "admin".into()),
-            queue,
-            kind: kind.to_string(),
-            payload,
-            priority: o.priority,
-            run_at: now + o.delay.map(|d| d.as_millis() as i64).unwrap_or(0),
-            max_attempts: o.max_attempts.unwrap_or(policy.max_attempts).clamp(1, 100),
-            timeout_ms: o
-                .timeout_ms
-                .unwrap_or_else(|| self.cfg.timeout_for(kind))
-                .max(1),
-            idempotency_key: None,
-            request_hash: None,
-        };
+        let task = new_task(&self.cfg, kind, payload, o, now)?;
         let mut out = self.store.task_insert(vec![task], now).await?;
         out.pop()
             .map(|i| Arc::unwrap_or_clone(i.task))
@@ -242,6 +271,9 @@ impl Spool {
                     _ = tokio::time::sleep(cfg.retention.interval) => {
                         if let Err(e) = prune_once(&store, &cfg.retention, clock.now()).await {
                             tracing::warn!(error = %e, "pruning failed; will retry");
+                        }
+                        if let Err(e) = prune_workdirs(&store, &cfg, 1000).await {
+                            tracing::warn!(error = %e, "pruning working directories failed; will retry");
                         }
                     }
                 }

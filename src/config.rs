@@ -31,6 +31,16 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 pub const DEFAULT_MAX_MESSAGE: usize = 64 << 10;
 /// Default `shutdown.grace_ms`.
 pub const DEFAULT_GRACE_MS: u64 = 30_000;
+/// Default `worker.workdir`: the parent of each command task's own working directory, a
+/// directory of this name beside `data_dir` (never inside it).
+pub const DEFAULT_WORKDIR: &str = "work";
+/// Default `limits.pending_tasks_per_user`: unfinished (pending or running) tasks a user may have.
+pub const DEFAULT_PENDING_TASKS_PER_USER: u64 = 100_000;
+/// Default `limits.payload_bytes_per_user`: bytes of payload a user's stored tasks may hold (1 GiB).
+pub const DEFAULT_PAYLOAD_BYTES_PER_USER: u64 = 1 << 30;
+/// Default `limits.messages_per_task`: messages one task may have; a running attempt's
+/// messages past it are dropped after one `truncated` message.
+pub const DEFAULT_MESSAGES_PER_TASK: u64 = 10_000;
 
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +118,7 @@ struct RawWorker {
     lease_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
     queues: Option<Vec<String>>,
+    workdir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -144,6 +155,9 @@ struct RawRetention {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     message_bytes: Option<usize>,
+    pending_tasks_per_user: Option<u64>,
+    payload_bytes_per_user: Option<u64>,
+    messages_per_task: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -162,6 +176,10 @@ struct RawKind {
     max_attempts: Option<u32>,
     retry_base_ms: Option<u64>,
     retry_max_ms: Option<u64>,
+    env: Option<BTreeMap<String, String>>,
+    user: Option<String>,
+    keep_workdir: Option<bool>,
+    users: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -185,6 +203,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Largest message content, in bytes of JSON.
     pub max_message_bytes: usize,
+    /// Per-user and per-task quotas.
+    pub limits: LimitsConfig,
     /// Per-queue settings.
     pub queues: BTreeMap<String, QueueConfig>,
     /// Per-kind settings and handlers.
@@ -213,6 +233,20 @@ pub struct WorkerConfig {
     pub poll_interval_ms: u64,
     /// Queues this process works.
     pub queues: Vec<String>,
+    /// Parent of each command task's own working directory (outside the data directory).
+    pub workdir: PathBuf,
+}
+
+/// `[limits]`: quotas that keep one user from exhausting what all share. A request over one
+/// is answered `429 too_many_requests` naming the limit, and nothing is written.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Unfinished (pending, running) tasks per user.
+    pub pending_tasks_per_user: u64,
+    /// Bytes of payload JSON per user, over every stored task of theirs.
+    pub payload_bytes_per_user: u64,
+    /// Messages per task.
+    pub messages_per_task: u64,
 }
 
 /// `[http]`.
@@ -245,11 +279,37 @@ pub struct QueueConfig {
     pub concurrency: Option<u32>,
 }
 
+/// A command kind: what runs, with what environment, as whom.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CommandSpec {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The kind's own `env = {..}` table, added to the child's cleared environment.
+    pub env: BTreeMap<String, String>,
+    /// The Unix user the child runs as (`user = "name"`); `None`: spool's own user.
+    pub run_as: Option<RunAs>,
+    /// Keep the task's working directory when the task is terminal (for debugging).
+    pub keep_workdir: bool,
+}
+
+/// A Unix user looked up at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Its home directory.
+    pub home: PathBuf,
+}
+
 /// How a kind is run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KindHandler {
     /// A child process per task.
-    Command(Vec<String>),
+    Command(CommandSpec),
     /// A signed POST per attempt.
     Webhook {
         /// The URL.
@@ -270,6 +330,10 @@ pub struct KindConfig {
     pub timeout_ms: Option<u64>,
     /// The kind's retry policy.
     pub retry: RetryPolicy,
+    /// Whether the kind sets its own `max_attempts` (then a ceiling for its tasks).
+    pub max_attempts_set: bool,
+    /// Users allowed to enqueue the kind; `None`: everyone.
+    pub users: Option<Vec<String>>,
 }
 
 impl Config {
@@ -397,6 +461,49 @@ impl Config {
             }
         }
 
+        let workdir = raw.worker.workdir.unwrap_or_else(|| {
+            data_dir
+                .parent()
+                .map(|p| p.join(DEFAULT_WORKDIR))
+                .unwrap_or_else(|| DEFAULT_WORKDIR.into())
+        });
+        if workdir.as_os_str().is_empty() {
+            return Err(invalid("worker.workdir", "must not be empty"));
+        }
+        if overlaps(&workdir, &data_dir) {
+            return Err(invalid(
+                "worker.workdir",
+                "must be outside data_dir (tasks must not reach the database or admin.token)",
+            ));
+        }
+        let max_message_bytes = raw.limits.message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE);
+        if !(256..=(16 << 20)).contains(&max_message_bytes) {
+            return Err(invalid("limits.message_bytes", "must be 256..=16777216"));
+        }
+        let limits = LimitsConfig {
+            pending_tasks_per_user: raw
+                .limits
+                .pending_tasks_per_user
+                .unwrap_or(DEFAULT_PENDING_TASKS_PER_USER),
+            payload_bytes_per_user: raw
+                .limits
+                .payload_bytes_per_user
+                .unwrap_or(DEFAULT_PAYLOAD_BYTES_PER_USER),
+            messages_per_task: raw
+                .limits
+                .messages_per_task
+                .unwrap_or(DEFAULT_MESSAGES_PER_TASK),
+        };
+        for (name, v) in [
+            ("limits.pending_tasks_per_user", limits.pending_tasks_per_user),
+            ("limits.payload_bytes_per_user", limits.payload_bytes_per_user),
+            ("limits.messages_per_task", limits.messages_per_task),
+        ] {
+            if v == 0 {
+                return Err(invalid(name, "must be at least 1"));
+            }
+        }
+
         let retry = retry_policy(
             "retry",
             raw.retry.base_ms,
@@ -457,7 +564,7 @@ impl Config {
                     if cmd.is_empty() || cmd[0].is_empty() {
                         return Err(invalid(format!("{field}.command"), "must name a program"));
                     }
-                    KindHandler::Command(cmd.clone())
+                    KindHandler::Command(command_spec(&field, cmd, &k)?)
                 }
                 (None, Some(url)) => {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -483,8 +590,21 @@ impl Config {
                         secret,
                     }
                 }
-                (None, None) => KindHandler::None,
+                (None, None) => {
+                    if k.env.is_some() || k.user.is_some() || k.keep_workdir.is_some() {
+                        return Err(invalid(
+                            field,
+                            "env, user and keep_workdir apply to command kinds only",
+                        ));
+                    }
+                    KindHandler::None
+                }
             };
+            if let Some(users) = &k.users {
+                if users.iter().any(|u| u.is_empty()) {
+                    return Err(invalid(format!("{field}.users"), "a user name is empty"));
+                }
+            }
             if k.timeout_ms == Some(0) {
                 return Err(invalid(format!("{field}.timeout_ms"), "must be at least 1"));
             }
@@ -501,6 +621,8 @@ impl Config {
                     handler,
                     timeout_ms: k.timeout_ms,
                     retry,
+                    max_attempts_set: k.max_attempts.is_some(),
+                    users: k.users.clone(),
                 },
             );
         }
@@ -518,6 +640,7 @@ impl Config {
                 lease_ms,
                 poll_interval_ms,
                 queues,
+                workdir,
             },
             retry,
             http: HttpConfig {
@@ -529,7 +652,8 @@ impl Config {
                 raw.shutdown.grace_ms.unwrap_or(DEFAULT_GRACE_MS),
             ),
             retention,
-            max_message_bytes: raw.limits.message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE),
+            max_message_bytes,
+            limits,
             queues: queues_cfg,
             kinds,
         })
@@ -545,13 +669,111 @@ impl Config {
         self.kinds.get(kind).map(|k| k.retry).unwrap_or(self.retry)
     }
 
-    /// The timeout of a kind's attempts when the task sets none.
+    /// The timeout of a kind's attempts when the task sets none; with [`Config::caps_for`]'s
+    /// ceiling when the kind sets one.
     pub fn timeout_for(&self, kind: &str) -> u64 {
         self.kinds
             .get(kind)
             .and_then(|k| k.timeout_ms)
             .unwrap_or(DEFAULT_TIMEOUT_MS)
     }
+}
+
+impl Config {
+    /// The ceilings a kind puts on its tasks' own `timeout_ms` and `max_attempts`: the
+    /// operator's values win over a task's (a task may ask for less, never more).
+    pub fn caps_for(&self, kind: &str) -> (Option<u64>, Option<u32>) {
+        match self.kinds.get(kind) {
+            Some(k) => (
+                k.timeout_ms,
+                k.max_attempts_set.then_some(k.retry.max_attempts),
+            ),
+            None => (None, None),
+        }
+    }
+
+    /// The enqueue rules of `kind`: its defaults and ceilings.
+    pub fn enqueue_rules(&self, kind: &str) -> crate::queue::EnqueueRules {
+        let (timeout_cap, max_attempts_cap) = self.caps_for(kind);
+        crate::queue::EnqueueRules {
+            default_max_attempts: self.retry_for(kind).max_attempts,
+            max_attempts_cap,
+            default_timeout_ms: self.timeout_for(kind),
+            timeout_cap,
+        }
+    }
+
+    /// Whether `user` may enqueue tasks of `kind` (`users = [..]` of the kind; admins may
+    /// run every kind).
+    pub fn may_run(&self, kind: &str, user: &str, is_admin: bool) -> bool {
+        match self.kinds.get(kind).and_then(|k| k.users.as_ref()) {
+            Some(users) => is_admin || users.iter().any(|u| u == user),
+            None => true,
+        }
+    }
+}
+
+/// Whether one of two directories lies inside the other (lexically, after making both
+/// absolute against the working directory).
+fn overlaps(a: &Path, b: &Path) -> bool {
+    fn abs(p: &Path) -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        // Lexical normalisation: `.` dropped, `..` pops.
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+    let (a, b) = (abs(a), abs(b));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
+/// Validates a command kind's `env`, `user` and `keep_workdir`.
+fn command_spec(field: &str, argv: &[String], k: &RawKind) -> Result<CommandSpec, ConfigError> {
+    let env = k.env.clone().unwrap_or_default();
+    for name in env.keys() {
+        let ok = !name.is_empty()
+            && !name.contains('=')
+            && !name.contains('\0')
+            && !name.starts_with("SPOOL_");
+        if !ok {
+            return Err(invalid(
+                format!("{field}.env"),
+                format!("{name:?} is not a variable a kind may set (SPOOL_* are spool's own)"),
+            ));
+        }
+    }
+    let run_as = match &k.user {
+        None => None,
+        Some(name) => {
+            let user = nix::unistd::User::from_name(name)
+                .map_err(|e| invalid(format!("{field}.user"), format!("cannot look up {name:?}: {e}")))?
+                .ok_or_else(|| invalid(format!("{field}.user"), format!("no Unix user {name:?}")))?;
+            Some(RunAs {
+                name: name.clone(),
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+                home: user.dir,
+            })
+        }
+    };
+    Ok(CommandSpec {
+        argv: argv.to_vec(),
+        env,
+        run_as,
+        keep_workdir: k.keep_workdir.unwrap_or(false),
+    })
 }
 
 /// Parses TOML into the raw config; errors name the key (`worker.concurrency: invalid type`).
@@ -658,6 +880,21 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some(v) = env("SPOOL_WORKER_QUEUES") {
         raw.worker.queues = Some(v.split(',').map(|s| s.trim().to_string()).collect());
+    }
+    if let Some(v) = env("SPOOL_WORKER_WORKDIR") {
+        raw.worker.workdir = Some(v.into());
+    }
+    if let Some(v) = env("SPOOL_LIMITS_MESSAGE_BYTES") {
+        raw.limits.message_bytes = Some(num("SPOOL_LIMITS_MESSAGE_BYTES", v)?);
+    }
+    if let Some(v) = env("SPOOL_LIMITS_PENDING_TASKS_PER_USER") {
+        raw.limits.pending_tasks_per_user = Some(num("SPOOL_LIMITS_PENDING_TASKS_PER_USER", v)?);
+    }
+    if let Some(v) = env("SPOOL_LIMITS_PAYLOAD_BYTES_PER_USER") {
+        raw.limits.payload_bytes_per_user = Some(num("SPOOL_LIMITS_PAYLOAD_BYTES_PER_USER", v)?);
+    }
+    if let Some(v) = env("SPOOL_LIMITS_MESSAGES_PER_TASK") {
+        raw.limits.messages_per_task = Some(num("SPOOL_LIMITS_MESSAGES_PER_TASK", v)?);
     }
     if let Some(v) = env("SPOOL_RETRY_BASE_MS") {
         raw.retry.base_ms = Some(num("SPOOL_RETRY_BASE_MS", v)?);

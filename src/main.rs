@@ -253,32 +253,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(p) => serde_json::from_str(&p)
                     .map_err(|e| usage(format!("PAYLOAD is not JSON: {e}")))?,
             };
-            if !spool::task::valid_name(&kind) || !spool::task::valid_name(&queue) {
-                return Err(usage(
-                    "KIND and --queue must be 1 to 128 characters of [A-Za-z0-9._:-]",
-                ));
-            }
-            if !(-100..=100).contains(&priority) {
-                return Err(usage("--priority must be between -100 and 100"));
-            }
-            if max_attempts.is_some_and(|m| !(1..=100).contains(&m)) {
-                return Err(usage("--max-attempts must be between 1 and 100"));
-            }
+            let opts = EnqueueOptions {
+                queue: Some(queue),
+                priority,
+                delay: delay_ms.map(Duration::from_millis),
+                max_attempts,
+                timeout_ms: None,
+                user: Some(user),
+            };
+            // The one enqueue rule, checked before anything is opened: a refusal writes
+            // nothing, not even the data directory.
+            spool::app::new_task(&cfg, &kind, payload.clone(), opts.clone(), 0).map_err(
+                |e| match e {
+                    spool::app::AppError::Invalid(m) => usage(m),
+                    e => e.into(),
+                },
+            )?;
             let spool = Spool::builder().config(cfg).build()?;
-            let task = spool
-                .enqueue_with(
-                    &kind,
-                    payload,
-                    EnqueueOptions {
-                        queue: Some(queue),
-                        priority,
-                        delay: delay_ms.map(Duration::from_millis),
-                        max_attempts,
-                        timeout_ms: None,
-                        user: Some(user),
-                    },
-                )
-                .await?;
+            let task = spool.enqueue_with(&kind, payload, opts).await?;
             println!("{}", task.id);
             Ok(())
         }

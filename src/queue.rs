@@ -17,6 +17,95 @@ use crate::task::TaskStatus;
 use serde_json::Value;
 use std::time::Duration;
 
+/// The latest time a task may be planned for: the end of year 9999, the last a task's times
+/// can be written in RFC 3339 (a representational bound, not a policy: API.md sets none).
+pub const MAX_RUN_AT: UnixMillis = 253_402_300_799_999;
+
+/// What the operator decides for a kind's tasks at enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnqueueRules {
+    /// `max_attempts` when the task names none.
+    pub default_max_attempts: u32,
+    /// The kind's own `max_attempts`, a ceiling: a task may ask for fewer, never more.
+    pub max_attempts_cap: Option<u32>,
+    /// `timeout_ms` when the task names none.
+    pub default_timeout_ms: u64,
+    /// The kind's own `timeout_ms`, a ceiling.
+    pub timeout_cap: Option<u64>,
+}
+
+/// What a task asked for at enqueue (already parsed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// Attempts asked for.
+    pub max_attempts: Option<i64>,
+    /// Attempt timeout asked for.
+    pub timeout_ms: Option<i64>,
+    /// An absolute start time.
+    pub run_at: Option<UnixMillis>,
+    /// A start time relative to now.
+    pub delay_ms: Option<i64>,
+}
+
+/// The settings a new task gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Attempt timeout.
+    pub timeout_ms: u64,
+    /// First claimable time.
+    pub run_at: UnixMillis,
+}
+
+/// Settles a new task's attempts, timeout and start time: the one enqueue rule every entry
+/// point (HTTP, batch, the embedded API, the CLI) uses. The kind's configured values are
+/// ceilings (the operator's limits win); a start time in the past means now.
+///
+/// # Errors
+/// A message naming the field that is out of range.
+pub fn settle(rules: &EnqueueRules, asked: Asked, now: UnixMillis) -> Result<Settled, String> {
+    let max_attempts = match asked.max_attempts {
+        None => i64::from(rules.default_max_attempts),
+        Some(n) if (1..=100).contains(&n) => n,
+        Some(_) => return Err("max_attempts must be between 1 and 100".into()),
+    };
+    let max_attempts = match rules.max_attempts_cap {
+        Some(cap) => max_attempts.min(i64::from(cap)),
+        None => max_attempts,
+    };
+    let timeout_ms = match asked.timeout_ms {
+        None => i64::try_from(rules.default_timeout_ms).unwrap_or(i64::MAX),
+        Some(n) if (1..=MAX_TIMEOUT_MS).contains(&n) => n,
+        Some(_) => return Err(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}")),
+    };
+    let timeout_ms = match rules.timeout_cap {
+        Some(cap) => timeout_ms.min(i64::try_from(cap).unwrap_or(i64::MAX)),
+        None => timeout_ms,
+    };
+    let run_at = match (asked.run_at, asked.delay_ms) {
+        (Some(_), Some(_)) => return Err("give run_at or delay_ms, not both".into()),
+        (Some(at), None) if at > MAX_RUN_AT => {
+            return Err("run_at must be before the year 10000".into())
+        }
+        (Some(at), None) => at.max(now),
+        (None, Some(d)) if d < 0 => return Err("delay_ms must not be negative".into()),
+        (None, Some(d)) => match now.checked_add(d) {
+            Some(at) if at <= MAX_RUN_AT => at,
+            _ => return Err("delay_ms reaches past the year 9999".into()),
+        },
+        (None, None) => now,
+    };
+    Ok(Settled {
+        max_attempts: u32::try_from(max_attempts.max(1)).unwrap_or(1),
+        timeout_ms: u64::try_from(timeout_ms.max(1)).unwrap_or(1),
+        run_at,
+    })
+}
+
+/// Longest `timeout_ms` a task may ask for: one week.
+pub const MAX_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// How an attempt ended, as the worker saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -196,5 +285,75 @@ mod tests {
             decide(Outcome::Canceled, 1, 3, &p(), 0.0, 0).status,
             TaskStatus::Canceled
         );
+    }
+
+    const RULES: EnqueueRules = EnqueueRules {
+        default_max_attempts: 3,
+        max_attempts_cap: Some(3),
+        default_timeout_ms: 60_000,
+        timeout_cap: Some(60_000),
+    };
+
+    #[test]
+    fn the_kinds_values_are_ceilings_for_a_task() {
+        let asked = Asked {
+            max_attempts: Some(100),
+            timeout_ms: Some(7 * 24 * 3600 * 1000),
+            ..Asked::default()
+        };
+        let s = settle(&RULES, asked, 1_000).unwrap();
+        assert_eq!((s.max_attempts, s.timeout_ms), (3, 60_000));
+        // Less is fine.
+        let asked = Asked {
+            max_attempts: Some(1),
+            timeout_ms: Some(5),
+            ..Asked::default()
+        };
+        let s = settle(&RULES, asked, 1_000).unwrap();
+        assert_eq!((s.max_attempts, s.timeout_ms), (1, 5));
+        // Without a kind's ceiling, the task's own values stand.
+        let free = EnqueueRules {
+            max_attempts_cap: None,
+            timeout_cap: None,
+            ..RULES
+        };
+        let asked = Asked {
+            max_attempts: Some(100),
+            timeout_ms: Some(3_600_000),
+            ..Asked::default()
+        };
+        let s = settle(&free, asked, 1_000).unwrap();
+        assert_eq!((s.max_attempts, s.timeout_ms), (100, 3_600_000));
+    }
+
+    #[test]
+    fn a_start_in_the_past_means_now_and_the_future_has_no_bound() {
+        let now = 1_795_300_204_123;
+        let past = Asked {
+            run_at: Some(0),
+            ..Asked::default()
+        };
+        assert_eq!(settle(&RULES, past, now).unwrap().run_at, now);
+        let before_1970 = Asked {
+            run_at: Some(-5_000),
+            ..Asked::default()
+        };
+        assert_eq!(settle(&RULES, before_1970, now).unwrap().run_at, now);
+        let y2030 = Asked {
+            run_at: Some(1_893_456_000_000),
+            ..Asked::default()
+        };
+        assert_eq!(settle(&RULES, y2030, now).unwrap().run_at, 1_893_456_000_000);
+        let far = Asked {
+            delay_ms: Some(i64::MAX),
+            ..Asked::default()
+        };
+        assert!(settle(&RULES, far, now).is_err());
+        let both = Asked {
+            run_at: Some(now),
+            delay_ms: Some(1),
+            ..Asked::default()
+        };
+        assert!(settle(&RULES, both, now).is_err());
     }
 }

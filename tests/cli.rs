@@ -124,7 +124,7 @@ fn enqueue_refuses_bad_payload_and_names_without_writing() {
     );
     assert_usage_error(
         &run(dir.path(), &["--config", "c.toml", "enqueue", "bad kind"]),
-        "KIND",
+        "kind must be",
     );
     assert_usage_error(
         &run(

@@ -10,7 +10,7 @@ use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use spool::app::{EnqueueOptions, Spool};
-use spool::executor::webhook::signature;
+use spool::executor::webhook::verify;
 use spool::task::TaskStatus;
 use spool::Config;
 use std::net::SocketAddr;
@@ -58,7 +58,18 @@ async fn hook(
     let seen = Seen {
         task_id: h("spool-task-id"),
         attempt: h("spool-attempt"),
-        signature_ok: h("spool-signature") == signature(SECRET, &body)
+        signature_ok: verify(
+            SECRET,
+            &h("spool-timestamp"),
+            &h("spool-signature"),
+            &body,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            60,
+        )
+        .is_ok()
             && h("content-type") == "application/json",
         token: h("spool-task-token"),
         at: Instant::now(),
@@ -346,5 +357,97 @@ async fn webhook_tasks_one_after_another_reuse_one_connection() {
         "20 sequential webhook tasks opened {} connections: {peers:?}",
         peers.len()
     );
+    h.stop().await;
+}
+
+/// A server that counts its requests and answers 200 `{"internal": "secret"}`: what a
+/// redirect must never reach.
+async fn start_internal() -> (Arc<std::sync::atomic::AtomicUsize>, String) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new().fallback(move || {
+        let h = h.clone();
+        async move {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (StatusCode::OK, "{\"internal\": \"secret\"}")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (hits, format!("http://{addr}/internal"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_failed_attempt_and_never_followed() {
+    let (hits, internal) = start_internal().await;
+    let location: &'static str = Box::leak(internal.clone().into_boxed_str());
+    // The receiver answers 307 with Location: the internal service, every time.
+    let app = Router::new().route(
+        "/hook",
+        post(move || async move {
+            let mut r = (StatusCode::TEMPORARY_REDIRECT, "").into_response();
+            r.headers_mut().insert("location", location.parse().unwrap());
+            r
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let h = start_spool(&url, "max_attempts = 2").await;
+    let t = h.spool.enqueue("hook", json!(null)).await.unwrap();
+    let done = h.wait_terminal(t.id).await;
+    assert_eq!((done.status, done.attempts), (TaskStatus::Failed, 2));
+    assert_eq!(done.result, None, "the internal answer must not become the result");
+    let err = done.last_error.unwrap();
+    assert!(err.contains("307"), "{err}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "redirect followed");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_url_never_reaches_last_error() {
+    // A Slack-style URL whose path is the secret, on a port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/services/T000/B000/XXXXsecretpath");
+    let h = start_spool(&url, "max_attempts = 1").await;
+    let t = h.spool.enqueue("hook", json!(null)).await.unwrap();
+    let done = h.wait_terminal(t.id).await;
+    assert_eq!(done.status, TaskStatus::Failed);
+    let err = done.last_error.unwrap();
+    assert!(err.contains("webhook request failed"), "{err}");
+    assert!(!err.contains("secretpath") && !err.contains("127.0.0.1"), "URL leaked: {err}");
+    let msgs = h.spool.store().message_list(t.id, 0, 100).await.unwrap();
+    for m in msgs {
+        assert!(!m.content.to_string().contains("secretpath"), "URL leaked in {m:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_names_the_owner_and_is_signed_with_its_timestamp() {
+    let (r, url) = start_receiver(vec![(200, None, "{}")], Duration::ZERO).await;
+    let h = start_spool(&url, "").await;
+    let t = h
+        .spool
+        .enqueue_with(
+            "hook",
+            json!({"n": 1}),
+            EnqueueOptions {
+                user: Some("alice".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let done = h.wait_terminal(t.id).await;
+    assert_eq!(done.status, TaskStatus::Completed);
+    let seen = r.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].signature_ok);
+    assert_eq!(seen[0].body["user"], json!("alice"));
     h.stop().await;
 }

@@ -1,7 +1,14 @@
 //! The `command` executor: one child process per attempt.
 //!
-//! The payload (JSON) is written to the child's stdin; `SPOOL_TASK_ID` and `SPOOL_ATTEMPT` are in
-//! its environment. Each stdout line that is a JSON object becomes a message (its string `kind`
+//! A task is hostile code. The child gets a cleared environment: `PATH`, `HOME`, `LANG`, `TZ`,
+//! the kind's own `env` table, `SPOOL_TASK_ID`, `SPOOL_ATTEMPT` and `SPOOL_USER`, and nothing
+//! else of spool's (no webhook secrets, no replication keys). It starts in the task's own
+//! working directory, `<worker.workdir>/<task id>` (outside the data directory), kept across
+//! the attempts of one task and removed when the task is terminal unless the kind sets
+//! `keep_workdir`. A kind with `user = "name"` runs as that Unix user (spool must be root),
+//! who cannot read spool's 0600/0700 files.
+//!
+//! The payload (JSON) is written to the child's stdin. Each stdout line that is a JSON object becomes a message (its string `kind`
 //! field, else `log`); a line that is an object with the single key `result` sets the result
 //! (the last one wins); any other line is a `log` message with the line as a string. Stderr lines
 //! become `stderr` messages. Exit 0 completes, exit 75 (EX_TEMPFAIL) and other codes fail with
@@ -12,34 +19,160 @@
 //! than the message cap is cut, never held whole in memory.
 
 use super::{Handler, TaskContext, TaskError};
+use crate::config::CommandSpec;
+use crate::task::TaskId;
 use futures::future::BoxFuture;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
 /// The exit code that asks for a retry (EX_TEMPFAIL).
 pub const EXIT_TEMPFAIL: i32 = 75;
-/// Longest line kept; the rest of a longer line is dropped.
+/// Longest line kept by default; the rest of a longer line is dropped.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// `PATH` of a child when spool itself has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs a program per task.
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
-    argv: Vec<String>,
+    spec: Arc<CommandSpec>,
+    /// The environment every child starts from (read from spool's once, at start).
+    base_env: Arc<BTreeMap<String, String>>,
+    workdirs: Workdirs,
     max_line: usize,
 }
 
 impl CommandHandler {
-    /// A handler running `argv` (program first).
-    pub fn new(argv: Vec<String>) -> Self {
-        Self {
-            argv,
-            max_line: DEFAULT_MAX_LINE,
+    /// A handler running `spec`, in task directories under `workdir_root`, cutting lines at
+    /// `max_line` bytes. `inherited` is spool's own environment: only `PATH`, `HOME`, `LANG`
+    /// and `TZ` are taken from it (a `user` kind gets that user's `HOME` instead).
+    pub fn new(
+        spec: CommandSpec,
+        workdir_root: PathBuf,
+        max_line: usize,
+        inherited: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
+        let mut base = BTreeMap::new();
+        base.insert(
+            "PATH".to_string(),
+            inherited("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        );
+        for var in ["HOME", "LANG", "TZ"] {
+            if let Some(v) = inherited(var) {
+                base.insert(var.to_string(), v);
+            }
         }
+        if let Some(u) = &spec.run_as {
+            base.insert("HOME".into(), u.home.display().to_string());
+        }
+        base.extend(spec.env.clone());
+        Self {
+            spec: Arc::new(spec),
+            base_env: Arc::new(base),
+            workdirs: Workdirs::new(workdir_root),
+            max_line: max_line.max(1),
+        }
+    }
+
+    /// A handler running `argv` as spool's own user, in task directories under the system's
+    /// temporary directory (for embedding and tests).
+    pub fn from_argv(argv: Vec<String>) -> Self {
+        Self::new(
+            CommandSpec {
+                argv,
+                ..CommandSpec::default()
+            },
+            std::env::temp_dir().join("spool-work"),
+            DEFAULT_MAX_LINE,
+            &|k| std::env::var(k).ok(),
+        )
+    }
+
+    /// The kind's spec.
+    pub fn spec(&self) -> &CommandSpec {
+        &self.spec
+    }
+
+    /// Where this kind's tasks get their working directories.
+    pub fn workdirs(&self) -> &Workdirs {
+        &self.workdirs
+    }
+}
+
+/// The per-task working directories of command kinds: `<root>/<task id>`.
+#[derive(Debug, Clone)]
+pub struct Workdirs {
+    root: PathBuf,
+}
+
+impl Workdirs {
+    /// Directories under `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of `task`.
+    pub fn path(&self, task: TaskId) -> PathBuf {
+        self.root.join(task.to_string())
+    }
+
+    /// Makes (or keeps) the directory of `task`: the root `0711` (others may pass through to
+    /// their own directory but not list it), the task's `0700`, owned by `owner` when given.
+    ///
+    /// # Errors
+    /// The directory cannot be made or given to its owner.
+    pub fn prepare(&self, task: TaskId, owner: Option<(u32, u32)>) -> std::io::Result<PathBuf> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&self.root)?;
+        let dir = self.path(task);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        // The mode of a directory made by an earlier attempt may have been changed by the task.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes the directory of `task` and everything in it (nothing there is not an error).
+    ///
+    /// # Errors
+    /// Something in it could not be removed.
+    pub fn remove(&self, task: TaskId) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.path(task)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The tasks that have a directory here now.
+    pub fn list(&self) -> Vec<TaskId> {
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect()
     }
 }
 
@@ -129,27 +262,73 @@ fn finish_line(buf: &mut Vec<u8>) -> String {
 
 impl Handler for CommandHandler {
     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
-        let argv = self.argv.clone();
-        let max = self.max_line;
-        Box::pin(async move { run_command(argv, max, ctx).await })
+        let me = self.clone();
+        Box::pin(async move { me.run_command(ctx).await })
+    }
+
+    fn attempt_ended(&self, task: &crate::task::Task) {
+        if task.status.is_terminal() && !self.spec.keep_workdir {
+            if let Err(e) = self.workdirs.remove(task.id) {
+                tracing::warn!(task.id = %task.id, error = %e, "cannot remove the task's working directory");
+            }
+        }
     }
 }
 
-async fn run_command(argv: Vec<String>, max: usize, ctx: TaskContext) -> Result<Value, TaskError> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| TaskError::permanent("command kind has an empty command"))?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env("SPOOL_TASK_ID", ctx.id().to_string())
-        .env("SPOOL_ATTEMPT", ctx.attempt().to_string())
-        .stdin(Stdio::piped())
+impl CommandHandler {
+    async fn run_command(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+        let max = self.max_line;
+        let (program, args) = self
+            .spec
+            .argv
+            .split_first()
+            .ok_or_else(|| TaskError::permanent("command kind has an empty command"))?;
+        let owner = self.spec.run_as.as_ref().map(|u| (u.uid, u.gid));
+        let workdirs = self.workdirs.clone();
+        let id = ctx.id();
+        let dir = tokio::task::spawn_blocking(move || workdirs.prepare(id, owner))
+            .await
+            .map_err(|e| TaskError::retry(format!("preparing the working directory: {e}")))?
+            .map_err(|e| {
+                TaskError::retry(format!(
+                    "cannot prepare the task's working directory {}: {e}",
+                    self.workdirs.path(id).display()
+                ))
+            })?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(self.base_env.iter())
+            .env("SPOOL_TASK_ID", ctx.id().to_string())
+            .env("SPOOL_ATTEMPT", ctx.attempt().to_string())
+            .env("SPOOL_USER", &ctx.task().user_id)
+            .current_dir(&dir);
+        if let Some(u) = &self.spec.run_as {
+            // std drops root's supplementary groups (setgroups(0)) before setuid.
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        run_child(cmd, program, max, ctx, self.spec.run_as.as_ref().map(|u| u.name.as_str()))
+            .await
+    }
+}
+
+async fn run_child(
+    mut cmd: Command,
+    program: &str,
+    max: usize,
+    ctx: TaskContext,
+    run_as: Option<&str>,
+) -> Result<Value, TaskError> {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
-        let msg = format!("cannot start {program:?}: {e}");
+        let msg = match run_as {
+            Some(user) => format!("cannot start {program:?} as user {user:?}: {e}"),
+            None => format!("cannot start {program:?}: {e}"),
+        };
         match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                 TaskError::permanent(msg)
@@ -211,10 +390,12 @@ async fn run_command(argv: Vec<String>, max: usize, ctx: TaskContext) -> Result<
                                 if obj.len() == 1 && obj.contains_key("result") {
                                     result = obj.remove("result").unwrap_or(Value::Null);
                                 } else {
+                                    // A kind outside API.md's name rules (empty, long, control
+                                    // characters) is stored as `log`.
                                     let kind = obj
                                         .get("kind")
                                         .and_then(Value::as_str)
-                                        .filter(|k| !k.is_empty())
+                                        .filter(|k| crate::task::valid_name(k))
                                         .unwrap_or("log")
                                         .to_string();
                                     ctx.progress(kind, Value::Object(obj)).await?;

@@ -128,15 +128,20 @@ impl TaskContext {
         &self.clock
     }
 
-    /// Appends a progress message; it is committed before this returns, in order.
+    /// Appends a progress message; it is committed before this returns, in order. A `kind`
+    /// outside API.md's name rules is stored as `log`.
     ///
     /// # Errors
     /// The message could not be stored (the database is unavailable).
     pub async fn progress(&self, kind: impl Into<String>, content: Value) -> Result<(), TaskError> {
+        let mut kind = kind.into();
+        if !crate::task::valid_name(&kind) {
+            kind = "log".into();
+        }
         self.store
             .message_insert(
                 self.task.id,
-                kind.into(),
+                kind,
                 content,
                 MessageCheck::Lease {
                     owner: self.task.lease_owner.clone().unwrap_or_default(),
@@ -183,6 +188,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Runs one attempt. The returned future is dropped when the attempt is canceled or times
     /// out, so anything it owns must clean up on drop.
     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>>;
+
+    /// Called once the attempt's outcome is stored, with the task as it now is (a terminal
+    /// status means no attempt follows): release what the task held between attempts.
+    fn attempt_ended(&self, _task: &Task) {}
 }
 
 /// Handlers by kind.
@@ -203,19 +212,38 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in kinds plus a handler for each configured command kind.
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
+    /// The built-in kinds plus a handler for each configured command and webhook kind.
+    /// Command children start from `env` (spool's environment): only `PATH`, `HOME`, `LANG`
+    /// and `TZ` are taken from it.
+    ///
+    /// # Errors
+    /// The HTTP client for webhooks cannot be built (no TLS roots).
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
         let mut r = Self::new();
         builtin::register(&mut r);
         // One HTTP client for every webhook kind, so connections are reused across tasks.
+        // It follows no redirect: a receiver must not be able to send the task's token and
+        // signature, or make its answer come from, another host.
         let client = reqwest::Client::builder()
             .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
+            .map_err(|e| format!("cannot build the webhook HTTP client: {}", e.without_url()))?;
         for (kind, k) in &cfg.kinds {
             match &k.handler {
-                crate::config::KindHandler::Command(argv) => {
-                    r.insert(kind.clone(), command::CommandHandler::new(argv.clone()));
+                crate::config::KindHandler::Command(spec) => {
+                    r.insert(
+                        kind.clone(),
+                        command::CommandHandler::new(
+                            spec.clone(),
+                            cfg.worker.workdir.clone(),
+                            cfg.max_message_bytes,
+                            env,
+                        ),
+                    );
                 }
                 crate::config::KindHandler::Webhook { url, secret } => {
                     r.insert(
@@ -226,7 +254,7 @@ impl Registry {
                 crate::config::KindHandler::None => {}
             }
         }
-        r
+        Ok(r)
     }
 
     /// Registers `handler` for `kind`, replacing any earlier one.

@@ -1,14 +1,18 @@
 //! The `webhook` executor: one signed POST per attempt.
 //!
-//! The body is the task JSON. Headers: `Content-Type: application/json`, `Spool-Task-Id`,
-//! `Spool-Attempt`, `Spool-Signature: sha256=<hex HMAC-SHA256 of the raw body>` keyed with the
-//! kind's secret, and `Spool-Task-Token`: a token valid only while this attempt runs, with which
-//! the receiver may `POST /v1/tasks/{id}/messages` as a Bearer token.
+//! The body is the task JSON (with its owner, `user`). Headers: `Content-Type:
+//! application/json`, `Spool-Task-Id`, `Spool-Attempt`, `Spool-Timestamp` (unix seconds),
+//! `Spool-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` keyed with the
+//! kind's secret (so a receiver can refuse old requests replayed), and `Spool-Task-Token`: a
+//! token valid only while this attempt runs, with which the receiver may
+//! `POST /v1/tasks/{id}/messages` as a Bearer token.
 //!
 //! Outcome: 2xx completes with the response JSON as result (a non-JSON body is stored as a
 //! string, an empty one as null); 408, 429, 5xx and network errors retry with backoff, honouring
-//! `Retry-After` (seconds or an HTTP date); any other 4xx fails at once. Connections are reused
-//! across tasks: every webhook kind shares one client.
+//! `Retry-After` (seconds or an HTTP date); a 3xx is a failed attempt (no redirect is followed:
+//! the token and signature go to the configured host only); any other 4xx fails at once.
+//! The URL (often a secret itself) is never put in `last_error` or a message: it is logged on
+//! the server only. Connections are reused across tasks: every webhook kind shares one client.
 
 use super::{Handler, TaskContext, TaskError};
 use backon::{ExponentialBuilder, Retryable};
@@ -48,16 +52,68 @@ impl WebhookHandler {
     }
 }
 
-/// The value of `Spool-Signature` for `body`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// The value of `Spool-Signature` for `body` sent at `timestamp` (unix seconds): the HMAC of
+/// `"<timestamp>.<body>"`.
+pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
     // HMAC takes keys of any length; new_from_slice cannot fail for it.
     match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
         Ok(mut mac) => {
+            mac.update(timestamp.to_string().as_bytes());
+            mac.update(b".");
             mac.update(body);
             format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
         }
         Err(_) => String::new(),
     }
+}
+
+/// Why a receiver refuses a request in [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// `Spool-Timestamp` is missing or not a number.
+    #[error("missing or malformed Spool-Timestamp")]
+    BadTimestamp,
+    /// The timestamp is further from now than the tolerance: an old request replayed.
+    #[error("Spool-Timestamp is {0} s away from now")]
+    Stale(u64),
+    /// The signature does not match.
+    #[error("bad signature")]
+    BadSignature,
+}
+
+/// Checks a request as a receiver should: `Spool-Timestamp` within `tolerance_s` of `now_s`,
+/// and `Spool-Signature` equal to the HMAC of `"<timestamp>.<body>"`, compared in constant
+/// time (`Mac::verify_slice`, not `==`).
+///
+/// # Errors
+/// The [`VerifyError`] that refuses the request.
+pub fn verify(
+    secret: &str,
+    timestamp: &str,
+    sig: &str,
+    body: &[u8],
+    now_s: u64,
+    tolerance_s: u64,
+) -> Result<(), VerifyError> {
+    let ts: u64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
+    let skew = now_s.abs_diff(ts);
+    if skew > tolerance_s {
+        return Err(VerifyError::Stale(skew));
+    }
+    let given = sig
+        .strip_prefix("sha256=")
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or(VerifyError::BadSignature)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| VerifyError::BadSignature)?;
+    mac.update(ts.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&given)
+        .map_err(|_| VerifyError::BadSignature)
 }
 
 /// Parses `Retry-After`: delta seconds or an HTTP date.
@@ -86,7 +142,9 @@ impl WebhookHandler {
             .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
         let body = serde_json::to_vec(&ctx.task().to_json())
             .map_err(|e| TaskError::permanent(format!("cannot encode the task: {e}")))?;
-        let sig = signature(&self.secret, &body);
+        let now_ms = ctx.clock().now();
+        let timestamp = u64::try_from(now_ms / 1000).unwrap_or(0);
+        let sig = signature(&self.secret, timestamp, &body);
         let timeout = Duration::from_millis(ctx.task().timeout_ms.max(1));
         let send = || async {
             self.client
@@ -95,6 +153,7 @@ impl WebhookHandler {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("Spool-Task-Id", ctx.id().to_string())
                 .header("Spool-Attempt", ctx.attempt().to_string())
+                .header("Spool-Timestamp", timestamp.to_string())
                 .header("Spool-Signature", &sig)
                 .header("Spool-Task-Token", &token)
                 .body(body.clone())
@@ -119,21 +178,43 @@ impl WebhookHandler {
                     timeout.as_millis()
                 )))
             }
-            Err(e) => return Err(TaskError::retry(format!("webhook request failed: {e}"))),
+            Err(e) => {
+                // reqwest's errors name the URL; it stays in the server's log.
+                tracing::warn!(url = %self.url, error = %e, "webhook request failed");
+                return Err(TaskError::retry(format!(
+                    "webhook request failed: {}",
+                    e.without_url()
+                )));
+            }
         };
         let status = resp.status();
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            .and_then(|v| {
+                let now = SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
+                parse_retry_after(v, now)
+            });
+        if status.is_redirection() {
+            tracing::warn!(url = %self.url, %status, "webhook answered a redirect; not followed");
+            return Err(TaskError::retry(format!(
+                "webhook answered {status}: redirects are not followed"
+            )));
+        }
         // The body becomes the task's result: read at most MAX_RESPONSE bytes of it.
         let mut resp = resp;
         let mut text: Vec<u8> = Vec::new();
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| TaskError::retry(format!("reading the webhook response: {e}")))?
+            .map_err(|e| {
+                TaskError::retry(format!(
+                    "reading the webhook response: {}",
+                    e.without_url()
+                ))
+            })?
         {
             if text.len() + chunk.len() > MAX_RESPONSE {
                 return Err(TaskError::permanent(format!(
@@ -169,10 +250,42 @@ mod tests {
 
     #[test]
     fn signature_is_hex_hmac_sha256() {
-        // RFC 4231 test case 2.
+        // The HMAC of "<timestamp>.<body>": RFC 4231 test case 2's message split at a dot.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"17.what do ya want for nothing?");
+        let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
         assert_eq!(
-            signature("Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            signature("Jefe", 17, b"what do ya want for nothing?"),
+            want
+        );
+        assert_ne!(signature("Jefe", 18, b"what do ya want for nothing?"), want);
+    }
+
+    #[test]
+    fn verify_refuses_stale_forged_and_malformed_requests() {
+        let body = b"{\"id\":1}";
+        let sig = signature("k", 1000, body);
+        assert_eq!(verify("k", "1000", &sig, body, 1010, 300), Ok(()));
+        assert_eq!(
+            verify("k", "1000", &sig, body, 2000, 300),
+            Err(VerifyError::Stale(1000))
+        );
+        // The same signature under another timestamp (a replay with a fresh header) fails.
+        assert_eq!(
+            verify("k", "1900", &sig, body, 2000, 300),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            verify("other", "1000", &sig, body, 1000, 300),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            verify("k", "soon", &sig, body, 1000, 300),
+            Err(VerifyError::BadTimestamp)
+        );
+        assert_eq!(
+            verify("k", "1000", "sha256=zz", body, 1000, 300),
+            Err(VerifyError::BadSignature)
         );
     }
 

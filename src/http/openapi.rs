@@ -12,6 +12,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
 pub struct TaskView {
     /// UUID v7.
     id: String,
+    /// The owner's user name.
+    user: String,
     /// 1 to 128 characters of `[A-Za-z0-9._:-]`.
     queue: String,
     /// Picks the handler.

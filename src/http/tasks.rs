@@ -16,10 +16,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-/// Longest `delay_ms` or distance of `run_at` into the future: one year.
-const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
-/// Longest `timeout_ms`: one week.
-const MAX_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The body of `POST /v1/tasks` and each item of a batch.
 #[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -54,7 +50,7 @@ pub(super) struct CreateBatch {
 /// Turns a request into a validated task for `user`. `header_key` is the `Idempotency-Key`.
 fn validate(
     st: &AppState,
-    user: &str,
+    user: &crate::store::User,
     mut req: CreateTask,
     header_key: Option<&str>,
     now: i64,
@@ -85,34 +81,17 @@ fn validate(
     if !(-100..=100).contains(&priority) {
         return Err("priority must be between -100 and 100".into());
     }
-    let run_at = match (&req.run_at, req.delay_ms) {
-        (Some(_), Some(_)) => return Err("give run_at or delay_ms, not both".into()),
-        (Some(t), None) => {
-            let at = parse_rfc3339(t).map_err(|e| format!("run_at: {e}"))?;
-            if at > now.saturating_add(MAX_DELAY_MS) {
-                return Err("run_at must be within a year from now".into());
-            }
-            at
-        }
-        (None, Some(d)) => {
-            if !(0..=MAX_DELAY_MS).contains(&d) {
-                return Err(format!("delay_ms must be between 0 and {MAX_DELAY_MS}"));
-            }
-            now + d
-        }
-        (None, None) => now,
+    let run_at = match &req.run_at {
+        Some(t) => Some(parse_rfc3339(t).map_err(|e| format!("run_at: {e}"))?),
+        None => None,
     };
-    let policy = st.cfg.retry_for(&req.kind);
-    let max_attempts = req.max_attempts.unwrap_or(i64::from(policy.max_attempts));
-    if !(1..=100).contains(&max_attempts) {
-        return Err("max_attempts must be between 1 and 100".into());
-    }
-    let timeout_ms = req
-        .timeout_ms
-        .unwrap_or(st.cfg.timeout_for(&req.kind) as i64);
-    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-        return Err(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"));
-    }
+    let asked = crate::queue::Asked {
+        max_attempts: req.max_attempts,
+        timeout_ms: req.timeout_ms,
+        run_at,
+        delay_ms: req.delay_ms,
+    };
+    let settled = crate::queue::settle(&st.cfg.enqueue_rules(&req.kind), asked, now)?;
     if let Some(k) = &key {
         if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
             return Err(
@@ -122,17 +101,30 @@ fn validate(
     }
     Ok(NewTask {
         id: TaskId::new(),
-        user_id: user.to_string(),
+        user_id: user.name.clone(),
         queue,
         kind: req.kind,
         payload: req.payload,
         priority: priority as i32,
-        run_at,
-        max_attempts: max_attempts as u32,
-        timeout_ms: timeout_ms as u64,
+        run_at: settled.run_at,
+        max_attempts: settled.max_attempts,
+        timeout_ms: settled.timeout_ms,
         idempotency_key: key,
         request_hash,
     })
+}
+
+/// A kind with `users = [..]` in config is run only by those users (and admins): others get
+/// `403 forbidden` naming the kind.
+fn may_run(st: &AppState, user: &crate::store::User, kind: &str) -> ApiResult<()> {
+    if st.cfg.may_run(kind, &user.name, user.is_admin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "user {:?} may not run tasks of kind {kind:?}",
+            user.name
+        )))
+    }
 }
 
 fn header_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -159,7 +151,8 @@ pub(super) async fn create(
 ) -> ApiResult<Response> {
     let now = st.clock.now();
     let hk = header_key(&headers)?;
-    let task = validate(&st, &user.name, req, hk.as_deref(), now).map_err(ApiError::Invalid)?;
+    may_run(&st, &user, &req.kind)?;
+    let task = validate(&st, &user, req, hk.as_deref(), now).map_err(ApiError::Invalid)?;
     let mut out = st.store.task_insert(vec![task], now).await?;
     let ins = out
         .pop()
@@ -198,8 +191,12 @@ pub(super) async fn create_batch(
     let now = st.clock.now();
     let mut tasks = Vec::with_capacity(n);
     for (i, t) in req.tasks.into_iter().enumerate() {
+        may_run(&st, &user, &t.kind).map_err(|e| match e {
+            ApiError::Forbidden(m) => ApiError::Forbidden(format!("tasks[{i}]: {m}")),
+            e => e,
+        })?;
         tasks.push(
-            validate(&st, &user.name, t, None, now)
+            validate(&st, &user, t, None, now)
                 .map_err(|e| ApiError::Invalid(format!("tasks[{i}]: {e}")))?,
         );
     }

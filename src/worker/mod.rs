@@ -9,7 +9,7 @@
 
 mod prune;
 
-pub use prune::prune_once;
+pub use prune::{prune_once, prune_workdirs};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -251,7 +251,8 @@ impl WorkerPool {
     ) {
         let started = std::time::Instant::now();
         let timeout = Duration::from_millis(task.timeout_ms.max(1));
-        let outcome = match self.registry.get(&task.kind) {
+        let handler = self.registry.get(&task.kind);
+        let outcome = match handler.clone() {
             None => Ok(Outcome::Failed {
                 error: format!("no handler for kind {:?} in this process", task.kind),
                 permanent: true,
@@ -355,6 +356,9 @@ impl WorkerPool {
             }
             other => other,
         };
+        if let (Ok(Some(t)), Some(h)) = (&done, &handler) {
+            h.attempt_ended(t);
+        }
         match done {
             Ok(Some(_)) => {
                 let counter = match status {

@@ -42,3 +42,48 @@ pub async fn prune_once(
     }
     Ok(total)
 }
+
+/// Removes the working directories of command tasks that are terminal or gone (unless their
+/// kind keeps them): the attempt that ended a task removes its own, this catches the rest (a
+/// task canceled or pruned while pending between attempts, a crash). Looks at most at `limit`
+/// directories per run. Returns how many were removed.
+///
+/// # Errors
+/// A database error; directories already removed stay removed.
+pub async fn prune_workdirs(
+    store: &SqliteStore,
+    cfg: &crate::config::Config,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let dirs = crate::executor::command::Workdirs::new(cfg.worker.workdir.clone());
+    let ids = {
+        let d = dirs.clone();
+        tokio::task::spawn_blocking(move || d.list())
+            .await
+            .unwrap_or_default()
+    };
+    let mut removed = 0;
+    for id in ids.into_iter().take(limit) {
+        let remove = match store.task_get(id, None).await {
+            Ok(t) => {
+                let keep = matches!(
+                    cfg.kinds.get(&t.kind).map(|k| &k.handler),
+                    Some(crate::config::KindHandler::Command(spec)) if spec.keep_workdir
+                );
+                t.status.is_terminal() && !keep
+            }
+            Err(StoreError::NotFound(_)) => true,
+            Err(e) => return Err(e),
+        };
+        if remove {
+            let d = dirs.clone();
+            let res = tokio::task::spawn_blocking(move || d.remove(id)).await;
+            match res {
+                Ok(Ok(())) => removed += 1,
+                Ok(Err(e)) => tracing::warn!(task.id = %id, error = %e, "cannot remove a task's working directory"),
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(removed)
+}
