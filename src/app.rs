@@ -152,6 +152,11 @@ pub fn open_store(cfg: &Config) -> Result<SqliteStore, AppError> {
     opts.synchronous = cfg.database.synchronous;
     opts.busy_timeout_ms = cfg.database.busy_timeout_ms;
     opts.readers = cfg.database.readers;
+    opts.limits = crate::store::Limits {
+        pending_tasks_per_user: cfg.limits.pending_tasks_per_user,
+        payload_bytes_per_user: cfg.limits.payload_bytes_per_user,
+        messages_per_task: cfg.limits.messages_per_task,
+    };
     SqliteStore::open(opts).map_err(|e| match e {
         StoreError::Unavailable(m) => AppError::Io(format!(
             "{m} (is data_dir {} writable?)",

@@ -168,8 +168,9 @@ async fn healthz_ok(c: &Client, s: &Server) {
     assert_eq!(r.text().await.unwrap().trim(), "ok");
 }
 
-const TASK_FIELDS: [&str; 18] = [
+const TASK_FIELDS: [&str; 19] = [
     "id",
+    "user",
     "queue",
     "kind",
     "status",

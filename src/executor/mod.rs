@@ -72,6 +72,8 @@ pub struct TaskContext {
     store: Arc<SqliteStore>,
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
+    /// The task's message limit was reached: later progress is dropped here.
+    capped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -95,6 +97,7 @@ impl TaskContext {
             store,
             clock,
             cancel,
+            capped: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -134,6 +137,11 @@ impl TaskContext {
     /// # Errors
     /// The message could not be stored (the database is unavailable).
     pub async fn progress(&self, kind: impl Into<String>, content: Value) -> Result<(), TaskError> {
+        // Past the task's message limit nothing more is stored: stop here, without a trip to
+        // the writer per line (a child printing endlessly costs the limit, not its timeout).
+        if self.capped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut kind = kind.into();
         if !crate::task::valid_name(&kind) {
             kind = "log".into();
@@ -150,7 +158,11 @@ impl TaskContext {
                 self.clock.now(),
             )
             .await
-            .map(|_| ())
+            .map(|m| {
+                if m.is_none() || m.is_some_and(|m| m.kind == "truncated") {
+                    self.capped.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
             .map_err(|e| TaskError::retry(format!("cannot store progress: {e}")))
     }
 

@@ -124,6 +124,11 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => Self::Unavailable(m),
             StoreError::NotFound(id) => Self::NotFound(format!("task {id} not found")),
             StoreError::Conflict(m) => Self::Conflict(m),
+            e @ StoreError::LimitReached { .. } => Self::TooManyRequests {
+                message: format!("{e}; nothing was written"),
+                // A quota frees as tasks finish or are pruned: no sooner than a few seconds.
+                retry_after_s: 5,
+            },
             e @ StoreError::IdempotencyMismatch { .. } => Self::IdempotencyMismatch(e.to_string()),
             StoreError::Pool(e) => Self::Unavailable(format!("no database connection free: {e}")),
             other => Self::Internal(other.to_string()),

@@ -443,5 +443,13 @@ pub(super) async fn append_message(
             ),
             (_, e) => e.into(),
         })?;
+    // None: a task token's message past the task's message limit was dropped.
+    let m = m.ok_or(ApiError::TooManyRequests {
+        message: format!(
+            "messages per task limit of {} reached; nothing was written",
+            st.cfg.limits.messages_per_task
+        ),
+        retry_after_s: 60,
+    })?;
     Ok((StatusCode::CREATED, Json(m.to_json())).into_response())
 }

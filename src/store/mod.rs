@@ -11,6 +11,7 @@ pub mod sqlite;
 pub use migrate::LATEST_VERSION;
 pub use sqlite::{Queued, SqliteStore, StoreOptions, Synchronous};
 
+
 use crate::clock::UnixMillis;
 use crate::task::{Task, TaskId, TaskStatus};
 use serde_json::Value;
@@ -43,6 +44,14 @@ pub enum StoreError {
     /// The action does not fit the task's state.
     #[error("{0}")]
     Conflict(String),
+    /// A quota of [`Limits`] is reached; nothing was written.
+    #[error("{what} limit of {limit} reached")]
+    LimitReached {
+        /// Which limit (`pending tasks per user`, ...).
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+    },
     /// The database was made by a newer spool.
     #[error(
         "database schema version {found} is newer than this spool knows ({known}): upgrade spool"
@@ -74,6 +83,29 @@ impl From<rusqlite::Error> for StoreError {
                 _ => StoreError::Sqlite(e),
             },
             _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// Quotas the store enforces inside its write transactions, so no number of concurrent
+/// requests can pass one. Set once, when the store opens; `u64::MAX` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Unfinished (pending, running) tasks per user.
+    pub pending_tasks_per_user: u64,
+    /// Bytes of payload JSON per user over their stored tasks.
+    pub payload_bytes_per_user: u64,
+    /// Messages per task: a user's message past it is refused; a running attempt's first
+    /// message past it is replaced by one `truncated` message and the rest are dropped.
+    pub messages_per_task: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            pending_tasks_per_user: u64::MAX,
+            payload_bytes_per_user: u64::MAX,
+            messages_per_task: u64::MAX,
         }
     }
 }

@@ -8,6 +8,8 @@ pub(crate) const LEASE_EXPIRED_FAIL: &str =
 pub(crate) const LEASE_EXPIRED_RESCUE: &str =
     include_str!("../../sql/queries/lease_expired_rescue.sql");
 pub(crate) const LEASE_EXTEND: &str = include_str!("../../sql/queries/lease_extend.sql");
+pub(crate) const MESSAGE_COUNT_GET: &str =
+    include_str!("../../sql/queries/message_count_get.sql");
 pub(crate) const MESSAGE_INSERT: &str = include_str!("../../sql/queries/message_insert.sql");
 pub(crate) const MESSAGE_LIST: &str = include_str!("../../sql/queries/message_list.sql");
 pub(crate) const QUEUE_LIST: &str = include_str!("../../sql/queries/queue_list.sql");
@@ -34,3 +36,4 @@ pub(crate) const TASK_TOKEN_INSERT: &str = include_str!("../../sql/queries/task_
 pub(crate) const TASK_TOKEN_GET: &str = include_str!("../../sql/queries/task_token_get.sql");
 pub(crate) const HEALTH_TOUCH: &str = include_str!("../../sql/queries/health_touch.sql");
 pub(crate) const TASK_LIST_USER: &str = include_str!("../../sql/queries/task_list_user.sql");
+pub(crate) const USER_USAGE_GET: &str = include_str!("../../sql/queries/user_usage_get.sql");

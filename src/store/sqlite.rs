@@ -64,6 +64,8 @@ pub struct StoreOptions {
     pub readers: u32,
     /// Capacity of the writer's channel.
     pub write_queue: usize,
+    /// Quotas enforced in the write transactions (default: none).
+    pub limits: super::Limits,
 }
 
 impl StoreOptions {
@@ -75,6 +77,7 @@ impl StoreOptions {
             busy_timeout_ms: 5000,
             readers: 8,
             write_queue: DEFAULT_WRITE_QUEUE,
+            limits: super::Limits::default(),
         }
     }
 }
@@ -158,6 +161,7 @@ pub struct SqliteStore {
     readers: r2d2::Pool<SqliteConnectionManager>,
     hub: Arc<EventHub>,
     path: PathBuf,
+    limits: super::Limits,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -250,6 +254,7 @@ impl SqliteStore {
             readers,
             hub,
             path: opts.path,
+            limits: opts.limits,
         })
     }
 
@@ -382,8 +387,9 @@ impl SqliteStore {
         // One task without a key is one INSERT: SQLite undoes a failed statement by itself, so
         // it needs no savepoint of its own in the group commit.
         let single_statement = prepared.len() == 1 && prepared[0].0.idempotency_key.is_none();
+        let limits = self.limits;
         self.submit(false, single_statement, move |conn| {
-            insert_tasks(conn, prepared, now)
+            insert_tasks(conn, prepared, &limits, now)
         })
         .await
     }
@@ -563,8 +569,12 @@ impl SqliteStore {
     /// Appends a message to a task. With `user`, the task must be that user's and not terminal
     /// (the API's rule); without, any existing task takes it (a worker's progress).
     ///
+    /// `messages_per_task` of the store's limits: past it a user's message is refused
+    /// (`LimitReached`); the task's own first message past it is stored as one `truncated`
+    /// message instead, and every later one is dropped (`Ok(None)`): the task goes on.
+    ///
     /// # Errors
-    /// `NotFound`, `Conflict` for a terminal task, `Unavailable`.
+    /// `NotFound`, `Conflict` for a terminal task, `LimitReached`, `Unavailable`.
     pub async fn message_insert(
         &self,
         task_id: TaskId,
@@ -572,8 +582,9 @@ impl SqliteStore {
         content: Value,
         check: MessageCheck,
         now: UnixMillis,
-    ) -> Result<Message> {
+    ) -> Result<Option<Message>> {
         let wait = matches!(check, MessageCheck::Worker | MessageCheck::Lease { .. });
+        let cap = self.limits.messages_per_task;
         self.write_one(wait, move |conn| {
             let task = match &check {
                 MessageCheck::User(u) => Some(get_owned(conn, task_id, u.as_deref())?),
@@ -608,6 +619,34 @@ impl SqliteStore {
                     )));
                 }
             }
+            let (kind, content) = if cap == u64::MAX {
+                (kind, content)
+            } else {
+                let n: i64 = conn
+                    .prepare_cached(sql::MESSAGE_COUNT_GET)?
+                    .query_row(named_params! {":task_id": task_id.to_string()}, |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                let n = n.max(0) as u64;
+                if n < cap {
+                    (kind, content)
+                } else if matches!(check, MessageCheck::User(_)) {
+                    return Err(StoreError::LimitReached {
+                        what: "messages per task",
+                        limit: cap,
+                    });
+                } else if n == cap {
+                    (
+                        "truncated".to_string(),
+                        serde_json::json!({
+                            "limit": cap,
+                            "message": format!("the task reached its limit of {cap} messages; later ones are dropped"),
+                        }),
+                    )
+                } else {
+                    return Ok((None, Vec::new()));
+                }
+            };
             let text = serde_json::to_string(&content).map_err(json_err)?;
             let id: i64 = conn
                 .prepare_cached(sql::MESSAGE_INSERT)?
@@ -631,7 +670,7 @@ impl SqliteStore {
                 content,
                 created_at: now,
             };
-            Ok((m.clone(), vec![Event::Message(Arc::new(m))]))
+            Ok((Some(m.clone()), vec![Event::Message(Arc::new(m))]))
         })
         .await
     }
@@ -1232,6 +1271,7 @@ fn get_owned(conn: &Connection, id: TaskId, user: Option<&str>) -> Result<Task> 
 fn insert_tasks(
     conn: &Connection,
     tasks: Vec<(NewTask, String)>,
+    limits: &super::Limits,
     now: UnixMillis,
 ) -> JobOutput<Vec<Inserted>> {
     let mut out = Vec::with_capacity(tasks.len());
@@ -1242,11 +1282,11 @@ fn insert_tasks(
         let Some(key) = &t.idempotency_key else {
             waiting.push((t, payload));
             if waiting.len() == INSERT_CHUNK {
-                write_rows(conn, &mut waiting, now, &mut out)?;
+                write_rows(conn, &mut waiting, limits, now, &mut out)?;
             }
             continue;
         };
-        write_rows(conn, &mut waiting, now, &mut out)?;
+        write_rows(conn, &mut waiting, limits, now, &mut out)?;
         let mut by_key = conn.prepare_cached(sql::TASK_GET_BY_KEY)?;
         let existing = by_key
             .query_row(
@@ -1268,9 +1308,9 @@ fn insert_tasks(
             continue;
         }
         waiting.push((t, payload));
-        write_rows(conn, &mut waiting, now, &mut out)?;
+        write_rows(conn, &mut waiting, limits, now, &mut out)?;
     }
-    write_rows(conn, &mut waiting, now, &mut out)?;
+    write_rows(conn, &mut waiting, limits, now, &mut out)?;
     let events = out
         .iter()
         .filter(|i| i.created)
@@ -1285,6 +1325,51 @@ const INSERT_CHUNK: usize = 32;
 
 /// `TASK_INSERT` for `rows` rows: its VALUES tuple repeated, each copy's parameters numbered
 /// `?N` after the position of their name in [`TASK_INSERT_PARAMS`].
+/// Refuses `waiting` (new rows only: a replayed idempotency key adds nothing) when it would
+/// take a user past a quota. Runs before the rows are written, in the same transaction, so the
+/// usage it reads (kept by triggers, see 0007) includes everything committed or written before
+/// it: concurrent requests cannot pass a limit together.
+fn check_user_quotas(
+    conn: &Connection,
+    waiting: &[(NewTask, String)],
+    limits: &super::Limits,
+) -> Result<()> {
+    if limits.pending_tasks_per_user == u64::MAX && limits.payload_bytes_per_user == u64::MAX {
+        return Ok(());
+    }
+    // Usually one user per call; a few at most.
+    let mut adds: Vec<(&str, u64, u64)> = Vec::new();
+    for (t, payload) in waiting {
+        match adds.iter_mut().find(|(u, _, _)| *u == t.user_id) {
+            Some(a) => {
+                a.1 += 1;
+                a.2 += payload.len() as u64;
+            }
+            None => adds.push((&t.user_id, 1, payload.len() as u64)),
+        }
+    }
+    let mut get = conn.prepare_cached(sql::USER_USAGE_GET)?;
+    for (user, tasks, bytes) in adds {
+        let (unfinished, stored): (i64, i64) = get
+            .query_row(named_params! {":user_id": user}, |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, 0));
+        if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
+            return Err(StoreError::LimitReached {
+                what: "pending tasks per user",
+                limit: limits.pending_tasks_per_user,
+            });
+        }
+        if (stored.max(0) as u64).saturating_add(bytes) > limits.payload_bytes_per_user {
+            return Err(StoreError::LimitReached {
+                what: "payload bytes per user",
+                limit: limits.payload_bytes_per_user,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn multi_insert_sql(rows: usize) -> String {
     let sql = sql::TASK_INSERT;
     let at = sql.find("VALUES").map_or(sql.len(), |i| i + "VALUES".len());
@@ -1321,6 +1406,7 @@ fn multi_insert_sql(rows: usize) -> String {
 fn write_rows(
     conn: &Connection,
     waiting: &mut Vec<(NewTask, String)>,
+    limits: &super::Limits,
     now: UnixMillis,
     out: &mut Vec<Inserted>,
 ) -> Result<()> {
@@ -1328,6 +1414,7 @@ fn write_rows(
     if waiting.is_empty() {
         return Ok(());
     }
+    check_user_quotas(conn, waiting, limits)?;
     // A full chunk is one statement; anything less is a row per statement.
     let (mut st, per_statement) = if waiting.len() == INSERT_CHUNK {
         let sql = CHUNK_SQL.get_or_init(|| multi_insert_sql(INSERT_CHUNK));
@@ -1586,7 +1673,7 @@ mod tests {
             })
             .collect();
         let ids: Vec<TaskId> = tasks.iter().map(|(t, _)| t.id).collect();
-        let (out, events) = insert_tasks(&conn, tasks, 5).unwrap();
+        let (out, events) = insert_tasks(&conn, tasks, &crate::store::Limits::default(), 5).unwrap();
         assert_eq!(out.len(), 70);
         assert_eq!(events.len(), 69, "the replayed key is not a new task");
         assert!(!out[41].created);
