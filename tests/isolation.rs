@@ -284,3 +284,46 @@ async fn a_childs_message_kind_outside_the_name_rules_is_stored_as_log() {
         .collect();
     assert_eq!(kinds, vec![("log", 1), ("log", 2), ("step.ok", 3)], "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grandchild_that_leaves_the_process_group_dies_with_its_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    // The grandchild calls setsid (a new session and group: killpg misses it), reports its pid
+    // and sleeps for five minutes holding stdout open; the child exits at once.
+    let script = r#"setsid sh -c 'echo "{\"kind\": \"grandchild\", \"pid\": $$}"; exec sleep 300' & sleep 0.5; echo parent-done"#;
+    let cfg = write_config(
+        dir.path(),
+        &format!("[kinds.escape]\ncommand = [\"sh\", \"-c\", {script:?}]\ntimeout_ms = 120000\n"),
+    );
+    let s = serve(&cfg, &[]);
+    let resp = enqueue(&s, &s.token, json!({"kind": "escape", "max_attempts": 1})).await;
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // It completes when its child exits, not at its two-minute timeout.
+    let t = wait_done(&s, &id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let page: Value = client()
+        .get(s.url(&format!("/v1/tasks/{id}/messages")))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pid = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kind"] == "grandchild")
+        .and_then(|m| m["content"]["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no grandchild pid in {page}"));
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| !c.starts_with("sleep"))
+            .unwrap_or(true)
+    };
+    eventually(Duration::from_secs(10), "the grandchild to be gone", || async {
+        gone().then_some(())
+    })
+    .await;
+}

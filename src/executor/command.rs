@@ -176,7 +176,8 @@ impl Workdirs {
     }
 }
 
-/// Kills the child's process group when dropped: the attempt ended, timed out or was canceled.
+/// Kills the child's process group when dropped (the attempt ended, timed out or was
+/// canceled), then every other descendant the attempt left (see [`super::reap`]).
 struct GroupGuard(Option<i32>);
 
 impl Drop for GroupGuard {
@@ -184,6 +185,13 @@ impl Drop for GroupGuard {
         if let Some(pgid) = self.0.take() {
             // ESRCH (nothing left in the group) is the common, harmless case.
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            super::reap::forget(pgid);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || super::reap::end_attempt(pgid));
+                }
+                Err(_) => super::reap::end_attempt(pgid),
+            }
         }
     }
 }
@@ -324,7 +332,21 @@ async fn run_child(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| {
+    // Spawned under the leaders' lock, so the reaper never takes this child for a stray.
+    let spawned = {
+        let mut leaders = super::reap::Leaders::lock();
+        let spawned = cmd.spawn();
+        if let Some(pid) = spawned
+            .as_ref()
+            .ok()
+            .and_then(|c| c.id())
+            .and_then(|p| i32::try_from(p).ok())
+        {
+            leaders.add(pid, ctx.id().to_string(), ctx.attempt());
+        }
+        spawned
+    };
+    let mut child = spawned.map_err(|e| {
         let msg = match run_as {
             Some(user) => format!("cannot start {program:?} as user {user:?}: {e}"),
             None => format!("cannot start {program:?}: {e}"),
@@ -363,9 +385,12 @@ async fn run_child(
             s = child.wait(), if status.is_none() => {
                 status = Some(s.map_err(|e| TaskError::retry(format!("waiting for the child: {e}")))?);
                 // The child is gone; stray grandchildren holding the pipes open would keep the
-                // readers waiting forever. The group goes with its leader.
+                // readers waiting forever. The group goes with its leader, and so does every
+                // other descendant (one that left the group with setsid too).
                 if let Some(pgid) = _group.0 {
                     let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                    super::reap::forget(pgid);
+                    let _ = tokio::task::spawn_blocking(move || super::reap::end_attempt(pgid)).await;
                 }
             }
             line = rx.recv() => {

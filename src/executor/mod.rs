@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod command;
+pub mod reap;
 pub mod webhook;
 
 use crate::clock::Clock;
@@ -244,6 +245,13 @@ impl Registry {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the webhook HTTP client: {}", e.without_url()))?;
+        if cfg
+            .kinds
+            .values()
+            .any(|k| matches!(k.handler, crate::config::KindHandler::Command(_)))
+        {
+            reap::become_subreaper();
+        }
         for (kind, k) in &cfg.kinds {
             match &k.handler {
                 crate::config::KindHandler::Command(spec) => {
