@@ -112,9 +112,7 @@ pub fn new_task(
     }
     let asked = crate::queue::Asked {
         max_attempts: o.max_attempts.map(i64::from),
-        timeout_ms: o
-            .timeout_ms
-            .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        timeout_ms: o.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
         run_at: None,
         delay_ms: o
             .delay

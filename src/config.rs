@@ -495,8 +495,14 @@ impl Config {
                 .unwrap_or(DEFAULT_MESSAGES_PER_TASK),
         };
         for (name, v) in [
-            ("limits.pending_tasks_per_user", limits.pending_tasks_per_user),
-            ("limits.payload_bytes_per_user", limits.payload_bytes_per_user),
+            (
+                "limits.pending_tasks_per_user",
+                limits.pending_tasks_per_user,
+            ),
+            (
+                "limits.payload_bytes_per_user",
+                limits.payload_bytes_per_user,
+            ),
             ("limits.messages_per_task", limits.messages_per_task),
         ] {
             if v == 0 {
@@ -758,8 +764,15 @@ fn command_spec(field: &str, argv: &[String], k: &RawKind) -> Result<CommandSpec
         None => None,
         Some(name) => {
             let user = nix::unistd::User::from_name(name)
-                .map_err(|e| invalid(format!("{field}.user"), format!("cannot look up {name:?}: {e}")))?
-                .ok_or_else(|| invalid(format!("{field}.user"), format!("no Unix user {name:?}")))?;
+                .map_err(|e| {
+                    invalid(
+                        format!("{field}.user"),
+                        format!("cannot look up {name:?}: {e}"),
+                    )
+                })?
+                .ok_or_else(|| {
+                    invalid(format!("{field}.user"), format!("no Unix user {name:?}"))
+                })?;
             Some(RunAs {
                 name: name.clone(),
                 uid: user.uid.as_raw(),

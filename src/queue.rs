@@ -343,7 +343,10 @@ mod tests {
             run_at: Some(1_893_456_000_000),
             ..Asked::default()
         };
-        assert_eq!(settle(&RULES, y2030, now).unwrap().run_at, 1_893_456_000_000);
+        assert_eq!(
+            settle(&RULES, y2030, now).unwrap().run_at,
+            1_893_456_000_000
+        );
         let far = Asked {
             delay_ms: Some(i64::MAX),
             ..Asked::default()

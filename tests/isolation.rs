@@ -5,46 +5,22 @@
 
 mod common;
 
-use common::{client, eventually, serve, write_config};
+use common::{eventually, serve, write_config};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn enqueue(s: &common::Server, token: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(s.url("/v1/tasks"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    s.post_json(token, "/v1/tasks", body).await
 }
 
 async fn wait_done(s: &common::Server, id: &str) -> Value {
-    eventually(Duration::from_secs(30), "task to finish", || async {
-        let t: Value = client()
-            .get(s.url(&format!("/v1/tasks/{id}")))
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        matches!(t["status"].as_str(), Some("completed" | "failed" | "canceled")).then_some(t)
-    })
-    .await
+    s.wait_terminal(id).await
 }
 
 async fn messages(s: &common::Server, id: &str) -> Vec<String> {
-    let page: Value = client()
-        .get(s.url(&format!("/v1/tasks/{id}/messages?limit=1000")))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = s
+        .get_json(&s.token, &format!("/v1/tasks/{id}/messages?limit=1000"))
+        .await;
     page["messages"]
         .as_array()
         .unwrap()
@@ -74,12 +50,20 @@ async fn a_command_sees_only_its_own_environment_and_starts_in_its_own_directory
     );
     let resp = enqueue(&s, &s.token, json!({"kind": "envdump"})).await;
     assert_eq!(resp.status(), 201);
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let t = wait_done(&s, &id).await;
     assert_eq!(t["status"], "completed", "{t}");
     let lines = messages(&s, &id).await;
     let all = lines.join("\n");
-    for secret in ["webhook-secret-value", "r2-secret-value", "r2-key-id", "RUST_LOG"] {
+    for secret in [
+        "webhook-secret-value",
+        "r2-secret-value",
+        "r2-key-id",
+        "RUST_LOG",
+    ] {
         assert!(!all.contains(secret), "the child saw {secret}:\n{all}");
     }
     let mut names: Vec<&str> = lines
@@ -89,16 +73,29 @@ async fn a_command_sees_only_its_own_environment_and_starts_in_its_own_directory
         .collect();
     names.sort();
     // spool passes on only PATH, HOME, LANG and TZ of its own (those it has).
-    let mut want: Vec<&str> = ["GREETING", "PATH", "SPOOL_ATTEMPT", "SPOOL_TASK_ID", "SPOOL_USER"]
-        .into_iter()
-        .chain(["HOME", "LANG", "TZ"].into_iter().filter(|v| std::env::var(v).is_ok()))
-        .collect();
+    let mut want: Vec<&str> = [
+        "GREETING",
+        "PATH",
+        "SPOOL_ATTEMPT",
+        "SPOOL_TASK_ID",
+        "SPOOL_USER",
+    ]
+    .into_iter()
+    .chain(
+        ["HOME", "LANG", "TZ"]
+            .into_iter()
+            .filter(|v| std::env::var(v).is_ok()),
+    )
+    .collect();
     want.sort();
     assert_eq!(names, want, "{all}");
     assert!(lines.contains(&format!("SPOOL_TASK_ID={id}")), "{all}");
     assert!(lines.contains(&"SPOOL_USER=admin".to_string()), "{all}");
     assert!(lines.contains(&"GREETING=hi".to_string()), "{all}");
-    let workdir = std::fs::canonicalize(dir.path()).unwrap().join("work").join(&id);
+    let workdir = std::fs::canonicalize(dir.path())
+        .unwrap()
+        .join("work")
+        .join(&id);
     assert!(
         lines.contains(&format!("CWD={}", workdir.display())),
         "{all}\nwanted CWD={}",
@@ -128,20 +125,34 @@ async fn the_working_directory_is_kept_across_attempts_and_removed_at_the_end_un
     for kind in ["twice", "keeper"] {
         let resp = enqueue(&s, &s.token, json!({"kind": kind, "max_attempts": 2})).await;
         assert_eq!(resp.status(), 201);
-        ids.push(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+        ids.push(
+            resp.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     for id in &ids {
         let t = wait_done(&s, id).await;
-        assert_eq!((t["status"].as_str(), t["attempts"].as_u64()), (Some("completed"), Some(2)), "{t}");
+        assert_eq!(
+            (t["status"].as_str(), t["attempts"].as_u64()),
+            (Some("completed"), Some(2)),
+            "{t}"
+        );
         // The second attempt found what the first left.
         assert!(messages(&s, id).await.contains(&"found".to_string()));
     }
     let work = dir.path().join("work");
-    eventually(Duration::from_secs(10), "twice's workdir removed", || async {
-        (!work.join(&ids[0]).exists()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "twice's workdir removed",
+        || async { (!work.join(&ids[0]).exists()).then_some(()) },
+    )
     .await;
-    assert!(work.join(&ids[1]).join("marker").exists(), "keep_workdir kept nothing");
+    assert!(
+        work.join(&ids[1]).join("marker").exists(),
+        "keep_workdir kept nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,11 +161,16 @@ async fn a_user_kind_runs_as_that_user_who_cannot_read_spools_files() {
         nix::unistd::Uid::effective().is_root(),
         "this test runs a child as `nobody`, which needs spool to run as root (CI does)"
     );
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a `nobody` user");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a `nobody` user");
     let dir = tempfile::tempdir().unwrap();
     // The test's temp dir must be passable for `nobody` to reach its working directory.
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let token_path = dir.path().join("data/admin.token");
     let script = format!(
         "id -u; if cat {:?} >/dev/null 2>&1; then echo READ; else echo DENIED; fi; echo x > mine && echo WROTE",
@@ -167,7 +183,10 @@ async fn a_user_kind_runs_as_that_user_who_cannot_read_spools_files() {
     let s = serve(&cfg, &[]);
     let resp = enqueue(&s, &s.token, json!({"kind": "sandboxed"})).await;
     assert_eq!(resp.status(), 201);
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let t = wait_done(&s, &id).await;
     assert_eq!(t["status"], "completed", "{t}");
     let lines = messages(&s, &id).await;
@@ -188,35 +207,49 @@ async fn a_kind_restricted_to_some_users_is_forbidden_to_others() {
     let s = serve(&cfg, &[]);
     let alice = s.user_token("alice", false);
     let bob = s.user_token("bob", false);
-    assert_eq!(enqueue(&s, &alice, json!({"kind": "deploy"})).await.status(), 201);
+    assert_eq!(
+        enqueue(&s, &alice, json!({"kind": "deploy"}))
+            .await
+            .status(),
+        201
+    );
     let resp = enqueue(&s, &bob, json!({"kind": "deploy"})).await;
     assert_eq!(resp.status(), 403);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "forbidden");
-    assert!(body["error"]["message"].as_str().unwrap().contains("deploy"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deploy"),
+        "{body}"
+    );
     // In a batch, the item is named and nothing is written.
-    let resp = client()
-        .post(s.url("/v1/tasks/batch"))
-        .bearer_auth(&bob)
-        .json(&json!({"tasks": [{"kind": "other"}, {"kind": "deploy"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = s
+        .post_json(
+            &bob,
+            "/v1/tasks/batch",
+            json!({"tasks": [{"kind": "other"}, {"kind": "deploy"}]}),
+        )
+        .await;
     assert_eq!(resp.status(), 403);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().starts_with("tasks[1]"), "{body}");
-    let list: Value = client()
-        .get(s.url("/v1/tasks"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tasks[1]"),
+        "{body}"
+    );
+    let list = s.get_json(&bob, "/v1/tasks").await;
     assert_eq!(list["tasks"], json!([]), "a refused batch wrote something");
     // The admin runs every kind.
-    assert_eq!(enqueue(&s, &s.token, json!({"kind": "deploy"})).await.status(), 201);
+    assert_eq!(
+        enqueue(&s, &s.token, json!({"kind": "deploy"}))
+            .await
+            .status(),
+        201
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,17 +268,37 @@ async fn the_kinds_limits_are_ceilings_and_a_past_run_at_means_now() {
     .await;
     assert_eq!(resp.status(), 201);
     let t: Value = resp.json().await.unwrap();
-    assert_eq!((t["timeout_ms"].as_u64(), t["max_attempts"].as_u64()), (Some(60_000), Some(3)), "{t}");
-    assert_eq!(t["run_at"], t["created_at"], "a run_at in 1970 must mean now: {t}");
+    assert_eq!(
+        (t["timeout_ms"].as_u64(), t["max_attempts"].as_u64()),
+        (Some(60_000), Some(3)),
+        "{t}"
+    );
+    assert_eq!(
+        t["run_at"], t["created_at"],
+        "a run_at in 1970 must mean now: {t}"
+    );
     // Asking for less is kept.
-    let t: Value = enqueue(&s, &s.token, json!({"kind": "capped", "timeout_ms": 5, "max_attempts": 1}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!((t["timeout_ms"].as_u64(), t["max_attempts"].as_u64()), (Some(5), Some(1)), "{t}");
+    let t: Value = enqueue(
+        &s,
+        &s.token,
+        json!({"kind": "capped", "timeout_ms": 5, "max_attempts": 1}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (t["timeout_ms"].as_u64(), t["max_attempts"].as_u64()),
+        (Some(5), Some(1)),
+        "{t}"
+    );
     // No upper bound on run_at: a task for 2030 is accepted as asked.
-    let resp = enqueue(&s, &s.token, json!({"kind": "capped", "run_at": "2030-06-01T12:00:00.000Z"})).await;
+    let resp = enqueue(
+        &s,
+        &s.token,
+        json!({"kind": "capped", "run_at": "2030-06-01T12:00:00.000Z"}),
+    )
+    .await;
     assert_eq!(resp.status(), 201);
     let t: Value = resp.json().await.unwrap();
     assert_eq!(t["run_at"], "2030-06-01T12:00:00.000Z");
@@ -264,25 +317,31 @@ async fn a_childs_message_kind_outside_the_name_rules_is_stored_as_log() {
     );
     let s = serve(&cfg, &[]);
     let resp = enqueue(&s, &s.token, json!({"kind": "chatty"})).await;
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let t = wait_done(&s, &id).await;
     assert_eq!(t["status"], "completed", "{t}");
-    let page: Value = client()
-        .get(s.url(&format!("/v1/tasks/{id}/messages")))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = s
+        .get_json(&s.token, &format!("/v1/tasks/{id}/messages"))
+        .await;
     let kinds: Vec<(&str, i64)> = page["messages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["kind"].as_str().unwrap(), m["content"]["n"].as_i64().unwrap()))
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap(),
+                m["content"]["n"].as_i64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(kinds, vec![("log", 1), ("log", 2), ("step.ok", 3)], "{page}");
+    assert_eq!(
+        kinds,
+        vec![("log", 1), ("log", 2), ("step.ok", 3)],
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,19 +356,16 @@ async fn a_grandchild_that_leaves_the_process_group_dies_with_its_attempt() {
     );
     let s = serve(&cfg, &[]);
     let resp = enqueue(&s, &s.token, json!({"kind": "escape", "max_attempts": 1})).await;
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // It completes when its child exits, not at its two-minute timeout.
     let t = wait_done(&s, &id).await;
     assert_eq!(t["status"], "completed", "{t}");
-    let page: Value = client()
-        .get(s.url(&format!("/v1/tasks/{id}/messages")))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = s
+        .get_json(&s.token, &format!("/v1/tasks/{id}/messages"))
+        .await;
     let pid = page["messages"]
         .as_array()
         .unwrap()
@@ -322,8 +378,10 @@ async fn a_grandchild_that_leaves_the_process_group_dies_with_its_attempt() {
             .map(|c| !c.starts_with("sleep"))
             .unwrap_or(true)
     };
-    eventually(Duration::from_secs(10), "the grandchild to be gone", || async {
-        gone().then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the grandchild to be gone",
+        || async { gone().then_some(()) },
+    )
     .await;
 }

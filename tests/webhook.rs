@@ -387,7 +387,8 @@ async fn a_redirect_is_a_failed_attempt_and_never_followed() {
         "/hook",
         post(move || async move {
             let mut r = (StatusCode::TEMPORARY_REDIRECT, "").into_response();
-            r.headers_mut().insert("location", location.parse().unwrap());
+            r.headers_mut()
+                .insert("location", location.parse().unwrap());
             r
         }),
     );
@@ -398,10 +399,17 @@ async fn a_redirect_is_a_failed_attempt_and_never_followed() {
     let t = h.spool.enqueue("hook", json!(null)).await.unwrap();
     let done = h.wait_terminal(t.id).await;
     assert_eq!((done.status, done.attempts), (TaskStatus::Failed, 2));
-    assert_eq!(done.result, None, "the internal answer must not become the result");
+    assert_eq!(
+        done.result, None,
+        "the internal answer must not become the result"
+    );
     let err = done.last_error.unwrap();
     assert!(err.contains("307"), "{err}");
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "redirect followed");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "redirect followed"
+    );
     h.stop().await;
 }
 
@@ -419,10 +427,16 @@ async fn the_webhook_url_never_reaches_last_error() {
     assert_eq!(done.status, TaskStatus::Failed);
     let err = done.last_error.unwrap();
     assert!(err.contains("webhook request failed"), "{err}");
-    assert!(!err.contains("secretpath") && !err.contains("127.0.0.1"), "URL leaked: {err}");
+    assert!(
+        !err.contains("secretpath") && !err.contains("127.0.0.1"),
+        "URL leaked: {err}"
+    );
     let msgs = h.spool.store().message_list(t.id, 0, 100).await.unwrap();
     for m in msgs {
-        assert!(!m.content.to_string().contains("secretpath"), "URL leaked in {m:?}");
+        assert!(
+            !m.content.to_string().contains("secretpath"),
+            "URL leaked in {m:?}"
+        );
     }
     h.stop().await;
 }

@@ -315,8 +315,14 @@ impl CommandHandler {
             // std drops root's supplementary groups (setgroups(0)) before setuid.
             cmd.uid(u.uid).gid(u.gid);
         }
-        run_child(cmd, program, max, ctx, self.spec.run_as.as_ref().map(|u| u.name.as_str()))
-            .await
+        run_child(
+            cmd,
+            program,
+            max,
+            ctx,
+            self.spec.run_as.as_ref().map(|u| u.name.as_str()),
+        )
+        .await
     }
 }
 

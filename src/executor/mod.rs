@@ -161,7 +161,8 @@ impl TaskContext {
             .await
             .map(|m| {
                 if m.is_none() || m.is_some_and(|m| m.kind == "truncated") {
-                    self.capped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.capped
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             })
             .map_err(|e| TaskError::retry(format!("cannot store progress: {e}")))

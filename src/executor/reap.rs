@@ -163,7 +163,10 @@ pub(crate) fn end_attempt(leader: i32) {
         drop(guard);
         if targets.is_empty() {
             if round > 0 {
-                tracing::info!(killed = killed.len(), "stopped processes the attempt left behind");
+                tracing::info!(
+                    killed = killed.len(),
+                    "stopped processes the attempt left behind"
+                );
             }
             return;
         }

@@ -206,16 +206,9 @@ impl WebhookHandler {
         // The body becomes the task's result: read at most MAX_RESPONSE bytes of it.
         let mut resp = resp;
         let mut text: Vec<u8> = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| {
-                TaskError::retry(format!(
-                    "reading the webhook response: {}",
-                    e.without_url()
-                ))
-            })?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            TaskError::retry(format!("reading the webhook response: {}", e.without_url()))
+        })? {
             if text.len() + chunk.len() > MAX_RESPONSE {
                 return Err(TaskError::permanent(format!(
                     "webhook response is larger than {MAX_RESPONSE} bytes"
@@ -245,6 +238,7 @@ impl WebhookHandler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -254,10 +248,7 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"17.what do ya want for nothing?");
         let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        assert_eq!(
-            signature("Jefe", 17, b"what do ya want for nothing?"),
-            want
-        );
+        assert_eq!(signature("Jefe", 17, b"what do ya want for nothing?"), want);
         assert_ne!(signature("Jefe", 18, b"what do ya want for nothing?"), want);
     }
 

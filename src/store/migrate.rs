@@ -127,7 +127,10 @@ mod tests {
     fn migrate_from_zero_then_rerun_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("m.db")).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), (1..=LATEST_VERSION).collect::<Vec<_>>());
+        assert_eq!(
+            migrate(&conn).unwrap(),
+            (1..=LATEST_VERSION).collect::<Vec<_>>()
+        );
         assert_eq!(current_version(&conn).unwrap(), LATEST_VERSION);
         assert!(migrate(&conn).unwrap().is_empty());
     }
@@ -159,7 +162,10 @@ mod tests {
              PRAGMA foreign_keys = ON;",
         )
         .unwrap();
-        assert_eq!(migrate(&conn).unwrap(), (6..=LATEST_VERSION).collect::<Vec<_>>());
+        assert_eq!(
+            migrate(&conn).unwrap(),
+            (6..=LATEST_VERSION).collect::<Vec<_>>()
+        );
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(count("SELECT count(*) FROM tasks"), 2);
         assert_eq!(
@@ -173,7 +179,10 @@ mod tests {
             count("SELECT unfinished * 1000 + payload_bytes FROM user_usage WHERE user_id = 'u'"),
             1008
         );
-        assert_eq!(count("SELECT n FROM task_message_counts WHERE task_id = 'a'"), 1);
+        assert_eq!(
+            count("SELECT n FROM task_message_counts WHERE task_id = 'a'"),
+            1
+        );
         assert_eq!(
             count("PRAGMA foreign_keys"),
             1,

@@ -11,7 +11,6 @@ pub mod sqlite;
 pub use migrate::LATEST_VERSION;
 pub use sqlite::{Queued, SqliteStore, StoreOptions, Synchronous};
 
-
 use crate::clock::UnixMillis;
 use crate::task::{Task, TaskId, TaskStatus};
 use serde_json::Value;

@@ -8,8 +8,7 @@ pub(crate) const LEASE_EXPIRED_FAIL: &str =
 pub(crate) const LEASE_EXPIRED_RESCUE: &str =
     include_str!("../../sql/queries/lease_expired_rescue.sql");
 pub(crate) const LEASE_EXTEND: &str = include_str!("../../sql/queries/lease_extend.sql");
-pub(crate) const MESSAGE_COUNT_GET: &str =
-    include_str!("../../sql/queries/message_count_get.sql");
+pub(crate) const MESSAGE_COUNT_GET: &str = include_str!("../../sql/queries/message_count_get.sql");
 pub(crate) const MESSAGE_INSERT: &str = include_str!("../../sql/queries/message_insert.sql");
 pub(crate) const MESSAGE_LIST: &str = include_str!("../../sql/queries/message_list.sql");
 pub(crate) const QUEUE_LIST: &str = include_str!("../../sql/queries/queue_list.sql");

@@ -1351,7 +1351,9 @@ fn check_user_quotas(
     let mut get = conn.prepare_cached(sql::USER_USAGE_GET)?;
     for (user, tasks, bytes) in adds {
         let (unfinished, stored): (i64, i64) = get
-            .query_row(named_params! {":user_id": user}, |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(named_params! {":user_id": user}, |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?
             .unwrap_or((0, 0));
         if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
@@ -1673,7 +1675,8 @@ mod tests {
             })
             .collect();
         let ids: Vec<TaskId> = tasks.iter().map(|(t, _)| t.id).collect();
-        let (out, events) = insert_tasks(&conn, tasks, &crate::store::Limits::default(), 5).unwrap();
+        let (out, events) =
+            insert_tasks(&conn, tasks, &crate::store::Limits::default(), 5).unwrap();
         assert_eq!(out.len(), 70);
         assert_eq!(events.len(), 69, "the replayed key is not a new task");
         assert!(!out[41].created);

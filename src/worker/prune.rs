@@ -80,7 +80,9 @@ pub async fn prune_workdirs(
             let res = tokio::task::spawn_blocking(move || d.remove(id)).await;
             match res {
                 Ok(Ok(())) => removed += 1,
-                Ok(Err(e)) => tracing::warn!(task.id = %id, error = %e, "cannot remove a task's working directory"),
+                Ok(Err(e)) => {
+                    tracing::warn!(task.id = %id, error = %e, "cannot remove a task's working directory")
+                }
                 Err(_) => {}
             }
         }

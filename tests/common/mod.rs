@@ -223,3 +223,47 @@ pub fn status_counts(dir: &Path) -> std::collections::BTreeMap<String, i64> {
         .map(|r| r.unwrap())
         .collect()
 }
+
+impl Server {
+    /// `GET path` with `token`, as JSON (any status).
+    pub async fn get_json(&self, token: &str, path: &str) -> serde_json::Value {
+        client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `POST path` with `token` and a JSON body.
+    pub async fn post_json(
+        &self,
+        token: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        client()
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (up to 60 s) until task `id` is terminal; returns it.
+    pub async fn wait_terminal(&self, id: &str) -> serde_json::Value {
+        eventually(Duration::from_secs(60), "the task to finish", || async {
+            let t = self.get_json(&self.token, &format!("/v1/tasks/{id}")).await;
+            matches!(
+                t["status"].as_str(),
+                Some("completed" | "failed" | "canceled")
+            )
+            .then_some(t)
+        })
+        .await
+    }
+}
