@@ -14,6 +14,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (5, include_str!("../../sql/migrations/0005_prune_index.sql")),
     (6, include_str!("../../sql/migrations/0006_lean_tasks.sql")),
+    (
+        7,
+        include_str!("../../sql/migrations/0007_portable_views.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.
@@ -126,7 +130,7 @@ mod tests {
     fn migrate_from_zero_then_rerun_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("m.db")).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(current_version(&conn).unwrap(), LATEST_VERSION);
         assert!(migrate(&conn).unwrap().is_empty());
     }
@@ -158,7 +162,7 @@ mod tests {
              PRAGMA foreign_keys = ON;",
         )
         .unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![6]);
+        assert_eq!(migrate(&conn).unwrap(), vec![6, 7]);
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(count("SELECT count(*) FROM tasks"), 2);
         assert_eq!(
