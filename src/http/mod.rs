@@ -95,6 +95,9 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service", security(()),
+    responses((status = 200, description = "the OpenAPI 3.1 document of the API", content_type = "application/json", body = Object)))]
 async fn openapi_json() -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -105,6 +108,8 @@ async fn openapi_json() -> Response {
 
 /// The dashboard: one HTML page (CSS and JavaScript inline, no build step, no CDN). It asks for
 /// a token and then uses the API like any client, so it shows only what that token may see.
+#[utoipa::path(get, path = "/", tag = "service", security(()),
+    responses((status = 200, description = "the dashboard page", content_type = "text/html", body = String)))]
 async fn dashboard() -> Response {
     (
         [
@@ -116,10 +121,17 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
+/// Liveness: `ok` while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "service", security(()),
+    responses((status = 200, description = "the process runs", content_type = "text/plain", body = String, example = "ok")))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Readiness: the database takes a write.
+#[utoipa::path(get, path = "/readyz", tag = "service", security(()),
+    responses((status = 200, description = "the database takes a write", content_type = "text/plain", body = String, example = "ok"),
+        (status = 503, description = "the database does not take a write", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait")))))]
 async fn readyz(State(st): State<AppState>) -> Response {
     match st.store.ping_write(st.clock.now()).await {
         Ok(()) => "ok".into_response(),
@@ -127,6 +139,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "service", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+        (status = 404, description = "metrics are turned off (http.metrics = false)", body = openapi::ErrorBody)))]
 async fn metrics_text(State(st): State<AppState>) -> Response {
     let Some(handle) = st.metrics.as_ref().filter(|_| st.cfg.http.metrics) else {
         return ApiError::NotFound("metrics are turned off".into()).into_response();

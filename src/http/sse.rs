@@ -32,6 +32,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TaskEventsQuery {
+    /// Start after this message id (`Last-Event-ID` wins).
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
@@ -46,7 +48,7 @@ fn signature(t: &Task) -> (TaskStatus, u32, bool) {
 /// Server-sent events of one task: `status`, `message` (with `id:`), then `end`.
 /// Resumes after `Last-Event-ID` (wins) or `?after=`.
 #[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "events",
-    params(("id" = String, Path, description = "task id (UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "last message id seen"), TaskEventsQuery),
+    params(("id" = String, Path, description = "task id (UUID)"), ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$", description = "last message id seen (wins over `after`)"), TaskEventsQuery),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn task_events(
     State(st): State<AppState>,
@@ -119,6 +121,8 @@ pub(super) async fn task_events(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AllEventsQuery {
+    /// Only tasks of this queue.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
 }
 

@@ -20,29 +20,51 @@ use std::time::Duration;
 #[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateTask {
+    /// Picks the handler: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     kind: String,
+    /// The input: any JSON (default null).
     #[serde(default)]
-    #[schema(value_type = Object)]
     payload: Value,
+    /// Default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
+    /// -100..=100, higher first; default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -100, maximum = 100)]
     priority: Option<i64>,
+    /// RFC 3339, at most a year ahead: not claimed before. Not together with `delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     run_at: Option<String>,
+    /// Not claimed before this many ms from now, at most a year. Not together with `run_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 31_622_400_000_i64)]
     delay_ms: Option<i64>,
+    /// 1..=100; default the kind's retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<i64>,
+    /// Time limit of one attempt, at most a week; default the kind's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604_800_000_i64)]
     timeout_ms: Option<i64>,
+    /// 1 to 255 characters, no control characters: the same key again returns the original task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBatch {
+    /// 1 to 1000 tasks, all or nothing.
+    #[schema(min_items = 1, max_items = 1000)]
     tasks: Vec<CreateTask>,
 }
 
@@ -239,10 +261,20 @@ pub(super) async fn get_one(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// Only tasks in this status.
+    #[param(inline, value_type = Option<super::openapi::TaskStatusView>)]
     status: Option<String>,
+    /// Only tasks of this queue.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
+    /// Only tasks of this kind.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     kind: Option<String>,
+    /// 1..=500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(format = "uuid")]
     cursor: Option<String>,
 }
 
@@ -333,8 +365,14 @@ pub(super) async fn retry(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MessagesQuery {
+    /// Messages with ids greater than this; default 0.
+    #[param(minimum = 0)]
     after: Option<i64>,
+    /// 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// With nothing new, wait up to this long (long poll); at most 30000.
+    #[param(minimum = 0, maximum = 30000)]
     wait_ms: Option<u64>,
 }
 
@@ -393,9 +431,11 @@ pub(super) async fn messages(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AppendMessage {
+    /// `log`, `progress`, ...: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     kind: String,
+    /// Any JSON (default null), at most `max_message_bytes` written out.
     #[serde(default)]
-    #[schema(value_type = Object)]
     content: Value,
 }
 

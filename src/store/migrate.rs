@@ -14,7 +14,11 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (5, include_str!("../../sql/migrations/0005_prune_index.sql")),
     (6, include_str!("../../sql/migrations/0006_lean_tasks.sql")),
-    (7, include_str!("../../sql/migrations/0007_quotas.sql")),
+    (
+        7,
+        include_str!("../../sql/migrations/0007_portable_views.sql"),
+    ),
+    (8, include_str!("../../sql/migrations/0008_quotas.sql")),
 ];
 
 /// The schema version this build of spool writes.
@@ -174,7 +178,7 @@ mod tests {
             "the rebuild cascaded into messages"
         );
         assert_eq!(count("SELECT count(*) FROM task_tokens"), 1);
-        // 0007 counted what was there: one pending task of `u`, both payloads, one message.
+        // The quotas migration counted what was there: one pending task of `u`, both payloads, one message.
         assert_eq!(
             count("SELECT unfinished * 1000 + payload_bytes FROM user_usage WHERE user_id = 'u'"),
             1008

@@ -1327,7 +1327,7 @@ const INSERT_CHUNK: usize = 32;
 /// `?N` after the position of their name in [`TASK_INSERT_PARAMS`].
 /// Refuses `waiting` (new rows only: a replayed idempotency key adds nothing) when it would
 /// take a user past a quota. Runs before the rows are written, in the same transaction, so the
-/// usage it reads (kept by triggers, see 0007) includes everything committed or written before
+/// usage it reads (kept by triggers, see 0008_quotas.sql) includes everything committed or written before
 /// it: concurrent requests cannot pass a limit together.
 fn check_user_quotas(
     conn: &Connection,
