@@ -15,13 +15,13 @@ pub use error::{ApiError, ApiResult};
 
 use crate::clock::Clock;
 use crate::config::{Config, MetricsAuth};
-use limits::{Shared, UserLimits};
 use crate::store::{SqliteStore, User};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use limits::{Shared, UserLimits};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,8 +87,7 @@ pub fn router(state: AppState) -> Router {
     } else {
         r
     };
-    r
-        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+    r.route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::create_batch))
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))

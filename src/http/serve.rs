@@ -61,8 +61,7 @@ impl ServeOptions {
     /// limit less [`FD_HEADROOM`] (logged when it is).
     pub fn from_config(http: &crate::config::HttpConfig) -> Self {
         let wanted = u64::from(http.max_connections);
-        let max = match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        {
+        let max = match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
             Ok((soft, _)) => {
                 let fit = soft.saturating_sub(FD_HEADROOM).max(soft / 2).max(1);
                 if wanted > fit {

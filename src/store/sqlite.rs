@@ -1220,13 +1220,16 @@ fn messages_after(
     limit: u32,
 ) -> Result<Vec<Message>> {
     let mut st = conn.prepare_cached(sql::MESSAGE_LIST)?;
-    let mut rows = st.query(
-        named_params! {":task_id": task_id.to_string(), ":after": after, ":limit": limit},
-    )?;
+    let mut rows = st
+        .query(named_params! {":task_id": task_id.to_string(), ":after": after, ":limit": limit})?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     while let Some(r) = rows.next()? {
-        let size = r.get_ref("content")?.as_bytes().map(<[u8]>::len).unwrap_or(0);
+        let size = r
+            .get_ref("content")?
+            .as_bytes()
+            .map(<[u8]>::len)
+            .unwrap_or(0);
         if !out.is_empty() && bytes.saturating_add(size) > MESSAGE_PAGE_BYTES {
             break;
         }
