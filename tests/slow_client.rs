@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_sse_reader_is_disconnected_and_the_server_stays_responsive() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "[http]\nstall_timeout_ms = 1500\n");
+    // 300 writes from one user at full speed: not a test of limits.requests_per_second.
+    let cfg = write_config(
+        dir.path(),
+        "[http]\nstall_timeout_ms = 1500\n[limits]\nrequests_per_second = 0\n",
+    );
     let s = serve(&cfg, &[]);
     let c = client();
     // A task on a queue nobody works: it stays pending, its stream stays open.

@@ -156,11 +156,16 @@ impl Drop for StreamSlot {
 }
 
 /// A value computed at most once per `ttl`, however many callers ask: callers that arrive while
-/// it is being computed wait for that computation and share its result.
+/// it is being computed wait for that computation and share its result. A result the caller
+/// does not want kept (a failure, for `/readyz`) is shared only with the callers that waited
+/// for it; the next caller computes afresh.
 #[derive(Debug)]
 pub struct Shared<T> {
     ttl: Duration,
-    slot: tokio::sync::Mutex<Option<(Instant, T)>>,
+    /// Computations finished; a caller that saw a lower number on arrival takes the last result.
+    done: std::sync::atomic::AtomicU64,
+    /// The single flight, and the last result: (when, whether kept for `ttl`, value).
+    slot: tokio::sync::Mutex<Option<(Instant, bool, T)>>,
 }
 
 impl<T: Clone> Shared<T> {
@@ -168,26 +173,31 @@ impl<T: Clone> Shared<T> {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
+            done: std::sync::atomic::AtomicU64::new(0),
             slot: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// The value computed less than `ttl` ago, else `f()`'s (kept for the next `ttl`).
-    pub async fn get_or<F, Fut>(&self, f: F) -> T
+    /// The value computed less than `ttl` ago (or while this caller waited), else `f()`'s,
+    /// kept for the next `ttl` when `keep` says so.
+    pub async fn get_or<F, Fut>(&self, f: F, keep: impl Fn(&T) -> bool) -> T
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        // The async lock is the single flight: one computation, the others queue behind it
-        // and then find its fresh result.
+        use std::sync::atomic::Ordering;
+        let seen = self.done.load(Ordering::Acquire);
+        // The async lock is the single flight: one computation, the others queue behind it.
         let mut slot = self.slot.lock().await;
-        if let Some((at, v)) = slot.as_ref() {
-            if at.elapsed() < self.ttl {
+        if let Some((at, kept, v)) = slot.as_ref() {
+            let finished_while_waiting = self.done.load(Ordering::Acquire) != seen;
+            if finished_while_waiting || (*kept && at.elapsed() < self.ttl) {
                 return v.clone();
             }
         }
         let v = f().await;
-        *slot = Some((Instant::now(), v.clone()));
+        *slot = Some((Instant::now(), keep(&v), v.clone()));
+        self.done.fetch_add(1, Ordering::Release);
         v
     }
 }
@@ -241,6 +251,37 @@ mod tests {
         assert!(l.request("u", t1).is_err());
         // Another user has a bucket of their own.
         l.request("v", t1).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_shared_value_is_computed_once_per_ttl_and_failures_are_not_kept() {
+        let shared = Shared::<Result<u32, u32>>::new(Duration::from_secs(60));
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let run = |ok: bool| {
+            let calls = &calls;
+            let shared = &shared;
+            async move {
+                shared
+                    .get_or(
+                        || async move {
+                            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            if ok {
+                                Ok(n)
+                            } else {
+                                Err(n)
+                            }
+                        },
+                        Result::is_ok,
+                    )
+                    .await
+            }
+        };
+        // A failure is not kept: the next caller computes again.
+        assert_eq!(run(false).await, Err(0));
+        assert_eq!(run(true).await, Ok(1));
+        // A success is kept for the ttl.
+        assert_eq!(run(false).await, Ok(1));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -205,13 +205,18 @@ async fn healthz() -> &'static str {
 }
 
 /// One durable write per second at most, however many callers: concurrent callers share the
-/// check in flight, later ones its result until it is a second old.
+/// check in flight, later ones its success until it is a second old. A failure is answered to
+/// the callers that waited for it and not kept, so readiness comes back with the database.
 async fn readyz(State(st): State<AppState>) -> Response {
     let store = st.store.clone();
     let now = st.clock.now();
     let r = st
         .ready
-        .get_or(|| async move { store.ping_write(now).await.map_err(ApiError::from) })
+        .get_or(
+            || async move { store.ping_write(now).await.map_err(ApiError::from) },
+            // A failure is not kept: readiness returns with the first write that succeeds.
+            Result::is_ok,
+        )
         .await;
     match r {
         Ok(()) => "ok".into_response(),
@@ -236,7 +241,7 @@ async fn metrics_text(State(st): State<AppState>, parts: axum::http::request::Pa
             return e.into_response();
         }
     }
-    st.depths.get_or(|| refresh_gauges(&st)).await;
+    st.depths.get_or(|| refresh_gauges(&st), |_| true).await;
     (
         StatusCode::OK,
         [(
