@@ -20,6 +20,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Open connections at most on the `http.metrics_listen` listener.
+const METRICS_MAX_CONNECTIONS: usize = 64;
+
 /// Errors of starting or running spool.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -331,7 +334,11 @@ impl Spool {
         let tracker = tokio_util::task::TaskTracker::new();
         if let Some(ml) = metrics_listener {
             let app = metrics_router(state.clone());
-            tracker.spawn(serve_http(ml, app, opts.clone(), shutdown.clone()));
+            // Scrapers are few: the operator's listener does not get a second full share of
+            // descriptors.
+            let mut mopts = opts.clone();
+            mopts.max_connections = mopts.max_connections.min(METRICS_MAX_CONNECTIONS);
+            tracker.spawn(serve_http(ml, app, mopts, shutdown.clone()));
         }
         let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
         tracker.spawn(serve_http(listener, app, opts, shutdown.clone()));
