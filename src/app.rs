@@ -8,7 +8,8 @@
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::executor::{Handler, Registry};
-use crate::http::{hash_token, new_token, router, AppState};
+use crate::http::serve::{serve as serve_http, ServeOptions};
+use crate::http::{hash_token, metrics_router, new_token, router, AppState};
 use crate::store::{SqliteStore, StoreError, StoreOptions};
 use crate::task::{NewTask, Task, TaskId};
 use crate::worker::{prune_once, prune_workdirs, WorkerPool};
@@ -18,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// Open connections at most on the `http.metrics_listen` listener.
+const METRICS_MAX_CONNECTIONS: usize = 64;
 
 /// Errors of starting or running spool.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,12 @@ impl SpoolBuilder {
         let mut registry =
             Registry::from_config(&cfg, &|k| std::env::var(k).ok()).map_err(AppError::Invalid)?;
         registry.extend(self.registry);
+        // Only these names become metric labels; every other kind or queue is `other`.
+        let queues = crate::http::configured_queues(&cfg);
+        crate::labels::register(
+            registry.kinds().chain(cfg.kinds.keys().map(String::as_str)),
+            queues.iter().map(String::as_str).chain(["default"]),
+        );
         let store = open_store(&cfg)?;
         Ok(Spool {
             cfg: Arc::new(cfg),
@@ -150,10 +160,12 @@ pub fn open_store(cfg: &Config) -> Result<SqliteStore, AppError> {
     opts.synchronous = cfg.database.synchronous;
     opts.busy_timeout_ms = cfg.database.busy_timeout_ms;
     opts.readers = cfg.database.readers;
+    // 0 in config turns a limit off.
+    let limit = |v: u64| if v == 0 { u64::MAX } else { v };
     opts.limits = crate::store::Limits {
-        pending_tasks_per_user: cfg.limits.pending_tasks_per_user,
-        payload_bytes_per_user: cfg.limits.payload_bytes_per_user,
-        messages_per_task: cfg.limits.messages_per_task,
+        pending_tasks_per_user: limit(cfg.limits.pending_tasks_per_user),
+        payload_bytes_per_user: limit(cfg.limits.payload_bytes_per_user),
+        messages_per_task: limit(cfg.limits.messages_per_task),
     };
     SqliteStore::open(opts).map_err(|e| match e {
         StoreError::Unavailable(m) => AppError::Io(format!(
@@ -315,13 +327,36 @@ impl Spool {
         }
     }
 
-    /// Serves HTTP on `listener` and runs the worker pool until `shutdown`.
+    /// Serves HTTP on `listener` (and `/metrics` on `http.metrics_listen` when set) and runs
+    /// the worker pool until `shutdown`.
     ///
     /// # Errors
-    /// The worker pool could not start, or the server failed.
+    /// The metrics address cannot be bound, the worker pool could not start, or the server
+    /// failed.
     pub async fn serve(
         &self,
         listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        let metrics = match self.cfg.http.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| AppError::Io(format!("cannot listen on {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        self.serve_listeners(listener, metrics, shutdown).await
+    }
+
+    /// As [`Spool::serve`], with the `/metrics` listener already bound (`http.metrics_listen`).
+    ///
+    /// # Errors
+    /// The worker pool could not start, or the server failed.
+    pub async fn serve_listeners(
+        &self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
         let metrics = install_metrics();
@@ -332,28 +367,26 @@ impl Spool {
             shutdown.clone(),
             metrics,
         );
+        let opts = ServeOptions::from_config(&self.cfg.http);
+        let tracker = tokio_util::task::TaskTracker::new();
+        if let Some(ml) = metrics_listener {
+            let app = metrics_router(state.clone());
+            // Scrapers are few: the operator's listener does not get a second full share of
+            // descriptors.
+            let mut mopts = opts.clone();
+            mopts.max_connections = mopts.max_connections.min(METRICS_MAX_CONNECTIONS);
+            tracker.spawn(serve_http(ml, app, mopts, shutdown.clone()));
+        }
         let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-        let server_stop = shutdown.clone();
-        let stall = self.cfg.http.stall_timeout;
-        // A reader that stops taking data fills its socket's buffers and then holds them: the
-        // kernel drops such a connection after `stall` (TCP_USER_TIMEOUT also bounds a zero
-        // window), so a stalled SSE client costs neither memory nor a stream for long.
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| {
-                let _ = tcp.set_nodelay(true);
-                let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(stall));
-            });
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { server_stop.cancelled().await })
-                .await
-        });
+        tracker.spawn(serve_http(listener, app, opts, shutdown.clone()));
+        tracker.close();
         let workers = self.run(shutdown.clone()).await;
         // Streams end on the token; a connection still open after a while is cut.
-        match tokio::time::timeout(Duration::from_secs(5), server).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server ended with an error"),
-            Ok(_) => {}
-            Err(_) => tracing::warn!("http connections still open after 5 s; closing"),
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("http connections still open after 5 s; closing");
         }
         workers
     }

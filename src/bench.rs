@@ -190,7 +190,7 @@ async fn start_server(opts: &BenchOptions) -> anyhow_like::Result<Server> {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[database]\nsynchronous = {:?}\n[worker]\nconcurrency = {}\nqueues = [\"default\", \"bench-e2e\"]\n[queues.default]\nconcurrency = {}\n[queues.bench-e2e]\nconcurrency = {}\n[retention]\ncompleted = \"forever\"\n# The load is one user's: quotas would stop the run, not measure it.\n[limits]\npending_tasks_per_user = 1000000000\npayload_bytes_per_user = 1000000000000\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[database]\nsynchronous = {:?}\n[worker]\nconcurrency = {}\nqueues = [\"default\", \"bench-e2e\"]\n[queues.default]\nconcurrency = {}\n[queues.bench-e2e]\nconcurrency = {}\n[retention]\ncompleted = \"forever\"\n[http]\nmax_connections = 1000000\n# The load is one user's: per-user limits would stop the run, not measure it.\n[limits]\nrequests_per_second = 0\nstreams_per_user = 0\npending_tasks_per_user = 1000000000\npayload_bytes_per_user = 1000000000000\n",
             dir.path().join("data").display().to_string(),
             opts.synchronous,
             opts.concurrency,

@@ -41,6 +41,20 @@ pub const DEFAULT_PAYLOAD_BYTES_PER_USER: u64 = 1 << 30;
 /// Default `limits.messages_per_task`: messages one task may have; a running attempt's
 /// messages past it are dropped after one `truncated` message.
 pub const DEFAULT_MESSAGES_PER_TASK: u64 = 10_000;
+/// Default `http.header_timeout_ms`: a request's head must arrive within 10 s of its first byte.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Default `http.body_timeout_ms`: a request's body must arrive within 30 s of its head.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Default `http.idle_timeout_ms`: a keep-alive connection with no request is closed after 60 s.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default `http.max_connections`: open client connections; more wait in the accept backlog.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Default `limits.streams_per_user`: open SSE streams and long polls per user.
+pub const DEFAULT_STREAMS_PER_USER: u32 = 32;
+/// Default `limits.requests_per_second`: the sustained rate of one user's API requests.
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 100;
+/// Default `limits.requests_burst`: requests a user may send at once above the rate.
+pub const DEFAULT_REQUESTS_BURST: u32 = 200;
 
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +148,13 @@ struct RawRetry {
 struct RawHttp {
     max_body_bytes: Option<usize>,
     metrics: Option<bool>,
+    metrics_listen: Option<String>,
+    metrics_auth: Option<String>,
     stall_timeout_ms: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -158,6 +178,9 @@ struct RawLimits {
     pending_tasks_per_user: Option<u64>,
     payload_bytes_per_user: Option<u64>,
     messages_per_task: Option<u64>,
+    streams_per_user: Option<u32>,
+    requests_per_second: Option<u32>,
+    requests_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -203,7 +226,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Largest message content, in bytes of JSON.
     pub max_message_bytes: usize,
-    /// Per-user and per-task quotas.
+    /// Per-user limits and quotas (`[limits]`).
     pub limits: LimitsConfig,
     /// Per-queue settings.
     pub queues: BTreeMap<String, QueueConfig>,
@@ -237,17 +260,6 @@ pub struct WorkerConfig {
     pub workdir: PathBuf,
 }
 
-/// `[limits]`: quotas that keep one user from exhausting what all share. A request over one
-/// is answered `429 too_many_requests` naming the limit, and nothing is written.
-#[derive(Debug, Clone)]
-pub struct LimitsConfig {
-    /// Unfinished (pending, running) tasks per user.
-    pub pending_tasks_per_user: u64,
-    /// Bytes of payload JSON per user, over every stored task of theirs.
-    pub payload_bytes_per_user: u64,
-    /// Messages per task.
-    pub messages_per_task: u64,
-}
 
 /// `[http]`.
 #[derive(Debug, Clone)]
@@ -259,6 +271,45 @@ pub struct HttpConfig {
     /// A client that takes none of the data sent to it for this long is disconnected
     /// (TCP_USER_TIMEOUT), so a stalled SSE reader costs the server nothing for long.
     pub stall_timeout: Duration,
+    /// A second listener serving only `/metrics` (the main one then does not serve it).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Who may read `/metrics`.
+    pub metrics_auth: MetricsAuth,
+    /// A request's head must be complete this long after its first byte.
+    pub header_timeout: Duration,
+    /// A request's body must be complete this long after its head.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// Open client connections at most; further ones wait in the listen backlog.
+    pub max_connections: u32,
+}
+
+/// Who may read `/metrics` (`http.metrics_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAuth {
+    /// No token (API.md's default).
+    None,
+    /// An admin token.
+    Admin,
+}
+
+/// `[limits]`: what one user may take of what all share; 0 turns a limit off. A request over
+/// one is answered `429 too_many_requests` naming the limit, and nothing is written.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Unfinished (pending, running) tasks per user.
+    pub pending_tasks_per_user: u64,
+    /// Bytes of payload JSON per user, over every stored task of theirs.
+    pub payload_bytes_per_user: u64,
+    /// Messages per task.
+    pub messages_per_task: u64,
+    /// Open SSE streams and long polls per user.
+    pub streams_per_user: u32,
+    /// Sustained API requests per second per user.
+    pub requests_per_second: u32,
+    /// Requests a user may send at once (the bucket's size).
+    pub requests_burst: u32,
 }
 
 /// `[retention]`: `None` keeps forever.
@@ -480,36 +531,6 @@ impl Config {
         if !(256..=(16 << 20)).contains(&max_message_bytes) {
             return Err(invalid("limits.message_bytes", "must be 256..=16777216"));
         }
-        let limits = LimitsConfig {
-            pending_tasks_per_user: raw
-                .limits
-                .pending_tasks_per_user
-                .unwrap_or(DEFAULT_PENDING_TASKS_PER_USER),
-            payload_bytes_per_user: raw
-                .limits
-                .payload_bytes_per_user
-                .unwrap_or(DEFAULT_PAYLOAD_BYTES_PER_USER),
-            messages_per_task: raw
-                .limits
-                .messages_per_task
-                .unwrap_or(DEFAULT_MESSAGES_PER_TASK),
-        };
-        for (name, v) in [
-            (
-                "limits.pending_tasks_per_user",
-                limits.pending_tasks_per_user,
-            ),
-            (
-                "limits.payload_bytes_per_user",
-                limits.payload_bytes_per_user,
-            ),
-            ("limits.messages_per_task", limits.messages_per_task),
-        ] {
-            if v == 0 {
-                return Err(invalid(name, "must be at least 1"));
-            }
-        }
-
         let retry = retry_policy(
             "retry",
             raw.retry.base_ms,
@@ -527,6 +548,8 @@ impl Config {
         if !(1000..=3_600_000).contains(&stall_timeout_ms) {
             return Err(invalid("http.stall_timeout_ms", "must be 1000..=3600000"));
         }
+        let http = http_config(raw.http, max_body_bytes, stall_timeout_ms)?;
+        let limits = limits_config(&raw.limits)?;
         let retention = RetentionConfig {
             completed: retention_value(
                 "retention.completed",
@@ -649,11 +672,7 @@ impl Config {
                 workdir,
             },
             retry,
-            http: HttpConfig {
-                max_body_bytes,
-                metrics: raw.http.metrics.unwrap_or(true),
-                stall_timeout: Duration::from_millis(stall_timeout_ms),
-            },
+            http,
             shutdown_grace: Duration::from_millis(
                 raw.shutdown.grace_ms.unwrap_or(DEFAULT_GRACE_MS),
             ),
@@ -787,6 +806,102 @@ fn command_spec(field: &str, argv: &[String], k: &RawKind) -> Result<CommandSpec
         run_as,
         keep_workdir: k.keep_workdir.unwrap_or(false),
     })
+}
+
+/// Validates `[http]` (less the body and stall limits, checked with the rest before it).
+fn http_config(
+    raw: RawHttp,
+    max_body_bytes: usize,
+    stall_timeout_ms: u64,
+) -> Result<HttpConfig, ConfigError> {
+    let metrics_listen = match raw.metrics_listen.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) => Some(t.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "http.metrics_listen",
+                format!("{t:?} is not an address like 127.0.0.1:9187"),
+            )
+        })?),
+    };
+    let metrics_auth = match raw.metrics_auth.as_deref().unwrap_or("none") {
+        "none" => MetricsAuth::None,
+        "admin" => MetricsAuth::Admin,
+        other => {
+            return Err(invalid(
+                "http.metrics_auth",
+                format!("{other:?} is not one of \"none\", \"admin\""),
+            ))
+        }
+    };
+    let ms = |field: &str, v: Option<u64>, default: u64| {
+        let v = v.unwrap_or(default);
+        if (100..=3_600_000).contains(&v) {
+            Ok(Duration::from_millis(v))
+        } else {
+            Err(invalid(field, "must be 100..=3600000"))
+        }
+    };
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(invalid("http.max_connections", "must be 1..=1000000"));
+    }
+    Ok(HttpConfig {
+        max_body_bytes,
+        metrics: raw.metrics.unwrap_or(true),
+        stall_timeout: Duration::from_millis(stall_timeout_ms),
+        metrics_listen,
+        metrics_auth,
+        header_timeout: ms(
+            "http.header_timeout_ms",
+            raw.header_timeout_ms,
+            DEFAULT_HEADER_TIMEOUT_MS,
+        )?,
+        body_timeout: ms(
+            "http.body_timeout_ms",
+            raw.body_timeout_ms,
+            DEFAULT_BODY_TIMEOUT_MS,
+        )?,
+        idle_timeout: ms(
+            "http.idle_timeout_ms",
+            raw.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT_MS,
+        )?,
+        max_connections,
+    })
+}
+
+/// Validates the per-user limits of `[limits]`.
+fn limits_config(raw: &RawLimits) -> Result<LimitsConfig, ConfigError> {
+    let l = LimitsConfig {
+        pending_tasks_per_user: raw
+            .pending_tasks_per_user
+            .unwrap_or(DEFAULT_PENDING_TASKS_PER_USER),
+        payload_bytes_per_user: raw
+            .payload_bytes_per_user
+            .unwrap_or(DEFAULT_PAYLOAD_BYTES_PER_USER),
+        messages_per_task: raw.messages_per_task.unwrap_or(DEFAULT_MESSAGES_PER_TASK),
+        streams_per_user: raw.streams_per_user.unwrap_or(DEFAULT_STREAMS_PER_USER),
+        requests_per_second: raw
+            .requests_per_second
+            .unwrap_or(DEFAULT_REQUESTS_PER_SECOND),
+        requests_burst: raw.requests_burst.unwrap_or(DEFAULT_REQUESTS_BURST),
+    };
+    if l.streams_per_user > 1_000_000 {
+        return Err(invalid("limits.streams_per_user", "must be 0..=1000000"));
+    }
+    if l.requests_per_second > 1_000_000 {
+        return Err(invalid("limits.requests_per_second", "must be 0..=1000000"));
+    }
+    if l.requests_per_second > 0 && l.requests_burst == 0 {
+        return Err(invalid(
+            "limits.requests_burst",
+            "must be at least 1 when requests_per_second is set",
+        ));
+    }
+    if l.requests_burst > 1_000_000 {
+        return Err(invalid("limits.requests_burst", "must be 0..=1000000"));
+    }
+    Ok(l)
 }
 
 /// Parses TOML into the raw config; errors name the key (`worker.concurrency: invalid type`).
@@ -928,6 +1043,21 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
             _ => return Err(invalid("SPOOL_HTTP_METRICS", "must be true or false")),
         });
     }
+    if let Some(v) = env("SPOOL_HTTP_METRICS_LISTEN") {
+        raw.http.metrics_listen = Some(v);
+    }
+    if let Some(v) = env("SPOOL_HTTP_METRICS_AUTH") {
+        raw.http.metrics_auth = Some(v);
+    }
+    if let Some(v) = env("SPOOL_HTTP_MAX_CONNECTIONS") {
+        raw.http.max_connections = Some(num("SPOOL_HTTP_MAX_CONNECTIONS", v)?);
+    }
+    if let Some(v) = env("SPOOL_LIMITS_STREAMS_PER_USER") {
+        raw.limits.streams_per_user = Some(num("SPOOL_LIMITS_STREAMS_PER_USER", v)?);
+    }
+    if let Some(v) = env("SPOOL_LIMITS_REQUESTS_PER_SECOND") {
+        raw.limits.requests_per_second = Some(num("SPOOL_LIMITS_REQUESTS_PER_SECOND", v)?);
+    }
     if let Some(v) = env("SPOOL_SHUTDOWN_GRACE_MS") {
         raw.shutdown.grace_ms = Some(num("SPOOL_SHUTDOWN_GRACE_MS", v)?);
     }
@@ -1004,6 +1134,38 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.worker.concurrency, 3);
+    }
+
+    #[test]
+    fn hardening_keys_have_defaults_and_name_the_field() {
+        let c = Config::defaults();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.max_connections, 10_000);
+        assert_eq!(c.http.metrics_auth, MetricsAuth::None);
+        assert_eq!(c.http.metrics_listen, None);
+        assert_eq!(c.limits.streams_per_user, 32);
+        assert_eq!(
+            (c.limits.requests_per_second, c.limits.requests_burst),
+            (100, 200)
+        );
+        let e = parse("[http]\nmetrics_auth = \"token\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.metrics_auth"), "{e}");
+        let e = parse("[http]\nmetrics_listen = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.metrics_listen"), "{e}");
+        let e = parse("[http]\nheader_timeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.header_timeout_ms"), "{e}");
+        let e = parse("[limits]\nrequests_burst = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.requests_burst"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |
 //! | http | [`http`] | routes, auth, errors, SSE, long poll | hold task state |
 //! | config | [`config`] | the typed configuration | be read after start |
+//! | labels | [`labels`] | which kind and queue names may be metric labels | admit user-chosen names |
 //! | drill | [`drill`] | the restore drill: restore the replica, check it, compare | touch the live file but to read it |
 //! | app | [`app`] | wiring and shutdown order | hold logic of its own |
 
@@ -24,6 +25,7 @@ pub mod drill;
 pub mod events;
 pub mod executor;
 pub mod http;
+pub mod labels;
 pub mod queue;
 pub mod store;
 pub mod task;

@@ -409,11 +409,24 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let metrics_listener = match spool.config().http.metrics_listen {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m)
+                .await
+                .map_err(|e| usage(format!("cannot listen on {m} (http.metrics_listen): {e}")))?,
+        ),
+        None => None,
+    };
     let shutdown = stop_on_signal();
     tracing::info!(%addr, db = %spool.store().path().display(), "spool serving");
     // Printed (after the signal handlers are in place) for scripts and tests that bind port 0.
+    if let Some(m) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("metrics listening on http://{m}");
+    }
     println!("listening on http://{addr}");
-    spool.serve(listener, shutdown).await?;
+    spool
+        .serve_listeners(listener, metrics_listener, shutdown)
+        .await?;
     spool.close();
     Ok(())
 }

@@ -1044,7 +1044,7 @@ async fn queues_are_admin_only_and_pause_stops_claims_until_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_routes_answer_without_a_token() {
-    let env = start("[worker]\nconcurrency = 0");
+    let env = start("[worker]\nconcurrency = 0\n[kinds.\"metric.kind\"]\ncommand = [\"true\"]");
     let c = client();
     healthz_ok(&c, &env).await;
     let r = c.get(env.url("/readyz")).send().await.unwrap();
@@ -1058,7 +1058,7 @@ async fn service_routes_answer_without_a_token() {
     assert!(text.contains("spool_tasks_enqueued_total"), "{text}");
     assert!(
         text.contains("metric.kind"),
-        "the counter is labelled by kind: {text}"
+        "the counter is labelled by its configured kind: {text}"
     );
 }
 
@@ -1919,7 +1919,8 @@ async fn random_json_bodies_never_get_a_5xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_enqueues_all_commit_with_distinct_ids() {
-    let env = start("[worker]\nconcurrency = 0");
+    // One user sends 300 at once: not a test of limits.requests_per_second.
+    let env = start("[worker]\nconcurrency = 0\n[limits]\nrequests_per_second = 0");
     let c = client();
     let mut handles = Vec::new();
     for i in 0..300 {
@@ -2171,7 +2172,10 @@ impl Target {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_under_a_foreign_write_lock_get_201_or_503_and_503_is_never_written() {
-    let env = start("[database]\nbusy_timeout_ms = 1000\n[worker]\nconcurrency = 0");
+    // Lanes of writers from one user: not a test of limits.requests_per_second.
+    let env = start(
+        "[database]\nbusy_timeout_ms = 1000\n[worker]\nconcurrency = 0\n[limits]\nrequests_per_second = 0",
+    );
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -187,9 +187,10 @@ async fn kill_9_mid_work_then_restart_completes_every_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_kill_9_cycles_under_load_lose_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
+    // Enqueues as fast as one user can send them: not a test of limits.requests_per_second.
     let cfg = write_config(
         dir.path(),
-        "[worker]\nconcurrency = 8\nlease_ms = 600\npoll_interval_ms = 50\n",
+        "[worker]\nconcurrency = 8\nlease_ms = 600\npoll_interval_ms = 50\n[limits]\nrequests_per_second = 0\n",
     );
     let client = client();
     let mut acked: Vec<String> = vec![];

@@ -288,6 +288,11 @@ impl Registry {
         self.handlers.extend(other.handlers);
     }
 
+    /// The kinds that have a handler.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
+
     /// The handler of a kind.
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
         self.handlers.get(kind).cloned()

@@ -20,6 +20,9 @@ pub enum ApiError {
     NotFound(String),
     /// 405 `method_not_allowed`.
     MethodNotAllowed,
+    /// 408 `request_timeout`: the request body did not arrive within `http.body_timeout_ms`;
+    /// the connection is closed.
+    RequestTimeout(String),
     /// 409 `conflict`.
     Conflict(String),
     /// 413 `payload_too_large`.
@@ -51,6 +54,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType => {
@@ -73,6 +77,7 @@ impl ApiError {
             | Self::NotFound(m)
             | Self::Conflict(m)
             | Self::TooLarge(m)
+            | Self::RequestTimeout(m)
             | Self::IdempotencyMismatch(m)
             | Self::TooManyRequests { message: m, .. } => m.clone(),
             Self::Unavailable(m) => format!("{m}; nothing was written, retry"),
@@ -95,7 +100,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({"error": {"code": code, "message": self.message()}});
         let mut resp = (status, axum::Json(body)).into_response();
-        if matches!(self, Self::TooLarge(_)) {
+        if matches!(self, Self::TooLarge(_) | Self::RequestTimeout(_)) {
             // The rest of the body was not read: the connection cannot be reused.
             resp.headers_mut().insert(
                 axum::http::header::CONNECTION,

@@ -29,8 +29,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         let limit = st.cfg.http.max_body_bytes;
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
-            .map_err(|_| {
-                ApiError::TooLarge(format!("the body is over the limit of {limit} bytes"))
+            .map_err(|e| {
+                if super::serve::is_body_timeout(&e) {
+                    ApiError::RequestTimeout(format!(
+                        "the body did not arrive within http.body_timeout_ms ({} ms)",
+                        st.cfg.http.body_timeout.as_millis()
+                    ))
+                } else {
+                    ApiError::TooLarge(format!("the body is over the limit of {limit} bytes"))
+                }
             })?;
         let value = parse_json::<T>(&bytes)?;
         Ok(ApiJson(value))
@@ -85,21 +92,29 @@ impl FromRequestParts<AppState> for Auth {
                 "a task token only posts messages to its own task".into(),
             ));
         }
-        let hash = hash_token(token);
-        if let Some(u) = st.users.lock().ok().and_then(|m| m.get(&hash).cloned()) {
-            return Ok(Auth(u));
-        }
-        match st.store.user_by_token(hash.clone()).await? {
-            Some(u) => {
-                if let Ok(mut m) = st.users.lock() {
-                    if m.len() < 10_000 {
-                        m.insert(hash, u.clone());
-                    }
+        let user = user_of_token(token, st).await?;
+        // limits.requests_per_second, counted per user once they are known.
+        st.limits.request(&user.name, std::time::Instant::now())?;
+        Ok(Auth(user))
+    }
+}
+
+/// The user a (non-task) token belongs to; cached, since tokens are never revoked in place.
+async fn user_of_token(token: &str, st: &AppState) -> Result<User, ApiError> {
+    let hash = hash_token(token);
+    if let Some(u) = st.users.lock().ok().and_then(|m| m.get(&hash).cloned()) {
+        return Ok(u);
+    }
+    match st.store.user_by_token(hash.clone()).await? {
+        Some(u) => {
+            if let Ok(mut m) = st.users.lock() {
+                if m.len() < 10_000 {
+                    m.insert(hash, u.clone());
                 }
-                Ok(Auth(u))
             }
-            None => Err(ApiError::Unauthorized("unknown token".into())),
+            Ok(u)
         }
+        None => Err(ApiError::Unauthorized("unknown token".into())),
     }
 }
 

@@ -4,7 +4,9 @@
 //! A task stream replays from the database after the cursor, then waits: an in-process event
 //! wakes it at once, a poll tick finds rows of other processes. Each wake is one short read (no
 //! transaction is held between polls: an open read would pin the WAL). The stream is pulled by
-//! the client's socket, so a slow client slows only itself, and its memory stays one page.
+//! the client's socket, so a slow client slows only itself, and its memory stays one page (at
+//! most about 1 MiB of content). Each stream takes one of its user's `limits.streams_per_user`
+//! slots for as long as it is open.
 
 use super::extract::{ApiQuery, Auth, TaskPath};
 #[allow(unused_imports)]
@@ -21,7 +23,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
-/// Messages read per database page.
+/// Messages read per database page (a page also stops at about 1 MiB of content).
 const PAGE: u32 = 500;
 /// Reconnect hint sent to clients.
 const RETRY_HINT: Duration = Duration::from_secs(2);
@@ -77,9 +79,12 @@ pub(super) async fn task_events(
     // Watch before the first read so nothing committed in between is missed.
     let watch = st.store.hub().watch(id);
     let first = st.store.task_get(id, scope.clone()).await?;
+    // Held by the stream: freed when it ends, the client goes away, or the server stops.
+    let slot = st.limits.stream_slot(&auth.0.name)?;
     let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
 
     let stream = async_stream::stream! {
+        let _slot = slot;
         let mut cursor = after;
         let mut last = signature(&first);
         yield Ok::<Event, Infallible>(status_event("status", &first).retry(RETRY_HINT));
@@ -89,7 +94,8 @@ pub(super) async fn task_events(
                 // Gone (pruned) or the database is unavailable: close; the client resumes.
                 Err(_) => break,
             };
-            let full = msgs.len() as u32 == PAGE;
+            // A page cut by count or by bytes may have more behind it: read again at once.
+            let more = !msgs.is_empty();
             for m in msgs {
                 cursor = m.id;
                 yield Ok(Event::default().event("message").id(m.id.to_string()).data(m.to_json().to_string()));
@@ -98,7 +104,7 @@ pub(super) async fn task_events(
                 last = signature(&task);
                 yield Ok(status_event("status", &task));
             }
-            if full {
+            if more {
                 continue;
             }
             if task.status.is_terminal() {
@@ -142,8 +148,10 @@ pub(super) async fn all_events(
         }
     }
     let scope = auth.scope();
+    let slot = st.limits.stream_slot(&auth.0.name)?;
     let mut rx = st.store.hub().subscribe();
     let stream = async_stream::stream! {
+        let _slot = slot;
         yield Ok::<Event, Infallible>(Event::default().comment("subscribed").retry(RETRY_HINT));
         loop {
             tokio::select! {

@@ -184,7 +184,7 @@ pub(super) async fn create(
         StatusCode::OK
     };
     if ins.created {
-        metrics::counter!("spool_tasks_enqueued_total", "queue" => ins.task.queue.clone(), "kind" => ins.task.kind.clone()).increment(1);
+        metrics::counter!("spool_tasks_enqueued_total", "queue" => crate::labels::queue(&ins.task.queue), "kind" => crate::labels::kind(&ins.task.kind)).increment(1);
     }
     Ok((code, Json(&*ins.task)).into_response())
 }
@@ -234,7 +234,7 @@ pub(super) async fn create_batch(
             e => e.into(),
         })?;
     for ins in out.iter().filter(|i| i.created) {
-        metrics::counter!("spool_tasks_enqueued_total", "queue" => ins.task.queue.clone(), "kind" => ins.task.kind.clone()).increment(1);
+        metrics::counter!("spool_tasks_enqueued_total", "queue" => crate::labels::queue(&ins.task.queue), "kind" => crate::labels::kind(&ins.task.kind)).increment(1);
     }
     let tasks: Vec<&crate::task::Task> = out.iter().map(|i| &*i.task).collect();
     Ok((StatusCode::CREATED, Json(TaskList { tasks })).into_response())
@@ -397,6 +397,13 @@ pub(super) async fn messages(
     if wait_ms > 30_000 {
         return Err(ApiError::Invalid("wait_ms must be at most 30000".into()));
     }
+    // A long poll holds a stream slot while it waits (dropped with this future, also when the
+    // client goes away).
+    let _slot = if wait_ms > 0 {
+        Some(st.limits.stream_slot(&auth.0.name)?)
+    } else {
+        None
+    };
     // Watch before the first read, so a message committed in between is not missed.
     let watch = st.store.hub().watch(id);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);

@@ -886,7 +886,9 @@ impl SqliteStore {
             .await
     }
 
-    /// A task (scoped to `user`) and its messages after `after`, read in one snapshot.
+    /// A task (scoped to `user`) and its messages after `after`, read in one snapshot. The page
+    /// holds at most `limit` messages and about [`MESSAGE_PAGE_BYTES`] of content (at least one
+    /// message): continue after the last id returned.
     ///
     /// # Errors
     /// `NotFound` or a database error.
@@ -1243,6 +1245,13 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
+/// Message content read per page, at most (the page still holds at least one message): a
+/// reader holds its page while its client is slow, so pages are bounded by bytes, not only by
+/// count (500 messages of 64 KiB would be 32 MB per open stream).
+pub const MESSAGE_PAGE_BYTES: usize = 1 << 20;
+
+/// Up to `limit` messages after `after`, oldest first, stopping before the one that would take
+/// the page's content past [`MESSAGE_PAGE_BYTES`] (rows past it are never read).
 fn messages_after(
     conn: &Connection,
     task_id: TaskId,
@@ -1250,11 +1259,23 @@ fn messages_after(
     limit: u32,
 ) -> Result<Vec<Message>> {
     let mut st = conn.prepare_cached(sql::MESSAGE_LIST)?;
-    let rows = st.query_map(
-        named_params! {":task_id": task_id.to_string(), ":after": after, ":limit": limit},
-        message_from_row,
-    )?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let mut rows = st
+        .query(named_params! {":task_id": task_id.to_string(), ":after": after, ":limit": limit})?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(r) = rows.next()? {
+        let size = r
+            .get_ref("content")?
+            .as_bytes()
+            .map(<[u8]>::len)
+            .unwrap_or(0);
+        if !out.is_empty() && bytes.saturating_add(size) > MESSAGE_PAGE_BYTES {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        out.push(message_from_row(r)?);
+    }
+    Ok(out)
 }
 
 fn get_owned(conn: &Connection, id: TaskId, user: Option<&str>) -> Result<Task> {

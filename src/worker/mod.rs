@@ -208,7 +208,10 @@ impl WorkerPool {
                 old.stop(StopReason::LeaseLost);
             }
         }
-        let labels = [("queue", task.queue.clone()), ("kind", task.kind.clone())];
+        let labels = [
+            ("queue", crate::labels::queue(&task.queue)),
+            ("kind", crate::labels::kind(&task.kind)),
+        ];
         metrics::counter!("spool_tasks_started_total", &labels).increment(1);
         let waited = (claimed_at - task.run_at.max(task.created_at)).max(0) as f64 / 1000.0;
         metrics::histogram!("spool_task_claim_to_start_seconds", &labels).record(waited);
@@ -284,7 +287,10 @@ impl WorkerPool {
             }
         };
         // The handler's future is dropped by now: a child process group is already killed.
-        let labels = [("queue", task.queue.clone()), ("kind", task.kind.clone())];
+        let labels = [
+            ("queue", crate::labels::queue(&task.queue)),
+            ("kind", crate::labels::kind(&task.kind)),
+        ];
         metrics::histogram!("spool_task_run_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
         let now = self.clock.now();
