@@ -298,9 +298,10 @@ fn retry_after(description: &str) -> Value {
 }
 
 /// What every route shares, written once here rather than on each handler: 405 (another method
-/// on a known path), the errors any /v1 route can answer (401, 429, 503), those of a JSON body (400, 413, 415), the forms of
-/// path parameters (a task id is a UUID, a queue name a name), and the one rule of a new task
-/// that is across fields (`run_at` and `delay_ms` not both).
+/// on a known path), the errors any /v1 route can answer (401, 429, 503, the last two with
+/// `Retry-After`), those of a JSON body (400, 413, 415), the schema of each server-sent event,
+/// the forms of path parameters (a task id is a UUID, a queue name a name), and the one rule of
+/// a new task that is across fields (`run_at` and `delay_ms` not both).
 fn contract(doc: &mut Value) {
     let empty = || serde_json::json!({});
     let common: Vec<(&str, Value)> = vec![
