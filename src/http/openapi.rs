@@ -299,18 +299,15 @@ fn retry_after(description: &str) -> Value {
     }})
 }
 
-/// What every route shares, written once here rather than on each handler: the errors any /v1
-/// route can answer (401, 405, 429, 503), those of a JSON body (400, 413, 415), the forms of
-/// path parameters (a task id is a UUID, a queue name a name), and the one rule of a new task
-/// that is across fields (`run_at` and `delay_ms` not both).
+/// What every route shares, written once here rather than on each handler: 405 (another method
+/// on a known path), the errors any /v1 route can answer (401, 429, 503, the last two with
+/// `Retry-After`), those of a JSON body (400, 413, 415), the schema of each server-sent event,
+/// the forms of path parameters (a task id is a UUID, a queue name a name), and the one rule of
+/// a new task that is across fields (`run_at` and `delay_ms` not both).
 fn contract(doc: &mut Value) {
     let empty = || serde_json::json!({});
     let common: Vec<(&str, Value)> = vec![
         ("401", error_response("missing or unknown token", empty())),
-        (
-            "405",
-            error_response("this path with a method it does not take", empty()),
-        ),
         (
             "429",
             error_response(
@@ -326,6 +323,13 @@ fn contract(doc: &mut Value) {
             ),
         ),
     ];
+    let everywhere: Vec<(&str, Value)> = vec![(
+        "405",
+        error_response(
+            "method_not_allowed: this path with a method it does not take",
+            empty(),
+        ),
+    )];
     let with_body: Vec<(&str, Value)> = vec![
         ("400", error_response("invalid request", empty())),
         (
@@ -397,6 +401,7 @@ fn contract(doc: &mut Value) {
                     }
                 }
             };
+            add(&everywhere);
             if path.starts_with("/v1/") {
                 add(&common);
             }
@@ -574,8 +579,9 @@ mod tests {
         for (path, method, op) in operations(&doc) {
             let r = &op["responses"];
             let has = |code: &str| r.get(code).is_some();
+            assert!(has("405"), "{method} {path} lacks 405");
             if path.starts_with("/v1/") {
-                for code in ["401", "405", "429", "503"] {
+                for code in ["401", "429", "503"] {
                     assert!(has(code), "{method} {path} lacks {code}");
                 }
                 for code in ["429", "503"] {
