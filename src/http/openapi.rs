@@ -187,6 +187,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 415.
     UnsupportedMediaType,
+    /// 408.
+    RequestTimeout,
     /// 422.
     IdempotencyMismatch,
     /// 429.
@@ -301,7 +303,7 @@ fn retry_after(description: &str) -> Value {
 
 /// What every route shares, written once here rather than on each handler: 405 (another method
 /// on a known path), the errors any /v1 route can answer (401, 429, 503, the last two with
-/// `Retry-After`), those of a JSON body (400, 413, 415), the schema of each server-sent event,
+/// `Retry-After`), those of a JSON body (400, 408, 413, 415), the schema of each server-sent event,
 /// the forms of path parameters (a task id is a UUID, a queue name a name), and the one rule of
 /// a new task that is across fields (`run_at` and `delay_ms` not both).
 fn contract(doc: &mut Value) {
@@ -343,6 +345,13 @@ fn contract(doc: &mut Value) {
             "415",
             error_response(
                 "unsupported_media_type: the body is not Content-Type: application/json",
+                empty(),
+            ),
+        ),
+        (
+            "408",
+            error_response(
+                "request_timeout: the body did not arrive within http.body_timeout_ms (the connection is closed)",
                 empty(),
             ),
         ),
