@@ -81,7 +81,7 @@ impl WebhookHandler {
     async fn post(&self, ctx: TaskContext) -> Result<Value, TaskError> {
         let token = ctx
             .store()
-            .task_token_create(ctx.id(), ctx.attempt(), ctx.clock().now())
+            .task_token_create(ctx.task(), ctx.clock().now())
             .await
             .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
         let body = serde_json::to_vec(&ctx.task().to_json())

@@ -1,6 +1,7 @@
 //! The HTTP API v1 (API.md): routes, auth, errors, SSE and long poll. Holds no task state of its
 //! own: every answer comes from the store, every change goes through it.
 
+mod auth;
 pub mod error;
 mod extract;
 pub mod openapi;
@@ -13,14 +14,13 @@ pub use error::{ApiError, ApiResult};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{SqliteStore, User};
+use crate::store::SqliteStore;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// What every handler shares.
@@ -36,8 +36,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Prometheus text renderer, when metrics are on.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Users by token hash: tokens are never revoked in place, so a hit stays true.
-    users: Arc<Mutex<HashMap<String, User>>>,
+    /// Users by token hash, each trusted for a second (a revoked token stops within that).
+    users: Arc<auth::UserCache>,
+    /// JWT checking (`[auth.jwt]`).
+    jwt: auth::JwtState,
 }
 
 impl AppState {
@@ -50,12 +52,13 @@ impl AppState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         Self {
+            jwt: auth::JwtState::from_config(&cfg),
             store,
             cfg,
             clock,
             shutdown,
             metrics,
-            users: Arc::new(Mutex::new(HashMap::new())),
+            users: Arc::new(auth::UserCache::default()),
         }
     }
 }

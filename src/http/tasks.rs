@@ -159,7 +159,8 @@ pub(super) async fn create(
 ) -> ApiResult<Response> {
     let now = st.clock.now();
     let hk = header_key(&headers)?;
-    let task = validate(&st, &user.name, req, hk.as_deref(), now).map_err(ApiError::Invalid)?;
+    let task =
+        validate(&st, &user.owner_key(), req, hk.as_deref(), now).map_err(ApiError::Invalid)?;
     let mut out = st.store.task_insert(vec![task], now).await?;
     let ins = out
         .pop()
@@ -199,7 +200,7 @@ pub(super) async fn create_batch(
     let mut tasks = Vec::with_capacity(n);
     for (i, t) in req.tasks.into_iter().enumerate() {
         tasks.push(
-            validate(&st, &user.name, t, None, now)
+            validate(&st, &user.owner_key(), t, None, now)
                 .map_err(|e| ApiError::Invalid(format!("tasks[{i}]: {e}")))?,
         );
     }
