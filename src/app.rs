@@ -77,6 +77,7 @@ impl SpoolBuilder {
             store: Arc::new(store),
             registry: Arc::new(registry),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            owners: Default::default(),
         })
     }
 }
@@ -174,6 +175,8 @@ pub struct Spool {
     store: Arc<SqliteStore>,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
+    /// Owner keys of the user names enqueued as (users are never deleted; ids never change).
+    owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -249,14 +252,26 @@ impl Spool {
             ));
         }
         let now = self.clock.now();
-        let owner = self
-            .store
-            .user_resolve(o.user.unwrap_or_else(|| ADMIN_NAME.into()), now)
-            .await?;
+        let name = o.user.unwrap_or_else(|| ADMIN_NAME.into());
+        let known = self.owners.lock().ok().and_then(|m| m.get(&name).cloned());
+        let owner = match known {
+            Some(k) => k,
+            None => {
+                let k = self
+                    .store
+                    .user_resolve(name.clone(), now)
+                    .await?
+                    .owner_key();
+                if let Ok(mut m) = self.owners.lock() {
+                    m.insert(name, k.clone());
+                }
+                k
+            }
+        };
         let policy = self.cfg.retry_for(kind);
         let task = NewTask {
             id: TaskId::new(),
-            user_id: owner.owner_key(),
+            user_id: owner,
             queue,
             kind: kind.to_string(),
             payload,

@@ -622,6 +622,15 @@ async fn start_jwks(keys: &[&RsaKey]) -> (Jwks, String) {
         json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
     let app = Router::new()
         .route("/jwks.json", routing::get(jwks))
+        .route(
+            "/moved",
+            routing::get(|| async {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, "/jwks.json")],
+                )
+            }),
+        )
         .with_state(j.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -825,5 +834,36 @@ async fn hs256_jwts_are_checked_with_the_secret_from_the_environment() {
         st,
         StatusCode::FORBIDDEN,
         "only a boolean true makes an admin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwks_behind_a_redirect_is_not_followed() {
+    let a = rsa_key("key-a");
+    let (j, url) = start_jwks(&[&a]).await;
+    let moved = url.replace("/jwks.json", "/moved");
+    let (_dir, srv) = start(
+        &format!(
+            "[worker]\nconcurrency = 0\n[auth.jwt]\njwks_url = {moved:?}\nissuer = {ISSUER:?}\n\
+             audience = {AUDIENCE:?}\n"
+        ),
+        &[],
+    );
+    let c = client();
+    let r = get(
+        &c,
+        &srv.url("/v1/tasks"),
+        &sign_rs(&a, "key-a", &claims("user-1")),
+    )
+    .await;
+    assert_401(
+        "a JWKS reached only through a redirect",
+        &r,
+        "could not be fetched",
+    );
+    assert_eq!(
+        j.fetches.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
     );
 }

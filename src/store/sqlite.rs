@@ -672,10 +672,12 @@ impl SqliteStore {
                         p.name
                     )))
                 }
-                (None, ExistingUser::AddToken) => return Err(StoreError::Conflict(format!(
+                (None, ExistingUser::AddToken) => {
+                    return Err(StoreError::Conflict(format!(
                     "there is no user {:?} to add a token to (leave out --existing to create it)",
                     p.name
-                ))),
+                )))
+                }
                 (Some(u), ExistingUser::AddToken) => {
                     if u.is_admin != p.admin {
                         return Err(StoreError::Conflict(if u.is_admin {
