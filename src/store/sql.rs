@@ -28,6 +28,7 @@ pub(crate) const TASK_PRUNE: &str = include_str!("../../sql/queries/task_prune.s
 pub(crate) const TASK_RETRY: &str = include_str!("../../sql/queries/task_retry.sql");
 pub(crate) const USER_BY_TOKEN: &str = include_str!("../../sql/queries/user_by_token.sql");
 pub(crate) const USER_INSERT: &str = include_str!("../../sql/queries/user_insert.sql");
+pub(crate) const USER_GET_BY_ID: &str = include_str!("../../sql/queries/user_get_by_id.sql");
 pub(crate) const USER_GET_BY_NAME: &str = include_str!("../../sql/queries/user_get_by_name.sql");
 pub(crate) const USER_GET_JWT: &str = include_str!("../../sql/queries/user_get_jwt.sql");
 pub(crate) const USER_SET_ADMIN: &str = include_str!("../../sql/queries/user_set_admin.sql");

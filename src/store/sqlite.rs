@@ -1121,6 +1121,21 @@ impl SqliteStore {
         .await
     }
 
+    /// A user by id: the owner of a task whose `user_id` is `id` (its name for display; a JWT
+    /// user's `is_admin` is false here, as it comes from each token).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(sql::USER_GET_BY_ID)?
+                .query_row(named_params! {":id": id}, user_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
     /// Every token, oldest first, as `spool token list` shows them (never the tokens).
     ///
     /// # Errors
@@ -1686,6 +1701,49 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn users_are_found_by_token_name_and_id_and_a_jwt_user_is_another_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(StoreOptions::new(dir.path().join("u.db"))).unwrap();
+        let bob = store
+            .token_create(TokenCreate {
+                name: "bob".into(),
+                admin: false,
+                existing: ExistingUser::Refuse,
+                token_hash: "h1".into(),
+                now: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.user_by_token("h1".into()).await.unwrap(),
+            Some(bob.clone())
+        );
+        assert_eq!(store.user_by_id(bob.id).await.unwrap(), Some(bob.clone()));
+        assert_eq!(store.user_resolve("bob".into(), 2).await.unwrap(), bob);
+        let jwt_bob = store
+            .user_jwt("https://idp".into(), "bob".into(), 3)
+            .await
+            .unwrap();
+        assert_ne!(jwt_bob.id, bob.id);
+        assert_eq!(
+            store
+                .user_jwt("https://idp".into(), "bob".into(), 4)
+                .await
+                .unwrap(),
+            jwt_bob
+        );
+        assert_eq!(
+            store
+                .token_revoke(TokenRevoke::User("bob".into()))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.user_by_token("h1".into()).await.unwrap(), None);
+        store.close();
+    }
 
     #[test]
     fn task_insert_binds_its_parameters_in_the_order_the_sql_numbers_them() {
