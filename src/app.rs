@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::executor::{Handler, Registry};
 use crate::http::serve::{serve as serve_http, ServeOptions};
 use crate::http::{hash_token, metrics_router, new_token, router, AppState};
-use crate::store::{SqliteStore, StoreError, StoreOptions};
+use crate::store::{SqliteStore, StoreError, StoreOptions, TokenRevoke, ADMIN_NAME};
 use crate::task::{NewTask, Task, TaskId};
 use crate::worker::{prune_once, prune_workdirs, WorkerPool};
 use serde_json::Value;
@@ -88,12 +88,14 @@ impl SpoolBuilder {
             store: Arc::new(store),
             registry: Arc::new(registry),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            owners: Default::default(),
         })
     }
 }
 
-/// Validates an enqueue of the embedded API or the CLI into a task, by the same rules as the
-/// HTTP API ([`crate::queue::settle`]), touching nothing: a refusal writes nothing.
+/// Validates an enqueue of the embedded API or the CLI into a task of `owner` (a user's
+/// [`crate::store::User::owner_key`]), by the same rules as the HTTP API
+/// ([`crate::queue::settle`]), touching nothing: a refusal writes nothing.
 ///
 /// # Errors
 /// `AppError::Invalid` naming the field.
@@ -102,6 +104,7 @@ pub fn new_task(
     kind: &str,
     payload: Value,
     o: EnqueueOptions,
+    owner: String,
     now: crate::clock::UnixMillis,
 ) -> Result<NewTask, AppError> {
     let queue = o.queue.unwrap_or_else(|| "default".into());
@@ -132,7 +135,7 @@ pub fn new_task(
         crate::queue::settle(&cfg.enqueue_rules(kind), asked, now).map_err(AppError::Invalid)?;
     Ok(NewTask {
         id: TaskId::new(),
-        user_id: o.user.unwrap_or_else(|| "admin".into()),
+        user_id: owner,
         queue,
         kind: kind.to_string(),
         payload,
@@ -145,17 +148,16 @@ pub fn new_task(
     })
 }
 
-/// Makes the data directory and opens the store of `cfg`.
+/// Makes the data directory and opens the store of `cfg`. The directory is made `0700` (an
+/// existing one that others may read or enter is tightened to `0700`, with a warning), the
+/// database file is made `0600` before SQLite first opens it (SQLite gives its `-wal` and `-shm`
+/// files the database's mode), and an existing database, `-wal` or `-shm` readable by others is
+/// tightened to `0600` (a warning only, when the mode cannot be changed: not our file).
 ///
 /// # Errors
 /// The directory cannot be made, or the database cannot be opened.
 pub fn open_store(cfg: &Config) -> Result<SqliteStore, AppError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-        AppError::Io(format!(
-            "cannot create data_dir {}: {e}",
-            cfg.data_dir.display()
-        ))
-    })?;
+    make_data_dir(&cfg.data_dir, &cfg.db_path())?;
     let mut opts = StoreOptions::new(cfg.db_path());
     opts.synchronous = cfg.database.synchronous;
     opts.busy_timeout_ms = cfg.database.busy_timeout_ms;
@@ -167,13 +169,77 @@ pub fn open_store(cfg: &Config) -> Result<SqliteStore, AppError> {
         payload_bytes_per_user: limit(cfg.limits.payload_bytes_per_user),
         messages_per_task: limit(cfg.limits.messages_per_task),
     };
-    SqliteStore::open(opts).map_err(|e| match e {
+    let store = SqliteStore::open(opts).map_err(|e| match e {
         StoreError::Unavailable(m) => AppError::Io(format!(
             "{m} (is data_dir {} writable?)",
             cfg.data_dir.display()
         )),
         e => AppError::Store(e),
-    })
+    })?;
+    // Only once the file proved to be spool's database: a file refused above is left as it was.
+    tighten_data_dir(&cfg.data_dir, &cfg.db_path())?;
+    Ok(store)
+}
+
+/// Mode of the data directory.
+pub const DATA_DIR_MODE: u32 = 0o700;
+/// Mode of the database files and `admin.token`.
+pub const DATA_FILE_MODE: u32 = 0o600;
+
+/// Makes the data directory (0700) and an empty database file (0600) if they are missing.
+fn make_data_dir(dir: &Path, db: &Path) -> Result<(), AppError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DATA_DIR_MODE)
+        .create(dir)
+        .map_err(|e| AppError::Io(format!("cannot create data_dir {}: {e}", dir.display())))?;
+    // Made here, empty, with its final mode: SQLite takes an empty file as a new database and
+    // gives the -wal and -shm files it makes this mode too.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DATA_FILE_MODE)
+        .open(db)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(AppError::Io(format!(
+            "cannot create {}: {e} (is data_dir {} writable?)",
+            db.display(),
+            dir.display()
+        ))),
+    }
+}
+
+/// Tightens a data directory, database, `-wal` or `-shm` that others may read (an older
+/// install's, or made by hand) to 0700 / 0600, with a warning; only warns when it cannot.
+fn tighten_data_dir(dir: &Path, db: &Path) -> Result<(), AppError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tighten = |path: &Path, mode: u32| -> Result<(), AppError> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(AppError::Io(format!("{}: {e}", path.display()))),
+        };
+        let now = meta.permissions().mode() & 0o777;
+        if now & 0o077 != 0 {
+            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+                Ok(()) => tracing::warn!(path = %path.display(), from = format!("{now:o}"),
+                    to = format!("{mode:o}"), "others could read spool's data; tightened its mode"),
+                Err(e) => tracing::warn!(path = %path.display(), mode = format!("{now:o}"),
+                    error = %e, "others can read spool's data and its mode cannot be tightened"),
+            }
+        }
+        Ok(())
+    };
+    tighten(dir, DATA_DIR_MODE)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        tighten(Path::new(&p), DATA_FILE_MODE)?;
+    }
+    Ok(())
 }
 
 /// A queue with its handlers, embeddable in a Rust program.
@@ -182,6 +248,8 @@ pub struct Spool {
     store: Arc<SqliteStore>,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
+    /// Owner keys of the user names enqueued as (users are never deleted; ids never change).
+    owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -205,7 +273,8 @@ pub struct EnqueueOptions {
     pub max_attempts: Option<u32>,
     /// Attempt timeout (default: the kind's).
     pub timeout_ms: Option<u64>,
-    /// Owner (default `admin`).
+    /// The owner's user name (default `admin`); a name with no user yet gets one (`admin` an
+    /// admin, any other name not). Tasks are owned by the user's id, not the name.
     pub user: Option<String>,
 }
 
@@ -245,7 +314,26 @@ impl Spool {
         o: EnqueueOptions,
     ) -> Result<Task, AppError> {
         let now = self.clock.now();
-        let task = new_task(&self.cfg, kind, payload, o, now)?;
+        let name = o.user.clone().unwrap_or_else(|| ADMIN_NAME.into());
+        // Validated before the owner is looked up (which may create the user): a refusal
+        // writes nothing.
+        let mut task = new_task(&self.cfg, kind, payload, o, String::new(), now)?;
+        let known = self.owners.lock().ok().and_then(|m| m.get(&name).cloned());
+        let owner = match known {
+            Some(k) => k,
+            None => {
+                let k = self
+                    .store
+                    .user_resolve(name.clone(), now)
+                    .await?
+                    .owner_key();
+                if let Ok(mut m) = self.owners.lock() {
+                    m.insert(name, k.clone());
+                }
+                k
+            }
+        };
+        task.user_id = owner;
         let mut out = self.store.task_insert(vec![task], now).await?;
         out.pop()
             .map(|i| Arc::unwrap_or_clone(i.task))
@@ -296,35 +384,37 @@ impl Spool {
         })
     }
 
-    /// Writes a new admin token to `<data_dir>/admin.token` (0600) when the database has no
-    /// user yet; returns its path then.
+    /// On a database with no token at all (the first start), stores a new admin token for the
+    /// user `admin` and only then, once that insert committed, writes it to
+    /// `<data_dir>/admin.token` (0600); returns the path then. Of several processes starting at
+    /// once exactly one stores a token, and only that one writes the file, so the file always
+    /// holds a token the database knows.
     ///
     /// # Errors
-    /// The file cannot be written or the database is unavailable.
+    /// The file cannot be written (the token is revoked again then) or the database is
+    /// unavailable.
     pub async fn bootstrap_admin(&self) -> Result<Option<PathBuf>, AppError> {
-        let has_users = self
-            .store
-            .read_raw(|c| {
-                Ok(c.query_row("SELECT EXISTS (SELECT 1 FROM users)", [], |r| {
-                    r.get::<_, bool>(0)
-                })?)
-            })
-            .await?;
-        if has_users {
+        if self.store.token_any().await? {
             return Ok(None);
         }
         let token = new_token();
-        let path = self.cfg.data_dir.join("admin.token");
-        write_secret(&path, &format!("{token}\n"))?;
-        if self
+        let hash = hash_token(&token);
+        if !self
             .store
-            .user_bootstrap_admin(hash_token(&token), self.clock.now())
+            .token_bootstrap_admin(hash.clone(), self.clock.now())
             .await?
         {
-            Ok(Some(path))
-        } else {
-            Ok(None)
+            return Ok(None);
         }
+        let path = self.cfg.data_dir.join("admin.token");
+        if let Err(e) = write_secret(&path, &format!("{token}\n")) {
+            // A token nobody can read is of no use to anyone: take it back.
+            if let Err(r) = self.store.token_revoke(TokenRevoke::Hash(hash)).await {
+                tracing::warn!(error = %r, "could not revoke the unwritten admin token");
+            }
+            return Err(e);
+        }
+        Ok(Some(path))
     }
 
     /// Serves HTTP on `listener` (and `/metrics` on `http.metrics_listen` when set) and runs
@@ -359,6 +449,10 @@ impl Spool {
         metrics_listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
+        if let Some(j) = &self.cfg.auth.jwt {
+            // Refuse to start rather than serve with JWT sign-in broken.
+            crate::jwt::JwtVerifier::new(j).map_err(AppError::Invalid)?;
+        }
         let metrics = install_metrics();
         let state = AppState::new(
             self.store.clone(),
@@ -397,21 +491,38 @@ impl Spool {
     }
 }
 
-/// Writes a file readable by its owner only.
+/// Writes a file readable by its owner only, in full or not at all: the text goes to a new file
+/// (`O_EXCL`, mode 0600, so nothing already there, nor a planted symlink, is written through),
+/// is synced, and is renamed over `path`.
 fn write_secret(path: &Path, text: &str) -> Result<(), AppError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |e: std::io::Error| AppError::Io(format!("cannot write {}: {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    Ok(())
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(DATA_FILE_MODE)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
 }
 
 /// The process's Prometheus recorder, installed once.

@@ -112,6 +112,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
     queues: BTreeMap<String, RawQueue>,
     #[serde(default)]
     kinds: BTreeMap<String, RawKind>,
@@ -185,6 +187,27 @@ struct RawLimits {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    jwks_url: Option<String>,
+    hs256_secret_env: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    user_claim: Option<String>,
+    admin_claim: Option<String>,
+    leeway_s: Option<u64>,
+    jwks_min_refresh_ms: Option<u64>,
+    jwks_max_age_s: Option<u64>,
+    jwks_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawQueue {
     concurrency: Option<u32>,
 }
@@ -232,6 +255,98 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Per-kind settings and handlers.
     pub kinds: BTreeMap<String, KindConfig>,
+    /// `[auth]`: bearer tokens besides spool's own.
+    pub auth: AuthConfig,
+}
+
+/// Whether loading the config reads the secrets that only running workers and the server need
+/// (webhook keys, the JWT HMAC secret) from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// `serve` and `work`: a secret variable that is unset is an error naming it.
+    Required,
+    /// Tools that run no workers and serve nothing (`token`, `inspect`, `migrate`, `drill`,
+    /// `enqueue`): secrets are not needed and, if unset, left empty. A config loaded this way
+    /// must not be used to run workers or serve.
+    Skip,
+}
+
+/// Default `auth.jwt.user_claim`.
+pub const DEFAULT_JWT_USER_CLAIM: &str = "sub";
+/// Default `auth.jwt.leeway_s`: clock skew allowed on `exp` and `nbf`, seconds.
+pub const DEFAULT_JWT_LEEWAY_S: u64 = 30;
+/// Default `auth.jwt.jwks_min_refresh_ms`: the JWKS is fetched at most this often, however many
+/// unknown key ids arrive.
+pub const DEFAULT_JWKS_MIN_REFRESH_MS: u64 = 10_000;
+/// Default `auth.jwt.jwks_max_age_s`: cached keys older than this are fetched again when used.
+pub const DEFAULT_JWKS_MAX_AGE_S: u64 = 3600;
+/// Default `auth.jwt.jwks_timeout_ms`: connect plus response time of one JWKS fetch.
+pub const DEFAULT_JWKS_TIMEOUT_MS: u64 = 5000;
+/// Shortest HS256 secret accepted, bytes (RFC 7518: at least the hash size).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// `[auth.jwt]`: JWTs of an identity provider accepted as bearer tokens.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Where the verification keys come from.
+    pub keys: JwtKeys,
+    /// The `iss` a token must carry.
+    pub issuer: String,
+    /// An `aud` a token must carry.
+    pub audience: String,
+    /// The claim whose value names the user (with the issuer, the user's identity).
+    pub user_claim: String,
+    /// The claim that makes the user an admin, if any.
+    pub admin_claim: Option<AdminClaim>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_s: u64,
+    /// The JWKS is fetched at most this often.
+    pub jwks_min_refresh: Duration,
+    /// Cached keys older than this are fetched again when next used.
+    pub jwks_max_age: Duration,
+    /// Time limit of one JWKS fetch.
+    pub jwks_timeout: Duration,
+}
+
+/// The keys JWTs are checked with.
+#[derive(Clone)]
+pub enum JwtKeys {
+    /// RSA, EC or EdDSA public keys from a JWKS URL, chosen by the token's `kid`.
+    Jwks {
+        /// The JWKS URL.
+        url: String,
+    },
+    /// One HMAC secret (HS256 only).
+    Hs256 {
+        /// The secret, read from `hs256_secret_env`.
+        secret: String,
+    },
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Jwks { url } => f.debug_struct("Jwks").field("url", url).finish(),
+            Self::Hs256 { .. } => f.write_str("Hs256 { secret: <hidden> }"),
+        }
+    }
+}
+
+/// `auth.jwt.admin_claim`: `"NAME"` (the claim is boolean `true`) or `"NAME=VALUE"` (the claim
+/// is the string VALUE, or an array holding it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminClaim {
+    /// The claim is `true`.
+    True(String),
+    /// The claim is this string or an array containing it.
+    Equals(String, String),
 }
 
 /// `[database]`.
@@ -259,7 +374,6 @@ pub struct WorkerConfig {
     /// Parent of each command task's own working directory (outside the data directory).
     pub workdir: PathBuf,
 }
-
 
 /// `[http]`.
 #[derive(Debug, Clone)]
@@ -390,7 +504,7 @@ pub struct KindConfig {
 impl Config {
     /// The defaults, as `config/spool.toml` shows them.
     pub fn defaults() -> Self {
-        match Self::from_raw(RawConfig::default(), &|_| None) {
+        match Self::from_raw(RawConfig::default(), &|_| None, Secrets::Required) {
             Ok(c) => c,
             // INVARIANT: the defaults validate; a test proves it.
             #[allow(clippy::unreachable)]
@@ -414,6 +528,26 @@ impl Config {
     pub fn load_with_env(
         path: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_with_env_for(path, env, Secrets::Required)
+    }
+
+    /// As [`Config::load`], reading secrets only when `secrets` says so (see [`Secrets`]).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and field.
+    pub fn load_for(path: Option<&Path>, secrets: Secrets) -> Result<Self, ConfigError> {
+        Self::load_with_env_for(path, &|k| std::env::var(k).ok(), secrets)
+    }
+
+    /// As [`Config::load_with_env`], reading secrets only when `secrets` says so.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and field.
+    pub fn load_with_env_for(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: Secrets,
     ) -> Result<Self, ConfigError> {
         let (text, shown) = match path {
             Some(p) => (
@@ -444,12 +578,13 @@ impl Config {
             })?,
             None => RawConfig::default(),
         };
-        Self::from_raw(raw, env)
+        Self::from_raw(raw, env, secrets)
     }
 
     fn from_raw(
         mut raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
+        secrets: Secrets,
     ) -> Result<Self, ConfigError> {
         apply_env(&mut raw, env)?;
 
@@ -608,12 +743,8 @@ impl Config {
                             "a webhook kind needs secret_env",
                         )
                     })?;
-                    let secret = env(&var).filter(|s| !s.is_empty()).ok_or_else(|| {
-                        invalid(
-                            format!("{field}.secret_env"),
-                            format!("environment variable {var} is not set"),
-                        )
-                    })?;
+                    let secret =
+                        secret_from_env(env, &format!("{field}.secret_env"), &var, secrets)?;
                     KindHandler::Webhook {
                         url: url.clone(),
                         secret,
@@ -656,7 +787,16 @@ impl Config {
             );
         }
 
+        let auth = AuthConfig {
+            jwt: raw
+                .auth
+                .jwt
+                .map(|j| jwt_config(j, env, secrets))
+                .transpose()?,
+        };
+
         Ok(Config {
+            auth,
             listen,
             data_dir,
             database: DatabaseConfig {
@@ -904,6 +1044,122 @@ fn limits_config(raw: &RawLimits) -> Result<LimitsConfig, ConfigError> {
     Ok(l)
 }
 
+/// A secret from the environment variable `var` (named by the key `field`): required, or left
+/// empty when `secrets` is [`Secrets::Skip`] and it is unset.
+fn secret_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    field: &str,
+    var: &str,
+    secrets: Secrets,
+) -> Result<String, ConfigError> {
+    match (env(var).filter(|s| !s.is_empty()), secrets) {
+        (Some(s), _) => Ok(s),
+        (None, Secrets::Skip) => Ok(String::new()),
+        (None, Secrets::Required) => Err(invalid(
+            field,
+            format!("environment variable {var} is not set"),
+        )),
+    }
+}
+
+/// Validates `[auth.jwt]`.
+fn jwt_config(
+    j: RawJwt,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<JwtConfig, ConfigError> {
+    let keys = match (j.jwks_url, j.hs256_secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "auth.jwt",
+                "set either jwks_url or hs256_secret_env, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "auth.jwt",
+                "set jwks_url (RS256/ES256 keys of an identity provider) or hs256_secret_env",
+            ))
+        }
+        (Some(url), None) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid("auth.jwt.jwks_url", "must be an http(s) URL"));
+            }
+            JwtKeys::Jwks { url }
+        }
+        (None, Some(var)) => {
+            let secret = secret_from_env(env, "auth.jwt.hs256_secret_env", &var, secrets)?;
+            if secrets == Secrets::Required && secret.len() < MIN_HS256_SECRET_BYTES {
+                return Err(invalid(
+                    "auth.jwt.hs256_secret_env",
+                    format!(
+                        "the secret in {var} is {} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES}",
+                        secret.len()
+                    ),
+                ));
+            }
+            JwtKeys::Hs256 { secret }
+        }
+    };
+    let required = |v: Option<String>, field: &str| -> Result<String, ConfigError> {
+        v.filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| invalid(field, "is required: tokens of any other value are refused"))
+    };
+    let issuer = required(j.issuer, "auth.jwt.issuer")?;
+    let audience = required(j.audience, "auth.jwt.audience")?;
+    let user_claim = j
+        .user_claim
+        .unwrap_or_else(|| DEFAULT_JWT_USER_CLAIM.into());
+    if user_claim.is_empty() {
+        return Err(invalid("auth.jwt.user_claim", "must not be empty"));
+    }
+    let admin_claim = match j.admin_claim {
+        None => None,
+        Some(c) => Some(match c.split_once('=') {
+            Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+                AdminClaim::Equals(name.to_string(), value.to_string())
+            }
+            None if !c.is_empty() => AdminClaim::True(c),
+            _ => {
+                return Err(invalid(
+                    "auth.jwt.admin_claim",
+                    format!("{c:?} is not \"NAME\" or \"NAME=VALUE\""),
+                ))
+            }
+        }),
+    };
+    let leeway_s = j.leeway_s.unwrap_or(DEFAULT_JWT_LEEWAY_S);
+    if leeway_s > 600 {
+        return Err(invalid("auth.jwt.leeway_s", "must be 0..=600"));
+    }
+    let min_refresh = j.jwks_min_refresh_ms.unwrap_or(DEFAULT_JWKS_MIN_REFRESH_MS);
+    if !(10..=3_600_000).contains(&min_refresh) {
+        return Err(invalid(
+            "auth.jwt.jwks_min_refresh_ms",
+            "must be 10..=3600000",
+        ));
+    }
+    let max_age = j.jwks_max_age_s.unwrap_or(DEFAULT_JWKS_MAX_AGE_S);
+    if !(1..=604_800).contains(&max_age) {
+        return Err(invalid("auth.jwt.jwks_max_age_s", "must be 1..=604800"));
+    }
+    let timeout = j.jwks_timeout_ms.unwrap_or(DEFAULT_JWKS_TIMEOUT_MS);
+    if !(100..=60_000).contains(&timeout) {
+        return Err(invalid("auth.jwt.jwks_timeout_ms", "must be 100..=60000"));
+    }
+    Ok(JwtConfig {
+        keys,
+        issuer,
+        audience,
+        user_claim,
+        admin_claim,
+        leeway_s,
+        jwks_min_refresh: Duration::from_millis(min_refresh),
+        jwks_max_age: Duration::from_secs(max_age),
+        jwks_timeout: Duration::from_millis(timeout),
+    })
+}
+
 /// Parses TOML into the raw config; errors name the key (`worker.concurrency: invalid type`).
 fn parse_toml(text: &str) -> Result<RawConfig, String> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
@@ -1080,7 +1336,7 @@ mod tests {
             path: "t".into(),
             reason: e.to_string(),
         })?;
-        Config::from_raw(raw, &|_| None)
+        Config::from_raw(raw, &|_| None, Secrets::Required)
     }
 
     #[test]
@@ -1124,13 +1380,72 @@ mod tests {
     }
 
     #[test]
+    fn tools_that_run_no_workers_do_not_need_secrets() {
+        let text = "[kinds.n]\nwebhook = \"http://127.0.0.1:1/h\"\nsecret_env = \"NOPE_SECRET_X\"\n\
+                    [auth.jwt]\nhs256_secret_env = \"NOPE_JWT_X\"\nissuer = \"i\"\naudience = \"a\"\n";
+        let raw: RawConfig = toml::from_str(text).unwrap();
+        let c = Config::from_raw(raw, &|_| None, Secrets::Skip).unwrap();
+        assert!(c.kinds.contains_key("n"));
+        let raw: RawConfig = toml::from_str(text).unwrap();
+        let e = Config::from_raw(raw, &|_| None, Secrets::Required)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NOPE_SECRET_X"), "{e}");
+    }
+
+    #[test]
+    fn jwt_settings_are_checked_and_name_the_field() {
+        let e = parse("[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt") && e.contains("jwks_url"), "{e}");
+        let e = parse("[auth.jwt]\njwks_url = \"http://127.0.0.1:1/k\"\naudience = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt.issuer"), "{e}");
+        let e = parse(
+            "[auth.jwt]\njwks_url = \"http://127.0.0.1:1/k\"\nissuer = \"i\"\naudience = \"a\"\nadmin_claim = \"=x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.jwt.admin_claim"), "{e}");
+        let raw: RawConfig = toml::from_str(
+            "[auth.jwt]\nhs256_secret_env = \"S\"\nissuer = \"i\"\naudience = \"a\"\n",
+        )
+        .unwrap();
+        let e = Config::from_raw(
+            raw,
+            &|k| (k == "S").then(|| "short".to_string()),
+            Secrets::Required,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least 32"), "{e}");
+        let c = parse(
+            "[auth.jwt]\njwks_url = \"https://idp/k\"\nissuer = \"i\"\naudience = \"a\"\nadmin_claim = \"role=admin\"\n",
+        )
+        .unwrap();
+        let j = c.auth.jwt.unwrap();
+        assert_eq!(j.user_claim, "sub");
+        assert_eq!(j.leeway_s, 30);
+        assert_eq!(
+            j.admin_claim,
+            Some(AdminClaim::Equals("role".into(), "admin".into()))
+        );
+    }
+
+    #[test]
     fn env_overrides_file() {
         let raw: RawConfig = toml::from_str("listen = \"127.0.0.1:1\"").unwrap();
-        let c = Config::from_raw(raw, &|k| match k {
-            "SPOOL_LISTEN" => Some("127.0.0.1:2".into()),
-            "SPOOL_WORKER_CONCURRENCY" => Some("3".into()),
-            _ => None,
-        })
+        let c = Config::from_raw(
+            raw,
+            &|k| match k {
+                "SPOOL_LISTEN" => Some("127.0.0.1:2".into()),
+                "SPOOL_WORKER_CONCURRENCY" => Some("3".into()),
+                _ => None,
+            },
+            Secrets::Required,
+        )
         .unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.worker.concurrency, 3);

@@ -11,6 +11,7 @@
 //! | executor | [`executor`] | handlers: command, built-ins, Rust [`executor::Handler`]s | touch SQL |
 //! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |
 //! | http | [`http`] | routes, auth, errors, SSE, long poll | hold task state |
+//! | jwt | [`jwt`] | checking an identity provider's JWTs, its cached JWKS | know users or SQL |
 //! | config | [`config`] | the typed configuration | be read after start |
 //! | labels | [`labels`] | which kind and queue names may be metric labels | admit user-chosen names |
 //! | drill | [`drill`] | the restore drill: restore the replica, check it, compare | touch the live file but to read it |
@@ -25,6 +26,7 @@ pub mod drill;
 pub mod events;
 pub mod executor;
 pub mod http;
+pub mod jwt;
 pub mod labels;
 pub mod queue;
 pub mod store;

@@ -1,12 +1,13 @@
 //! The `spool` binary: arguments, configuration, logging, then the library. The only place
 //! that uses `anyhow`.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use spool::app::{open_store, shutdown_signal, EnqueueOptions, Spool};
 use spool::clock::{rfc3339, Clock, SystemClock};
+use spool::config::Secrets;
 use spool::http::{configured_queues, hash_token, new_token};
+use spool::store::{ExistingUser, TokenCreate, TokenRevoke};
 use spool::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,14 +157,37 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum TokenCmd {
-    /// Create a token for a user and print it (only this once).
+    /// Create a token and print it (only this once). Makes a new user NAME; with --existing,
+    /// adds a token to the existing user NAME instead (never silently).
     Create {
         /// The user name.
         #[arg(long)]
         user: String,
-        /// May see every task and use the queue routes.
+        /// The user may see every task and use the queue routes.
         #[arg(long)]
         admin: bool,
+        /// Add a token to the user NAME, who must exist already.
+        #[arg(long)]
+        existing: bool,
+    },
+    /// List tokens: id, user, admin, created, and the start of the token's hash (never the token).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke tokens: every process on the database refuses them within a second.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["user", "token", "id"])))]
+    Revoke {
+        /// Every token of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// This token.
+        #[arg(long)]
+        token: Option<String>,
+        /// The token with this id (from `spool token list`).
+        #[arg(long)]
+        id: Option<i64>,
     },
 }
 
@@ -231,7 +255,13 @@ fn init_tracing(cli: &Cli) {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    Config::load(cli.config.as_deref()).map_err(|e| usage(e.to_string()))
+    // Only the processes that run workers or serve need the secrets (webhook keys, the JWT
+    // secret): the tools start without them.
+    let secrets = match cli.command {
+        Command::Serve | Command::Work => Secrets::Required,
+        _ => Secrets::Skip,
+    };
+    Config::load_for(cli.config.as_deref(), secrets).map_err(|e| usage(e.to_string()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -263,36 +293,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             // The one enqueue rule, checked before anything is opened: a refusal writes
             // nothing, not even the data directory.
-            spool::app::new_task(&cfg, &kind, payload.clone(), opts.clone(), 0).map_err(
-                |e| match e {
+            spool::app::new_task(&cfg, &kind, payload.clone(), opts.clone(), String::new(), 0)
+                .map_err(|e| match e {
                     spool::app::AppError::Invalid(m) => usage(m),
                     e => e.into(),
-                },
-            )?;
+                })?;
             let spool = Spool::builder().config(cfg).build()?;
             let task = spool.enqueue_with(&kind, payload, opts).await?;
             println!("{}", task.id);
             Ok(())
         }
         Command::Inspect { json, watch } => inspect(cfg, json, watch).await,
-        Command::Token {
-            cmd: TokenCmd::Create { user, admin },
-        } => {
-            if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
-                return Err(usage(
-                    "--user must be 1 to 128 characters with no control characters",
-                ));
-            }
-            let store = open_store(&cfg)?;
-            let token = new_token();
-            store
-                .user_insert(user, hash_token(&token), admin, SystemClock.now())
-                .await
-                .context("store the token")?;
-            store.close();
-            println!("{token}");
-            Ok(())
-        }
+        Command::Token { cmd } => token(cfg, cmd).await,
         Command::Bench {
             url,
             token,
@@ -390,6 +402,95 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.db_path().display()
             );
             Ok(())
+        }
+    }
+}
+
+async fn token(cfg: Config, cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create {
+            user,
+            admin,
+            existing,
+        } => {
+            if user.is_empty() || user.chars().count() > 128 || user.chars().any(char::is_control) {
+                return Err(usage(
+                    "--user must be 1 to 128 characters with no control characters",
+                ));
+            }
+            let store = open_store(&cfg)?;
+            let token = new_token();
+            let made = store
+                .token_create(TokenCreate {
+                    name: user,
+                    admin,
+                    existing: if existing {
+                        ExistingUser::AddToken
+                    } else {
+                        ExistingUser::Refuse
+                    },
+                    token_hash: hash_token(&token),
+                    now: SystemClock.now(),
+                })
+                .await;
+            store.close();
+            match made {
+                Ok(_) => {
+                    println!("{token}");
+                    Ok(())
+                }
+                Err(spool::StoreError::Conflict(m)) => Err(usage(m)),
+                Err(e) => Err(anyhow::Error::new(e).context("store the token")),
+            }
+        }
+        TokenCmd::List { json } => {
+            let store = open_store(&cfg)?;
+            let list = store.token_list().await;
+            store.close();
+            let list = list?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            let mut rows = vec![vec![
+                "ID".to_string(),
+                "USER".into(),
+                "ADMIN".into(),
+                "CREATED".into(),
+                "HASH".into(),
+            ]];
+            for t in &list {
+                rows.push(vec![
+                    t.id.to_string(),
+                    t.user.clone(),
+                    if t.admin { "yes" } else { "no" }.into(),
+                    rfc3339(t.created_at),
+                    format!("{}…", t.hash_prefix),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        TokenCmd::Revoke { user, token, id } => {
+            let (which, what) = match (user, token, id) {
+                (Some(u), None, None) => (TokenRevoke::User(u.clone()), format!("user {u:?}")),
+                (None, Some(t), None) => (
+                    TokenRevoke::Hash(hash_token(t.trim())),
+                    "that token".to_string(),
+                ),
+                (None, None, Some(i)) => (TokenRevoke::Id(i), format!("id {i}")),
+                _ => return Err(usage("pass one of --user, --token, --id")),
+            };
+            let store = open_store(&cfg)?;
+            let n = store.token_revoke(which).await;
+            store.close();
+            match n? {
+                0 => Err(usage(format!("no token matched {what}"))),
+                n => {
+                    println!("revoked {n} token{}", if n == 1 { "" } else { "s" });
+                    Ok(())
+                }
+            }
         }
     }
 }

@@ -170,9 +170,8 @@ impl Task {
 impl Serialize for Task {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Task", 19)?;
+        let mut st = s.serialize_struct("Task", 18)?;
         st.serialize_field("id", &self.id)?;
-        st.serialize_field("user", &self.user_id)?;
         st.serialize_field("queue", &self.queue)?;
         st.serialize_field("kind", &self.kind)?;
         st.serialize_field("status", &self.status)?;

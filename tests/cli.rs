@@ -233,7 +233,8 @@ fn migrate_reports_the_schema_version_and_token_create_prints_a_token() {
     let c = rusqlite::Connection::open(dir.path().join("d/spool.db")).unwrap();
     let (name, admin): (String, bool) = c
         .query_row(
-            "SELECT name, is_admin FROM users WHERE token_hash = ?",
+            "SELECT u.name, u.is_admin FROM tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.token_hash = ?",
             [spool::http::hash_token(&token)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -241,7 +242,7 @@ fn migrate_reports_the_schema_version_and_token_create_prints_a_token() {
     assert_eq!((name.as_str(), admin), ("alice", false));
     let clear: i64 = c
         .query_row(
-            "SELECT count(*) FROM users WHERE token_hash = ?",
+            "SELECT count(*) FROM tokens WHERE token_hash = ?",
             [&token],
             |r| r.get(0),
         )
@@ -285,4 +286,37 @@ fn the_embedded_example_runs_its_tasks_to_the_end() {
     assert!(text.contains("resize completed attempts=1"), "{text}");
     assert!(text.contains("resize failed attempts=1"), "{text}");
     assert!(text.contains("greet completed attempts=2"), "{text}");
+}
+
+#[test]
+fn tools_that_run_no_workers_start_without_the_webhook_and_jwt_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "data_dir = \"d\"\n\
+         [kinds.hook]\nwebhook = \"http://127.0.0.1:9/h\"\nsecret_env = \"SPOOL_TEST_UNSET_SECRET\"\n\
+         [auth.jwt]\nhs256_secret_env = \"SPOOL_TEST_UNSET_JWT\"\nissuer = \"i\"\naudience = \"a\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["--config", "c.toml", "migrate"][..],
+        &["--config", "c.toml", "token", "create", "--user", "alice"],
+        &["--config", "c.toml", "token", "list"],
+        &["--config", "c.toml", "inspect"],
+        &["--config", "c.toml", "enqueue", "hook"],
+    ] {
+        let out = run(dir.path(), args);
+        assert!(
+            out.status.success(),
+            "spool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The processes that would sign webhooks or check JWTs still refuse to start without them.
+    for cmd in ["serve", "work"] {
+        assert_usage_error(
+            &run(dir.path(), &["--config", "c.toml", cmd]),
+            "SPOOL_TEST_UNSET_SECRET",
+        );
+    }
 }

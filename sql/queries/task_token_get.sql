@@ -1,2 +1,8 @@
--- The task and attempt a token was issued for.
-SELECT task_id, attempt FROM task_tokens WHERE token_hash = :token_hash
+-- The task and attempt a token was issued for, and whether that claim still holds a lease now.
+-- A token whose claim ended is gone (deleted with its attempt); one whose lease ran out is
+-- refused even before the lease is rescued.
+SELECT k.task_id, k.attempt,
+       (t.status = 'running' AND t.attempts = k.attempt AND t.lease_owner = k.lease_owner
+        AND t.started_at = k.started_at AND t.lease_expires_at > :now) AS live
+FROM task_tokens k JOIN tasks t ON t.id = k.task_id
+WHERE k.token_hash = :token_hash

@@ -309,7 +309,7 @@ impl CommandHandler {
             .envs(self.base_env.iter())
             .env("SPOOL_TASK_ID", ctx.id().to_string())
             .env("SPOOL_ATTEMPT", ctx.attempt().to_string())
-            .env("SPOOL_USER", &ctx.task().user_id)
+            .env("SPOOL_USER", ctx.owner_name().await?)
             .current_dir(&dir);
         if let Some(u) = &self.spec.run_as {
             // std drops root's supplementary groups (setgroups(0)) before setuid.

@@ -127,6 +127,25 @@ impl TaskContext {
         &self.store
     }
 
+    /// The owner's user name (`tasks.user_id` holds the owner's id): what `SPOOL_USER` and the
+    /// webhook body's `user` carry.
+    ///
+    /// # Errors
+    /// The database could not be read.
+    pub async fn owner_name(&self) -> Result<String, TaskError> {
+        let Ok(id) = self.task.user_id.parse::<i64>() else {
+            // Written before owners were ids (or by hand): the value is the name.
+            return Ok(self.task.user_id.clone());
+        };
+        match self.store.user_by_id(id).await {
+            Ok(Some(u)) => Ok(u.name),
+            Ok(None) => Ok(self.task.user_id.clone()),
+            Err(e) => Err(TaskError::retry(format!(
+                "cannot read the task's owner: {e}"
+            ))),
+        }
+    }
+
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock

@@ -137,10 +137,18 @@ impl WebhookHandler {
     async fn post(&self, ctx: TaskContext) -> Result<Value, TaskError> {
         let token = ctx
             .store()
-            .task_token_create(ctx.id(), ctx.attempt(), ctx.clock().now())
+            .task_token_create(ctx.task(), ctx.clock().now())
             .await
             .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
-        let body = serde_json::to_vec(&ctx.task().to_json())
+        // The task JSON with its owner's name, so a receiver knows on whose behalf it runs.
+        let mut task_json = ctx.task().to_json();
+        if let Some(obj) = task_json.as_object_mut() {
+            obj.insert(
+                "user".into(),
+                serde_json::Value::String(ctx.owner_name().await?),
+            );
+        }
+        let body = serde_json::to_vec(&task_json)
             .map_err(|e| TaskError::permanent(format!("cannot encode the task: {e}")))?;
         let now_ms = ctx.clock().now();
         let timestamp = u64::try_from(now_ms / 1000).unwrap_or(0);

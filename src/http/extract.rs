@@ -2,7 +2,7 @@
 //! in paths, query strings.
 
 use super::{ApiError, AppState};
-use crate::store::User;
+use crate::store::{TaskTokenCheck, User};
 use crate::task::TaskId;
 use crate::token::{hash_token, TASK_TOKEN_PREFIX};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -71,12 +71,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 pub(super) struct Auth(pub(super) User);
 
 impl Auth {
-    /// The user filter for store reads: `None` for an admin (sees everything).
+    /// The owner filter for store reads (the user's id): `None` for an admin (sees everything).
     pub(super) fn scope(&self) -> Option<String> {
         if self.0.is_admin {
             None
         } else {
-            Some(self.0.name.clone())
+            Some(self.0.owner_key())
         }
     }
 }
@@ -92,29 +92,11 @@ impl FromRequestParts<AppState> for Auth {
                 "a task token only posts messages to its own task".into(),
             ));
         }
-        let user = user_of_token(token, st).await?;
-        // limits.requests_per_second, counted per user once they are known.
-        st.limits.request(&user.name, std::time::Instant::now())?;
+        let user = super::auth::authenticate(st, token).await?;
+        // limits.requests_per_second, counted per user (by id) once they are known.
+        st.limits
+            .request(&user.owner_key(), std::time::Instant::now())?;
         Ok(Auth(user))
-    }
-}
-
-/// The user a (non-task) token belongs to; cached, since tokens are never revoked in place.
-async fn user_of_token(token: &str, st: &AppState) -> Result<User, ApiError> {
-    let hash = hash_token(token);
-    if let Some(u) = st.users.lock().ok().and_then(|m| m.get(&hash).cloned()) {
-        return Ok(u);
-    }
-    match st.store.user_by_token(hash.clone()).await? {
-        Some(u) => {
-            if let Ok(mut m) = st.users.lock() {
-                if m.len() < 10_000 {
-                    m.insert(hash, u.clone());
-                }
-            }
-            Ok(u)
-        }
-        None => Err(ApiError::Unauthorized("unknown token".into())),
     }
 }
 
@@ -176,6 +158,8 @@ pub(super) enum Caller {
     Task(TaskId, u32),
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme in any case (RFC 9110: schemes
+/// are case-insensitive), one or more spaces before the token.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers
@@ -184,12 +168,10 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     header
         .to_str()
         .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(|h| h.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty() && !t.contains(' '))
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be \"Bearer <token>\"".into()))
 }
 
@@ -199,9 +181,18 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
         if token.starts_with(TASK_TOKEN_PREFIX) {
-            return match st.store.task_token_lookup(hash_token(token)).await? {
-                Some((id, attempt)) => Ok(Caller::Task(id, attempt)),
-                None => Err(ApiError::Unauthorized("unknown token".into())),
+            let check = st
+                .store
+                .task_token_lookup(hash_token(token), st.clock.now())
+                .await?;
+            return match check {
+                TaskTokenCheck::Valid(id, attempt) => Ok(Caller::Task(id, attempt)),
+                TaskTokenCheck::Expired => Err(ApiError::Unauthorized(
+                    "the lease of this task token's attempt has run out".into(),
+                )),
+                TaskTokenCheck::Unknown => Err(ApiError::Unauthorized(
+                    "unknown task token: its attempt has ended, or it was never issued".into(),
+                )),
             };
         }
         Ok(Caller::User(Auth::from_request_parts(parts, st).await?))

@@ -1,6 +1,7 @@
 //! The HTTP API v1 (API.md): routes, auth, errors, SSE and long poll. Holds no task state of its
 //! own: every answer comes from the store, every change goes through it.
 
+mod auth;
 pub mod error;
 mod extract;
 pub mod limits;
@@ -15,15 +16,14 @@ pub use error::{ApiError, ApiResult};
 
 use crate::clock::Clock;
 use crate::config::{Config, MetricsAuth};
-use crate::store::{SqliteStore, User};
+use crate::store::SqliteStore;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use limits::{Shared, UserLimits};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +45,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Prometheus text renderer, when metrics are on.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Users by token hash: tokens are never revoked in place, so a hit stays true.
-    users: Arc<Mutex<HashMap<String, User>>>,
+    /// Users by token hash, each trusted for a second (a revoked token stops within that).
+    users: Arc<auth::UserCache>,
+    /// JWT checking (`[auth.jwt]`).
+    jwt: auth::JwtState,
     /// Per-user stream and request-rate limits.
     pub limits: Arc<UserLimits>,
     /// The last `/readyz` answer, shared for a second.
@@ -65,13 +67,14 @@ impl AppState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         Self {
+            jwt: auth::JwtState::from_config(&cfg),
             store,
             clock,
             shutdown,
             limits: Arc::new(UserLimits::new(cfg.limits.clone())),
             metrics,
             cfg,
-            users: Arc::new(Mutex::new(HashMap::new())),
+            users: Arc::new(auth::UserCache::default()),
             ready: Arc::new(Shared::new(SHARED_RESULT_TTL)),
             depths: Arc::new(Shared::new(SHARED_RESULT_TTL)),
         }
@@ -204,7 +207,6 @@ fn base64_std(bytes: &[u8]) -> String {
     }
     out
 }
-
 
 /// Liveness: `ok` while the process runs.
 #[utoipa::path(get, path = "/healthz", tag = "service", security(()),

@@ -33,8 +33,6 @@ pub struct TaskView {
     /// UUID v7.
     #[schema(format = "uuid")]
     id: String,
-    /// The owner's user name.
-    user: String,
     /// 1 to 128 characters of `[A-Za-z0-9._:-]`.
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     queue: String,

@@ -80,7 +80,7 @@ pub(super) async fn task_events(
     let watch = st.store.hub().watch(id);
     let first = st.store.task_get(id, scope.clone()).await?;
     // Held by the stream: freed when it ends, the client goes away, or the server stops.
-    let slot = st.limits.stream_slot(&auth.0.name)?;
+    let slot = st.limits.stream_slot(&auth.0.owner_key())?;
     let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
 
     let stream = async_stream::stream! {
@@ -148,7 +148,7 @@ pub(super) async fn all_events(
         }
     }
     let scope = auth.scope();
-    let slot = st.limits.stream_slot(&auth.0.name)?;
+    let slot = st.limits.stream_slot(&auth.0.owner_key())?;
     let mut rx = st.store.hub().subscribe();
     let stream = async_stream::stream! {
         let _slot = slot;

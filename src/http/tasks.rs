@@ -122,7 +122,7 @@ fn validate(
     }
     Ok(NewTask {
         id: TaskId::new(),
-        user_id: user.name.clone(),
+        user_id: user.owner_key(),
         queue,
         kind: req.kind,
         payload: req.payload,
@@ -400,7 +400,7 @@ pub(super) async fn messages(
     // A long poll holds a stream slot while it waits (dropped with this future, also when the
     // client goes away).
     let _slot = if wait_ms > 0 {
-        Some(st.limits.stream_slot(&auth.0.name)?)
+        Some(st.limits.stream_slot(&auth.0.owner_key())?)
     } else {
         None
     };

@@ -18,7 +18,8 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         7,
         include_str!("../../sql/migrations/0007_portable_views.sql"),
     ),
-    (8, include_str!("../../sql/migrations/0008_quotas.sql")),
+    (8, include_str!("../../sql/migrations/0008_users_by_id.sql")),
+    (9, include_str!("../../sql/migrations/0009_quotas.sql")),
 ];
 
 /// The schema version this build of spool writes.
@@ -177,10 +178,15 @@ mod tests {
             2,
             "the rebuild cascaded into messages"
         );
-        assert_eq!(count("SELECT count(*) FROM task_tokens"), 1);
-        // The quotas migration counted what was there: one pending task of `u`, both payloads, one message.
+        // The users migration replaces the task tokens (they now name their claim); none survive it.
+        assert_eq!(count("SELECT count(*) FROM task_tokens"), 0);
+        // The quotas migration counted what was there, by owner id: one pending task of `u`,
+        // both payloads, one message.
         assert_eq!(
-            count("SELECT unfinished * 1000 + payload_bytes FROM user_usage WHERE user_id = 'u'"),
+            count(
+                "SELECT unfinished * 1000 + payload_bytes FROM user_usage
+                 WHERE user_id = (SELECT CAST(id AS TEXT) FROM users WHERE name = 'u')"
+            ),
             1008
         );
         assert_eq!(
@@ -199,7 +205,8 @@ mod tests {
         let reused = conn.execute(
             "INSERT INTO tasks (id, user_id, queue, kind, status, run_at, max_attempts, timeout_ms,
                                 idempotency_key, created_at, updated_at)
-             VALUES ('c', 'u', 'q', 'k', 'pending', 1, 1, 1, 'key', 1, 1)",
+             VALUES ('c', (SELECT user_id FROM tasks WHERE id = 'a'), 'q', 'k', 'pending', 1, 1, 1,
+                     'key', 1, 1)",
             [],
         );
         assert!(reused.is_err(), "a reused idempotency key was accepted");
@@ -210,6 +217,109 @@ mod tests {
             count("SELECT count(*) FROM messages WHERE task_id = 'a'"),
             0
         );
+    }
+
+    #[test]
+    fn users_by_id_gives_each_name_one_user_and_splits_a_non_admin_token_off_the_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("m.db")).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for (v, sql) in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {v}"))
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO users (name, token_hash, is_admin, created_at) VALUES
+                ('admin', 'h-admin', 1, 1), ('alice', 'h-a1', 0, 2), ('alice', 'h-a2', 0, 3),
+                ('admin', 'h-fake-admin', 0, 4);
+             INSERT INTO tasks (id, user_id, queue, kind, status, run_at, max_attempts,
+                                timeout_ms, created_at, updated_at)
+             VALUES ('t-admin', 'admin', 'q', 'k', 'pending', 1, 1, 1, 1, 1),
+                    ('t-alice', 'alice', 'q', 'k', 'pending', 1, 1, 1, 1, 1),
+                    ('t-bob', 'bob', 'q', 'k', 'pending', 1, 1, 1, 1, 1);",
+        )
+        .unwrap();
+        assert_eq!(
+            migrate(&conn).unwrap(),
+            (8..=LATEST_VERSION).collect::<Vec<_>>()
+        );
+        let owner = |hash: &str| -> (String, bool) {
+            conn.query_row(
+                "SELECT u.name, u.is_admin FROM tokens t JOIN users u ON u.id = t.user_id
+                 WHERE t.token_hash = ?",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(owner("h-admin"), ("admin".into(), true));
+        assert_eq!(owner("h-a1"), ("alice".into(), false));
+        assert_eq!(owner("h-a1"), owner("h-a2"));
+        assert_eq!(owner("h-fake-admin"), ("admin (non-admin)".into(), false));
+        let task_owner = |id: &str| -> String {
+            conn.query_row(
+                "SELECT u.name FROM tasks t JOIN users u ON u.id = t.user_id WHERE t.id = ?",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(task_owner("t-admin"), "admin");
+        assert_eq!(task_owner("t-alice"), "alice");
+        assert_eq!(
+            task_owner("t-bob"),
+            "bob",
+            "an owner without a token got a user"
+        );
+        let view: String = conn
+            .query_row(
+                "SELECT user FROM task_overview WHERE id = 't-alice'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(view, "alice");
+        // One token user per name from now on.
+        let again = conn.execute(
+            "INSERT INTO users (name, issuer, is_admin, created_at) VALUES ('alice', NULL, 0, 9)",
+            [],
+        );
+        assert!(again.is_err(), "a second user named alice was accepted");
+        // A JWT user of the same name is another user.
+        conn.execute(
+            "INSERT INTO users (name, issuer, is_admin, created_at) VALUES ('alice', 'https://idp', 0, 9)",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn task_tokens_go_when_their_attempt_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("m.db")).unwrap();
+        migrate(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (id, user_id, queue, kind, status, run_at, attempts, max_attempts,
+                                timeout_ms, lease_owner, lease_expires_at, started_at,
+                                created_at, updated_at)
+             VALUES ('t', '1', 'q', 'k', 'running', 1, 1, 3, 1, 'w', 99, 5, 1, 1);
+             INSERT INTO task_tokens VALUES ('h', 't', 1, 'w', 5, 5);",
+        )
+        .unwrap();
+        let count = || -> i64 {
+            conn.query_row("SELECT count(*) FROM task_tokens", [], |r| r.get(0))
+                .unwrap()
+        };
+        conn.execute("UPDATE tasks SET lease_expires_at = 200 WHERE id = 't'", [])
+            .unwrap();
+        assert_eq!(count(), 1, "a heartbeat ended the attempt's token");
+        conn.execute(
+            "UPDATE tasks SET status = 'pending', lease_owner = NULL WHERE id = 't'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(count(), 0, "the token outlived its attempt");
     }
 
     #[test]

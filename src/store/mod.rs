@@ -220,11 +220,84 @@ pub struct QueueStats {
     pub oldest_pending_age_ms: Option<u64>,
 }
 
-/// A user as a token names them.
+/// A user as a token (or a JWT) names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
-    /// The user name.
+    /// The stable id: tasks are owned by it, never by the name.
+    pub id: i64,
+    /// The user name (a JWT user's is the value of its user claim).
     pub name: String,
     /// May see every task and use the queue routes.
     pub is_admin: bool,
+}
+
+impl User {
+    /// The owner key stored in `tasks.user_id`: the id, in decimal.
+    pub fn owner_key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+/// Whether `spool token create` may add a token to a user who already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingUser {
+    /// A new user only: an existing name is refused.
+    Refuse,
+    /// An existing user only (`--existing`): a missing name is refused.
+    AddToken,
+}
+
+/// A new token for a token user, as `spool token create` asks for it.
+#[derive(Debug, Clone)]
+pub struct TokenCreate {
+    /// The user name.
+    pub name: String,
+    /// Whether the user is (or is to be) an admin.
+    pub admin: bool,
+    /// New user or existing one.
+    pub existing: ExistingUser,
+    /// The hash of the new token.
+    pub token_hash: String,
+    /// The time now.
+    pub now: UnixMillis,
+}
+
+/// The name reserved for the admin user the first start creates: no non-admin may take it.
+pub const ADMIN_NAME: &str = "admin";
+
+/// One token as `spool token list` shows it: never the token, only the start of its hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    /// The token's id (`spool token revoke --id`).
+    pub id: i64,
+    /// Its user's name.
+    pub user: String,
+    /// Whether that user is an admin.
+    pub admin: bool,
+    /// When it was made.
+    pub created_at: UnixMillis,
+    /// The first 12 hex digits of its SHA-256 (not a secret; tells tokens apart).
+    pub hash_prefix: String,
+}
+
+/// Which tokens `spool token revoke` removes.
+#[derive(Debug, Clone)]
+pub enum TokenRevoke {
+    /// Every token of this token user.
+    User(String),
+    /// The token with this hash.
+    Hash(String),
+    /// The token with this id.
+    Id(i64),
+}
+
+/// What a task token is worth now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskTokenCheck {
+    /// No such token: never issued, or its attempt ended (tokens are deleted with it).
+    Unknown,
+    /// Its attempt still has the task but the lease ran out.
+    Expired,
+    /// Valid for this task and attempt.
+    Valid(TaskId, u32),
 }

@@ -11,8 +11,8 @@
 use super::migrate;
 use super::sql;
 use super::{
-    ClaimParams, FinishParams, HeldLease, Inserted, ListParams, QueueStats, Result, StoreError,
-    User,
+    ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted, ListParams, QueueStats, Result,
+    StoreError, TaskTokenCheck, TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
@@ -693,40 +693,161 @@ impl SqliteStore {
         .await
     }
 
-    /// Stores a user token (hashed).
+    /// Stores a new token of a token user (hashed): a new user, or with
+    /// [`ExistingUser::AddToken`] an existing one, never one silently for the other. The name
+    /// [`ADMIN_NAME`] belongs to an admin only; `admin` must match an existing user's flag.
+    /// Returns the user.
     ///
     /// # Errors
-    /// `Unavailable` or a database error.
-    pub async fn user_insert(
-        &self,
-        name: String,
-        token_hash: String,
-        is_admin: bool,
-        now: UnixMillis,
-    ) -> Result<()> {
+    /// `Conflict` naming the reason (the user exists, does not exist, or is not as asked);
+    /// `Unavailable` or a database error. Nothing is written then.
+    pub async fn token_create(&self, p: TokenCreate) -> Result<User> {
         self.write(true, move |conn| {
-            conn.prepare_cached(sql::USER_INSERT)?
+            let found = user_by_name(conn, &p.name)?;
+            let user = match (found, p.existing) {
+                (Some(_), ExistingUser::Refuse) => {
+                    return Err(StoreError::Conflict(format!(
+                        "user {:?} already exists: pass --existing to add a token to it",
+                        p.name
+                    )))
+                }
+                (None, ExistingUser::AddToken) => {
+                    return Err(StoreError::Conflict(format!(
+                    "there is no user {:?} to add a token to (leave out --existing to create it)",
+                    p.name
+                )))
+                }
+                (Some(u), ExistingUser::AddToken) => {
+                    if u.is_admin != p.admin {
+                        return Err(StoreError::Conflict(if u.is_admin {
+                            format!(
+                                "user {:?} is an admin: pass --admin to add a token to it",
+                                p.name
+                            )
+                        } else {
+                            format!(
+                                "user {:?} is not an admin; admin belongs to a user, not a token",
+                                p.name
+                            )
+                        }));
+                    }
+                    u
+                }
+                (None, ExistingUser::Refuse) => {
+                    if p.name == ADMIN_NAME && !p.admin {
+                        return Err(StoreError::Conflict(format!(
+                            "the name {ADMIN_NAME:?} is reserved for an admin user"
+                        )));
+                    }
+                    insert_user(conn, &p.name, None, p.admin, p.now)?
+                }
+            };
+            conn.prepare_cached(sql::TOKEN_INSERT)?
                 .execute(named_params! {
-                ":name": name, ":token_hash": token_hash, ":is_admin": is_admin, ":now": now})?;
-            Ok(((), Vec::new()))
+                ":user_id": user.id, ":token_hash": p.token_hash, ":now": p.now})?;
+            Ok((user, Vec::new()))
         })
         .await
     }
 
-    /// Stores an admin token only when the database has no user at all; true when it did.
+    /// The first start's admin token: stored only when the database holds no token at all, for
+    /// the user [`ADMIN_NAME`] (made, or made an admin, if need be). True when it was stored;
+    /// the caller may show the token only after this returned true (the insert committed).
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn user_bootstrap_admin(&self, token_hash: String, now: UnixMillis) -> Result<bool> {
+    pub async fn token_bootstrap_admin(&self, token_hash: String, now: UnixMillis) -> Result<bool> {
         self.write(true, move |conn| {
-            let n: i64 = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
-            if n > 0 {
+            let any: bool = conn
+                .prepare_cached(sql::TOKEN_ANY)?
+                .query_row([], |r| r.get(0))?;
+            if any {
                 return Ok((false, Vec::new()));
             }
-            conn.prepare_cached(sql::USER_INSERT)?
+            let user = match user_by_name(conn, ADMIN_NAME)? {
+                Some(u) => {
+                    if !u.is_admin {
+                        conn.prepare_cached(sql::USER_SET_ADMIN)?
+                            .execute(named_params! {":id": u.id})?;
+                    }
+                    u
+                }
+                None => insert_user(conn, ADMIN_NAME, None, true, now)?,
+            };
+            conn.prepare_cached(sql::TOKEN_INSERT)?
                 .execute(named_params! {
-                ":name": "admin", ":token_hash": token_hash, ":is_admin": true, ":now": now})?;
+                ":user_id": user.id, ":token_hash": token_hash, ":now": now})?;
             Ok((true, Vec::new()))
+        })
+        .await
+    }
+
+    /// The token user of `name`, made if missing (the owner of `spool enqueue --user` and of
+    /// [`crate::app::Spool::enqueue_with`]): [`ADMIN_NAME`] is made an admin, any other name not.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn user_resolve(&self, name: String, now: UnixMillis) -> Result<User> {
+        let known = self
+            .read({
+                let name = name.clone();
+                move |conn| user_by_name(conn, &name)
+            })
+            .await?;
+        if let Some(u) = known {
+            return Ok(u);
+        }
+        self.write(true, move |conn| {
+            let u = match user_by_name(conn, &name)? {
+                Some(u) => u,
+                None => insert_user(conn, &name, None, name == ADMIN_NAME, now)?,
+            };
+            Ok((u, Vec::new()))
+        })
+        .await
+    }
+
+    /// The user of a JWT identity (issuer and user claim), made on first sight. JWT users are a
+    /// namespace of their own: a JWT whose subject is `admin` is not the token user `admin`.
+    /// The returned `is_admin` is false: a JWT user's admin right comes from each token.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn user_jwt(&self, issuer: String, name: String, now: UnixMillis) -> Result<User> {
+        let (i2, n2) = (issuer.clone(), name.clone());
+        let known = self.read(move |conn| user_by_jwt(conn, &i2, &n2)).await?;
+        if let Some(u) = known {
+            return Ok(u);
+        }
+        self.write(true, move |conn| {
+            let u = match user_by_jwt(conn, &issuer, &name)? {
+                Some(u) => u,
+                None => insert_user(conn, &name, Some(&issuer), false, now)?,
+            };
+            Ok((u, Vec::new()))
+        })
+        .await
+    }
+
+    /// Deletes tokens; returns how many. A revoked token is refused by every process on the
+    /// database once its cache entry lapses (at most a second, see the HTTP layer).
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    pub async fn token_revoke(&self, which: TokenRevoke) -> Result<usize> {
+        self.write(true, move |conn| {
+            let n = match which {
+                TokenRevoke::User(name) => conn
+                    .prepare_cached(sql::TOKEN_REVOKE_USER)?
+                    .execute(named_params! {":name": name})?,
+                TokenRevoke::Hash(h) => conn
+                    .prepare_cached(sql::TOKEN_REVOKE_HASH)?
+                    .execute(named_params! {":token_hash": h})?,
+                TokenRevoke::Id(id) => conn
+                    .prepare_cached(sql::TOKEN_REVOKE_ID)?
+                    .execute(named_params! {":id": id})?,
+            };
+            Ok((n, Vec::new()))
         })
         .await
     }
@@ -785,40 +906,68 @@ impl SqliteStore {
         .await
     }
 
-    /// Issues a token for attempt `attempt` of a task (for a webhook receiver); stores its hash.
+    /// Issues a token for the running attempt of `task` as it was claimed (for a webhook
+    /// receiver); stores its hash. The token is written only while that claim still runs (same
+    /// attempt, worker and start), and is deleted when the attempt ends, however it ends.
     ///
     /// # Errors
-    /// `Unavailable` or a database error.
-    pub async fn task_token_create(
-        &self,
-        task_id: TaskId,
-        attempt: u32,
-        now: UnixMillis,
-    ) -> Result<String> {
+    /// `Conflict` when the attempt has already ended; `Unavailable` or a database error.
+    pub async fn task_token_create(&self, task: &Task, now: UnixMillis) -> Result<String> {
         let token = crate::token::new_task_token();
         let hash = crate::token::hash_token(&token);
-        self.write_one(true, move |conn| {
-            conn.prepare_cached(sql::TASK_TOKEN_INSERT)?.execute(named_params! {
-                ":token_hash": hash, ":task_id": task_id.to_string(), ":attempt": attempt, ":now": now})?;
-            Ok(((), Vec::new()))
-        })
-        .await?;
+        let (id, attempt) = (task.id, task.attempts);
+        let owner = task.lease_owner.clone().unwrap_or_default();
+        let started_at = task.started_at;
+        let n = self
+            .write_one(true, move |conn| {
+                let n = conn
+                    .prepare_cached(sql::TASK_TOKEN_INSERT)?
+                    .execute(named_params! {
+                    ":token_hash": hash, ":task_id": id.to_string(), ":attempt": attempt,
+                    ":owner": owner, ":started_at": started_at, ":now": now})?;
+                Ok((n, Vec::new()))
+            })
+            .await?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "attempt {attempt} of task {id} has ended"
+            )));
+        }
         Ok(token)
     }
 
-    /// The task and attempt a task token was issued for.
+    /// What a task token is worth at `now`: unknown (never issued, or its attempt ended),
+    /// expired (its lease ran out), or valid for a task and attempt.
     ///
     /// # Errors
     /// A database error.
-    pub async fn task_token_lookup(&self, token_hash: String) -> Result<Option<(TaskId, u32)>> {
+    pub async fn task_token_lookup(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<TaskTokenCheck> {
         self.read(move |conn| {
             let row = conn
                 .prepare_cached(sql::TASK_TOKEN_GET)?
-                .query_row(named_params! {":token_hash": token_hash}, |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })
+                .query_row(
+                    named_params! {":token_hash": token_hash, ":now": now},
+                    |r| {
+                        Ok((
+                            r.get::<_, String>("task_id")?,
+                            r.get::<_, i64>("attempt")?,
+                            r.get::<_, Option<bool>>("live")?,
+                        ))
+                    },
+                )
                 .optional()?;
-            Ok(row.and_then(|(id, a)| id.parse().ok().map(|id| (id, a.max(0) as u32))))
+            Ok(match row {
+                None => TaskTokenCheck::Unknown,
+                Some((id, attempt, live)) => match id.parse::<TaskId>() {
+                    Err(_) => TaskTokenCheck::Unknown,
+                    Ok(_) if live != Some(true) => TaskTokenCheck::Expired,
+                    Ok(id) => TaskTokenCheck::Valid(id, attempt.max(0) as u32),
+                },
+            })
         })
         .await
     }
@@ -999,7 +1148,7 @@ impl SqliteStore {
         .await
     }
 
-    /// The user a token hash names.
+    /// The user a token hash names (`None`: unknown or revoked).
     ///
     /// # Errors
     /// A database error.
@@ -1007,13 +1156,57 @@ impl SqliteStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(sql::USER_BY_TOKEN)?
-                .query_row(named_params! {":token_hash": token_hash}, |r| {
-                    Ok(User {
-                        name: r.get(0)?,
-                        is_admin: r.get(1)?,
-                    })
-                })
+                .query_row(named_params! {":token_hash": token_hash}, user_from_row)
                 .optional()?)
+        })
+        .await
+    }
+
+    /// A user by id: the owner of a task whose `user_id` is `id` (its name for display; a JWT
+    /// user's `is_admin` is false here, as it comes from each token).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(sql::USER_GET_BY_ID)?
+                .query_row(named_params! {":id": id}, user_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Every token, oldest first, as `spool token list` shows them (never the tokens).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn token_list(&self) -> Result<Vec<TokenInfo>> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(sql::TOKEN_LIST)?;
+            let rows = st.query_map([], |r| {
+                Ok(TokenInfo {
+                    id: r.get("id")?,
+                    user: r.get("name")?,
+                    admin: r.get("is_admin")?,
+                    created_at: r.get("created_at")?,
+                    hash_prefix: r.get("hash_prefix")?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Whether the database holds any token.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn token_any(&self) -> Result<bool> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(sql::TOKEN_ANY)?
+                .query_row([], |r| r.get(0))?)
         })
         .await
     }
@@ -1278,6 +1471,49 @@ fn messages_after(
     Ok(out)
 }
 
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        is_admin: r.get("is_admin")?,
+    })
+}
+
+fn user_by_name(conn: &Connection, name: &str) -> Result<Option<User>> {
+    Ok(conn
+        .prepare_cached(sql::USER_GET_BY_NAME)?
+        .query_row(named_params! {":name": name}, user_from_row)
+        .optional()?)
+}
+
+fn user_by_jwt(conn: &Connection, issuer: &str, name: &str) -> Result<Option<User>> {
+    Ok(conn
+        .prepare_cached(sql::USER_GET_JWT)?
+        .query_row(
+            named_params! {":issuer": issuer, ":name": name},
+            user_from_row,
+        )
+        .optional()?)
+}
+
+fn insert_user(
+    conn: &Connection,
+    name: &str,
+    issuer: Option<&str>,
+    is_admin: bool,
+    now: UnixMillis,
+) -> Result<User> {
+    let id: i64 = conn.prepare_cached(sql::USER_INSERT)?.query_row(
+        named_params! {":name": name, ":issuer": issuer, ":is_admin": is_admin, ":now": now},
+        |r| r.get(0),
+    )?;
+    Ok(User {
+        id,
+        name: name.to_string(),
+        is_admin,
+    })
+}
+
 fn get_owned(conn: &Connection, id: TaskId, user: Option<&str>) -> Result<Task> {
     let t = conn
         .prepare_cached(sql::TASK_GET)?
@@ -1348,7 +1584,7 @@ const INSERT_CHUNK: usize = 32;
 /// `?N` after the position of their name in [`TASK_INSERT_PARAMS`].
 /// Refuses `waiting` (new rows only: a replayed idempotency key adds nothing) when it would
 /// take a user past a quota. Runs before the rows are written, in the same transaction, so the
-/// usage it reads (kept by triggers, see 0008_quotas.sql) includes everything committed or written before
+/// usage it reads (kept by triggers, see 0009_quotas.sql) includes everything committed or written before
 /// it: concurrent requests cannot pass a limit together.
 fn check_user_quotas(
     conn: &Connection,
@@ -1575,6 +1811,49 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn users_are_found_by_token_name_and_id_and_a_jwt_user_is_another_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(StoreOptions::new(dir.path().join("u.db"))).unwrap();
+        let bob = store
+            .token_create(TokenCreate {
+                name: "bob".into(),
+                admin: false,
+                existing: ExistingUser::Refuse,
+                token_hash: "h1".into(),
+                now: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.user_by_token("h1".into()).await.unwrap(),
+            Some(bob.clone())
+        );
+        assert_eq!(store.user_by_id(bob.id).await.unwrap(), Some(bob.clone()));
+        assert_eq!(store.user_resolve("bob".into(), 2).await.unwrap(), bob);
+        let jwt_bob = store
+            .user_jwt("https://idp".into(), "bob".into(), 3)
+            .await
+            .unwrap();
+        assert_ne!(jwt_bob.id, bob.id);
+        assert_eq!(
+            store
+                .user_jwt("https://idp".into(), "bob".into(), 4)
+                .await
+                .unwrap(),
+            jwt_bob
+        );
+        assert_eq!(
+            store
+                .token_revoke(TokenRevoke::User("bob".into()))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.user_by_token("h1".into()).await.unwrap(), None);
+        store.close();
+    }
 
     #[test]
     fn task_insert_binds_its_parameters_in_the_order_the_sql_numbers_them() {

@@ -154,22 +154,41 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
-    /// Creates a user token with the CLI.
+    /// Creates a new user and a token of theirs with the CLI.
     pub fn user_token(&self, user: &str, admin: bool) -> String {
         let mut args = vec!["token", "create", "--user", user];
         if admin {
             args.push("--admin");
         }
-        let out = Command::new(spool_bin())
-            .args(&args)
+        self.cli_ok(&args)
+    }
+
+    /// Adds a token to an existing user with the CLI (`--existing`).
+    pub fn another_token(&self, user: &str, admin: bool) -> String {
+        let mut args = vec!["token", "create", "--existing", "--user", user];
+        if admin {
+            args.push("--admin");
+        }
+        self.cli_ok(&args)
+    }
+
+    /// Runs `spool ARGS --config <this server's config>` and returns the output.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(spool_bin())
+            .args(args)
             .arg("--config")
             .arg(&self.config)
             .current_dir(&self.dir)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// As [`Server::cli`], asserting success; the trimmed stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
         assert!(
             out.status.success(),
-            "{}",
+            "spool {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
