@@ -499,6 +499,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Every SSE stream is a socket: allow as many as the hard limit does.
     spool::bench::raise_fd_limit();
     let listen = cfg.listen;
+    spool::executor::reap::protect_process();
+    spool::executor::reap::become_subreaper();
     let spool = Spool::builder().config(cfg).build()?;
     if let Some(path) = spool.bootstrap_admin().await? {
         tracing::info!(path = %path.display(), "created the first admin token; read it from this file");
@@ -551,6 +553,8 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
             "worker.concurrency is 0: this process would run nothing",
         ));
     }
+    spool::executor::reap::protect_process();
+    spool::executor::reap::become_subreaper();
     let spool = Spool::builder().config(cfg).build()?;
     let shutdown = stop_on_signal();
     spool.run(shutdown).await?;

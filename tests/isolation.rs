@@ -385,3 +385,82 @@ async fn a_grandchild_that_leaves_the_process_group_dies_with_its_attempt() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_running_as_spools_own_user_cannot_read_spools_environment_from_proc() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test starts spool as `nobody`, which needs root (CI runs as root)"
+    );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a `nobody` user");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    nix::unistd::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    // spool and its task run as the same (unprivileged) user: only spool's own protection
+    // keeps the task out of /proc/$PPID/environ.
+    let cfg = write_config(
+        dir.path(),
+        "[kinds.snoop]\ncommand = [\"sh\", \"-c\", \"tr '\\\\0' '\\\\n' < /proc/$PPID/environ; echo END\"]\n",
+    );
+    nix::unistd::chown(&cfg, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let mut child = std::process::Command::new(common::spool_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .env("SNOOP_TARGET_SECRET", "hunter2-secret-value")
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap().trim().to_string();
+    let c = common::client();
+    let t: Value = c
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"kind": "snoop", "max_attempts": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = t["id"].as_str().unwrap().to_string();
+    let msgs = eventually(Duration::from_secs(30), "snoop to finish", || async {
+        let t: Value = c
+            .get(format!("{base}/v1/tasks/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if t["status"] == "pending" || t["status"] == "running" {
+            return None;
+        }
+        let page: Value = c
+            .get(format!("{base}/v1/tasks/{id}/messages?limit=1000"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Some(page["messages"].to_string())
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(msgs.contains("END"), "the task did not run: {msgs}");
+    assert!(!msgs.contains("hunter2-secret-value"), "the task read spool's environment: {msgs}");
+}

@@ -178,19 +178,35 @@ impl Workdirs {
 
 /// Kills the child's process group when dropped (the attempt ended, timed out or was
 /// canceled), then every other descendant the attempt left (see [`super::reap`]).
-struct GroupGuard(Option<i32>);
+struct GroupGuard {
+    /// The leader's pid (= its group), until the attempt's end was handled.
+    pgid: Option<i32>,
+    task: String,
+    attempt: u32,
+}
+
+impl GroupGuard {
+    /// Kills the group, and returns what [`super::reap::end_attempt`] needs.
+    fn kill_group(&mut self) -> Option<(i32, String, u32)> {
+        let pgid = self.pgid.take()?;
+        // ESRCH (nothing left in the group) is the common, harmless case.
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        Some((pgid, self.task.clone(), self.attempt))
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // ESRCH (nothing left in the group) is the common, harmless case.
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        // Canceled or timed out: the leader is being killed and tokio reaps it later
+        // (end_attempt never reaps a leader, so forgetting it now is safe).
+        if let Some((pgid, task, attempt)) = self.kill_group() {
             super::reap::forget(pgid);
+            let end = move || super::reap::end_attempt(pgid, &task, attempt, false);
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
-                    rt.spawn_blocking(move || super::reap::end_attempt(pgid));
+                    rt.spawn_blocking(end);
                 }
-                Err(_) => super::reap::end_attempt(pgid),
+                Err(_) => end(),
             }
         }
     }
@@ -364,7 +380,11 @@ async fn run_child(
             _ => TaskError::retry(msg),
         }
     })?;
-    let _group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    let mut group = GroupGuard {
+        pgid: child.id().and_then(|p| i32::try_from(p).ok()),
+        task: ctx.id().to_string(),
+        attempt: ctx.attempt(),
+    };
 
     let payload = serde_json::to_vec(ctx.payload()).unwrap_or_default();
     if let Some(mut stdin) = child.stdin.take() {
@@ -393,10 +413,12 @@ async fn run_child(
                 // The child is gone; stray grandchildren holding the pipes open would keep the
                 // readers waiting forever. The group goes with its leader, and so does every
                 // other descendant (one that left the group with setsid too).
-                if let Some(pgid) = _group.0 {
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                if let Some((pgid, task, attempt)) = group.kill_group() {
                     super::reap::forget(pgid);
-                    let _ = tokio::task::spawn_blocking(move || super::reap::end_attempt(pgid)).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        super::reap::end_attempt(pgid, &task, attempt, true)
+                    })
+                    .await;
                 }
             }
             line = rx.recv() => {

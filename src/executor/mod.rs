@@ -265,13 +265,6 @@ impl Registry {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the webhook HTTP client: {}", e.without_url()))?;
-        if cfg
-            .kinds
-            .values()
-            .any(|k| matches!(k.handler, crate::config::KindHandler::Command(_)))
-        {
-            reap::become_subreaper();
-        }
         for (kind, k) in &cfg.kinds {
             match &k.handler {
                 crate::config::KindHandler::Command(spec) => {

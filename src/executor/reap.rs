@@ -1,14 +1,21 @@
-//! Every descendant of a command attempt ends with the attempt (Linux).
+//! Every descendant of a command attempt ends with the attempt (Linux), and no task reads
+//! spool's own process.
 //!
 //! Killing the attempt's process group is not enough: a grandchild that calls `setsid` leaves
 //! the group, and once its parent exits it would be re-parented to init and outlive its task.
-//! So spool makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans of its children
-//! are re-parented to spool instead. When an attempt ends, [`end_attempt`] kills, over a few
-//! rounds, the attempt's whole remaining process tree, and every orphan now parented to spool
-//! that is not another live attempt's (an orphan carries its attempt in `SPOOL_TASK_ID` /
-//! `SPOOL_ATTEMPT` of its environment; one without them is a stray and goes too). spool then
-//! reaps what it killed, and any other zombie orphan: tokio waits only for the children it
-//! spawned, and those (the attempts' leaders) are never touched here.
+//! So `spool serve` and `spool work` make themselves a child subreaper
+//! (`PR_SET_CHILD_SUBREAPER`, [`become_subreaper`]): orphans of their children are re-parented
+//! to spool instead. When an attempt ends, [`end_attempt`] kills, over a few rounds, the
+//! attempt's remaining process tree and every orphan now parented to spool that carries this
+//! attempt in `SPOOL_TASK_ID` / `SPOOL_ATTEMPT` of its environment, then reaps what it killed.
+//! It never touches a child spool did not start for an attempt (a program embedding spool
+//! keeps its own children), and does nothing unless this process is a subreaper. A descendant
+//! that both leaves the group with `setsid` and rewrites its environment escapes this: work
+//! that must be contained runs as another user or in a container.
+//!
+//! [`protect_process`] makes spool's own `/proc/<pid>` files root's (`PR_SET_DUMPABLE` 0), so
+//! a child running as spool's user cannot read spool's environment (`/proc/$PPID/environ`:
+//! webhook secrets, R2 keys) or attach to it.
 //!
 //! Spawning a leader and reaping run under one lock, so a leader that exits at once is never
 //! reaped here before tokio registers it.
@@ -38,11 +45,23 @@ impl Leaders {
     }
 }
 
-/// Makes this process a child subreaper. Call once at start when command kinds may run.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process a child subreaper, so [`end_attempt`] can find what an attempt left.
+/// `spool serve` and `spool work` call it at start; a program embedding spool may.
 pub fn become_subreaper() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!(error = %e, "cannot become a child subreaper: a task's setsid grandchildren may outlive it");
+    match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "cannot become a child subreaper: a task's setsid grandchildren may outlive it"),
+    }
+}
+
+/// Makes this process's `/proc` files (environment, memory, fds) readable by root only and
+/// refuses ptrace from its own user: a task running as spool's user cannot read spool's
+/// secrets out of `/proc/$PPID/environ`. Children are not affected (exec resets it).
+pub fn protect_process() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the process undumpable: a task running as spool's user could read spool's environment");
     }
 }
 
@@ -112,21 +131,26 @@ fn subtree(root: i32, children: &HashMap<i32, Vec<i32>>, out: &mut Vec<i32>) {
 /// Ends the attempt led by `leader` (already killed with its group, or exited): kills every
 /// remaining process of its tree and every stray orphan, and reaps them. Blocking: it reads
 /// /proc and waits a little between rounds; run it off the async threads.
-pub(crate) fn end_attempt(leader: i32) {
+pub(crate) fn end_attempt(leader: i32, task: &str, attempt: u32, leader_reaped: bool) {
+    if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let me = std::process::id() as i32;
+    let ours = (task.to_string(), attempt);
     let mut killed: HashSet<i32> = HashSet::new();
     for round in 0..50 {
         let guard = Leaders::lock();
         let mut live: HashMap<i32, (String, u32)> = guard.0.clone();
         live.remove(&leader);
-        let live_attempts: HashSet<&(String, u32)> = live.values().collect();
         let procs = processes();
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
         for (pid, p) in &procs {
             children.entry(p.ppid).or_default().push(*pid);
         }
         let mut targets = Vec::new();
-        if procs.contains_key(&leader) {
+        // The leader's tree, while the leader is not yet reaped (once it is, its pid may be
+        // another process's: its children were re-parented to us and are found below).
+        if !leader_reaped && procs.get(&leader).is_some_and(|p| p.ppid == me) {
             subtree(leader, &children, &mut targets);
         }
         for child in children.get(&me).map(Vec::as_slice).unwrap_or(&[]) {
@@ -135,11 +159,12 @@ pub(crate) fn end_attempt(leader: i32) {
             }
             let p = &procs[child];
             if p.zombie {
-                continue; // reaped below
+                continue; // reaped below, if it is one we killed
             }
-            match marker(*child) {
-                Some(m) if live_attempts.contains(&m) => {} // a live attempt's own orphan
-                _ => subtree(*child, &children, &mut targets),
+            // Only this attempt's own orphans: anything else parented to us is not ours to
+            // end (another attempt's, or a child of a program embedding spool).
+            if marker(*child).as_ref() == Some(&ours) {
+                subtree(*child, &children, &mut targets);
             }
         }
         // The leader itself is tokio's to reap; everything else of its tree dies here.
@@ -151,9 +176,9 @@ pub(crate) fn end_attempt(leader: i32) {
             );
             killed.insert(*pid);
         }
-        // Reap zombies parented to us that are no attempt's leader (tokio waits for those).
+        // Reap the zombies we made (tokio waits for the leaders; nothing else is ours).
         for child in children.get(&me).map(Vec::as_slice).unwrap_or(&[]) {
-            if procs[child].zombie && !live.contains_key(child) && *child != leader {
+            if procs[child].zombie && killed.contains(child) && *child != leader {
                 let _ = nix::sys::wait::waitpid(
                     nix::unistd::Pid::from_raw(*child),
                     Some(nix::sys::wait::WaitPidFlag::WNOHANG),
