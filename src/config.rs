@@ -868,11 +868,19 @@ impl Config {
         }
     }
 
-    /// Whether `user` may enqueue tasks of `kind` (`users = [..]` of the kind; admins may
-    /// run every kind).
-    pub fn may_run(&self, kind: &str, user: &str, is_admin: bool) -> bool {
+    /// Whether a user may enqueue tasks of `kind` (`users = [..]` of the kind; admins may
+    /// run every kind). A bare name in `users` is a token user; a user signed in with a JWT is
+    /// listed as `jwt:<name>` (its user claim), so a JWT whose subject is `alice` is not the
+    /// token user `alice`.
+    pub fn may_run(&self, kind: &str, user: &crate::store::User) -> bool {
         match self.kinds.get(kind).and_then(|k| k.users.as_ref()) {
-            Some(users) => is_admin || users.iter().any(|u| u == user),
+            Some(users) => {
+                user.is_admin
+                    || users.iter().any(|u| match u.strip_prefix("jwt:") {
+                        Some(sub) => user.jwt && sub == user.name,
+                        None => !user.jwt && *u == user.name,
+                    })
+            }
             None => true,
         }
     }
@@ -1304,6 +1312,18 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some(v) = env("SPOOL_HTTP_METRICS_AUTH") {
         raw.http.metrics_auth = Some(v);
+    }
+    if let Some(v) = env("SPOOL_HTTP_HEADER_TIMEOUT_MS") {
+        raw.http.header_timeout_ms = Some(num("SPOOL_HTTP_HEADER_TIMEOUT_MS", v)?);
+    }
+    if let Some(v) = env("SPOOL_HTTP_BODY_TIMEOUT_MS") {
+        raw.http.body_timeout_ms = Some(num("SPOOL_HTTP_BODY_TIMEOUT_MS", v)?);
+    }
+    if let Some(v) = env("SPOOL_HTTP_IDLE_TIMEOUT_MS") {
+        raw.http.idle_timeout_ms = Some(num("SPOOL_HTTP_IDLE_TIMEOUT_MS", v)?);
+    }
+    if let Some(v) = env("SPOOL_LIMITS_REQUESTS_BURST") {
+        raw.limits.requests_burst = Some(num("SPOOL_LIMITS_REQUESTS_BURST", v)?);
     }
     if let Some(v) = env("SPOOL_HTTP_MAX_CONNECTIONS") {
         raw.http.max_connections = Some(num("SPOOL_HTTP_MAX_CONNECTIONS", v)?);

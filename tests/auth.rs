@@ -870,3 +870,47 @@ async fn a_jwks_behind_a_redirect_is_not_followed() {
         "the redirect was followed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinds_users_tell_token_users_from_jwt_users_of_the_same_name() {
+    let secret = "an-hs256-secret-of-at-least-32-bytes!";
+    let (_dir, srv) = start(
+        &format!(
+            "[worker]\nconcurrency = 0\n[auth.jwt]\nhs256_secret_env = \"SPOOL_TEST_JWT_SECRET\"\n\
+             issuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n\
+             [kinds.deploy]\ncommand = [\"true\"]\nusers = [\"alice\"]\n\
+             [kinds.review]\ncommand = [\"true\"]\nusers = [\"jwt:alice\"]\n"
+        ),
+        &[("SPOOL_TEST_JWT_SECRET", secret)],
+    );
+    let jwt_alice = encode(
+        &Header::new(Algorithm::HS256),
+        &claims("alice"),
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let token_alice = srv.user_token("alice", false);
+    let enqueue = |token: String, kind: &'static str| {
+        let c = client();
+        let url = srv.url("/v1/tasks");
+        async move {
+            c.post(url)
+                .bearer_auth(token)
+                .json(&json!({"kind": kind}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        enqueue(token_alice.clone(), "deploy").await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        enqueue(jwt_alice.clone(), "deploy").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(enqueue(jwt_alice, "review").await, StatusCode::CREATED);
+    assert_eq!(enqueue(token_alice, "review").await, StatusCode::FORBIDDEN);
+}

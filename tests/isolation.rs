@@ -394,10 +394,15 @@ async fn a_child_running_as_spools_own_user_cannot_read_spools_environment_from_
         nix::unistd::Uid::effective().is_root(),
         "this test starts spool as `nobody`, which needs root (CI runs as root)"
     );
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a `nobody` user");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a `nobody` user");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     nix::unistd::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
     // spool and its task run as the same (unprivileged) user: only spool's own protection
     // keeps the task out of /proc/$PPID/environ.
@@ -420,8 +425,15 @@ async fn a_child_running_as_spools_own_user_cannot_read_spools_environment_from_
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
-    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap().trim().to_string();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
     let c = common::client();
     let t: Value = c
         .post(format!("{base}/v1/tasks"))
@@ -462,5 +474,8 @@ async fn a_child_running_as_spools_own_user_cannot_read_spools_environment_from_
     let _ = child.kill();
     let _ = child.wait();
     assert!(msgs.contains("END"), "the task did not run: {msgs}");
-    assert!(!msgs.contains("hunter2-secret-value"), "the task read spool's environment: {msgs}");
+    assert!(
+        !msgs.contains("hunter2-secret-value"),
+        "the task read spool's environment: {msgs}"
+    );
 }

@@ -92,6 +92,23 @@ async fn pending_tasks_per_user_are_capped_and_a_refused_request_writes_nothing(
             .status(),
         201
     );
+    // Full again: the canceled task cannot come back by a retry either.
+    assert_429(
+        post(
+            &s,
+            &alice,
+            &format!("/v1/tasks/{}/retry", ids[0]),
+            json!({}),
+        )
+        .await,
+        "pending tasks per user",
+    )
+    .await;
+    let t = s.get_json(&alice, &format!("/v1/tasks/{}", ids[0])).await;
+    assert_eq!(
+        t["status"], "canceled",
+        "a refused retry changed the task: {t}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,9 @@ static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 pub fn become_subreaper() {
     match nix::sys::prctl::set_child_subreaper(true) {
         Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed),
-        Err(e) => tracing::warn!(error = %e, "cannot become a child subreaper: a task's setsid grandchildren may outlive it"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot become a child subreaper: a task's setsid grandchildren may outlive it")
+        }
     }
 }
 

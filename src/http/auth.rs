@@ -102,6 +102,7 @@ pub(super) async fn authenticate(st: &AppState, token: &str) -> Result<User, Api
             // A JWT user's admin right is what this token's claim says, not what it said once.
             User {
                 is_admin: id.admin,
+                jwt: true,
                 ..row
             }
         }
@@ -130,6 +131,7 @@ mod tests {
             id,
             name: format!("u{id}"),
             is_admin: false,
+            jwt: false,
         }
     }
 

@@ -138,7 +138,7 @@ fn validate(
 /// A kind with `users = [..]` in config is run only by those users (and admins): others get
 /// `403 forbidden` naming the kind.
 fn may_run(st: &AppState, user: &crate::store::User, kind: &str) -> ApiResult<()> {
-    if st.cfg.may_run(kind, &user.name, user.is_admin) {
+    if st.cfg.may_run(kind, user) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(

@@ -229,6 +229,9 @@ pub struct User {
     pub name: String,
     /// May see every task and use the queue routes.
     pub is_admin: bool,
+    /// Set when this caller signed in with a JWT: JWT users are another namespace than token
+    /// users of the same name.
+    pub jwt: bool,
 }
 
 impl User {

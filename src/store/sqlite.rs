@@ -549,6 +549,7 @@ impl SqliteStore {
         user: Option<String>,
         now: UnixMillis,
     ) -> Result<Task> {
+        let limits = self.limits;
         self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
             if !matches!(task.status, TaskStatus::Failed | TaskStatus::Canceled) {
@@ -556,6 +557,11 @@ impl SqliteStore {
                     "task {id} is {} and only failed or canceled tasks can be retried",
                     task.status
                 )));
+            }
+            // A retried task is unfinished again: it counts against its owner's quota (its
+            // payload is stored already).
+            if limits.pending_tasks_per_user != u64::MAX {
+                check_usage(conn, &task.user_id, 1, 0, &limits)?;
             }
             let t = conn.prepare_cached(sql::TASK_RETRY)?.query_row(
                 named_params! {":id": id.to_string(), ":now": now},
@@ -1476,6 +1482,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         id: r.get("id")?,
         name: r.get("name")?,
         is_admin: r.get("is_admin")?,
+        jwt: false,
     })
 }
 
@@ -1511,6 +1518,7 @@ fn insert_user(
         id,
         name: name.to_string(),
         is_admin,
+        jwt: issuer.is_some(),
     })
 }
 
@@ -1605,26 +1613,39 @@ fn check_user_quotas(
             None => adds.push((&t.user_id, 1, payload.len() as u64)),
         }
     }
-    let mut get = conn.prepare_cached(sql::USER_USAGE_GET)?;
     for (user, tasks, bytes) in adds {
-        let (unfinished, stored): (i64, i64) = get
-            .query_row(named_params! {":user_id": user}, |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?
-            .unwrap_or((0, 0));
-        if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
-            return Err(StoreError::LimitReached {
-                what: "pending tasks per user",
-                limit: limits.pending_tasks_per_user,
-            });
-        }
-        if (stored.max(0) as u64).saturating_add(bytes) > limits.payload_bytes_per_user {
-            return Err(StoreError::LimitReached {
-                what: "payload bytes per user",
-                limit: limits.payload_bytes_per_user,
-            });
-        }
+        check_usage(conn, user, tasks, bytes, limits)?;
+    }
+    Ok(())
+}
+
+/// Refuses adding `tasks` unfinished tasks and `bytes` of payload to `user`'s usage when that
+/// would pass a quota.
+fn check_usage(
+    conn: &Connection,
+    user: &str,
+    tasks: u64,
+    bytes: u64,
+    limits: &super::Limits,
+) -> Result<()> {
+    let (unfinished, stored): (i64, i64) = conn
+        .prepare_cached(sql::USER_USAGE_GET)?
+        .query_row(named_params! {":user_id": user}, |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .unwrap_or((0, 0));
+    if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
+        return Err(StoreError::LimitReached {
+            what: "pending tasks per user",
+            limit: limits.pending_tasks_per_user,
+        });
+    }
+    if (stored.max(0) as u64).saturating_add(bytes) > limits.payload_bytes_per_user {
+        return Err(StoreError::LimitReached {
+            what: "payload bytes per user",
+            limit: limits.payload_bytes_per_user,
+        });
     }
     Ok(())
 }

@@ -45,8 +45,9 @@ pub async fn prune_once(
 
 /// Removes the working directories of command tasks that are terminal or gone (unless their
 /// kind keeps them): the attempt that ended a task removes its own, this catches the rest (a
-/// task canceled or pruned while pending between attempts, a crash). Looks at most at `limit`
-/// directories per run. Returns how many were removed.
+/// task canceled or pruned while pending between attempts, a crash). Removes at most `limit`
+/// directories per run (every directory is looked at, so kept ones never hide others).
+/// Returns how many were removed.
 ///
 /// # Errors
 /// A database error; directories already removed stay removed.
@@ -63,7 +64,10 @@ pub async fn prune_workdirs(
             .unwrap_or_default()
     };
     let mut removed = 0;
-    for id in ids.into_iter().take(limit) {
+    for id in ids {
+        if removed >= limit {
+            break;
+        }
         let remove = match store.task_get(id, None).await {
             Ok(t) => {
                 let keep = matches!(
