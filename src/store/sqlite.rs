@@ -1518,7 +1518,8 @@ fn insert_user(
         id,
         name: name.to_string(),
         is_admin,
-        jwt: issuer.is_some(),
+        // Set by the HTTP layer for a caller signed in with a JWT, as for rows read back.
+        jwt: false,
     })
 }
 
