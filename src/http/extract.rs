@@ -9,6 +9,9 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+/// How much of a too-large body is read and dropped before the `413` (see [`ApiJson`]).
+const MAX_DRAIN_BYTES: usize = 16 << 20;
+
 /// A JSON body: `application/json` only (415), at most `http.max_body_bytes` (413), and
 /// well-formed with no unknown fields (400 naming the problem).
 pub(super) struct ApiJson<T>(pub(super) T);
@@ -27,18 +30,40 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = st.cfg.http.max_body_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|e| {
+        let timeout = || {
+            ApiError::RequestTimeout(format!(
+                "the body did not arrive within http.body_timeout_ms ({} ms)",
+                st.cfg.http.body_timeout.as_millis()
+            ))
+        };
+        let mut body = req.into_body().into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+            let chunk = chunk.map_err(|e| {
                 if super::serve::is_body_timeout(&e) {
-                    ApiError::RequestTimeout(format!(
-                        "the body did not arrive within http.body_timeout_ms ({} ms)",
-                        st.cfg.http.body_timeout.as_millis()
-                    ))
+                    timeout()
                 } else {
-                    ApiError::TooLarge(format!("the body is over the limit of {limit} bytes"))
+                    ApiError::Invalid(format!("reading the body: {e}"))
                 }
             })?;
+            if bytes.len() + chunk.len() > limit {
+                // The 413 closes the connection. Closing a socket with unread data makes the
+                // kernel answer with a reset, which can destroy the 413 before the client reads
+                // it: read (and drop) what the client is still sending first, within the body
+                // timeout and up to a bound, so the close is an orderly one.
+                let mut drained = 0usize;
+                while let Some(Ok(c)) = futures::StreamExt::next(&mut body).await {
+                    drained += c.len();
+                    if drained > MAX_DRAIN_BYTES {
+                        break;
+                    }
+                }
+                return Err(ApiError::TooLarge(format!(
+                    "the body is over the limit of {limit} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let value = parse_json::<T>(&bytes)?;
         Ok(ApiJson(value))
     }
