@@ -225,8 +225,18 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open`].
     pub fn open_with_hub(opts: StoreOptions, hub: Arc<EventHub>) -> Result<Self> {
-        let conn = open_write_connection(&opts)?;
-        migrate::migrate(&conn)?;
+        // Two processes starting at once on a new file can meet in the switch to WAL, which
+        // SQLite answers with "locked" without waiting: try again for up to the busy timeout.
+        let give_up = std::time::Instant::now() + Duration::from_millis(opts.busy_timeout_ms);
+        let conn = loop {
+            match open_write_connection(&opts).and_then(|c| migrate::migrate(&c).map(|_| c)) {
+                Err(StoreError::Unavailable(m)) if std::time::Instant::now() < give_up => {
+                    tracing::debug!(error = %m, "database busy at open; trying again");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
 
         let busy = opts.busy_timeout_ms;
         let manager = SqliteConnectionManager::file(&opts.path)
