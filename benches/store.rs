@@ -4,8 +4,10 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::json;
-use spool::store::sqlite::MessageCheck;
-use spool::store::{ClaimParams, FinishParams, QueueClaim, SqliteStore, StoreOptions, Synchronous};
+use spool::store::MessageCheck;
+use spool::store::{
+    ClaimParams, FinishParams, QueueClaim, SqliteStore, Store, StoreOptions, Synchronous,
+};
 use spool::task::{NewTask, TaskId, TaskStatus};
 
 fn task() -> NewTask {
@@ -86,7 +88,7 @@ fn benches(c: &mut Criterion) {
                 claim(&store, &rt, 1).pop().unwrap()
             },
             |t| {
-                rt.block_on(store.task_finish(FinishParams {
+                rt.block_on(store.task_finish_wait(FinishParams {
                     task: t,
                     owner: "w".into(),
                     status: TaskStatus::Completed,

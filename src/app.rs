@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::executor::{Handler, Registry};
 use crate::http::serve::{serve as serve_http, ServeOptions};
 use crate::http::{hash_token, metrics_router, new_token, router, AppState};
-use crate::store::{SqliteStore, StoreError, StoreOptions, TokenRevoke, ADMIN_NAME};
+use crate::store::{SqliteStore, Store, StoreError, StoreOptions, TokenRevoke, ADMIN_NAME};
 use crate::task::{NewTask, Task, TaskId};
 use crate::worker::{prune_once, prune_workdirs, WorkerPool};
 use serde_json::Value;
@@ -85,7 +85,7 @@ impl SpoolBuilder {
         let store = open_store(&cfg)?;
         Ok(Spool {
             cfg: Arc::new(cfg),
-            store: Arc::new(store),
+            store,
             registry: Arc::new(registry),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             owners: Default::default(),
@@ -156,7 +156,7 @@ pub fn new_task(
 ///
 /// # Errors
 /// The directory cannot be made, or the database cannot be opened.
-pub fn open_store(cfg: &Config) -> Result<SqliteStore, AppError> {
+pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, AppError> {
     make_data_dir(&cfg.data_dir, &cfg.db_path())?;
     let mut opts = StoreOptions::new(cfg.db_path());
     opts.synchronous = cfg.database.synchronous;
@@ -178,7 +178,7 @@ pub fn open_store(cfg: &Config) -> Result<SqliteStore, AppError> {
     })?;
     // Only once the file proved to be spool's database: a file refused above is left as it was.
     tighten_data_dir(&cfg.data_dir, &cfg.db_path())?;
-    Ok(store)
+    Ok(Arc::new(store))
 }
 
 /// Mode of the data directory.
@@ -245,7 +245,7 @@ fn tighten_data_dir(dir: &Path, db: &Path) -> Result<(), AppError> {
 /// A queue with its handlers, embeddable in a Rust program.
 pub struct Spool {
     cfg: Arc<Config>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     /// Owner keys of the user names enqueued as (users are never deleted; ids never change).
@@ -255,7 +255,7 @@ pub struct Spool {
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spool")
-            .field("db", &self.store.path())
+            .field("db", &self.store.describe())
             .finish()
     }
 }
@@ -285,7 +285,7 @@ impl Spool {
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<SqliteStore> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -372,10 +372,10 @@ impl Spool {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(cfg.retention.interval) => {
-                        if let Err(e) = prune_once(&store, &cfg.retention, clock.now()).await {
+                        if let Err(e) = prune_once(store.as_ref(), &cfg.retention, clock.now()).await {
                             tracing::warn!(error = %e, "pruning failed; will retry");
                         }
-                        if let Err(e) = prune_workdirs(&store, &cfg, 1000).await {
+                        if let Err(e) = prune_workdirs(store.as_ref(), &cfg, 1000).await {
                             tracing::warn!(error = %e, "pruning working directories failed; will retry");
                         }
                     }

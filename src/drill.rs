@@ -372,6 +372,19 @@ pub struct LastDrill {
     pub last_pass_at_ms: Option<i64>,
 }
 
+/// The latest drill recorded for the database at `db`, read on a blocking thread through a
+/// read-only connection (`None` when there is none or it cannot be read).
+pub async fn last_at(db: PathBuf) -> Option<LastDrill> {
+    tokio::task::spawn_blocking(move || {
+        let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        conn.busy_timeout(Duration::from_secs(1)).ok()?;
+        last(&conn).ok().flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Reads the latest recorded drill.
 ///
 /// # Errors

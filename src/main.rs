@@ -393,9 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&cfg);
             spinner.finish_and_clear();
             let store = store?;
-            let v = store
-                .read_raw(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?))
-                .await?;
+            let v = store.schema_version().await?;
             store.close();
             println!(
                 "database {} is at schema version {v}",
@@ -521,7 +519,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let shutdown = stop_on_signal();
-    tracing::info!(%addr, db = %spool.store().path().display(), "spool serving");
+    tracing::info!(%addr, db = %spool.store().describe(), "spool serving");
     // Printed (after the signal handlers are in place) for scripts and tests that bind port 0.
     if let Some(m) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
         println!("metrics listening on http://{m}");
@@ -672,7 +670,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
         let now = SystemClock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
         let (running, failed) = store.inspect_lists(20).await?;
-        let last_drill = store.read_raw(|c| Ok(spool::drill::last(c)?)).await?;
+        let last_drill = spool::drill::last_at(cfg.db_path()).await;
         if as_json {
             let running: Vec<Value> = running
                 .iter()

@@ -218,18 +218,19 @@ async fn a_chatty_child_writing_both_pipes_is_never_blocked() {
     )]);
     let (t, _) = r.run("chatty", json!(null), 1, Some(120_000)).await;
     assert_eq!(t.status, TaskStatus::Completed);
-    let n: i64 = r
-        .spool
-        .store()
-        .read_raw(move |c| {
-            Ok(c.query_row(
-                "SELECT count(*) FROM messages WHERE task_id = ?",
-                [t.id.to_string()],
-                |x| x.get(0),
-            )?)
-        })
-        .await
-        .unwrap();
+    // Read every page of the task's messages through the store.
+    let (mut n, mut after) = (0, 0);
+    loop {
+        let page = r
+            .spool
+            .store()
+            .message_list(t.id, after, 1000)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        n += page.len();
+    }
     assert_eq!(n, 4000);
     let _ = &r.dir;
     r.stop().await;

@@ -6,7 +6,9 @@ use serde_json::json;
 use spool::backoff::RetryPolicy;
 use spool::clock::{Clock, ManualClock};
 use spool::queue::{decide, Outcome};
-use spool::store::{ClaimParams, FinishParams, QueueClaim, SqliteStore, StoreError, StoreOptions};
+use spool::store::{
+    ClaimParams, FinishParams, QueueClaim, SqliteStore, Store, StoreError, StoreOptions,
+};
 use spool::task::{NewTask, Task, TaskId, TaskStatus};
 use spool::worker::prune_once;
 use std::sync::Arc;
@@ -87,7 +89,7 @@ impl Bundle {
         run_at: Option<i64>,
     ) -> Option<Task> {
         self.store
-            .task_finish(FinishParams {
+            .task_finish_wait(FinishParams {
                 task: Arc::new(t.clone()),
                 owner: owner.into(),
                 status,
@@ -386,7 +388,7 @@ async fn released_lease_gives_the_attempt_back() {
     assert_eq!(c.id, t.id);
     let r = b
         .store
-        .task_finish(FinishParams {
+        .task_finish_wait(FinishParams {
             task: Arc::new(c.clone()),
             owner: "A".into(),
             status: TaskStatus::Pending,
@@ -493,7 +495,7 @@ async fn pruner_deletes_finished_tasks_past_retention_with_their_messages() {
             old.id,
             "log".into(),
             json!("hi"),
-            spool::store::sqlite::MessageCheck::Worker,
+            spool::store::MessageCheck::Worker,
             T0,
         )
         .await
@@ -589,10 +591,10 @@ async fn a_failed_attempt_of_a_cancel_requested_task_ends_canceled_not_pending()
 #[tokio::test]
 async fn the_claim_reads_the_claim_index_without_sorting() {
     let b = setup();
-    let plan: Vec<String> = b
-        .store
-        .read_raw(|c| {
-            let sql = include_str!("../sql/queries/task_claim.sql");
+    let plan: Vec<String> = {
+        let c = rusqlite::Connection::open(b.store.path()).unwrap();
+        {
+            let sql = include_str!("../sql/sqlite/queries/task_claim.sql");
             // The subquery is what the planner must serve from the index.
             let select = &sql[sql.find("SELECT rowid").unwrap()..sql.rfind("LIMIT").unwrap()];
             let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {select}")).unwrap();
@@ -604,10 +606,9 @@ async fn the_claim_reads_the_claim_index_without_sorting() {
                 .unwrap()
                 .map(|r| r.unwrap())
                 .collect();
-            Ok(rows)
-        })
-        .await
-        .unwrap();
+            rows
+        }
+    };
     let text = plan.join(" | ");
     assert!(text.contains("tasks_claim"), "{text}");
     assert!(!text.contains("TEMP B-TREE"), "{text}");

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use spool::store::{SqliteStore, StoreOptions};
+use spool::store::{SqliteStore, Store, StoreOptions};
 use spool::task::{NewTask, TaskId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

@@ -52,19 +52,24 @@ impl Handler for Recorder {
     }
 }
 
+/// A read-only connection to the database of `spool`, as an operator's `sqlite3` would open it.
+fn db(spool: &Spool) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        spool.config().db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
 async fn wait_all_terminal(spool: &Spool, n: usize, limit: Duration) {
     let end = Instant::now() + limit;
     loop {
-        let done: i64 = spool
-            .store()
-            .read_raw(|c| {
-                Ok(c.query_row(
-                    "SELECT count(*) FROM tasks WHERE status IN ('completed','failed','canceled')",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
-            .await
+        let done: i64 = db(spool)
+            .query_row(
+                "SELECT count(*) FROM tasks WHERE status IN ('completed','failed','canceled')",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         if done as usize >= n {
             return;
@@ -141,24 +146,23 @@ async fn five_thousand_tasks_over_eight_slots_each_end_in_one_terminal_state() {
     stop.cancel();
     runner.await.unwrap().unwrap();
 
-    let finals: HashMap<TaskId, (TaskStatus, u32)> = spool
-        .store()
-        .read_raw(|c| {
-            let mut st = c.prepare("SELECT id, status, attempts FROM tasks").unwrap();
-            let rows = st
-                .query_map([], |r| {
-                    let id: String = r.get(0)?;
-                    let s: String = r.get(1)?;
-                    Ok((
-                        id.parse().unwrap(),
-                        (s.parse().unwrap(), r.get::<_, u32>(2)?),
-                    ))
-                })?
-                .collect::<Result<HashMap<_, _>, _>>()?;
-            Ok(rows)
-        })
-        .await
-        .unwrap();
+    let finals: HashMap<TaskId, (TaskStatus, u32)> = {
+        let c = db(&spool);
+        let mut st = c.prepare("SELECT id, status, attempts FROM tasks").unwrap();
+        let rows = st
+            .query_map([], |r| {
+                let id: String = r.get(0)?;
+                let s: String = r.get(1)?;
+                Ok((
+                    id.parse().unwrap(),
+                    (s.parse().unwrap(), r.get::<_, u32>(2)?),
+                ))
+            })
+            .unwrap()
+            .collect::<Result<HashMap<_, _>, _>>()
+            .unwrap();
+        rows
+    };
     assert_eq!(finals.len(), 5000);
     let runs = rec.runs.lock().unwrap();
     for (id, mode) in &expect {
@@ -411,10 +415,8 @@ async fn enqueue_rejects_bad_names_before_writing() {
         .build()
         .unwrap();
     assert!(spool.enqueue("bad kind", json!(null)).await.is_err());
-    let n: i64 = spool
-        .store()
-        .read_raw(|c| Ok(c.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))?))
-        .await
+    let n: i64 = db(&spool)
+        .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 0);
 }

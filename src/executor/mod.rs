@@ -8,8 +8,8 @@ pub mod reap;
 pub mod webhook;
 
 use crate::clock::Clock;
-use crate::store::sqlite::MessageCheck;
-use crate::store::SqliteStore;
+use crate::store::MessageCheck;
+use crate::store::Store;
 use crate::task::{Task, TaskId};
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -70,7 +70,7 @@ impl std::error::Error for TaskError {}
 #[derive(Clone)]
 pub struct TaskContext {
     task: Arc<Task>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
     /// The task's message limit was reached: later progress is dropped here.
@@ -89,7 +89,7 @@ impl TaskContext {
     /// A context for one attempt of `task`.
     pub fn new(
         task: Arc<Task>,
-        store: Arc<SqliteStore>,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         cancel: CancellationToken,
     ) -> Self {
@@ -122,11 +122,6 @@ impl TaskContext {
         &self.task
     }
 
-    /// The store, for executors that need more than progress (webhook task tokens).
-    pub fn store(&self) -> &Arc<SqliteStore> {
-        &self.store
-    }
-
     /// The owner's user name (`tasks.user_id` holds the owner's id): what `SPOOL_USER` and the
     /// webhook body's `user` carry.
     ///
@@ -149,6 +144,19 @@ impl TaskContext {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// A new token for this attempt (for a webhook receiver), valid until the attempt ends.
+    ///
+    /// # Errors
+    /// The attempt has ended, or the database is unavailable.
+    pub async fn task_token(&self) -> Result<String, crate::store::StoreError> {
+        let token = crate::token::new_task_token();
+        let hash = crate::token::hash_token(&token);
+        self.store
+            .task_token_create(&self.task, hash, self.clock.now())
+            .await?;
+        Ok(token)
     }
 
     /// Appends a progress message; it is committed before this returns, in order. A `kind`

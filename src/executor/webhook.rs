@@ -136,8 +136,7 @@ impl Handler for WebhookHandler {
 impl WebhookHandler {
     async fn post(&self, ctx: TaskContext) -> Result<Value, TaskError> {
         let token = ctx
-            .store()
-            .task_token_create(ctx.task(), ctx.clock().now())
+            .task_token()
             .await
             .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
         // The task JSON with its owner's name, so a receiver knows on whose behalf it runs.

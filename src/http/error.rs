@@ -135,7 +135,6 @@ impl From<StoreError> for ApiError {
                 retry_after_s: 5,
             },
             e @ StoreError::IdempotencyMismatch { .. } => Self::IdempotencyMismatch(e.to_string()),
-            StoreError::Pool(e) => Self::Unavailable(format!("no database connection free: {e}")),
             other => Self::Internal(other.to_string()),
         }
     }

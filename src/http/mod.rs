@@ -16,7 +16,7 @@ pub use error::{ApiError, ApiResult};
 
 use crate::clock::Clock;
 use crate::config::{Config, MetricsAuth};
-use crate::store::SqliteStore;
+use crate::store::Store;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,7 @@ const SHARED_RESULT_TTL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct AppState {
     /// The store.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
     /// The configuration.
     pub cfg: Arc<Config>,
     /// The clock.
@@ -60,7 +60,7 @@ pub struct AppState {
 impl AppState {
     /// State for a router.
     pub fn new(
-        store: Arc<SqliteStore>,
+        store: Arc<dyn Store>,
         cfg: Arc<Config>,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
@@ -299,7 +299,7 @@ async fn refresh_gauges(st: &AppState) {
                 .set(n as f64);
         }
     }
-    if let Ok(Some(d)) = st.store.read_raw(|c| Ok(crate::drill::last(c)?)).await {
+    if let Some(d) = crate::drill::last_at(st.cfg.db_path()).await {
         metrics::gauge!("spool_last_drill_passed").set(if d.passed { 1.0 } else { 0.0 });
         if let Some(t) = d.last_pass_at_ms {
             metrics::gauge!("spool_last_good_drill_timestamp_seconds").set(t as f64 / 1000.0);

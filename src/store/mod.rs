@@ -1,20 +1,23 @@
 //! The store owns the database: migrations, every SQL statement, transactions and the writer.
 //! It knows nothing of HTTP or processes.
 //!
-//! Writes go through one writer thread (group commit, see [`sqlite`]); reads use a pool of
-//! read-only connections on blocking threads.
+//! [`Store`] is the seam: everything above it (HTTP, the worker pool, the CLI, embedders) holds an
+//! `Arc<dyn Store>` and never names a driver type, a connection, a rowid or a PRAGMA. A store
+//! never reads the clock, a random source or the environment: the time, ids and tokens come in
+//! as arguments, so two stores given the same calls do the same thing. [`sqlite`] is the
+//! embedded default (one writer thread with group commit, a pool of readers).
 
-pub(crate) mod migrate;
-pub(crate) mod sql;
 pub mod sqlite;
 
-pub use migrate::LATEST_VERSION;
-pub use sqlite::{Queued, SqliteStore, StoreOptions, Synchronous};
+pub use sqlite::LATEST_VERSION;
+pub use sqlite::{SqliteStore, StoreOptions, Synchronous};
 
 use crate::clock::UnixMillis;
-use crate::task::{Task, TaskId, TaskStatus};
+use crate::events::EventHub;
+use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
 use serde_json::Value;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +26,9 @@ pub enum StoreError {
     /// Nothing was written.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// Any other SQLite error.
-    #[error("sqlite: {0}")]
-    Sqlite(rusqlite::Error),
-    /// The reader pool could not hand out a connection.
-    #[error("reader pool: {0}")]
-    Pool(#[from] r2d2::Error),
+    /// Any other error of the database or its driver.
+    #[error("database error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No such task (or not the caller's).
     #[error("task {0} not found")]
     NotFound(TaskId),
@@ -64,26 +64,9 @@ pub enum StoreError {
     /// The file exists but is not a SQLite database.
     #[error("{0} is not a SQLite database")]
     NotADatabase(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode as C;
-        match &e {
-            rusqlite::Error::SqliteFailure(f, _) => match f.code {
-                C::DatabaseBusy | C::DatabaseLocked => {
-                    StoreError::Unavailable(format!("database is locked by another writer ({e})"))
-                }
-                C::DiskFull => StoreError::Unavailable(format!("disk full ({e})")),
-                C::SystemIoFailure | C::CannotOpen | C::ReadOnly | C::OutOfMemory => {
-                    StoreError::Unavailable(e.to_string())
-                }
-                C::NotADatabase => StoreError::NotADatabase(e.to_string()),
-                _ => StoreError::Sqlite(e),
-            },
-            _ => StoreError::Sqlite(e),
-        }
-    }
+    /// The schema cannot be brought to this spool's version (a migration was refused or failed).
+    #[error("migration: {0}")]
+    Migration(String),
 }
 
 /// Quotas the store enforces inside its write transactions, so no number of concurrent
@@ -108,6 +91,11 @@ impl Default for Limits {
         }
     }
 }
+
+/// Message content read per page, at most (the page still holds at least one message): a
+/// reader holds its page while its client is slow, so pages are bounded by bytes, not only by
+/// count (500 messages of 64 KiB would be 32 MB per open stream).
+pub const MESSAGE_PAGE_BYTES: usize = 1 << 20;
 
 /// Short for a store result.
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -303,4 +291,396 @@ pub enum TaskTokenCheck {
     Expired,
     /// Valid for this task and attempt.
     Valid(TaskId, u32),
+}
+
+/// Who may append a message, and so what is checked.
+#[derive(Debug, Clone)]
+pub enum MessageCheck {
+    /// A user through the API (`None`: an admin): the task must be theirs and not terminal.
+    User(Option<String>),
+    /// A webhook receiver's task token: that attempt must still be running.
+    Attempt(u32),
+    /// This process's worker: only that the task exists (tools and tests).
+    Worker,
+    /// A running attempt: the task must still be running under this owner and attempt, so a
+    /// worker that lost its lease cannot write into the next attempt's messages.
+    Lease {
+        /// The worker holding the lease.
+        owner: String,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+/// A write a store has accepted and ordered but may not have committed yet;
+/// [`Queued::answer`] waits for its commit. A store that commits before it answers hands out
+/// one that is [`Queued::ready`].
+#[derive(Debug)]
+pub struct Queued<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> Queued<T> {
+    /// A write whose outcome will be sent on the other end of the channel.
+    pub fn new(rx: oneshot::Receiver<Result<T>>) -> Self {
+        Self(rx)
+    }
+
+    /// A write that has already committed (or failed).
+    pub fn ready(outcome: Result<T>) -> Self {
+        let (tx, rx) = oneshot::channel();
+        // The receiver is held right here: the send cannot fail.
+        let _ = tx.send(outcome);
+        Self(rx)
+    }
+
+    /// The write's outcome, once its transaction committed (or failed).
+    ///
+    /// # Errors
+    /// The write's own error, or `Unavailable` when the store stopped first.
+    pub async fn answer(self) -> Result<T> {
+        self.0
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+}
+
+/// A change of a task as the database recorded it, in commit order: what `/v1/events` streams,
+/// from any process on the database.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The change's position: changes committed later have greater ones.
+    pub seq: i64,
+    /// The task as it is now (a task changed twice since a cursor shows up with each change).
+    pub task: Arc<Task>,
+}
+
+/// A page of changes after a cursor.
+#[derive(Debug, Clone, Default)]
+pub struct ChangePage {
+    /// Changes after the cursor, oldest first.
+    pub changes: Vec<Change>,
+    /// The greatest position read (the cursor to continue from; the cursor given when none).
+    pub next: i64,
+    /// True when changes after the cursor were already pruned: the reader missed some.
+    pub gap: bool,
+}
+
+/// Filters of a change page.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeParams {
+    /// Read after this position (0: from the oldest kept).
+    pub after: i64,
+    /// Only this user's tasks (None: all).
+    pub user_id: Option<String>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Read at most this many changes (before the filters).
+    pub limit: u32,
+}
+
+/// The database behind spool. Every implementation passes the one conformance suite
+/// (`tests/conformance/`); the methods are grouped as tasks, leases, messages, queues, users
+/// and tokens, workers, operations and events.
+///
+/// Times (`now`) are passed in by the caller, as are ids and tokens (as hashes); a store reads
+/// no clock, random source or environment of its own.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    // ---- tasks ------------------------------------------------------------------------------
+
+    /// Enqueues tasks, all or nothing. A task whose idempotency key the user used before comes
+    /// back as the original (`created: false`) when the request hash matches, and fails the whole
+    /// call with [`StoreError::IdempotencyMismatch`] when it does not. Refused with
+    /// `LimitReached` when a user's quota of [`Limits`] would be passed.
+    ///
+    /// # Errors
+    /// `IdempotencyMismatch`, `LimitReached`, `Unavailable`, or `Backend`; nothing is written then.
+    async fn task_insert(&self, tasks: Vec<NewTask>, now: UnixMillis) -> Result<Vec<Inserted>>;
+
+    /// One task; with `user`, only that user's.
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    async fn task_get(&self, id: TaskId, user: Option<String>) -> Result<Task>;
+
+    /// A page of tasks, newest first.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn task_list(&self, p: ListParams) -> Result<Vec<Task>>;
+
+    /// A task (scoped to `user`) and its messages after `after`, read in one snapshot (see
+    /// [`Store::message_list`] for the page).
+    ///
+    /// # Errors
+    /// `NotFound` or a database error.
+    async fn task_with_messages(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Task, Vec<Message>)>;
+
+    /// Cancels a task ([`crate::queue::cancel`] decides how); `user` limits it to that user's.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` for a terminal task, `Unavailable`.
+    async fn task_cancel(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task>;
+
+    /// Puts a failed or canceled task back to pending with its attempts reset
+    /// ([`crate::queue::retry`]); it counts against its owner's quota again.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` for other states, `LimitReached`, `Unavailable`.
+    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task>;
+
+    /// Deletes up to `limit` tasks that ended with `status` before `before` (with their
+    /// messages); returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn task_prune(&self, status: TaskStatus, before: UnixMillis, limit: u32)
+        -> Result<usize>;
+
+    // ---- leases -----------------------------------------------------------------------------
+
+    /// Claims runnable tasks for a worker, best first; with `rescue`, first ends or frees the
+    /// tasks whose lease expired ([`crate::queue::rescue`]).
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>>;
+
+    /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn lease_extend(
+        &self,
+        owner: String,
+        lease_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Vec<HeldLease>>;
+
+    /// Ends an attempt, fenced by owner and attempt number; the answer is `None` when the fence
+    /// did not match (the lease was lost) and nothing changed.
+    ///
+    /// **Ordering contract:** once this returns, no claim made later through the same store can
+    /// commit before this write. A worker may therefore free the attempt's slot as soon as this
+    /// returns, before [`Queued::answer`]: the task cannot be claimed again by this process ahead
+    /// of its own outcome. (SQLite meets this once the write is queued on its one writer; a store
+    /// without such a queue returns after the commit.)
+    ///
+    /// # Errors
+    /// `Unavailable` when the write could not be queued; the answer carries the write's error.
+    async fn task_finish(&self, p: FinishParams) -> Result<Queued<Option<Arc<Task>>>>;
+
+    /// [`Store::task_finish`], waiting for the commit.
+    ///
+    /// # Errors
+    /// As [`Store::task_finish`], and the write's own error.
+    async fn task_finish_wait(&self, p: FinishParams) -> Result<Option<Arc<Task>>> {
+        self.task_finish(p).await?.answer().await
+    }
+
+    /// Stores the hash of a token for the running attempt of `task` as it was claimed (for a
+    /// webhook receiver). It is stored only while that claim still runs (same attempt, worker
+    /// and start), and is deleted when the attempt ends, however it ends.
+    ///
+    /// # Errors
+    /// `Conflict` when the attempt has already ended; `Unavailable` or a database error.
+    async fn task_token_create(
+        &self,
+        task: &Task,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<()>;
+
+    /// What a task token is worth at `now`.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn task_token_lookup(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<TaskTokenCheck>;
+
+    // ---- messages ---------------------------------------------------------------------------
+
+    /// Appends a message to a task after `check`. `messages_per_task` of [`Limits`]: past it a
+    /// user's message is refused (`LimitReached`); the task's own first message past it is
+    /// stored as one `truncated` message instead, and every later one is dropped (`Ok(None)`).
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` for a terminal task or an ended attempt, `LimitReached`,
+    /// `Unavailable`.
+    async fn message_insert(
+        &self,
+        task_id: TaskId,
+        kind: String,
+        content: Value,
+        check: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Option<Message>>;
+
+    /// A task's messages after the cursor `after` (a message's `id`; 0 for the first), oldest
+    /// first: at most `limit`, and about [`MESSAGE_PAGE_BYTES`] of content (at least one
+    /// message). Continue after the last id returned: a reader that does so sees every
+    /// committed message of the task once, in order, never skipping one that commits late.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>>;
+
+    // ---- queues -----------------------------------------------------------------------------
+
+    /// Depths of every queue that has a task, a pause record, or is named in `configured`.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn queue_stats(
+        &self,
+        configured: Vec<String>,
+        now: UnixMillis,
+    ) -> Result<Vec<QueueStats>>;
+
+    /// Names of paused queues.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn queue_paused(&self) -> Result<Vec<String>>;
+
+    /// Pauses or resumes a queue.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn queue_set_paused(&self, name: String, paused: bool, now: UnixMillis) -> Result<()>;
+
+    // ---- users and tokens -------------------------------------------------------------------
+
+    /// Stores a new token of a token user (hashed): a new user, or with
+    /// [`ExistingUser::AddToken`] an existing one, never one silently for the other. The name
+    /// [`ADMIN_NAME`] belongs to an admin only; `admin` must match an existing user's flag.
+    ///
+    /// # Errors
+    /// `Conflict` naming the reason; `Unavailable` or a database error. Nothing is written then.
+    async fn token_create(&self, p: TokenCreate) -> Result<User>;
+
+    /// The first start's admin token: stored only when the database holds no token at all, for
+    /// the user [`ADMIN_NAME`] (made, or made an admin, if need be). True when it was stored.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn token_bootstrap_admin(&self, token_hash: String, now: UnixMillis) -> Result<bool>;
+
+    /// The token user of `name`, made if missing: [`ADMIN_NAME`] is made an admin, any other
+    /// name not.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn user_resolve(&self, name: String, now: UnixMillis) -> Result<User>;
+
+    /// The user of a JWT identity (issuer and user claim), made on first sight; its `is_admin`
+    /// is false (a JWT user's admin right comes from each token).
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn user_jwt(&self, issuer: String, name: String, now: UnixMillis) -> Result<User>;
+
+    /// Deletes tokens; returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn token_revoke(&self, which: TokenRevoke) -> Result<usize>;
+
+    /// The user a token hash names (`None`: unknown or revoked).
+    ///
+    /// # Errors
+    /// A database error.
+    async fn user_by_token(&self, token_hash: String) -> Result<Option<User>>;
+
+    /// A user by id (the owner of a task whose `user_id` is `id`).
+    ///
+    /// # Errors
+    /// A database error.
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>>;
+
+    /// Every token, oldest first (never the tokens).
+    ///
+    /// # Errors
+    /// A database error.
+    async fn token_list(&self) -> Result<Vec<TokenInfo>>;
+
+    /// Whether the database holds any token.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn token_any(&self) -> Result<bool>;
+
+    // ---- workers ----------------------------------------------------------------------------
+
+    /// Records a worker process and its heartbeat; forgets workers silent since `stale_before`.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn worker_heartbeat(
+        &self,
+        id: String,
+        host: String,
+        pid: u32,
+        stale_before: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()>;
+
+    /// Forgets a worker process that stopped.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn worker_remove(&self, id: String) -> Result<()>;
+
+    // ---- operations -------------------------------------------------------------------------
+
+    /// Whether the database takes a durable write now (for `/readyz`).
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not.
+    async fn ping_write(&self, now: UnixMillis) -> Result<()>;
+
+    /// Running tasks (oldest first) and the latest failures, for `spool inspect`.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn inspect_lists(&self, limit: u32) -> Result<(Vec<Task>, Vec<Task>)>;
+
+    /// The schema version of the database.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn schema_version(&self) -> Result<u32>;
+
+    /// Forgets recorded changes older than `before`, keeping at least the newest `keep`;
+    /// returns how many were removed.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize>;
+
+    /// Where the database is, for logs and `spool inspect` (no secrets).
+    fn describe(&self) -> String;
+
+    /// Stops taking writes once those already taken are done, and closes the database.
+    fn close(&self);
+
+    // ---- events -----------------------------------------------------------------------------
+
+    /// In-process announcements of this store's committed changes: they wake waiters at once.
+    /// Changes made by other processes are not announced here; [`Store::changes`] has them.
+    fn hub(&self) -> &Arc<EventHub>;
+
+    /// Task changes committed after `p.after` by any process on the database, in commit order.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn changes(&self, p: ChangeParams) -> Result<ChangePage>;
 }

@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::executor::{Registry, TaskContext, TaskError};
 use crate::queue::{decide, Outcome};
-use crate::store::{ClaimParams, FinishParams, QueueClaim, SqliteStore, StoreError};
+use crate::store::{ClaimParams, FinishParams, QueueClaim, Store, StoreError};
 use crate::task::{Task, TaskId, TaskStatus};
 use backon::{ExponentialBuilder, Retryable};
 use futures::FutureExt;
@@ -64,7 +64,7 @@ impl Running {
 
 /// A pool of task slots in this process.
 pub struct WorkerPool {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     cfg: Arc<Config>,
@@ -88,7 +88,7 @@ impl std::fmt::Debug for WorkerPool {
 impl WorkerPool {
     /// A pool with a fresh worker id.
     pub fn new(
-        store: Arc<SqliteStore>,
+        store: Arc<dyn Store>,
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
         cfg: Arc<Config>,
@@ -339,10 +339,10 @@ impl WorkerPool {
         let status = finish.status;
         let error = finish.error.clone();
         let run_at = finish.run_at;
-        // The slot takes its next task once this outcome is on the writer's queue, not after
-        // its commit: the next claim is queued behind it and so commits with it or later. A
-        // crash therefore never leaves more tasks running than there are slots.
-        let first = self.store.task_finish_queued(finish.clone()).await;
+        // The slot takes its next task once `task_finish` returned, not after the commit: by
+        // the store's ordering contract (see `Store::task_finish`) no later claim commits before
+        // this outcome. A crash therefore never leaves more tasks running than there are slots.
+        let first = self.store.task_finish(finish.clone()).await;
         self.handler_returned(task.id, seq);
         let first = match first {
             Ok(queued) => queued.answer().await,
@@ -350,7 +350,7 @@ impl WorkerPool {
         };
         let done = match first {
             Err(StoreError::Unavailable(_)) => {
-                let write = || async { self.store.task_finish(finish.clone()).await };
+                let write = || async { self.store.task_finish_wait(finish.clone()).await };
                 write
                     .retry(
                         ExponentialBuilder::default()

@@ -3,7 +3,7 @@
 
 use crate::clock::UnixMillis;
 use crate::config::RetentionConfig;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{Store, StoreError};
 use crate::task::TaskStatus;
 
 /// Tasks deleted per transaction.
@@ -15,7 +15,7 @@ pub(crate) const PRUNE_BATCH: u32 = 500;
 /// # Errors
 /// A database error from a batch; batches before it stay deleted.
 pub async fn prune_once(
-    store: &SqliteStore,
+    store: &dyn Store,
     r: &RetentionConfig,
     now: UnixMillis,
 ) -> Result<usize, StoreError> {
@@ -52,7 +52,7 @@ pub async fn prune_once(
 /// # Errors
 /// A database error; directories already removed stay removed.
 pub async fn prune_workdirs(
-    store: &SqliteStore,
+    store: &dyn Store,
     cfg: &crate::config::Config,
     limit: usize,
 ) -> Result<usize, StoreError> {

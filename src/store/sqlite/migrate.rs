@@ -5,21 +5,46 @@ use rusqlite::Connection;
 
 /// Every migration: its version and SQL. Versions are contiguous from 1.
 pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
-    (1, include_str!("../../sql/migrations/0001_init.sql")),
-    (2, include_str!("../../sql/migrations/0002_task_tokens.sql")),
-    (3, include_str!("../../sql/migrations/0003_health.sql")),
+    (
+        1,
+        include_str!("../../../sql/sqlite/migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../sql/sqlite/migrations/0002_task_tokens.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../sql/sqlite/migrations/0003_health.sql"),
+    ),
     (
         4,
-        include_str!("../../sql/migrations/0004_queue_status_index.sql"),
+        include_str!("../../../sql/sqlite/migrations/0004_queue_status_index.sql"),
     ),
-    (5, include_str!("../../sql/migrations/0005_prune_index.sql")),
-    (6, include_str!("../../sql/migrations/0006_lean_tasks.sql")),
+    (
+        5,
+        include_str!("../../../sql/sqlite/migrations/0005_prune_index.sql"),
+    ),
+    (
+        6,
+        include_str!("../../../sql/sqlite/migrations/0006_lean_tasks.sql"),
+    ),
     (
         7,
-        include_str!("../../sql/migrations/0007_portable_views.sql"),
+        include_str!("../../../sql/sqlite/migrations/0007_portable_views.sql"),
     ),
-    (8, include_str!("../../sql/migrations/0008_users_by_id.sql")),
-    (9, include_str!("../../sql/migrations/0009_quotas.sql")),
+    (
+        8,
+        include_str!("../../../sql/sqlite/migrations/0008_users_by_id.sql"),
+    ),
+    (
+        9,
+        include_str!("../../../sql/sqlite/migrations/0009_quotas.sql"),
+    ),
+    (
+        10,
+        include_str!("../../../sql/sqlite/migrations/0010_task_changes.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.
@@ -92,7 +117,7 @@ fn apply(conn: &Connection, found: u32) -> Result<Vec<u32>, StoreError> {
             conn.execute_batch(sql)?;
             let after = orphans()?;
             if after > before {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::Migration(format!(
                     "migration {version} would leave {} more rows with a missing parent",
                     after - before
                 )));

@@ -8,17 +8,21 @@
 //! its own savepoint, commits once, and only then answers each caller and publishes events.
 //! Under load thousands of small commits become a few large ones; alone, a job commits at once.
 
-use super::migrate;
-use super::sql;
+pub(crate) mod migrate;
+mod rows;
+pub(crate) mod sql;
+
 use super::{
-    ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted, ListParams, QueueStats, Result,
-    StoreError, TaskTokenCheck, TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME,
+    ChangePage, ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted,
+    ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck,
+    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, MESSAGE_PAGE_BYTES,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+pub use migrate::LATEST_VERSION;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,22 +139,6 @@ where
         };
         // The caller may have gone away (client disconnected); the write stands regardless.
         let _ = self.reply.send(answer);
-    }
-}
-
-/// A write on the writer's queue; [`Queued::answer`] waits for its commit.
-#[derive(Debug)]
-pub struct Queued<T>(oneshot::Receiver<Result<T>>);
-
-impl<T> Queued<T> {
-    /// The write's outcome, once its transaction committed (or failed).
-    ///
-    /// # Errors
-    /// The write's own error, or `Unavailable` when the writer stopped.
-    pub async fn answer(self) -> Result<T> {
-        self.0
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
     }
 }
 
@@ -273,13 +261,8 @@ impl SqliteStore {
         &self.path
     }
 
-    /// The hub this store publishes committed changes on.
-    pub fn hub(&self) -> &Arc<EventHub> {
-        &self.hub
-    }
-
     /// Stops the writer after it finished what it was given, closing the write connection.
-    pub fn close(&self) {
+    fn stop(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
@@ -357,7 +340,7 @@ impl SqliteStore {
                 }
             })?;
         }
-        Ok(Queued(rx))
+        Ok(Queued::new(rx))
     }
 
     /// Runs `f` with a read-only connection on a blocking thread.
@@ -374,7 +357,10 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
+}
 
+#[async_trait::async_trait]
+impl Store for SqliteStore {
     // ---- writes -------------------------------------------------------------------------
 
     /// Enqueues tasks, all or nothing. A task whose idempotency key the user used before comes
@@ -383,7 +369,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `IdempotencyMismatch`, `Unavailable`, or a database error; nothing is written then.
-    pub async fn task_insert(&self, tasks: Vec<NewTask>, now: UnixMillis) -> Result<Vec<Inserted>> {
+    async fn task_insert(&self, tasks: Vec<NewTask>, now: UnixMillis) -> Result<Vec<Inserted>> {
         // Payloads are turned into text here, on the caller's thread: the writer is the one
         // serial resource, so it does only what must be serial.
         let prepared = tasks
@@ -409,7 +395,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>> {
+    async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>> {
         // In its own savepoint even as one statement: the UPDATE changes every row on its first
         // step, and a row that then fails to read back must not stay claimed by nobody.
         self.write(true, move |conn| claim(conn, &p)).await
@@ -419,7 +405,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn lease_extend(
+    async fn lease_extend(
         &self,
         owner: String,
         lease_ms: u64,
@@ -453,21 +439,12 @@ impl SqliteStore {
         .await
     }
 
-    /// Ends an attempt, fenced by owner and attempt number. `None` when the fence did not match
-    /// (the lease was lost): nothing changed.
-    ///
-    /// # Errors
-    /// `Unavailable` or a database error.
-    pub async fn task_finish(&self, p: FinishParams) -> Result<Option<Arc<Task>>> {
-        self.task_finish_queued(p).await?.answer().await
-    }
-
     /// As [`SqliteStore::task_finish`], in two steps: this returns once the write is queued (a
     /// claim queued after it cannot commit before it), and its [`Queued::answer`] once committed.
     ///
     /// # Errors
     /// As [`SqliteStore::task_finish`].
-    pub async fn task_finish_queued(&self, p: FinishParams) -> Result<Queued<Option<Arc<Task>>>> {
+    async fn task_finish(&self, p: FinishParams) -> Result<Queued<Option<Arc<Task>>>> {
         // The result is written out here, on the caller's thread, not on the writer.
         let result_text = match &p.result {
             Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
@@ -523,12 +500,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for a terminal task, `Unavailable`.
-    pub async fn task_cancel(
-        &self,
-        id: TaskId,
-        user: Option<String>,
-        now: UnixMillis,
-    ) -> Result<Task> {
+    async fn task_cancel(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
         self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
             let query = match task.status {
@@ -540,10 +512,11 @@ impl SqliteStore {
                     )))
                 }
             };
-            let t = conn.prepare_cached(query)?.query_row(
+            let t = rows::task(
+                &mut *conn.prepare_cached(query)?,
                 named_params! {":id": id.to_string(), ":now": now},
-                task_from_row,
-            )?;
+            )?
+            .ok_or(StoreError::NotFound(id))?;
             Ok((t.clone(), vec![Event::Task(Arc::new(t))]))
         })
         .await
@@ -553,12 +526,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for other states, `Unavailable`.
-    pub async fn task_retry(
-        &self,
-        id: TaskId,
-        user: Option<String>,
-        now: UnixMillis,
-    ) -> Result<Task> {
+    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
         let limits = self.limits;
         self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
@@ -573,10 +541,11 @@ impl SqliteStore {
             if limits.pending_tasks_per_user != u64::MAX {
                 check_usage(conn, &task.user_id, 1, 0, &limits)?;
             }
-            let t = conn.prepare_cached(sql::TASK_RETRY)?.query_row(
+            let t = rows::task(
+                &mut *conn.prepare_cached(sql::TASK_RETRY)?,
                 named_params! {":id": id.to_string(), ":now": now},
-                task_from_row,
-            )?;
+            )?
+            .ok_or(StoreError::NotFound(id))?;
             Ok((t.clone(), vec![Event::Task(Arc::new(t))]))
         })
         .await
@@ -591,7 +560,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for a terminal task, `LimitReached`, `Unavailable`.
-    pub async fn message_insert(
+    async fn message_insert(
         &self,
         task_id: TaskId,
         kind: String,
@@ -695,12 +664,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn queue_set_paused(
-        &self,
-        name: String,
-        paused: bool,
-        now: UnixMillis,
-    ) -> Result<()> {
+    async fn queue_set_paused(&self, name: String, paused: bool, now: UnixMillis) -> Result<()> {
         self.write_one(false, move |conn| {
             conn.prepare_cached(sql::QUEUE_SET_PAUSED)?
                 .execute(named_params! {":name": name, ":paused": paused, ":now": now})?;
@@ -717,7 +681,7 @@ impl SqliteStore {
     /// # Errors
     /// `Conflict` naming the reason (the user exists, does not exist, or is not as asked);
     /// `Unavailable` or a database error. Nothing is written then.
-    pub async fn token_create(&self, p: TokenCreate) -> Result<User> {
+    async fn token_create(&self, p: TokenCreate) -> Result<User> {
         self.write(true, move |conn| {
             let found = user_by_name(conn, &p.name)?;
             let user = match (found, p.existing) {
@@ -772,7 +736,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn token_bootstrap_admin(&self, token_hash: String, now: UnixMillis) -> Result<bool> {
+    async fn token_bootstrap_admin(&self, token_hash: String, now: UnixMillis) -> Result<bool> {
         self.write(true, move |conn| {
             let any: bool = conn
                 .prepare_cached(sql::TOKEN_ANY)?
@@ -803,7 +767,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn user_resolve(&self, name: String, now: UnixMillis) -> Result<User> {
+    async fn user_resolve(&self, name: String, now: UnixMillis) -> Result<User> {
         let known = self
             .read({
                 let name = name.clone();
@@ -829,7 +793,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn user_jwt(&self, issuer: String, name: String, now: UnixMillis) -> Result<User> {
+    async fn user_jwt(&self, issuer: String, name: String, now: UnixMillis) -> Result<User> {
         let (i2, n2) = (issuer.clone(), name.clone());
         let known = self.read(move |conn| user_by_jwt(conn, &i2, &n2)).await?;
         if let Some(u) = known {
@@ -850,7 +814,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn token_revoke(&self, which: TokenRevoke) -> Result<usize> {
+    async fn token_revoke(&self, which: TokenRevoke) -> Result<usize> {
         self.write(true, move |conn| {
             let n = match which {
                 TokenRevoke::User(name) => conn
@@ -872,7 +836,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn worker_heartbeat(
+    async fn worker_heartbeat(
         &self,
         id: String,
         host: String,
@@ -894,7 +858,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn worker_remove(&self, id: String) -> Result<()> {
+    async fn worker_remove(&self, id: String) -> Result<()> {
         self.write(true, move |conn| {
             conn.prepare_cached(sql::WORKER_DELETE)?
                 .execute(named_params! {":id": id, ":stale_before": i64::MIN})?;
@@ -907,7 +871,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    pub async fn task_prune(
+    async fn task_prune(
         &self,
         status: TaskStatus,
         before: UnixMillis,
@@ -928,9 +892,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `Conflict` when the attempt has already ended; `Unavailable` or a database error.
-    pub async fn task_token_create(&self, task: &Task, now: UnixMillis) -> Result<String> {
-        let token = crate::token::new_task_token();
-        let hash = crate::token::hash_token(&token);
+    async fn task_token_create(&self, task: &Task, hash: String, now: UnixMillis) -> Result<()> {
         let (id, attempt) = (task.id, task.attempts);
         let owner = task.lease_owner.clone().unwrap_or_default();
         let started_at = task.started_at;
@@ -949,7 +911,7 @@ impl SqliteStore {
                 "attempt {attempt} of task {id} has ended"
             )));
         }
-        Ok(token)
+        Ok(())
     }
 
     /// What a task token is worth at `now`: unknown (never issued, or its attempt ended),
@@ -957,7 +919,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn task_token_lookup(
+    async fn task_token_lookup(
         &self,
         token_hash: String,
         now: UnixMillis,
@@ -988,26 +950,13 @@ impl SqliteStore {
         .await
     }
 
-    /// Runs an arbitrary write on the writer (for tools: the drill's record, token hashes).
-    ///
-    /// # Errors
-    /// What `f` returns, or `Unavailable`.
-    pub async fn write_raw<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
-    {
-        self.write(true, move |conn| f(conn).map(|v| (v, Vec::new())))
-            .await
-    }
-
     // ---- reads --------------------------------------------------------------------------
 
     /// One task; with `user`, only that user's.
     ///
     /// # Errors
     /// `NotFound` or a database error.
-    pub async fn task_get(&self, id: TaskId, user: Option<String>) -> Result<Task> {
+    async fn task_get(&self, id: TaskId, user: Option<String>) -> Result<Task> {
         self.read(move |conn| get_owned(conn, id, user.as_deref()))
             .await
     }
@@ -1016,23 +965,21 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn task_list(&self, p: ListParams) -> Result<Vec<Task>> {
+    async fn task_list(&self, p: ListParams) -> Result<Vec<Task>> {
         self.read(move |conn| {
             let query = if p.user_id.is_some() {
                 sql::TASK_LIST_USER
             } else {
                 sql::TASK_LIST
             };
-            let mut st = conn.prepare_cached(query)?;
-            let rows = st.query_map(
+            rows::tasks(
+                &mut *conn.prepare_cached(query)?,
                 named_params! {
                     ":user_id": p.user_id, ":status": p.status.map(|s| s.as_str()),
                     ":queue": p.queue, ":kind": p.kind,
                     ":cursor": p.cursor.map(|c| c.to_string()), ":limit": p.limit,
                 },
-                task_from_row,
-            )?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            )
         })
         .await
     }
@@ -1041,12 +988,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn message_list(
-        &self,
-        task_id: TaskId,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Message>> {
+    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>> {
         self.read(move |conn| messages_after(conn, task_id, after, limit))
             .await
     }
@@ -1057,7 +999,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `NotFound` or a database error.
-    pub async fn task_with_messages(
+    async fn task_with_messages(
         &self,
         id: TaskId,
         user: Option<String>,
@@ -1082,7 +1024,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn queue_stats(
+    async fn queue_stats(
         &self,
         configured: Vec<String>,
         now: UnixMillis,
@@ -1148,7 +1090,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn queue_paused(&self) -> Result<Vec<String>> {
+    async fn queue_paused(&self) -> Result<Vec<String>> {
         self.read(|conn| {
             let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?;
@@ -1168,11 +1110,11 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn user_by_token(&self, token_hash: String) -> Result<Option<User>> {
+    async fn user_by_token(&self, token_hash: String) -> Result<Option<User>> {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(sql::USER_BY_TOKEN)?
-                .query_row(named_params! {":token_hash": token_hash}, user_from_row)
+                .query_row(named_params! {":token_hash": token_hash}, rows::user)
                 .optional()?)
         })
         .await
@@ -1183,11 +1125,11 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(sql::USER_GET_BY_ID)?
-                .query_row(named_params! {":id": id}, user_from_row)
+                .query_row(named_params! {":id": id}, rows::user)
                 .optional()?)
         })
         .await
@@ -1197,7 +1139,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn token_list(&self) -> Result<Vec<TokenInfo>> {
+    async fn token_list(&self) -> Result<Vec<TokenInfo>> {
         self.read(|conn| {
             let mut st = conn.prepare_cached(sql::TOKEN_LIST)?;
             let rows = st.query_map([], |r| {
@@ -1218,7 +1160,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn token_any(&self) -> Result<bool> {
+    async fn token_any(&self) -> Result<bool> {
         self.read(|conn| {
             Ok(conn
                 .prepare_cached(sql::TOKEN_ANY)?
@@ -1231,38 +1173,26 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    pub async fn inspect_lists(&self, limit: u32) -> Result<(Vec<Task>, Vec<Task>)> {
+    async fn inspect_lists(&self, limit: u32) -> Result<(Vec<Task>, Vec<Task>)> {
         self.read(move |conn| {
-            let running = conn
-                .prepare_cached(sql::RUNNING_LIST)?
-                .query_map(named_params! {":limit": limit}, task_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let failed = conn
-                .prepare_cached(sql::FAILURES_LIST)?
-                .query_map(named_params! {":limit": limit}, task_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let running = rows::tasks(
+                &mut *conn.prepare_cached(sql::RUNNING_LIST)?,
+                named_params! {":limit": limit},
+            )?;
+            let failed = rows::tasks(
+                &mut *conn.prepare_cached(sql::FAILURES_LIST)?,
+                named_params! {":limit": limit},
+            )?;
             Ok((running, failed))
         })
         .await
-    }
-
-    /// Runs an arbitrary read (for tools and tests).
-    ///
-    /// # Errors
-    /// What `f` returns.
-    pub async fn read_raw<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
-    {
-        self.read(f).await
     }
 
     /// Whether the database takes a write now (for `/readyz`): an empty write transaction.
     ///
     /// # Errors
     /// `Unavailable` when it does not.
-    pub async fn ping_write(&self, now: UnixMillis) -> Result<()> {
+    async fn ping_write(&self, now: UnixMillis) -> Result<()> {
         self.write_one(false, move |conn| {
             // A real page write: a full disk or a lock held elsewhere fails it.
             conn.prepare_cached(sql::HEALTH_TOUCH)?
@@ -1271,35 +1201,81 @@ impl SqliteStore {
         })
         .await
     }
+
+    async fn schema_version(&self) -> Result<u32> {
+        self.read(migrate::current_version).await
+    }
+
+    async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize> {
+        self.write(true, move |conn| {
+            let n = conn
+                .prepare_cached(sql::CHANGE_PRUNE)?
+                .execute(named_params! {
+                ":before": before, ":keep": keep.min(i64::MAX as u64) as i64, ":limit": 10_000})?;
+            Ok((n, Vec::new()))
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    fn close(&self) {
+        self.stop();
+    }
+
+    fn hub(&self) -> &Arc<EventHub> {
+        &self.hub
+    }
+
+    async fn changes(&self, p: ChangeParams) -> Result<ChangePage> {
+        self.read(move |conn| {
+            // One read transaction: the bounds and the page agree.
+            conn.execute_batch("BEGIN")?;
+            let out = (|| {
+                let (oldest, page_end): (Option<i64>, Option<i64>) = conn
+                    .prepare_cached(sql::CHANGE_BOUNDS)?
+                    .query_row(named_params! {":after": p.after, ":limit": p.limit}, |r| {
+                        Ok((r.get("oldest")?, r.get("page_end")?))
+                    })?;
+                let mut st = conn.prepare_cached(sql::CHANGE_LIST)?;
+                let cols = rows::TaskColumns::of(&st)?;
+                let seq_col = st.column_index("change_seq")?;
+                let changes = st
+                    .query_map(
+                        named_params! {":after": p.after, ":limit": p.limit,
+                        ":user_id": p.user_id, ":queue": p.queue},
+                        |r| {
+                            Ok(super::Change {
+                                seq: r.get(seq_col)?,
+                                task: Arc::new(cols.task(r)?),
+                            })
+                        },
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(ChangePage {
+                    // Changes after `after` were pruned when the oldest kept is past the next.
+                    gap: p.after > 0 && oldest.is_some_and(|o| o > p.after + 1),
+                    next: page_end.unwrap_or(p.after).max(p.after),
+                    changes,
+                })
+            })();
+            let _ = conn.execute_batch("COMMIT");
+            out
+        })
+        .await
+    }
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.close();
+        self.stop();
     }
 }
 
-/// Who may append a message, and so what is checked.
-#[derive(Debug, Clone)]
-pub enum MessageCheck {
-    /// A user through the API (`None`: an admin): the task must be theirs and not terminal.
-    User(Option<String>),
-    /// A webhook receiver's task token: that attempt must still be running.
-    Attempt(u32),
-    /// This process's worker: only that the task exists (tools and tests).
-    Worker,
-    /// A running attempt: the task must still be running under this owner and attempt, so a
-    /// worker that lost its lease cannot write into the next attempt's messages.
-    Lease {
-        /// The worker holding the lease.
-        owner: String,
-        /// The attempt.
-        attempt: u32,
-    },
-}
-
 fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Conflict(format!("value is not JSON: {e}"))
+    StoreError::Backend(Box::new(e))
 }
 
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, hub: &EventHub) {
@@ -1392,6 +1368,32 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventH
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                C::DatabaseBusy | C::DatabaseLocked => {
+                    StoreError::Unavailable(format!("database is locked by another writer ({e})"))
+                }
+                C::DiskFull => StoreError::Unavailable(format!("disk full ({e})")),
+                C::SystemIoFailure | C::CannotOpen | C::ReadOnly | C::OutOfMemory => {
+                    StoreError::Unavailable(e.to_string())
+                }
+                C::NotADatabase => StoreError::NotADatabase(e.to_string()),
+                _ => StoreError::Backend(Box::new(e)),
+            },
+            _ => StoreError::Backend(Box::new(e)),
+        }
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Unavailable(format!("no database connection free: {e}"))
+    }
+}
+
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
@@ -1399,68 +1401,6 @@ fn clone_err(e: &StoreError) -> StoreError {
     }
 }
 
-/// A `tasks` row, read by position: every task query selects `*` (or `RETURNING *`), whose
-/// order is the table's (0001_init.sql); later migrations only append columns.
-pub(crate) fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
-    let conv = |i: usize, e: String| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-    };
-    let id: String = r.get(0)?;
-    let status: String = r.get(5)?;
-    let payload: String = r.get(4)?;
-    let result: Option<String> = r.get(15)?;
-    Ok(Task {
-        id: id.parse().map_err(|e| conv(0, e))?,
-        user_id: r.get(1)?,
-        queue: r.get(2)?,
-        kind: r.get(3)?,
-        status: status.parse().map_err(|e| conv(5, e))?,
-        priority: r.get(6)?,
-        payload: parse_json_lenient(payload),
-        result: result.map(parse_json_lenient),
-        attempts: r.get::<_, i64>(8)?.max(0) as u32,
-        max_attempts: r.get::<_, i64>(9)?.max(0) as u32,
-        last_error: r.get(14)?,
-        idempotency_key: r.get(16)?,
-        run_at: r.get(7)?,
-        timeout_ms: r.get::<_, i64>(10)?.max(0) as u64,
-        cancel_requested: r.get(13)?,
-        lease_owner: r.get(11)?,
-        lease_expires_at: r.get(12)?,
-        created_at: r.get(18)?,
-        started_at: r.get(19)?,
-        completed_at: r.get(20)?,
-        updated_at: r.get(21)?,
-    })
-}
-
-/// JSON columns are written by spool as JSON; an operator's hand edit that is not JSON is shown
-/// as a string rather than failing the read.
-fn parse_json_lenient(s: String) -> Value {
-    serde_json::from_str(&s).unwrap_or(Value::String(s))
-}
-
-fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
-    let task_id: String = r.get("task_id")?;
-    let content: String = r.get("content")?;
-    Ok(Message {
-        id: r.get("id")?,
-        task_id: task_id.parse().map_err(|e: String| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
-        })?,
-        kind: r.get("kind")?,
-        content: parse_json_lenient(content),
-        created_at: r.get("created_at")?,
-    })
-}
-
-/// Message content read per page, at most (the page still holds at least one message): a
-/// reader holds its page while its client is slow, so pages are bounded by bytes, not only by
-/// count (500 messages of 64 KiB would be 32 MB per open stream).
-pub const MESSAGE_PAGE_BYTES: usize = 1 << 20;
-
-/// Up to `limit` messages after `after`, oldest first, stopping before the one that would take
-/// the page's content past [`MESSAGE_PAGE_BYTES`] (rows past it are never read).
 fn messages_after(
     conn: &Connection,
     task_id: TaskId,
@@ -1482,34 +1422,22 @@ fn messages_after(
             break;
         }
         bytes = bytes.saturating_add(size);
-        out.push(message_from_row(r)?);
+        out.push(rows::message(r)?);
     }
     Ok(out)
-}
-
-fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
-    Ok(User {
-        id: r.get("id")?,
-        name: r.get("name")?,
-        is_admin: r.get("is_admin")?,
-        jwt: false,
-    })
 }
 
 fn user_by_name(conn: &Connection, name: &str) -> Result<Option<User>> {
     Ok(conn
         .prepare_cached(sql::USER_GET_BY_NAME)?
-        .query_row(named_params! {":name": name}, user_from_row)
+        .query_row(named_params! {":name": name}, rows::user)
         .optional()?)
 }
 
 fn user_by_jwt(conn: &Connection, issuer: &str, name: &str) -> Result<Option<User>> {
     Ok(conn
         .prepare_cached(sql::USER_GET_JWT)?
-        .query_row(
-            named_params! {":issuer": issuer, ":name": name},
-            user_from_row,
-        )
+        .query_row(named_params! {":issuer": issuer, ":name": name}, rows::user)
         .optional()?)
 }
 
@@ -1534,10 +1462,10 @@ fn insert_user(
 }
 
 fn get_owned(conn: &Connection, id: TaskId, user: Option<&str>) -> Result<Task> {
-    let t = conn
-        .prepare_cached(sql::TASK_GET)?
-        .query_row(named_params! {":id": id.to_string()}, task_from_row)
-        .optional()?;
+    let t = rows::task(
+        &mut *conn.prepare_cached(sql::TASK_GET)?,
+        named_params! {":id": id.to_string()},
+    )?;
     match t {
         Some(t) if user.is_none_or(|u| u == t.user_id) => Ok(t),
         _ => Err(StoreError::NotFound(id)),
@@ -1564,10 +1492,11 @@ fn insert_tasks(
         };
         write_rows(conn, &mut waiting, limits, now, &mut out)?;
         let mut by_key = conn.prepare_cached(sql::TASK_GET_BY_KEY)?;
+        let cols = rows::TaskColumns::of(&by_key)?;
         let existing = by_key
             .query_row(
                 named_params! {":user_id": t.user_id, ":idempotency_key": key},
-                |r| Ok((task_from_row(r)?, r.get::<_, Option<String>>(17)?)),
+                |r| Ok((cols.task(r)?, cols.request_hash(r)?)),
             )
             .optional()?;
         if let Some((task, hash)) = existing {
@@ -1801,10 +1730,7 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
         &[]
     };
     for q in rescues {
-        let mut st = conn.prepare_cached(q)?;
-        let rows = st.query_map(named_params! {":now": p.now}, task_from_row)?;
-        for t in rows {
-            let t = t?;
+        for t in rows::tasks(&mut *conn.prepare_cached(q)?, named_params! {":now": p.now})? {
             tracing::warn!(task.id = %t.id, task.kind = %t.kind, task.queue = %t.queue,
                 status = %t.status, "rescued task from a dead worker (lease expired)");
             events.push(Event::Task(Arc::new(t)));
@@ -1812,6 +1738,7 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
     }
     let mut claimed = Vec::new();
     let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
+    let cols = rows::TaskColumns::of(&st)?;
     let mut remaining = p.total;
     for q in &p.queues {
         let limit = q.limit.min(remaining);
@@ -1821,7 +1748,7 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
         let rows = st.query_map(
             named_params! {":owner": p.owner, ":now": p.now, ":lease_ms": p.lease_ms as i64,
             ":queue": q.queue, ":limit": limit},
-            task_from_row,
+            |r| cols.task(r),
         )?;
         for t in rows {
             claimed.push(Arc::new(t?));

@@ -1,0 +1,20 @@
+-- Every change of a task's state, in commit order: what GET /v1/events streams and resumes
+-- from, whichever process made the change. Triggers write it, so no write path can forget it.
+-- seq is AUTOINCREMENT so a position is never handed out twice, even after pruning emptied
+-- the table; under SQLite's one writer, seq order is commit order.
+CREATE TABLE task_changes (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id  TEXT NOT NULL,
+    at       INTEGER NOT NULL
+);
+
+CREATE TRIGGER task_changes_insert AFTER INSERT ON tasks
+BEGIN
+    INSERT INTO task_changes (task_id, at) VALUES (new.id, new.updated_at);
+END;
+
+CREATE TRIGGER task_changes_update AFTER UPDATE OF status, cancel_requested ON tasks
+WHEN new.status IS NOT old.status OR new.cancel_requested IS NOT old.cancel_requested
+BEGIN
+    INSERT INTO task_changes (task_id, at) VALUES (new.id, new.updated_at);
+END;
