@@ -6,7 +6,7 @@
 //! releases their leases; the store's writer finishes what it was given and closes last.
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, DatabaseUrl};
 use crate::executor::{Handler, Registry};
 use crate::http::serve::{serve as serve_http, ServeOptions};
 use crate::http::{hash_token, metrics_router, new_token, router, AppState};
@@ -157,8 +157,14 @@ pub fn new_task(
 /// # Errors
 /// The directory cannot be made, or the database cannot be opened.
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, AppError> {
-    make_data_dir(&cfg.data_dir, &cfg.db_path())?;
-    let mut opts = StoreOptions::new(cfg.db_path());
+    match &cfg.database.url {
+        DatabaseUrl::Sqlite(path) => open_sqlite(cfg, path),
+    }
+}
+
+fn open_sqlite(cfg: &Config, path: &Path) -> Result<Arc<dyn Store>, AppError> {
+    make_data_dir(&cfg.data_dir, path)?;
+    let mut opts = StoreOptions::new(path);
     opts.synchronous = cfg.database.synchronous;
     opts.busy_timeout_ms = cfg.database.busy_timeout_ms;
     opts.readers = cfg.database.readers;
@@ -177,7 +183,7 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, AppError> {
         e => AppError::Store(e),
     })?;
     // Only once the file proved to be spool's database: a file refused above is left as it was.
-    tighten_data_dir(&cfg.data_dir, &cfg.db_path())?;
+    tighten_data_dir(&cfg.data_dir, path)?;
     Ok(Arc::new(store))
 }
 
@@ -194,6 +200,14 @@ fn make_data_dir(dir: &Path, db: &Path) -> Result<(), AppError> {
         .mode(DATA_DIR_MODE)
         .create(dir)
         .map_err(|e| AppError::Io(format!("cannot create data_dir {}: {e}", dir.display())))?;
+    // A database.url outside data_dir: its directory too.
+    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(parent)
+            .map_err(|e| AppError::Io(format!("cannot create {}: {e}", parent.display())))?;
+    }
     // Made here, empty, with its final mode: SQLite takes an empty file as a new database and
     // gives the -wal and -shm files it makes this mode too.
     match std::fs::OpenOptions::new()

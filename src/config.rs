@@ -122,6 +122,7 @@ struct RawConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
+    url: Option<String>,
     synchronous: Option<String>,
     busy_timeout_ms: Option<u64>,
     readers: Option<u32>,
@@ -171,6 +172,8 @@ struct RawRetention {
     completed: Option<String>,
     failed: Option<String>,
     interval_ms: Option<u64>,
+    changes: Option<String>,
+    changes_kept: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -349,9 +352,57 @@ pub enum AdminClaim {
     Equals(String, String),
 }
 
+/// Where the database is: `database.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `sqlite://PATH`: the embedded store on this file (a relative path is taken from the
+    /// working directory; `sqlite:///abs/path` is absolute).
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Parses `database.url`; an unknown scheme is an error naming the key.
+    ///
+    /// # Errors
+    /// Not a URL of a scheme this build knows, or an empty path.
+    pub fn parse(v: &str) -> Result<Self, ConfigError> {
+        let Some((scheme, rest)) = v.split_once("://") else {
+            return Err(invalid(
+                "database.url",
+                format!("{v:?} is not a URL like \"sqlite://data/spool.db\""),
+            ));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => {
+                if rest.is_empty() || rest.contains('?') || rest.contains('#') {
+                    return Err(invalid(
+                        "database.url",
+                        format!("{v:?} names no database file (sqlite://PATH, no options)"),
+                    ));
+                }
+                Ok(Self::Sqlite(PathBuf::from(rest)))
+            }
+            other => Err(invalid(
+                "database.url",
+                format!("the scheme {other:?} is not one this spool knows (known: \"sqlite\")"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+        }
+    }
+}
+
 /// `[database]`.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
+    /// Where the database is (default: `sqlite://<data_dir>/spool.db`).
+    pub url: DatabaseUrl,
     /// `PRAGMA synchronous`.
     pub synchronous: Synchronous,
     /// Wait for another process's write lock this long before `503`.
@@ -435,6 +486,10 @@ pub struct RetentionConfig {
     pub failed: Option<Duration>,
     /// How often the pruner runs.
     pub interval: Duration,
+    /// Recorded task changes (what `/v1/events` resumes from) are kept this long...
+    pub changes: Duration,
+    /// ...and at most this many of the newest.
+    pub changes_kept: u64,
 }
 
 /// `[queues.NAME]`.
@@ -614,6 +669,10 @@ impl Config {
         if !(1..=600_000).contains(&busy_timeout_ms) {
             return Err(invalid("database.busy_timeout_ms", "must be 1..=600000"));
         }
+        let url = match raw.database.url.as_deref() {
+            Some(v) => DatabaseUrl::parse(v)?,
+            None => DatabaseUrl::Sqlite(data_dir.join("spool.db")),
+        };
         let readers = raw.database.readers.unwrap_or(8);
         if !(1..=256).contains(&readers) {
             return Err(invalid("database.readers", "must be 1..=256"));
@@ -693,6 +752,17 @@ impl Config {
             )?,
             failed: retention_value("retention.failed", raw.retention.failed.as_deref(), "30d")?,
             interval: Duration::from_millis(raw.retention.interval_ms.unwrap_or(60_000).max(100)),
+            changes: retention_value("retention.changes", raw.retention.changes.as_deref(), "24h")?
+                .ok_or_else(|| {
+                    invalid(
+                        "retention.changes",
+                        "must be a duration: changes are kept for a bounded time",
+                    )
+                })?,
+            changes_kept: match raw.retention.changes_kept.unwrap_or(1_000_000) {
+                n @ 1..=1_000_000_000 => n,
+                _ => return Err(invalid("retention.changes_kept", "must be 1..=1000000000")),
+            },
         };
 
         let mut queues_cfg = BTreeMap::new();
@@ -800,6 +870,7 @@ impl Config {
             listen,
             data_dir,
             database: DatabaseConfig {
+                url,
                 synchronous,
                 busy_timeout_ms,
                 readers,
@@ -824,9 +895,11 @@ impl Config {
         })
     }
 
-    /// The database file.
+    /// The database file of the SQLite store.
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join("spool.db")
+        match &self.database.url {
+            DatabaseUrl::Sqlite(p) => p.clone(),
+        }
     }
 
     /// The retry policy of a kind.
@@ -1258,6 +1331,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(v) = env("SPOOL_DATABASE_SYNCHRONOUS") {
         raw.database.synchronous = Some(v);
     }
+    if let Some(v) = env("SPOOL_DATABASE_URL") {
+        raw.database.url = Some(v);
+    }
     if let Some(v) = env("SPOOL_DATABASE_BUSY_TIMEOUT_MS") {
         raw.database.busy_timeout_ms = Some(num("SPOOL_DATABASE_BUSY_TIMEOUT_MS", v)?);
     }
@@ -1375,6 +1451,25 @@ mod tests {
         let text = include_str!("../config/spool.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8787");
+    }
+
+    #[test]
+    fn database_url_defaults_to_the_data_dir_and_an_unknown_scheme_names_the_key() {
+        let c = parse("data_dir = \"d\"\n").unwrap();
+        assert_eq!(c.database.url, DatabaseUrl::Sqlite(PathBuf::from("d/spool.db")));
+        assert_eq!(c.db_path(), PathBuf::from("d/spool.db"));
+        let c = parse("[database]\nurl = \"sqlite:///var/lib/q.db\"\n").unwrap();
+        assert_eq!(c.db_path(), PathBuf::from("/var/lib/q.db"));
+        for (bad, says) in [
+            ("mysql://h/db", "\"mysql\""),
+            ("data/spool.db", "not a URL"),
+            ("sqlite://", "names no database file"),
+        ] {
+            let e = parse(&format!("[database]\nurl = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("database.url") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct EventHub {
     /// Per-task wake-ups: a stream or long poll waits on its task only, so a message wakes one
     /// waiter, not every open stream (1,000 streams would otherwise mean 1,000 wake-ups a message).
     watchers: Mutex<HashMap<TaskId, Vec<Weak<Notify>>>>,
+    /// Any task change committed here: wakes the reader of the change log at once (other
+    /// processes' changes it finds by polling).
+    task_changed: Notify,
 }
 
 /// A registration for one task's changes; dropping it unregisters.
@@ -80,6 +83,7 @@ impl EventHub {
             cancels,
             work: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
+            task_changed: Notify::new(),
         }
     }
 
@@ -113,6 +117,7 @@ impl EventHub {
             Event::Message(m) => self.wake(m.task_id),
         }
         if let Event::Task(t) = &e {
+            self.task_changed.notify_one();
             if t.cancel_requested && t.status == crate::task::TaskStatus::Running {
                 let _ = self.cancels.send(t.clone());
             }
@@ -135,6 +140,12 @@ impl EventHub {
     /// A receiver of every change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// Resolves after a task change committed in this process (at once if one did since the
+    /// last call: the wake-up is kept). For one waiter: the reader of the change log.
+    pub async fn task_changed(&self) {
+        self.task_changed.notified().await
     }
 
     /// A receiver of cancel requests for running tasks (committed in this process).

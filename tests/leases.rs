@@ -508,6 +508,8 @@ async fn pruner_deletes_finished_tasks_past_retention_with_their_messages() {
         completed: Some(Duration::from_secs(3600)),
         failed: None,
         interval: Duration::from_secs(60),
+        changes: Duration::from_secs(3600),
+        changes_kept: 1_000_000,
     };
     assert_eq!(prune_once(&b.store, &r, T0 + 3_599_000).await.unwrap(), 0);
     assert_eq!(prune_once(&b.store, &r, T0 + 3_601_000).await.unwrap(), 1);

@@ -502,3 +502,117 @@ async fn the_events_stream_shows_the_callers_status_changes_and_no_one_elses() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "invalid_request");
 }
+
+// ---- 11. /v1/events from the database ------------------------------------------------------
+
+/// Reads `status` events until `n` arrived; returns (id, task id, status) of each.
+async fn status_events(s: &mut Stream, n: usize) -> Vec<(i64, String, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ev = s
+            .next(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("the stream ended after {out:?}"));
+        assert_eq!(ev.name(), "status", "{ev:?} after {out:?}");
+        let t = ev.json();
+        let id: i64 = ev
+            .id
+            .as_deref()
+            .expect("a status event of /v1/events has an id")
+            .parse()
+            .unwrap();
+        out.push((
+            id,
+            t["id"].as_str().unwrap().to_string(),
+            t["status"].as_str().unwrap().to_string(),
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_carries_other_processes_changes_and_resumes_after_last_event_id() {
+    let env = start("[worker]\nconcurrency = 0");
+    let c = client();
+    let tok = env.token.clone();
+
+    // Live: a task made by another process (the CLI, on the same database) reaches the stream.
+    let mut live = Stream::open(&c, &env.url("/v1/events"), &tok, None).await;
+    let t1 = env.cli_ok(&["enqueue", "ev", "--queue", "q1"]);
+    let first = status_events(&mut live, 1).await;
+    assert_eq!(first[0].1, t1, "{first:?}");
+    assert_eq!(first[0].2, "pending");
+    let seen_id = first[0].0;
+    drop(live);
+
+    // While no stream is open: a cancel through the API, and two more tasks of the CLI.
+    let r = c
+        .post(env.url(&format!("/v1/tasks/{t1}/cancel")))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let t2 = env.cli_ok(&["enqueue", "ev", "--queue", "q2"]);
+    let t3 = env.cli_ok(&["enqueue", "ev", "--queue", "q1"]);
+
+    // Resumed: exactly the missed changes, in commit order, each once, with rising ids.
+    let id = seen_id.to_string();
+    let mut resumed = Stream::open(&c, &env.url("/v1/events"), &tok, Some(&id)).await;
+    let missed = status_events(&mut resumed, 3).await;
+    let what: Vec<(String, String)> = missed
+        .iter()
+        .map(|(_, t, s)| (t.clone(), s.clone()))
+        .collect();
+    assert_eq!(
+        what,
+        vec![
+            (t1.clone(), "canceled".to_string()),
+            (t2.clone(), "pending".to_string()),
+            (t3.clone(), "pending".to_string()),
+        ]
+    );
+    assert!(missed.windows(2).all(|w| w[0].0 < w[1].0), "{missed:?}");
+    assert!(missed[0].0 > seen_id);
+
+    // And it goes on live from there, with another process's change.
+    let t4 = env.cli_ok(&["enqueue", "ev", "--queue", "q1"]);
+    let next = status_events(&mut resumed, 1).await;
+    assert_eq!(
+        (next[0].1.as_str(), next[0].2.as_str()),
+        (t4.as_str(), "pending")
+    );
+    assert!(next[0].0 > missed[2].0);
+
+    // `?after=` with a queue filter: only q1's changes after the first one.
+    let mut q1 = Stream::open(
+        &c,
+        &env.url(&format!("/v1/events?queue=q1&after={seen_id}")),
+        &tok,
+        None,
+    )
+    .await;
+    let got = status_events(&mut q1, 3).await;
+    let what: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(_, t, s)| (t.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        what,
+        vec![
+            (t1.as_str(), "canceled"),
+            (t3.as_str(), "pending"),
+            (t4.as_str(), "pending")
+        ]
+    );
+
+    // A Last-Event-ID that is not a change id: 400.
+    let r = c
+        .get(env.url("/v1/events"))
+        .bearer_auth(&tok)
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}

@@ -4,6 +4,7 @@
 mod auth;
 pub mod error;
 mod extract;
+pub mod feed;
 pub mod limits;
 pub mod openapi;
 mod queues;
@@ -55,6 +56,8 @@ pub struct AppState {
     ready: Arc<Shared<Result<(), ApiError>>>,
     /// When queue depths were last read for `/metrics`.
     depths: Arc<Shared<()>>,
+    /// Task changes of every process, for `/v1/events`.
+    pub feed: Arc<feed::ChangeFeed>,
 }
 
 impl AppState {
@@ -68,6 +71,11 @@ impl AppState {
     ) -> Self {
         Self {
             jwt: auth::JwtState::from_config(&cfg),
+            feed: feed::ChangeFeed::new(
+                store.clone(),
+                Duration::from_millis(cfg.worker.poll_interval_ms),
+                shutdown.clone(),
+            ),
             store,
             clock,
             shutdown,

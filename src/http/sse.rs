@@ -12,7 +12,7 @@ use super::extract::{ApiQuery, Auth, TaskPath};
 #[allow(unused_imports)]
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiResult, AppState};
-use crate::events::Event as HubEvent;
+use crate::store::{Change, ChangeParams};
 use crate::task::{Task, TaskStatus};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -39,6 +39,28 @@ pub(super) struct TaskEventsQuery {
     after: Option<i64>,
 }
 
+/// Changes read per page when a stream replays from the database.
+const REPLAY_PAGE: u32 = 500;
+
+/// `Last-Event-ID`, if sent: a non-negative integer, `what` in the error.
+fn last_event_id(headers: &HeaderMap, what: &str) -> ApiResult<Option<i64>> {
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::Invalid(format!("Last-Event-ID must be {what}"))),
+    }
+}
+
+/// A change as a `status` event whose id is its position.
+fn change_event(c: &Change) -> Event {
+    status_event("status", &c.task).id(c.seq.to_string())
+}
+
 fn status_event(name: &'static str, t: &Task) -> Event {
     Event::default().event(name).data(t.to_json().to_string())
 }
@@ -59,17 +81,7 @@ pub(super) async fn task_events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<TaskEventsQuery>,
 ) -> ApiResult<Response> {
-    let from_header = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::Invalid("Last-Event-ID must be a message id".into()))?,
-        ),
-    };
-    let after = match (from_header, q.after) {
+    let after = match (last_event_id(&headers, "a message id")?, q.after) {
         (Some(h), _) => h,
         (None, Some(a)) if a >= 0 => a,
         (None, Some(_)) => return Err(ApiError::Invalid("after must be 0 or more".into())),
@@ -130,14 +142,22 @@ pub(super) struct AllEventsQuery {
     /// Only tasks of this queue.
     #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
+    /// Start after this change id (`Last-Event-ID` wins).
+    #[param(minimum = 0)]
+    after: Option<i64>,
 }
 
-/// Server-sent `status` events for every change of the caller's tasks.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(AllEventsQuery),
+/// Server-sent `status` events for every change of the caller's tasks, made by any process on
+/// the database, each with its change position as `id:`. Resumes after `Last-Event-ID` (or
+/// `?after=`): the changes since are replayed from the database first; a position older than
+/// the kept changes gets a `lagged` event first (re-read the list).
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$", description = "last change id seen (wins over `after`)"), AllEventsQuery),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn all_events(
     State(st): State<AppState>,
     auth: Auth,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<AllEventsQuery>,
 ) -> ApiResult<Response> {
     if let Some(qn) = &q.queue {
@@ -147,25 +167,66 @@ pub(super) async fn all_events(
             ));
         }
     }
+    let resume = match (last_event_id(&headers, "a change id")?, q.after) {
+        (Some(h), _) => Some(h),
+        (None, Some(a)) if a >= 0 => Some(a),
+        (None, Some(_)) => return Err(ApiError::Invalid("after must be 0 or more".into())),
+        (None, None) => None,
+    };
     let scope = auth.scope();
     let slot = st.limits.stream_slot(&auth.0.owner_key())?;
-    let mut rx = st.store.hub().subscribe();
+    let mut sub = st.feed.subscribe().await?;
     let stream = async_stream::stream! {
         let _slot = slot;
         yield Ok::<Event, Infallible>(Event::default().comment("subscribed").retry(RETRY_HINT));
-        loop {
+        // The last position sent (or skipped as not the caller's): nothing at or before it
+        // is sent again, whichever way it arrives.
+        let mut sent = resume.unwrap_or(sub.head);
+        // Read from the database up to `upto` (the feed has everything after it).
+        let mut upto = if resume.is_some() { Some(sub.head) } else { None };
+        'stream: loop {
+            if let Some(end) = upto.take() {
+                while sent < end {
+                    let page = match st.store.changes(ChangeParams {
+                        after: sent,
+                        user_id: scope.clone(),
+                        queue: q.queue.clone(),
+                        limit: REPLAY_PAGE,
+                    }).await {
+                        Ok(p) => p,
+                        // The database is unavailable: close; the client resumes.
+                        Err(_) => break 'stream,
+                    };
+                    if page.gap {
+                        yield Ok(Event::default().event("lagged").data("changes were pruned; re-read the list"));
+                    }
+                    for c in &page.changes {
+                        yield Ok(change_event(c));
+                    }
+                    if page.next <= sent {
+                        break;
+                    }
+                    sent = page.next;
+                }
+            }
             tokio::select! {
-                ev = rx.recv() => match ev {
-                    Ok(HubEvent::Task(t)) => {
-                        let mine = scope.as_deref().is_none_or(|u| u == t.user_id);
-                        let queue_ok = q.queue.as_deref().is_none_or(|qn| qn == t.queue);
+                ev = sub.rx.recv() => match ev {
+                    Ok(c) => {
+                        if c.seq <= sent {
+                            continue;
+                        }
+                        sent = c.seq;
+                        let mine = scope.as_deref().is_none_or(|u| u == c.task.user_id);
+                        let queue_ok = q.queue.as_deref().is_none_or(|qn| qn == c.task.queue);
                         if mine && queue_ok {
-                            yield Ok(status_event("status", &t));
+                            yield Ok(change_event(&c));
                         }
                     }
-                    Ok(_) => {}
-                    // Changes were missed; a list screen should re-read the list.
-                    Err(RecvError::Lagged(n)) => yield Ok(Event::default().event("lagged").data(n.to_string())),
+                    // Fell behind the feed: read what was missed from the database.
+                    Err(RecvError::Lagged(_)) => {
+                        sub.rx = sub.rx.resubscribe();
+                        upto = Some(st.feed.head().unwrap_or(sent));
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 _ = st.shutdown.cancelled() => break,

@@ -97,6 +97,9 @@ impl Default for Limits {
 /// count (500 messages of 64 KiB would be 32 MB per open stream).
 pub const MESSAGE_PAGE_BYTES: usize = 1 << 20;
 
+/// Changes [`Store::changes_prune`] removes per call, at most.
+pub const CHANGES_PRUNE_BATCH: usize = 10_000;
+
 /// Short for a store result.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -349,7 +352,8 @@ impl<T> Queued<T> {
 pub struct Change {
     /// The change's position: changes committed later have greater ones.
     pub seq: i64,
-    /// The task as it is now (a task changed twice since a cursor shows up with each change).
+    /// The task as it is when read, with the status this change gave it (a task changed twice
+    /// since a cursor shows up once for each change, each with its own status).
     pub task: Arc<Task>,
 }
 
@@ -362,6 +366,8 @@ pub struct ChangePage {
     pub next: i64,
     /// True when changes after the cursor were already pruned: the reader missed some.
     pub gap: bool,
+    /// The newest position recorded when the page was read (0: none yet).
+    pub newest: i64,
 }
 
 /// Filters of a change page.
@@ -660,7 +666,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn schema_version(&self) -> Result<u32>;
 
     /// Forgets recorded changes older than `before`, keeping at least the newest `keep`;
-    /// returns how many were removed.
+    /// returns how many were removed: at most [`CHANGES_PRUNE_BATCH`], so a caller that got
+    /// that many calls again.
     ///
     /// # Errors
     /// `Unavailable` or a database error.

@@ -3,7 +3,7 @@
 
 use crate::clock::UnixMillis;
 use crate::config::RetentionConfig;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, CHANGES_PRUNE_BATCH};
 use crate::task::TaskStatus;
 
 /// Tasks deleted per transaction.
@@ -39,6 +39,25 @@ pub async fn prune_once(
     }
     if total > 0 {
         tracing::info!(deleted = total, "pruned finished tasks past retention");
+    }
+    // The change log behind /v1/events: older than its retention, and past its newest
+    // `changes_kept` whatever their age (a busy queue records three changes a task).
+    let mut changes = 0;
+    for (before, keep) in [
+        (now.saturating_sub(r.changes.as_millis() as i64), 1),
+        (now, r.changes_kept),
+    ] {
+        loop {
+            let n = store.changes_prune(before, keep).await?;
+            changes += n;
+            if n < CHANGES_PRUNE_BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    if changes > 0 {
+        tracing::debug!(deleted = changes, "pruned recorded task changes");
     }
     Ok(total)
 }

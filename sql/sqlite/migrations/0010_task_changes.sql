@@ -5,16 +5,17 @@
 CREATE TABLE task_changes (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id  TEXT NOT NULL,
+    status   TEXT NOT NULL,       -- the status it changed to
     at       INTEGER NOT NULL
 );
 
 CREATE TRIGGER task_changes_insert AFTER INSERT ON tasks
 BEGIN
-    INSERT INTO task_changes (task_id, at) VALUES (new.id, new.updated_at);
+    INSERT INTO task_changes (task_id, status, at) VALUES (new.id, new.status, new.updated_at);
 END;
 
 CREATE TRIGGER task_changes_update AFTER UPDATE OF status, cancel_requested ON tasks
 WHEN new.status IS NOT old.status OR new.cancel_requested IS NOT old.cancel_requested
 BEGIN
-    INSERT INTO task_changes (task_id, at) VALUES (new.id, new.updated_at);
+    INSERT INTO task_changes (task_id, status, at) VALUES (new.id, new.status, new.updated_at);
 END;

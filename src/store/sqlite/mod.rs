@@ -1211,7 +1211,7 @@ impl Store for SqliteStore {
             let n = conn
                 .prepare_cached(sql::CHANGE_PRUNE)?
                 .execute(named_params! {
-                ":before": before, ":keep": keep.min(i64::MAX as u64) as i64, ":limit": 10_000})?;
+                ":before": before, ":keep": keep.min(i64::MAX as u64) as i64, ":limit": super::CHANGES_PRUNE_BATCH as i64})?;
             Ok((n, Vec::new()))
         })
         .await
@@ -1234,22 +1234,29 @@ impl Store for SqliteStore {
             // One read transaction: the bounds and the page agree.
             conn.execute_batch("BEGIN")?;
             let out = (|| {
-                let (oldest, page_end): (Option<i64>, Option<i64>) = conn
+                let (oldest, newest, page_end): (Option<i64>, Option<i64>, Option<i64>) = conn
                     .prepare_cached(sql::CHANGE_BOUNDS)?
                     .query_row(named_params! {":after": p.after, ":limit": p.limit}, |r| {
-                        Ok((r.get("oldest")?, r.get("page_end")?))
+                        Ok((r.get("oldest")?, r.get("newest")?, r.get("page_end")?))
                     })?;
                 let mut st = conn.prepare_cached(sql::CHANGE_LIST)?;
                 let cols = rows::TaskColumns::of(&st)?;
                 let seq_col = st.column_index("change_seq")?;
+                let status_col = st.column_index("change_status")?;
                 let changes = st
                     .query_map(
                         named_params! {":after": p.after, ":limit": p.limit,
                         ":user_id": p.user_id, ":queue": p.queue},
                         |r| {
+                            let mut task = cols.task(r)?;
+                            // The status it changed to, which a later change may have moved on.
+                            let status: String = r.get(status_col)?;
+                            if let Ok(s) = status.parse() {
+                                task.status = s;
+                            }
                             Ok(super::Change {
                                 seq: r.get(seq_col)?,
-                                task: Arc::new(cols.task(r)?),
+                                task: Arc::new(task),
                             })
                         },
                     )?
@@ -1258,6 +1265,7 @@ impl Store for SqliteStore {
                     // Changes after `after` were pruned when the oldest kept is past the next.
                     gap: p.after > 0 && oldest.is_some_and(|o| o > p.after + 1),
                     next: page_end.unwrap_or(p.after).max(p.after),
+                    newest: newest.unwrap_or(0),
                     changes,
                 })
             })();
