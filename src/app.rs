@@ -107,45 +107,24 @@ pub fn new_task(
     owner: String,
     now: crate::clock::UnixMillis,
 ) -> Result<NewTask, AppError> {
-    let queue = o.queue.unwrap_or_else(|| "default".into());
-    if !crate::task::valid_name(kind) {
-        return Err(AppError::Invalid(
-            "kind must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
-        ));
-    }
-    if !crate::task::valid_name(&queue) {
-        return Err(AppError::Invalid(
-            "queue must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
-        ));
-    }
-    if !(-100..=100).contains(&o.priority) {
-        return Err(AppError::Invalid(
-            "priority must be between -100 and 100".into(),
-        ));
-    }
-    let asked = crate::queue::Asked {
-        max_attempts: o.max_attempts.map(i64::from),
-        timeout_ms: o.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
-        run_at: None,
-        delay_ms: o
-            .delay
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-    };
-    let settled =
-        crate::queue::settle(&cfg.enqueue_rules(kind), asked, now).map_err(AppError::Invalid)?;
-    Ok(NewTask {
-        id: TaskId::new(),
-        user_id: owner,
-        queue,
+    let req = crate::queue::NewTaskRequest {
         kind: kind.to_string(),
+        queue: o.queue,
         payload,
-        priority: o.priority,
-        run_at: settled.run_at,
-        max_attempts: settled.max_attempts,
-        timeout_ms: settled.timeout_ms,
+        priority: Some(i64::from(o.priority)),
+        asked: crate::queue::Asked {
+            max_attempts: o.max_attempts.map(i64::from),
+            timeout_ms: o.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            run_at: None,
+            delay_ms: o
+                .delay
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        },
         idempotency_key: None,
         request_hash: None,
-    })
+    };
+    crate::queue::new_task(&cfg.enqueue_rules(kind), req, TaskId::new(), owner, now)
+        .map_err(AppError::Invalid)
 }
 
 /// Makes the data directory and opens the store of `cfg`. The directory is made `0700` (an

@@ -136,6 +136,9 @@ struct RawWorker {
     poll_interval_ms: Option<u64>,
     queues: Option<Vec<String>>,
     workdir: Option<PathBuf>,
+    /// `HOSTNAME` from the environment, read with the rest of it at load.
+    #[serde(skip)]
+    host: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -424,6 +427,8 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Parent of each command task's own working directory (outside the data directory).
     pub workdir: PathBuf,
+    /// The host name workers are registered under (`HOSTNAME`, read at load).
+    pub host: String,
 }
 
 /// `[http]`.
@@ -881,6 +886,7 @@ impl Config {
                 poll_interval_ms,
                 queues,
                 workdir,
+                host: raw.worker.host.unwrap_or_else(|| "localhost".into()),
             },
             retry,
             http,
@@ -1322,6 +1328,7 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
             .parse()
             .map_err(|_| invalid(var, format!("{v:?} is not a number")))
     }
+    raw.worker.host = env("HOSTNAME").filter(|h| !h.is_empty());
     if let Some(v) = env("SPOOL_LISTEN") {
         raw.listen = Some(v);
     }
@@ -1456,7 +1463,10 @@ mod tests {
     #[test]
     fn database_url_defaults_to_the_data_dir_and_an_unknown_scheme_names_the_key() {
         let c = parse("data_dir = \"d\"\n").unwrap();
-        assert_eq!(c.database.url, DatabaseUrl::Sqlite(PathBuf::from("d/spool.db")));
+        assert_eq!(
+            c.database.url,
+            DatabaseUrl::Sqlite(PathBuf::from("d/spool.db"))
+        );
         assert_eq!(c.db_path(), PathBuf::from("d/spool.db"));
         let c = parse("[database]\nurl = \"sqlite:///var/lib/q.db\"\n").unwrap();
         assert_eq!(c.db_path(), PathBuf::from("/var/lib/q.db"));

@@ -1,5 +1,16 @@
-//! The task state machine: what the end of an attempt leads to. Pure: no SQL, no clock, no
-//! randomness of its own, so every transition is testable on its own.
+//! The task state machine: every transition of a task, and the one validation of a new task.
+//! Pure: no SQL, no clock, no randomness of its own, so every transition is testable on its own.
+//! A store applies these rules; where it applies one set-wise in its own language (SQL for many
+//! rows at once), the conformance suite checks that it agrees with the function here.
+//!
+//! | transition | rule here | applied by |
+//! |---|---|---|
+//! | enqueue | [`new_task`] (via [`settle`]) | HTTP, the CLI, the embedded API; stores insert as given |
+//! | claim | pending, `run_at` due, queue not paused: best priority, then oldest `run_at` | `Store::task_claim` |
+//! | end of an attempt | [`decide`], then [`finish_status`] | worker, then `Store::task_finish` |
+//! | cancel | [`cancel`] | `Store::task_cancel` |
+//! | retry route | [`retry`] | `Store::task_retry` |
+//! | lost lease | [`rescue`] | `Store::task_claim` with `rescue` |
 //!
 //! ```text
 //!            enqueue                claim                 ok
@@ -13,7 +24,7 @@
 
 use crate::backoff::{retry_delay, RetryPolicy};
 use crate::clock::UnixMillis;
-use crate::task::TaskStatus;
+use crate::task::{valid_name, NewTask, TaskId, TaskStatus};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -101,6 +112,133 @@ pub fn settle(rules: &EnqueueRules, asked: Asked, now: UnixMillis) -> Result<Set
         timeout_ms: u64::try_from(timeout_ms.max(1)).unwrap_or(1),
         run_at,
     })
+}
+
+/// A new task as a caller asks for it, before validation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewTaskRequest {
+    /// Its kind.
+    pub kind: String,
+    /// Its queue (`default` when none).
+    pub queue: Option<String>,
+    /// Its input.
+    pub payload: Value,
+    /// -100..=100 (0 when none).
+    pub priority: Option<i64>,
+    /// Attempts, timeout and start time asked for.
+    pub asked: Asked,
+    /// The client's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// A hash of the request, to tell a replay from a different request under the same key.
+    pub request_hash: Option<String>,
+}
+
+/// The one validation of a new task, for every entry point: names, priority, the idempotency
+/// key, and [`settle`] for attempts, timeout and start time. `id` and `owner` are the caller's.
+///
+/// # Errors
+/// A message naming the field that is wrong; nothing is to be written then.
+pub fn new_task(
+    rules: &EnqueueRules,
+    req: NewTaskRequest,
+    id: TaskId,
+    owner: String,
+    now: UnixMillis,
+) -> Result<NewTask, String> {
+    if !valid_name(&req.kind) {
+        return Err("kind must be 1 to 128 characters of [A-Za-z0-9._:-]".into());
+    }
+    let queue = req.queue.unwrap_or_else(|| "default".into());
+    if !valid_name(&queue) {
+        return Err("queue must be 1 to 128 characters of [A-Za-z0-9._:-]".into());
+    }
+    let priority = req.priority.unwrap_or(0);
+    if !(-100..=100).contains(&priority) {
+        return Err("priority must be between -100 and 100".into());
+    }
+    if let Some(k) = &req.idempotency_key {
+        if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
+            return Err(
+                "idempotency_key must be 1 to 255 characters with no control characters".into(),
+            );
+        }
+    }
+    let settled = settle(rules, req.asked, now)?;
+    Ok(NewTask {
+        id,
+        user_id: owner,
+        queue,
+        kind: req.kind,
+        payload: req.payload,
+        priority: priority as i32,
+        run_at: settled.run_at,
+        max_attempts: settled.max_attempts,
+        timeout_ms: settled.timeout_ms,
+        idempotency_key: req.idempotency_key,
+        request_hash: req.request_hash,
+    })
+}
+
+/// What a cancel does to a task in `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelAction {
+    /// No worker holds it: it ends `canceled` at once.
+    EndNow,
+    /// A worker runs it: `cancel_requested` is set and the worker ends it `canceled`.
+    AskWorker,
+}
+
+/// The cancel rule.
+///
+/// # Errors
+/// A terminal task cannot be canceled (the message says why).
+pub fn cancel(id: TaskId, status: TaskStatus) -> Result<CancelAction, String> {
+    match status {
+        TaskStatus::Pending => Ok(CancelAction::EndNow),
+        TaskStatus::Running => Ok(CancelAction::AskWorker),
+        s => Err(format!("task {id} is already {s} and cannot be canceled")),
+    }
+}
+
+/// The retry route's rule: only a failed or canceled task runs again, from a clean count
+/// (attempts 0, runnable now, no cancel request, no result).
+///
+/// # Errors
+/// Any other status (the message says why).
+pub fn retry(id: TaskId, status: TaskStatus) -> Result<(), String> {
+    match status {
+        TaskStatus::Failed | TaskStatus::Canceled => Ok(()),
+        s => Err(format!(
+            "task {id} is {s} and only failed or canceled tasks can be retried"
+        )),
+    }
+}
+
+/// What becomes of a running task whose lease expired (its worker is gone). A lost lease
+/// counts as a failed attempt; the error recorded is [`LOST_LEASE_ERROR`].
+pub fn rescue(cancel_requested: bool, attempts: u32, max_attempts: u32) -> TaskStatus {
+    if cancel_requested {
+        TaskStatus::Canceled
+    } else if attempts >= max_attempts {
+        TaskStatus::Failed
+    } else {
+        // Runnable again at once: the time went by already.
+        TaskStatus::Pending
+    }
+}
+
+/// The error a rescued task records.
+pub const LOST_LEASE_ERROR: &str = "lease expired: worker lost";
+
+/// The status an attempt's end writes: what [`decide`] chose, except that a task whose cancel
+/// was asked for never goes back to pending (it ends canceled). Applied by the store at the
+/// write, against the cancel request as it is then.
+pub fn finish_status(decided: TaskStatus, cancel_requested: bool) -> TaskStatus {
+    if cancel_requested && decided == TaskStatus::Pending {
+        TaskStatus::Canceled
+    } else {
+        decided
+    }
 }
 
 /// Longest `timeout_ms` a task may ask for: one week.
@@ -358,5 +496,91 @@ mod tests {
             ..Asked::default()
         };
         assert!(settle(&RULES, both, now).is_err());
+    }
+
+    #[test]
+    fn a_new_task_is_validated_once_for_every_entry_point() {
+        let req = |f: &dyn Fn(&mut NewTaskRequest)| {
+            let mut r = NewTaskRequest {
+                kind: "echo".into(),
+                ..Default::default()
+            };
+            f(&mut r);
+            new_task(&RULES, r, TaskId::new(), "7".into(), 1_000)
+        };
+        let t = req(&|_| {}).unwrap();
+        assert_eq!(
+            (t.queue.as_str(), t.priority, t.run_at),
+            ("default", 0, 1_000)
+        );
+        assert_eq!(t.user_id, "7");
+        for (what, f, says) in [
+            (
+                "kind",
+                &(|r: &mut NewTaskRequest| r.kind = "bad kind".into())
+                    as &dyn Fn(&mut NewTaskRequest),
+                "kind",
+            ),
+            (
+                "queue",
+                &|r: &mut NewTaskRequest| r.queue = Some(String::new()),
+                "queue",
+            ),
+            (
+                "priority",
+                &|r: &mut NewTaskRequest| r.priority = Some(101),
+                "priority",
+            ),
+            (
+                "key",
+                &|r: &mut NewTaskRequest| r.idempotency_key = Some("a\nb".into()),
+                "idempotency_key",
+            ),
+            (
+                "attempts 0",
+                &|r: &mut NewTaskRequest| r.asked.max_attempts = Some(0),
+                "max_attempts",
+            ),
+        ] {
+            let e = req(f).unwrap_err();
+            assert!(e.contains(says), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn cancel_retry_rescue_and_finish_follow_the_state_machine() {
+        let id = TaskId::new();
+        assert_eq!(cancel(id, TaskStatus::Pending), Ok(CancelAction::EndNow));
+        assert_eq!(cancel(id, TaskStatus::Running), Ok(CancelAction::AskWorker));
+        for s in [
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Canceled,
+        ] {
+            assert!(cancel(id, s).unwrap_err().contains("cannot be canceled"));
+        }
+        assert!(retry(id, TaskStatus::Failed).is_ok() && retry(id, TaskStatus::Canceled).is_ok());
+        for s in [
+            TaskStatus::Pending,
+            TaskStatus::Running,
+            TaskStatus::Completed,
+        ] {
+            assert!(retry(id, s).is_err());
+        }
+        assert_eq!(rescue(true, 1, 5), TaskStatus::Canceled);
+        assert_eq!(rescue(false, 5, 5), TaskStatus::Failed);
+        assert_eq!(rescue(false, 1, 5), TaskStatus::Pending);
+        assert_eq!(
+            finish_status(TaskStatus::Pending, true),
+            TaskStatus::Canceled
+        );
+        assert_eq!(
+            finish_status(TaskStatus::Completed, true),
+            TaskStatus::Completed
+        );
+        assert_eq!(
+            finish_status(TaskStatus::Pending, false),
+            TaskStatus::Pending
+        );
     }
 }

@@ -91,48 +91,31 @@ fn validate(
         let canonical = serde_json::to_vec(&req).unwrap_or_default();
         hex::encode(Sha256::digest(&canonical))
     });
-    if !valid_name(&req.kind) {
-        return Err("kind must be 1 to 128 characters of [A-Za-z0-9._:-]".into());
-    }
-    let queue = req.queue.take().unwrap_or_else(|| "default".into());
-    if !valid_name(&queue) {
-        return Err("queue must be 1 to 128 characters of [A-Za-z0-9._:-]".into());
-    }
-    let priority = req.priority.unwrap_or(0);
-    if !(-100..=100).contains(&priority) {
-        return Err("priority must be between -100 and 100".into());
-    }
     let run_at = match &req.run_at {
         Some(t) => Some(parse_rfc3339(t).map_err(|e| format!("run_at: {e}"))?),
         None => None,
     };
-    let asked = crate::queue::Asked {
-        max_attempts: req.max_attempts,
-        timeout_ms: req.timeout_ms,
-        run_at,
-        delay_ms: req.delay_ms,
-    };
-    let settled = crate::queue::settle(&st.cfg.enqueue_rules(&req.kind), asked, now)?;
-    if let Some(k) = &key {
-        if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
-            return Err(
-                "idempotency_key must be 1 to 255 characters with no control characters".into(),
-            );
-        }
-    }
-    Ok(NewTask {
-        id: TaskId::new(),
-        user_id: user.owner_key(),
-        queue,
-        kind: req.kind,
-        payload: req.payload,
-        priority: priority as i32,
-        run_at: settled.run_at,
-        max_attempts: settled.max_attempts,
-        timeout_ms: settled.timeout_ms,
-        idempotency_key: key,
-        request_hash,
-    })
+    let rules = st.cfg.enqueue_rules(&req.kind);
+    crate::queue::new_task(
+        &rules,
+        crate::queue::NewTaskRequest {
+            kind: req.kind,
+            queue: req.queue,
+            payload: req.payload,
+            priority: req.priority,
+            asked: crate::queue::Asked {
+                max_attempts: req.max_attempts,
+                timeout_ms: req.timeout_ms,
+                run_at,
+                delay_ms: req.delay_ms,
+            },
+            idempotency_key: key,
+            request_hash,
+        },
+        TaskId::new(),
+        user.owner_key(),
+        now,
+    )
 }
 
 /// A kind with `users = [..]` in config is run only by those users (and admins): others get

@@ -458,7 +458,7 @@ impl WorkerPool {
     /// Never for a passing database problem (it is logged and retried); only if the worker
     /// could not be registered at all.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), StoreError> {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let host = self.cfg.worker.host.clone();
         let lease = self.cfg.worker.lease_ms;
         self.store
             .worker_heartbeat(

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
+use crate::queue::{self, CancelAction};
 use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
 pub use migrate::LATEST_VERSION;
 use r2d2_sqlite::SqliteConnectionManager;
@@ -503,14 +504,9 @@ impl Store for SqliteStore {
     async fn task_cancel(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
         self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
-            let query = match task.status {
-                TaskStatus::Pending => sql::TASK_CANCEL_PENDING,
-                TaskStatus::Running => sql::TASK_CANCEL_RUNNING,
-                s => {
-                    return Err(StoreError::Conflict(format!(
-                        "task {id} is already {s} and cannot be canceled"
-                    )))
-                }
+            let query = match queue::cancel(id, task.status).map_err(StoreError::Conflict)? {
+                CancelAction::EndNow => sql::TASK_CANCEL_PENDING,
+                CancelAction::AskWorker => sql::TASK_CANCEL_RUNNING,
             };
             let t = rows::task(
                 &mut *conn.prepare_cached(query)?,
@@ -530,12 +526,7 @@ impl Store for SqliteStore {
         let limits = self.limits;
         self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
-            if !matches!(task.status, TaskStatus::Failed | TaskStatus::Canceled) {
-                return Err(StoreError::Conflict(format!(
-                    "task {id} is {} and only failed or canceled tasks can be retried",
-                    task.status
-                )));
-            }
+            queue::retry(id, task.status).map_err(StoreError::Conflict)?;
             // A retried task is unfinished again: it counts against its owner's quota (its
             // payload is stored already).
             if limits.pending_tasks_per_user != u64::MAX {
@@ -1738,7 +1729,8 @@ fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
         &[]
     };
     for q in rescues {
-        for t in rows::tasks(&mut *conn.prepare_cached(q)?, named_params! {":now": p.now})? {
+        let params = named_params! {":now": p.now, ":error": queue::LOST_LEASE_ERROR};
+        for t in rows::tasks(&mut *conn.prepare_cached(q)?, params)? {
             tracing::warn!(task.id = %t.id, task.kind = %t.kind, task.queue = %t.queue,
                 status = %t.status, "rescued task from a dead worker (lease expired)");
             events.push(Event::Task(Arc::new(t)));
