@@ -1,12 +1,13 @@
-//! The restore drill: prove the backup restores. Reads the live database first (read-only, when
-//! that file is reachable), asks Litestream where the replica is, checks that the temporary
-//! directory has room, restores the newest replica through the `litestream` binary into a
-//! temporary file (never over the live one), checks it (integrity, foreign keys, schema
-//! version), compares it with what the live database held when the drill began, and decides pass
-//! or fail against a lag threshold. The temporary directory goes away whatever happens.
+//! The restore drill: prove the backup restores. Asks Litestream where the replica is, reads the
+//! live database right after (read-only, when that file is reachable), checks that the temporary
+//! directory has room, restores the replica as it was at that position through the `litestream`
+//! binary into a temporary file (never over the live one), checks it (integrity, foreign keys,
+//! schema version), compares it with what the live database held, and decides pass or fail
+//! against a lag threshold. The temporary directory goes away whatever happens.
 //!
-//! The lag is replication's, not the drill's: the live side is read before the restore starts,
-//! so however long the restore and the checks take, they are not counted in it.
+//! The lag is replication's, not the drill's: both sides are read before the restore starts and
+//! the restore is pinned to the position listed then, so however long the restore and the checks
+//! take, they are not counted in it.
 //!
 //! The result is recorded in a small side file beside the database ([`record`], read back by
 //! [`last_at`]), never in the database itself: a write there while Litestream is stopped would be
@@ -89,13 +90,13 @@ pub struct Snapshot {
     pub bytes: u64,
 }
 
-/// How long each step took (ms); a step that did not run is `null`.
+/// How long each step took (ms), in the order they run; a step that did not run is `null`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StepTimings {
-    /// Reading the live database (first, before anything else).
-    pub live_read: Option<u64>,
-    /// Asking Litestream for the replica's position (`litestream ltx`).
+    /// Asking Litestream for the replica's position (`litestream ltx`), first.
     pub replica_position: Option<u64>,
+    /// Reading the live database, right after.
+    pub live_read: Option<u64>,
     /// `litestream restore` into the temporary directory.
     pub restore: Option<u64>,
     /// `PRAGMA integrity_check` of the restored file.
@@ -151,15 +152,16 @@ pub struct DrillReport {
     pub integrity: Option<String>,
     /// Rows of `PRAGMA foreign_key_check`.
     pub foreign_key_violations: Option<i64>,
-    /// Where the replica was before the restore, when Litestream lists it.
+    /// Where the replica was when the drill began, when Litestream lists it: the restore is
+    /// pinned to this transaction (`-txid`).
     pub replica_position: Option<ReplicaPosition>,
     /// What the replica holds.
     pub replica: Option<Snapshot>,
     /// What the live file held when the drill began, when reachable.
     pub live: Option<Snapshot>,
     /// The replication lag (ms): the live side's newest change when the drill began minus the
-    /// replica's newest change, 0 when the replica has caught up; `null` when the live file is
-    /// not reachable.
+    /// newest change in the replica as it was then, 0 when the replica had caught up; `null`
+    /// when the live file is not reachable. Not the drill's duration.
     pub lag_ms: Option<i64>,
 }
 
@@ -283,8 +285,15 @@ fn verdict(r: &DrillReport, opts: &DrillOptions) -> String {
 }
 
 async fn drill_into(opts: &DrillOptions, report: &mut DrillReport) -> Result<(), String> {
-    // 1. The live side, first: the lag compares the replica with the live database as it was
-    // when the drill began, so the drill's own run time is never counted in it.
+    // 1. Where the replica is (one listing). The restore below is pinned to this transaction,
+    // so what is restored is the replica as it was now, however long the restore takes.
+    let t = Instant::now();
+    report.replica_position = replica_position(opts).await;
+    report.timings_ms.replica_position = Some(ms_since(t));
+
+    // 2. The live side, right after: the lag compares the two as they were at the start (the
+    // live side a few milliseconds later, so the lag is never understated), and the drill's own
+    // run time is never counted in it.
     let live_path = opts.db_path.clone();
     if live_path.exists() {
         let t = Instant::now();
@@ -299,11 +308,6 @@ async fn drill_into(opts: &DrillOptions, report: &mut DrillReport) -> Result<(),
                 .push(format!("the live database could not be read: {e}")),
         }
     }
-
-    // 2. Where the replica is, when Litestream says so cheaply (one listing).
-    let t = Instant::now();
-    report.replica_position = replica_position(opts).await;
-    report.timings_ms.replica_position = Some(ms_since(t));
 
     // 3. Room for the restored copy, before anything is written.
     let size = report.live.as_ref().map(|l| l.bytes).or_else(|| {
@@ -331,7 +335,8 @@ async fn drill_into(opts: &DrillOptions, report: &mut DrillReport) -> Result<(),
         })?;
     let out = tmp.path().join("restored.db");
     let t = Instant::now();
-    restore(opts, &out, timeout).await?;
+    let txid = report.replica_position.as_ref().map(|p| p.txid.clone());
+    restore(opts, &out, txid.as_deref(), timeout).await?;
     report.timings_ms.restore = Some(ms_since(t));
     let meta = std::fs::metadata(&out)
         .map_err(|_| "the replica is empty: litestream restored no database".to_string())?;
@@ -487,14 +492,23 @@ async fn replica_position(opts: &DrillOptions) -> Option<ReplicaPosition> {
     })
 }
 
-async fn restore(opts: &DrillOptions, out: &Path, timeout: Duration) -> Result<(), String> {
+/// `litestream restore` into `out`, up to `txid` when given (else the newest transaction).
+async fn restore(
+    opts: &DrillOptions,
+    out: &Path,
+    txid: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
     let mut cmd = litestream_cmd(opts);
     cmd.arg("restore")
         .arg("-config")
         .arg(&opts.litestream_config)
         .arg("-o")
-        .arg(out)
-        .arg(&opts.db_path);
+        .arg(out);
+    if let Some(txid) = txid {
+        cmd.arg("-txid").arg(txid);
+    }
+    cmd.arg(&opts.db_path);
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", opts.litestream.display()))?;
