@@ -743,3 +743,90 @@ pub fn last_at(db_path: &Path) -> Option<LastDrill> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn report(passed: bool) -> DrillReport {
+        DrillReport {
+            passed,
+            verdict: if passed {
+                "drill PASS: x"
+            } else {
+                "drill FAIL: y"
+            }
+            .into(),
+            reasons: vec![],
+            ran_at: rfc3339(0),
+            duration_ms: 4200,
+            timings_ms: StepTimings::default(),
+            restored_bytes: None,
+            restore_timeout_ms: 0,
+            tmp_dir: "/tmp".into(),
+            tmp_free_bytes: None,
+            tmp_needed_bytes: None,
+            integrity: None,
+            foreign_key_violations: None,
+            replica_position: None,
+            replica: None,
+            live: None,
+            lag_ms: Some(300),
+        }
+    }
+
+    #[test]
+    fn a_recorded_drill_is_read_back_and_a_failure_keeps_the_last_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("spool.db");
+        assert!(last_at(&db).is_none());
+        record(&db, &report(true), 1_000).unwrap();
+        let path = record_path(&db);
+        assert_eq!(path, dir.path().join("spool.db.drill.json"));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let d = last_at(&db).unwrap();
+        assert!(d.passed);
+        assert_eq!(d.last_pass_at_ms, Some(1_000));
+        assert_eq!(d.lag_ms, Some(300));
+        assert_eq!(d.duration_ms, Some(4200));
+        record(&db, &report(false), 2_000).unwrap();
+        let d = last_at(&db).unwrap();
+        assert!(!d.passed);
+        assert_eq!(d.ran_at, rfc3339(2_000));
+        assert_eq!(d.verdict, "drill FAIL: y");
+        assert_eq!(d.last_pass_at_ms, Some(1_000));
+        // Only the record is left in the directory: no temporary file.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("spool.db.drill.json")]);
+    }
+
+    #[test]
+    fn an_unreadable_record_is_no_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("spool.db");
+        std::fs::write(record_path(&db), "{not json").unwrap();
+        assert!(last_at(&db).is_none());
+        // The next drill replaces it.
+        record(&db, &report(false), 5).unwrap();
+        assert_eq!(last_at(&db).unwrap().last_pass_at_ms, None);
+    }
+
+    #[test]
+    fn the_restore_timeout_scales_with_the_size_above_ten_minutes() {
+        assert_eq!(restore_timeout_for(None), RESTORE_TIMEOUT_MIN);
+        assert_eq!(restore_timeout_for(Some(1 << 30)), RESTORE_TIMEOUT_MIN);
+        assert_eq!(
+            restore_timeout_for(Some(40 << 30)),
+            Duration::from_secs(4096)
+        );
+        assert_eq!(space_needed_for(20 << 20), (21 << 20) + (1 << 20));
+    }
+}
