@@ -143,13 +143,18 @@ enum Command {
         /// Fail when the replica is further behind the live database than this.
         #[arg(long, default_value = "5m")]
         max_lag: String,
-        /// Give up on the restore after this long.
-        #[arg(long, default_value = "10m")]
-        timeout: String,
+        /// Give up on the restore after this long (default: 10 minutes, or longer for a database
+        /// that takes longer to restore at 10 MiB/s).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Where to write the restored copy (default: $TMPDIR, else /tmp); it needs about the
+        /// database's size free, checked before the restore.
+        #[arg(long)]
+        tmp_dir: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// Do not record the result in the live database.
+        /// Do not record the result (in the side file beside the database, <db>.drill.json).
         #[arg(long)]
         no_record: bool,
     },
@@ -367,6 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             litestream,
             max_lag,
             timeout,
+            tmp_dir,
             json,
             no_record,
         } => {
@@ -375,7 +381,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 litestream_config,
                 litestream,
                 &max_lag,
-                &timeout,
+                timeout.as_deref(),
+                tmp_dir,
                 json,
                 no_record,
             )
@@ -578,14 +585,29 @@ async fn drill(
     litestream_config: Option<PathBuf>,
     litestream: Option<PathBuf>,
     max_lag: &str,
-    timeout: &str,
+    timeout: Option<&str>,
+    tmp_dir: Option<PathBuf>,
     as_json: bool,
     no_record: bool,
 ) -> anyhow::Result<()> {
     let max_lag = humantime::parse_duration(max_lag)
         .map_err(|e| usage(format!("--max-lag {max_lag:?}: {e}")))?;
-    let restore_timeout = humantime::parse_duration(timeout)
-        .map_err(|e| usage(format!("--timeout {timeout:?}: {e}")))?;
+    let restore_timeout = match timeout {
+        None => None,
+        Some(t) => Some(
+            humantime::parse_duration(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| usage(format!("--timeout {t:?}: not a duration above zero")))?,
+        ),
+    };
+    let tmp_dir = tmp_dir.unwrap_or_else(std::env::temp_dir);
+    if !tmp_dir.is_dir() {
+        return Err(usage(format!(
+            "--tmp-dir {}: no such directory",
+            tmp_dir.display()
+        )));
+    }
     let litestream = match litestream {
         Some(p) if p.exists() => p,
         Some(p) => return Err(usage(format!("--litestream {}: no such file", p.display()))),
@@ -610,6 +632,7 @@ async fn drill(
         db_path: db_path.clone(),
         max_lag,
         restore_timeout,
+        tmp_dir,
     };
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message("restoring the newest replica into a temporary file…");
@@ -627,7 +650,7 @@ async fn drill(
         if let Err(e) = spool::drill::record(&db_path, &report, now) {
             eprintln!(
                 "warning: could not record the drill in {}: {e}",
-                db_path.display()
+                spool::drill::record_path(&db_path).display()
             );
         }
     }
@@ -670,7 +693,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
         let now = SystemClock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
         let (running, failed) = store.inspect_lists(20).await?;
-        let last_drill = spool::drill::last_at(cfg.db_path()).await;
+        let last_drill = spool::drill::last_at(&path);
         if as_json {
             let running: Vec<Value> = running
                 .iter()

@@ -307,7 +307,8 @@ async fn refresh_gauges(st: &AppState) {
                 .set(n as f64);
         }
     }
-    if let Some(d) = crate::drill::last_at(st.cfg.db_path()).await {
+    let db = st.cfg.db_path();
+    if let Ok(Some(d)) = tokio::task::spawn_blocking(move || crate::drill::last_at(&db)).await {
         metrics::gauge!("spool_last_drill_passed").set(if d.passed { 1.0 } else { 0.0 });
         if let Some(t) = d.last_pass_at_ms {
             metrics::gauge!("spool_last_good_drill_timestamp_seconds").set(t as f64 / 1000.0);
