@@ -1,16 +1,19 @@
 //! spool: a durable job queue in one binary, SQLite-backed.
 //!
+//! Above the store everything holds an `Arc<dyn Store>`: nothing there names a driver, a
+//! connection, a rowid or a PRAGMA.
+//!
 //! # Layout
 //!
 //! | layer | module | owns | must not |
 //! |---|---|---|---|
 //! | nouns | [`task`], [`clock`], [`backoff`] | ids, statuses, time, retry maths | do I/O |
-//! | store | [`store`] | the database: migrations, SQL, the writer thread, readers | know HTTP or processes |
-//! | queue | [`queue`] | what the end of an attempt leads to (pure) | run anything |
+//! | queue | [`queue`] | every transition of a task and the validation of a new one (pure) | run anything |
+//! | store | [`store`]: the [`store::Store`] trait; [`store::sqlite`] | the database: migrations, SQL, transactions, the change log | know HTTP or processes; read the clock, a random source or the environment |
 //! | events | [`events`] | in-process announcements of committed changes | hold state |
 //! | executor | [`executor`] | handlers: command, built-ins, Rust [`executor::Handler`]s | touch SQL |
 //! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |
-//! | http | [`http`] | routes, auth, errors, SSE, long poll | hold task state |
+//! | http | [`http`] | routes, auth, errors, SSE, long poll, the change feed of `/v1/events` | hold task state |
 //! | jwt | [`jwt`] | checking an identity provider's JWTs, its cached JWKS | know users or SQL |
 //! | config | [`config`] | the typed configuration | be read after start |
 //! | labels | [`labels`] | which kind and queue names may be metric labels | admit user-chosen names |

@@ -1,21 +1,34 @@
-//! SQLite store: one writer thread with group commit, and a pool of read-only connections.
+//! The SQLite store, the embedded default: one writer thread with group commit (`writer`),
+//! and a pool of read-only connections. By concern:
 //!
-//! # The writer
-//! SQLite takes one writer at a time, so spool has exactly one: a dedicated thread that owns the
-//! write connection for the whole life of the process (Litestream needs the WAL to stay put).
-//! Callers send it jobs on a bounded channel. The thread blocks for the first job, drains what
-//! else is waiting (up to [`MAX_BATCH`]), runs it all inside one `BEGIN IMMEDIATE`, each job in
-//! its own savepoint, commits once, and only then answers each caller and publishes events.
-//! Under load thousands of small commits become a few large ones; alone, a job commits at once.
+//! | module | holds |
+//! |---|---|
+//! | `mod.rs` | opening (WAL, pragmas, migrations, the reader pool) and the [`Store`] methods |
+//! | `writer` | the writer thread, group commit, savepoints, backpressure |
+//! | `insert` | enqueue: chunked inserts, idempotency keys, per-user quotas |
+//! | `claim` | the claim and the rescue of expired leases |
+//! | `lookup` | reads shared by several methods (an owned task, a message page, users) |
+//! | `rows` | rows to values, columns found by name |
+//! | [`migrate`] | the schema versions |
+//! | `sql` | every statement, from `sql/sqlite/queries/` |
 
+mod claim;
+mod insert;
+mod lookup;
 pub(crate) mod migrate;
 mod rows;
 pub(crate) mod sql;
+mod writer;
+
+use claim::claim;
+use insert::{check_usage, insert_tasks};
+use lookup::{get_owned, insert_user, messages_after, user_by_jwt, user_by_name};
+use writer::{writer_loop, WriteJob};
 
 use super::{
     ChangePage, ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted,
     ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck,
-    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, MESSAGE_PAGE_BYTES,
+    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
@@ -29,7 +42,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -84,62 +97,6 @@ impl StoreOptions {
             write_queue: DEFAULT_WRITE_QUEUE,
             limits: super::Limits::default(),
         }
-    }
-}
-
-/// A unit of work for the writer thread.
-trait WriteJob: Send {
-    /// Runs inside the open transaction; true when it succeeded (its savepoint is kept).
-    fn run(&mut self, conn: &Connection) -> bool;
-    /// Called once the transaction committed (`Ok`) or failed as a whole (`Err`).
-    fn finish(self: Box<Self>, commit: Result<()>, hub: &EventHub);
-    /// Whether the job needs a savepoint of its own: false for a job that writes with a single
-    /// statement, which SQLite already undoes as a whole when it fails.
-    fn needs_savepoint(&self) -> bool;
-}
-
-type JobOutput<T> = Result<(T, Vec<Event>)>;
-
-struct FnJob<T, F> {
-    f: Option<F>,
-    out: Option<JobOutput<T>>,
-    reply: oneshot::Sender<Result<T>>,
-    single_statement: bool,
-}
-
-impl<T, F> WriteJob for FnJob<T, F>
-where
-    T: Send,
-    F: FnOnce(&Connection) -> JobOutput<T> + Send,
-{
-    fn run(&mut self, conn: &Connection) -> bool {
-        let out = match self.f.take() {
-            Some(f) => f(conn),
-            None => Err(StoreError::Conflict("write job ran twice".into())),
-        };
-        let ok = out.is_ok();
-        self.out = Some(out);
-        ok
-    }
-
-    fn needs_savepoint(&self) -> bool {
-        !self.single_statement
-    }
-
-    fn finish(self: Box<Self>, commit: Result<()>, hub: &EventHub) {
-        let answer = match (commit, self.out) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(Ok((value, events)))) => {
-                for e in events {
-                    hub.publish(e);
-                }
-                Ok(value)
-            }
-            (Ok(()), Some(Err(e))) => Err(e),
-            (Ok(()), None) => Err(StoreError::Unavailable("write job never ran".into())),
-        };
-        // The caller may have gone away (client disconnected); the write stands regardless.
-        let _ = self.reply.send(answer);
     }
 }
 
@@ -271,92 +228,6 @@ impl SqliteStore {
         if let Some(h) = handle {
             let _ = h.join();
         }
-    }
-
-    fn sender(&self) -> Result<mpsc::Sender<Box<dyn WriteJob>>> {
-        self.tx
-            .lock()
-            .ok()
-            .and_then(|t| t.clone())
-            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))
-    }
-
-    /// Runs `f` on the writer inside the next group commit and answers after the commit.
-    /// When the writer's queue is full this fails at once with `Unavailable` (backpressure);
-    /// with `wait` it waits for room instead (for workers, whose writes must not be dropped).
-    async fn write<T, F>(&self, wait: bool, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
-    {
-        self.submit(wait, false, f).await
-    }
-
-    /// As `write`, for a job whose only write is one statement: no savepoint needed.
-    async fn write_one<T, F>(&self, wait: bool, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
-    {
-        self.submit(wait, true, f).await
-    }
-
-    async fn submit<T, F>(&self, wait: bool, single_statement: bool, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
-    {
-        self.enqueue(wait, single_statement, f)
-            .await?
-            .answer()
-            .await
-    }
-
-    /// Puts `f` on the writer's queue and returns once it is there: anything queued later
-    /// commits in the same transaction or a later one, never before it.
-    async fn enqueue<T, F>(&self, wait: bool, single_statement: bool, f: F) -> Result<Queued<T>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> JobOutput<T> + Send + 'static,
-    {
-        let (reply, rx) = oneshot::channel();
-        let job: Box<dyn WriteJob> = Box::new(FnJob {
-            f: Some(f),
-            out: None,
-            reply,
-            single_statement,
-        });
-        let tx = self.sender()?;
-        if wait {
-            tx.send(job)
-                .await
-                .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        } else {
-            tx.try_send(job).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    StoreError::Unavailable("too many writes waiting".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::Unavailable("the writer has stopped".into())
-                }
-            })?;
-        }
-        Ok(Queued::new(rx))
-    }
-
-    /// Runs `f` with a read-only connection on a blocking thread.
-    async fn read<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
-    {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.get()?;
-            f(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 }
 
@@ -1277,96 +1148,6 @@ fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, hub: &EventHub) {
-    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        metrics::histogram!("spool_writer_batch_size").record(batch.len() as f64);
-        run_batch(&conn, &mut batch, hub);
-    }
-    // All senders are gone: the process is stopping. The connection closes here, last.
-}
-
-fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventHub) {
-    if let Err(e) = conn
-        .prepare_cached("BEGIN IMMEDIATE")
-        .and_then(|mut st| st.execute([]))
-    {
-        let err = StoreError::from(e);
-        for job in batch.drain(..) {
-            job.finish(Err(clone_err(&err)), hub);
-        }
-        return;
-    }
-    let single = batch.len() == 1;
-    let mut single_failed = false;
-    for job in batch.iter_mut() {
-        if conn.is_autocommit() {
-            // The database rolled the transaction back (disk full, I/O error). Running the rest
-            // now would commit each statement on its own: stop; all of them fail below.
-            break;
-        }
-        if !single && !job.needs_savepoint() {
-            // One statement: if it fails, SQLite undoes it and the transaction stays open.
-            job.run(conn);
-            continue;
-        }
-        if single {
-            // Alone in the transaction: on failure the whole is rolled back, no savepoint needed.
-            single_failed = !job.run(conn);
-            continue;
-        }
-        if conn
-            .prepare_cached("SAVEPOINT job")
-            .and_then(|mut st| st.execute([]))
-            .is_err()
-        {
-            // Cannot isolate it; a failure of the connection itself shows at COMMIT below.
-            job.run(conn);
-            continue;
-        }
-        if job.run(conn) {
-            let _ = conn
-                .prepare_cached("RELEASE job")
-                .and_then(|mut st| st.execute([]));
-        } else {
-            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-        }
-    }
-    // A full disk or an I/O error may have rolled the transaction back under us: then nothing of
-    // the batch stands and every caller must hear so.
-    let commit = if conn.is_autocommit() {
-        Err(StoreError::Unavailable(
-            "the transaction was rolled back by the database (disk full or I/O error)".into(),
-        ))
-    } else if single_failed {
-        // The job's own error reaches its caller; nothing of it may stay.
-        let _ = conn.execute_batch("ROLLBACK");
-        Ok(())
-    } else {
-        conn.prepare_cached("COMMIT")
-            .and_then(|mut st| st.execute([]))
-            .map(|_| ())
-            .map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                StoreError::from(e)
-            })
-    };
-    for job in batch.drain(..) {
-        let c = match &commit {
-            Ok(()) => Ok(()),
-            Err(e) => Err(clone_err(e)),
-        };
-        job.finish(c, hub);
-    }
-}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode as C;
@@ -1391,379 +1172,6 @@ impl From<r2d2::Error> for StoreError {
     fn from(e: r2d2::Error) -> Self {
         StoreError::Unavailable(format!("no database connection free: {e}"))
     }
-}
-
-fn clone_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        other => StoreError::Unavailable(other.to_string()),
-    }
-}
-
-fn messages_after(
-    conn: &Connection,
-    task_id: TaskId,
-    after: i64,
-    limit: u32,
-) -> Result<Vec<Message>> {
-    let mut st = conn.prepare_cached(sql::MESSAGE_LIST)?;
-    let mut rows = st
-        .query(named_params! {":task_id": task_id.to_string(), ":after": after, ":limit": limit})?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(r) = rows.next()? {
-        let size = r
-            .get_ref("content")?
-            .as_bytes()
-            .map(<[u8]>::len)
-            .unwrap_or(0);
-        if !out.is_empty() && bytes.saturating_add(size) > MESSAGE_PAGE_BYTES {
-            break;
-        }
-        bytes = bytes.saturating_add(size);
-        out.push(rows::message(r)?);
-    }
-    Ok(out)
-}
-
-fn user_by_name(conn: &Connection, name: &str) -> Result<Option<User>> {
-    Ok(conn
-        .prepare_cached(sql::USER_GET_BY_NAME)?
-        .query_row(named_params! {":name": name}, rows::user)
-        .optional()?)
-}
-
-fn user_by_jwt(conn: &Connection, issuer: &str, name: &str) -> Result<Option<User>> {
-    Ok(conn
-        .prepare_cached(sql::USER_GET_JWT)?
-        .query_row(named_params! {":issuer": issuer, ":name": name}, rows::user)
-        .optional()?)
-}
-
-fn insert_user(
-    conn: &Connection,
-    name: &str,
-    issuer: Option<&str>,
-    is_admin: bool,
-    now: UnixMillis,
-) -> Result<User> {
-    let id: i64 = conn.prepare_cached(sql::USER_INSERT)?.query_row(
-        named_params! {":name": name, ":issuer": issuer, ":is_admin": is_admin, ":now": now},
-        |r| r.get(0),
-    )?;
-    Ok(User {
-        id,
-        name: name.to_string(),
-        is_admin,
-        // Set by the HTTP layer for a caller signed in with a JWT, as for rows read back.
-        jwt: false,
-    })
-}
-
-fn get_owned(conn: &Connection, id: TaskId, user: Option<&str>) -> Result<Task> {
-    let t = rows::task(
-        &mut *conn.prepare_cached(sql::TASK_GET)?,
-        named_params! {":id": id.to_string()},
-    )?;
-    match t {
-        Some(t) if user.is_none_or(|u| u == t.user_id) => Ok(t),
-        _ => Err(StoreError::NotFound(id)),
-    }
-}
-
-fn insert_tasks(
-    conn: &Connection,
-    tasks: Vec<(NewTask, String)>,
-    limits: &super::Limits,
-    now: UnixMillis,
-) -> JobOutput<Vec<Inserted>> {
-    let mut out = Vec::with_capacity(tasks.len());
-    // Tasks without a key wait here and are written INSERT_CHUNK rows per statement; a keyed
-    // task first writes what waits, so rows keep their order and a repeated key sees its twin.
-    let mut waiting: Vec<(NewTask, String)> = Vec::with_capacity(INSERT_CHUNK);
-    for (index, (t, payload)) in tasks.into_iter().enumerate() {
-        let Some(key) = &t.idempotency_key else {
-            waiting.push((t, payload));
-            if waiting.len() == INSERT_CHUNK {
-                write_rows(conn, &mut waiting, limits, now, &mut out)?;
-            }
-            continue;
-        };
-        write_rows(conn, &mut waiting, limits, now, &mut out)?;
-        let mut by_key = conn.prepare_cached(sql::TASK_GET_BY_KEY)?;
-        let cols = rows::TaskColumns::of(&by_key)?;
-        let existing = by_key
-            .query_row(
-                named_params! {":user_id": t.user_id, ":idempotency_key": key},
-                |r| Ok((cols.task(r)?, cols.request_hash(r)?)),
-            )
-            .optional()?;
-        if let Some((task, hash)) = existing {
-            if hash != t.request_hash {
-                return Err(StoreError::IdempotencyMismatch {
-                    index,
-                    key: key.clone(),
-                });
-            }
-            out.push(Inserted {
-                task: Arc::new(task),
-                created: false,
-            });
-            continue;
-        }
-        waiting.push((t, payload));
-        write_rows(conn, &mut waiting, limits, now, &mut out)?;
-    }
-    write_rows(conn, &mut waiting, limits, now, &mut out)?;
-    let events = out
-        .iter()
-        .filter(|i| i.created)
-        .map(|i| Event::Task(i.task.clone()))
-        .collect();
-    Ok((out, events))
-}
-
-/// Rows per multi-row INSERT. Each statement run has a fixed cost (cursors opened and closed,
-/// the statement's end); in batches of 1,000 that cost was a sixth of the writer's time.
-const INSERT_CHUNK: usize = 32;
-
-/// `TASK_INSERT` for `rows` rows: its VALUES tuple repeated, each copy's parameters numbered
-/// `?N` after the position of their name in [`TASK_INSERT_PARAMS`].
-/// Refuses `waiting` (new rows only: a replayed idempotency key adds nothing) when it would
-/// take a user past a quota. Runs before the rows are written, in the same transaction, so the
-/// usage it reads (kept by triggers, see 0009_quotas.sql) includes everything committed or written before
-/// it: concurrent requests cannot pass a limit together.
-fn check_user_quotas(
-    conn: &Connection,
-    waiting: &[(NewTask, String)],
-    limits: &super::Limits,
-) -> Result<()> {
-    if limits.pending_tasks_per_user == u64::MAX && limits.payload_bytes_per_user == u64::MAX {
-        return Ok(());
-    }
-    // Usually one user per call; a few at most.
-    let mut adds: Vec<(&str, u64, u64)> = Vec::new();
-    for (t, payload) in waiting {
-        match adds.iter_mut().find(|(u, _, _)| *u == t.user_id) {
-            Some(a) => {
-                a.1 += 1;
-                a.2 += payload.len() as u64;
-            }
-            None => adds.push((&t.user_id, 1, payload.len() as u64)),
-        }
-    }
-    for (user, tasks, bytes) in adds {
-        check_usage(conn, user, tasks, bytes, limits)?;
-    }
-    Ok(())
-}
-
-/// Refuses adding `tasks` unfinished tasks and `bytes` of payload to `user`'s usage when that
-/// would pass a quota.
-fn check_usage(
-    conn: &Connection,
-    user: &str,
-    tasks: u64,
-    bytes: u64,
-    limits: &super::Limits,
-) -> Result<()> {
-    let (unfinished, stored): (i64, i64) = conn
-        .prepare_cached(sql::USER_USAGE_GET)?
-        .query_row(named_params! {":user_id": user}, |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?
-        .unwrap_or((0, 0));
-    if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
-        return Err(StoreError::LimitReached {
-            what: "pending tasks per user",
-            limit: limits.pending_tasks_per_user,
-        });
-    }
-    if (stored.max(0) as u64).saturating_add(bytes) > limits.payload_bytes_per_user {
-        return Err(StoreError::LimitReached {
-            what: "payload bytes per user",
-            limit: limits.payload_bytes_per_user,
-        });
-    }
-    Ok(())
-}
-
-fn multi_insert_sql(rows: usize) -> String {
-    let sql = sql::TASK_INSERT;
-    let at = sql.find("VALUES").map_or(sql.len(), |i| i + "VALUES".len());
-    let (head, tuple) = sql.split_at(at);
-    let n = TASK_INSERT_PARAMS.len();
-    // OR FAIL: a statement of many rows that may ABORT keeps a statement journal to undo its
-    // own earlier rows; these rows cannot conflict (fresh ids, no keys), and the job's
-    // savepoint undoes the whole batch anyway if anything fails.
-    let mut out = head.replacen("INSERT INTO", "INSERT OR FAIL INTO", 1);
-    for r in 0..rows {
-        if r > 0 {
-            out.push(',');
-        }
-        let mut rest = tuple;
-        while let Some(i) = rest.find(':') {
-            out.push_str(&rest[..i]);
-            let name_len = rest[i + 1..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len() - i - 1);
-            let name = &rest[i..i + 1 + name_len];
-            match TASK_INSERT_PARAMS.iter().position(|p| *p == name) {
-                Some(k) => out.push_str(&format!("?{}", r * n + k + 1)),
-                None => out.push_str(name),
-            }
-            rest = &rest[i + 1 + name_len..];
-        }
-        out.push_str(rest);
-    }
-    out
-}
-
-/// Writes the waiting rows (one statement for a full chunk, else one each) and moves them,
-/// as the tasks they now are, to `out`.
-fn write_rows(
-    conn: &Connection,
-    waiting: &mut Vec<(NewTask, String)>,
-    limits: &super::Limits,
-    now: UnixMillis,
-    out: &mut Vec<Inserted>,
-) -> Result<()> {
-    static CHUNK_SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    if waiting.is_empty() {
-        return Ok(());
-    }
-    check_user_quotas(conn, waiting, limits)?;
-    // A full chunk is one statement; anything less is a row per statement.
-    let (mut st, per_statement) = if waiting.len() == INSERT_CHUNK {
-        let sql = CHUNK_SQL.get_or_init(|| multi_insert_sql(INSERT_CHUNK));
-        (conn.prepare_cached(sql)?, INSERT_CHUNK)
-    } else {
-        (conn.prepare_cached(sql::TASK_INSERT)?, 1)
-    };
-    for group in waiting.chunks(per_statement) {
-        // Bound by position (the order of TASK_INSERT_PARAMS, checked by a test): a name
-        // lookup per parameter showed in profiles.
-        let mut i = 0;
-        for (t, payload) in group {
-            let values: [&dyn rusqlite::ToSql; 12] = [
-                &t.id.to_string(),
-                &t.user_id,
-                &t.queue,
-                &t.kind,
-                payload,
-                &t.priority,
-                &t.run_at,
-                &t.max_attempts,
-                &(t.timeout_ms as i64),
-                &t.idempotency_key,
-                &t.request_hash,
-                &now,
-            ];
-            for v in values {
-                i += 1;
-                st.raw_bind_parameter(i, v)?;
-            }
-        }
-        st.raw_execute()?;
-    }
-    for (t, _) in waiting.drain(..) {
-        // The row is exactly what was inserted: build it here rather than read it back.
-        let task = Arc::new(Task {
-            id: t.id,
-            user_id: t.user_id,
-            queue: t.queue,
-            kind: t.kind,
-            status: TaskStatus::Pending,
-            priority: t.priority,
-            payload: t.payload,
-            result: None,
-            attempts: 0,
-            max_attempts: t.max_attempts,
-            last_error: None,
-            idempotency_key: t.idempotency_key,
-            run_at: t.run_at,
-            timeout_ms: t.timeout_ms,
-            cancel_requested: false,
-            lease_owner: None,
-            lease_expires_at: None,
-            created_at: now,
-            started_at: None,
-            completed_at: None,
-            updated_at: now,
-        });
-        out.push(Inserted {
-            task,
-            created: true,
-        });
-    }
-    Ok(())
-}
-
-/// The parameters of `TASK_INSERT` in the order `write_rows` binds them.
-pub(crate) const TASK_INSERT_PARAMS: [&str; 12] = [
-    ":id",
-    ":user_id",
-    ":queue",
-    ":kind",
-    ":payload",
-    ":priority",
-    ":run_at",
-    ":max_attempts",
-    ":timeout_ms",
-    ":idempotency_key",
-    ":request_hash",
-    ":now",
-];
-
-fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
-    let mut events = Vec::new();
-    // Expired leases first: canceled ones end, exhausted ones fail, the rest become runnable.
-    let rescues: &[&str] = if p.rescue {
-        &[
-            sql::LEASE_EXPIRED_CANCEL,
-            sql::LEASE_EXPIRED_FAIL,
-            sql::LEASE_EXPIRED_RESCUE,
-        ]
-    } else {
-        &[]
-    };
-    for q in rescues {
-        let params = named_params! {":now": p.now, ":error": queue::LOST_LEASE_ERROR};
-        for t in rows::tasks(&mut *conn.prepare_cached(q)?, params)? {
-            tracing::warn!(task.id = %t.id, task.kind = %t.kind, task.queue = %t.queue,
-                status = %t.status, "rescued task from a dead worker (lease expired)");
-            events.push(Event::Task(Arc::new(t)));
-        }
-    }
-    let mut claimed = Vec::new();
-    let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
-    let cols = rows::TaskColumns::of(&st)?;
-    let mut remaining = p.total;
-    for q in &p.queues {
-        let limit = q.limit.min(remaining);
-        if limit == 0 {
-            continue;
-        }
-        let rows = st.query_map(
-            named_params! {":owner": p.owner, ":now": p.now, ":lease_ms": p.lease_ms as i64,
-            ":queue": q.queue, ":limit": limit},
-            |r| cols.task(r),
-        )?;
-        for t in rows {
-            claimed.push(Arc::new(t?));
-            remaining -= 1;
-        }
-    }
-    // RETURNING does not keep the subquery's order.
-    claimed.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.run_at.cmp(&b.run_at))
-            .then(a.id.cmp(&b.id))
-    });
-    events.extend(claimed.iter().map(|t| Event::Task(t.clone())));
-    Ok((claimed, events))
 }
 
 #[cfg(test)]
@@ -1813,6 +1221,8 @@ mod tests {
         assert_eq!(store.user_by_token("h1".into()).await.unwrap(), None);
         store.close();
     }
+
+    use super::insert::{multi_insert_sql, INSERT_CHUNK, TASK_INSERT_PARAMS};
 
     #[test]
     fn task_insert_binds_its_parameters_in_the_order_the_sql_numbers_them() {

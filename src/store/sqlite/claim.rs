@@ -1,0 +1,61 @@
+//! The claim: expired leases first (their outcome is [`crate::queue::rescue`], applied as one
+//! statement per outcome), then each queue's share of runnable tasks, best first.
+
+use super::writer::JobOutput;
+use super::{rows, sql};
+use crate::events::Event;
+use crate::queue;
+use crate::store::ClaimParams;
+use crate::task::Task;
+use rusqlite::{named_params, Connection};
+use std::sync::Arc;
+
+pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Task>>> {
+    let mut events = Vec::new();
+    // Expired leases first: canceled ones end, exhausted ones fail, the rest become runnable.
+    let rescues: &[&str] = if p.rescue {
+        &[
+            sql::LEASE_EXPIRED_CANCEL,
+            sql::LEASE_EXPIRED_FAIL,
+            sql::LEASE_EXPIRED_RESCUE,
+        ]
+    } else {
+        &[]
+    };
+    for q in rescues {
+        let params = named_params! {":now": p.now, ":error": queue::LOST_LEASE_ERROR};
+        for t in rows::tasks(&mut *conn.prepare_cached(q)?, params)? {
+            tracing::warn!(task.id = %t.id, task.kind = %t.kind, task.queue = %t.queue,
+                status = %t.status, "rescued task from a dead worker (lease expired)");
+            events.push(Event::Task(Arc::new(t)));
+        }
+    }
+    let mut claimed = Vec::new();
+    let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
+    let cols = rows::TaskColumns::of(&st)?;
+    let mut remaining = p.total;
+    for q in &p.queues {
+        let limit = q.limit.min(remaining);
+        if limit == 0 {
+            continue;
+        }
+        let rows = st.query_map(
+            named_params! {":owner": p.owner, ":now": p.now, ":lease_ms": p.lease_ms as i64,
+            ":queue": q.queue, ":limit": limit},
+            |r| cols.task(r),
+        )?;
+        for t in rows {
+            claimed.push(Arc::new(t?));
+            remaining -= 1;
+        }
+    }
+    // RETURNING does not keep the subquery's order.
+    claimed.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+    events.extend(claimed.iter().map(|t| Event::Task(t.clone())));
+    Ok((claimed, events))
+}
