@@ -41,5 +41,5 @@ pub use app::{Spool, SpoolBuilder};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use config::Config;
 pub use executor::{Handler, Registry, TaskContext, TaskError};
-pub use store::{SqliteStore, StoreError};
+pub use store::{SqliteStore, Store, StoreError};
 pub use task::{Message, NewTask, Task, TaskId, TaskStatus};

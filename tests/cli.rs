@@ -320,3 +320,45 @@ fn tools_that_run_no_workers_start_without_the_webhook_and_jwt_secrets() {
         );
     }
 }
+
+#[test]
+fn database_url_puts_the_database_where_it_says_and_an_unknown_scheme_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "data_dir = \"d\"\n[database]\nurl = \"sqlite://elsewhere/q.db\"\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["--config", "c.toml", "migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("elsewhere/q.db").is_file());
+    assert!(!dir.path().join("d/spool.db").exists(), "not in data_dir");
+    let id = String::from_utf8(run(dir.path(), &["--config", "c.toml", "enqueue", "echo"]).stdout)
+        .unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("elsewhere/q.db")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM tasks WHERE id = ?",
+            [id.trim()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the CLI enqueued into the database the url names");
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("c.toml"),
+        "[database]\nurl = \"postgres://127.0.0.1/spool\"\n",
+    )
+    .unwrap();
+    let out = run(other.path(), &["--config", "c.toml", "migrate"]);
+    assert_usage_error(&out, "database.url");
+    assert!(
+        std::fs::read_dir(other.path()).unwrap().count() == 1,
+        "nothing but the config written"
+    );
+}
