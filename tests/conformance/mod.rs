@@ -1746,6 +1746,32 @@ pub async fn a_cursor_behind_pruned_changes_reports_a_gap<B: Backend>(b: &B) {
         .await
         .unwrap();
     assert!(after.changes.iter().all(|c| c.task.id != done.id));
+    // Every change pruned (keep 0): a reader behind them still learns it missed some, and a
+    // reader that had read them all missed nothing.
+    add(s, task("ten", 3, 0, T0), T0).await;
+    let newest = s
+        .changes(ChangeParams {
+            after: mark,
+            limit: 100,
+            ..ChangeParams::default()
+        })
+        .await
+        .unwrap()
+        .next;
+    assert!(newest > mark);
+    assert!(s.changes_prune(T0 + 1_000_000, 0).await.unwrap() > 0);
+    let at = |after: i64| {
+        s.changes(ChangeParams {
+            after,
+            limit: 100,
+            ..ChangeParams::default()
+        })
+    };
+    for after in [seqs[0], mark] {
+        assert!(at(after).await.unwrap().gap, "a cursor at {after} missed changes");
+    }
+    let read_all = at(newest).await.unwrap();
+    assert!(read_all.changes.is_empty() && !read_all.gap);
 }
 
 async fn recv(rx: &mut tokio::sync::broadcast::Receiver<Event>) -> Event {
