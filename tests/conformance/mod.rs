@@ -93,6 +93,7 @@ macro_rules! suite {
             a_batch_is_all_or_nothing_and_a_mismatch_names_its_index,
             idempotency_keys_belong_to_their_user_and_repeat_within_a_batch,
             pending_tasks_quota_refuses_and_writes_nothing,
+            tasks_ended_by_a_lost_lease_free_their_quota,
             payload_bytes_quota_refuses_and_writes_nothing,
             messages_quota_refuses_a_user_and_truncates_the_task_once,
             task_prune_removes_only_that_status_before_the_time_up_to_the_limit,
@@ -1156,6 +1157,17 @@ pub async fn pending_tasks_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
     // At the limit again: the replay of that key still answers.
     let replay = s.task_insert(vec![keyed("key", "h")], T0).await.unwrap();
     assert_eq!((replay[0].task.id, replay[0].created), (keyed_task.id, false));
+    // A failed retry (back to pending) keeps its place.
+    let keyed_claimed = claim_one(s, "A", T0).await;
+    assert_eq!(keyed_claimed.id, mine[1].id);
+    finish(s, &keyed_claimed, "A", TaskStatus::Pending, Some(T0), T0)
+        .await
+        .unwrap();
+    assert!(is_limit(
+        s.task_insert(vec![task("default", 3, 0, T0)], T0).await,
+        "pending tasks per user",
+        3
+    ));
     // A canceled task frees its place; retrying it takes one again and is refused at the limit.
     let pending = mine.iter().find(|t| t.id != done.id).unwrap();
     s.task_cancel(pending.id, None, T0).await.unwrap();
@@ -1166,6 +1178,35 @@ pub async fn pending_tasks_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
         3
     ));
     assert_eq!(get(s, pending.id).await.status, TaskStatus::Canceled);
+}
+
+pub async fn tasks_ended_by_a_lost_lease_free_their_quota<B: Backend>(b: &B) {
+    let f = b
+        .fresh(Limits {
+            pending_tasks_per_user: 2,
+            ..Limits::default()
+        })
+        .await;
+    let s = &*f.store;
+    let last_attempt = add(s, task("default", 1, 0, T0), T0).await;
+    let canceled = add(s, task("default", 3, 0, T0), T0).await;
+    assert_eq!(claim(s, "A", 2, T0).await.len(), 2);
+    s.task_cancel(canceled.id, None, T0).await.unwrap();
+    let full = || s.task_insert(vec![task("later", 3, 0, T0)], T0);
+    assert!(is_limit(full().await, "pending tasks per user", 2));
+    // The worker dies: one task fails (no attempts left), the other ends canceled.
+    assert!(claim(s, "B", 2, T0 + LEASE as i64 + 1).await.is_empty());
+    assert_eq!(get(s, last_attempt.id).await.status, TaskStatus::Failed);
+    assert_eq!(get(s, canceled.id).await.status, TaskStatus::Canceled);
+    full().await.unwrap();
+    full().await.unwrap();
+    assert!(is_limit(full().await, "pending tasks per user", 2));
+    // A task rescued back to pending still counts.
+    let t = claim_in(s, "A", "later", 1, T0 + 2 * LEASE as i64).await.remove(0);
+    let later = T0 + 4 * LEASE as i64;
+    assert!(claim_in(s, "B", "none", 1, later).await.is_empty());
+    assert_eq!(get(s, t.id).await.status, TaskStatus::Pending);
+    assert!(is_limit(full().await, "pending tasks per user", 2));
 }
 
 pub async fn payload_bytes_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
@@ -1211,6 +1252,21 @@ pub async fn payload_bytes_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
         T0,
     )
     .await;
+    // A finished task's payload is still stored, and counts; pruned, it frees its bytes.
+    let c = claim_one(s, "A", T0).await;
+    finish(s, &c, "A", TaskStatus::Completed, None, T0)
+        .await
+        .unwrap();
+    assert!(is_limit(
+        s.task_insert(vec![forty()], T0).await,
+        "payload bytes per user",
+        100
+    ));
+    assert_eq!(
+        s.task_prune(TaskStatus::Completed, T0 + 1, 10).await.unwrap(),
+        1
+    );
+    add(s, forty(), T0).await;
 }
 
 pub async fn messages_quota_refuses_a_user_and_truncates_the_task_once<B: Backend>(b: &B) {
@@ -1448,9 +1504,15 @@ pub async fn two_stores_on_one_database_never_claim_the_same_task<B: Backend>(b:
     let all: HashSet<TaskId> = a.iter().chain(c.iter()).copied().collect();
     assert_eq!(all.len(), 200, "every task claimed");
     assert_eq!(a.len() + c.len(), 200, "no task claimed twice");
-    // Each store reads what the other wrote.
-    let via_other = other.task_get(a[0], None).await.unwrap();
-    assert_eq!(via_other.lease_owner.as_deref(), Some("A"));
+    // Each store reads what the other wrote (one of them may have claimed everything).
+    for (ids, owner) in [(&a, "A"), (&c, "B")] {
+        if let Some(id) = ids.first() {
+            for s in [&f.store, &other] {
+                let t = s.task_get(*id, None).await.unwrap();
+                assert_eq!(t.lease_owner.as_deref(), Some(owner));
+            }
+        }
+    }
 }
 
 // ---- messages -----------------------------------------------------------------------------
@@ -1966,6 +2028,24 @@ pub async fn user_resolve_and_jwt_users_are_separate_namespaces<B: Backend>(b: &
     assert_eq!(s.user_resolve("carol".into(), T0).await.unwrap().id, carol.id);
     let by_id = s.user_by_id(j.id).await.unwrap().unwrap();
     assert_eq!((by_id.name.as_str(), by_id.is_admin), ("carol", false));
+    // A JWT user seen first does not become the token user of its name, nor the admin.
+    let jf = s
+        .user_jwt("https://idp".into(), "frank".into(), T0)
+        .await
+        .unwrap();
+    let frank = s.user_resolve("frank".into(), T0).await.unwrap();
+    assert_ne!(frank.id, jf.id);
+    let f2 = b.fresh(Limits::default()).await;
+    let jwt_first = f2
+        .store
+        .user_jwt("https://idp".into(), ADMIN_NAME.into(), T0)
+        .await
+        .unwrap();
+    assert!(f2.store.token_bootstrap_admin(hash(9), T0).await.unwrap());
+    let boot = f2.store.user_by_token(hash(9)).await.unwrap().unwrap();
+    assert_ne!(boot.id, jwt_first.id);
+    assert!(boot.is_admin);
+    assert!(!f2.store.user_by_id(jwt_first.id).await.unwrap().unwrap().is_admin);
     // Two stores resolving one new name at once make one user.
     let other = b.another(&f).await;
     let (x, y) = tokio::join!(
