@@ -363,7 +363,9 @@ pub async fn paused_queue_is_never_claimed_until_resumed<B: Backend>(b: &B) {
     add(s, task("default", 3, 0, T0), T0).await;
     add(s, task("other", 3, 0, T0), T0).await;
     assert!(s.queue_paused().await.unwrap().is_empty());
-    s.queue_set_paused("default".into(), true, T0).await.unwrap();
+    s.queue_set_paused("default".into(), true, T0)
+        .await
+        .unwrap();
     assert_eq!(s.queue_paused().await.unwrap(), vec!["default".to_string()]);
     assert!(claim(s, "A", 10, T0).await.is_empty());
     // Another queue is not held up.
@@ -529,7 +531,11 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
     let c = claim(s, "C", 3, now).await;
     assert_eq!(c.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t3.id]);
     // B's heartbeat now holds nothing: its lease was taken over.
-    assert!(s.lease_extend("B".into(), LEASE, now).await.unwrap().is_empty());
+    assert!(s
+        .lease_extend("B".into(), LEASE, now)
+        .await
+        .unwrap()
+        .is_empty());
     // A cancel request reaches the holder through its heartbeat.
     let canceled = s.task_cancel(t1.id, None, now).await.unwrap();
     assert_eq!(
@@ -694,7 +700,10 @@ pub async fn cancel_and_retry_transitions_and_refusals<B: Backend>(b: &B) {
     let run = claim_one(s, "A", T0 + 2).await;
     assert!(is_conflict(s.task_retry(run.id, None, T0).await));
     let req = s.task_cancel(run.id, None, T0).await.unwrap();
-    assert_eq!((req.status, req.cancel_requested), (TaskStatus::Running, true));
+    assert_eq!(
+        (req.status, req.cancel_requested),
+        (TaskStatus::Running, true)
+    );
     let ended = finish(s, &run, "A", TaskStatus::Canceled, None, T0)
         .await
         .unwrap();
@@ -731,7 +740,10 @@ pub async fn retry_of_a_failed_task_starts_a_fresh_count<B: Backend>(b: &B) {
     let s = &*f.store;
     let failed = ended(s, TaskStatus::Failed, T0).await;
     assert_eq!((failed.status, failed.attempts), (TaskStatus::Failed, 1));
-    let r = s.task_retry(failed.id, Some("u".into()), T0 + 10).await.unwrap();
+    let r = s
+        .task_retry(failed.id, Some("u".into()), T0 + 10)
+        .await
+        .unwrap();
     assert_eq!(
         (r.status, r.attempts, r.completed_at, r.result.clone()),
         (TaskStatus::Pending, 0, None, None)
@@ -827,6 +839,9 @@ pub async fn the_task_a_finish_returns_is_the_row_as_stored<B: Backend>(b: &B) {
 
 // ---- reads --------------------------------------------------------------------------------
 
+/// A task made by a test: its id, user, queue and kind.
+type Made = (TaskId, &'static str, &'static str, &'static str);
+
 pub async fn tasks_are_read_only_by_their_owner_and_listed_newest_first<B: Backend>(b: &B) {
     let f = b.fresh(Limits::default()).await;
     let s = &*f.store;
@@ -868,7 +883,7 @@ pub async fn tasks_are_read_only_by_their_owner_and_listed_newest_first<B: Backe
         limit: 100,
         ..ListParams::default()
     };
-    let want = |pred: &dyn Fn(&(TaskId, &str, &str, &str)) -> bool| {
+    let want = |pred: &dyn Fn(&Made) -> bool| {
         let mut w: Vec<TaskId> = ids.iter().filter(|x| pred(x)).map(|x| x.0).collect();
         w.sort();
         w.reverse();
@@ -888,7 +903,10 @@ pub async fn tasks_are_read_only_by_their_owner_and_listed_newest_first<B: Backe
         want(&|x| x.2 == "a")
     );
     assert_eq!(
-        got(s.task_list(list(Some("u"), Some("a"), Some("y"))).await.unwrap()),
+        got(s
+            .task_list(list(Some("u"), Some("a"), Some("y")))
+            .await
+            .unwrap()),
         want(&|x| x.1 == "u" && x.2 == "a" && x.3 == "y")
     );
     // Pages of two, after the last id of the previous page.
@@ -1041,9 +1059,13 @@ pub async fn a_batch_is_all_or_nothing_and_a_mismatch_names_its_index<B: Backend
     let ids: Vec<TaskId> = batch.iter().map(|t| t.id).collect();
     let got = s.task_insert(batch, T0).await.unwrap();
     assert_eq!(
-        got.iter().map(|i| (i.task.id, i.created)).collect::<Vec<_>>(),
+        got.iter()
+            .map(|i| (i.task.id, i.created))
+            .collect::<Vec<_>>(),
         vec![(ids[0], true), (original.id, false), (ids[2], true)]
     );
+    // An empty batch writes nothing and answers nothing.
+    assert!(s.task_insert(vec![], T0).await.unwrap().is_empty());
     // A large batch (more than any chunking a backend might do) is written whole too.
     let many: Vec<NewTask> = (0..100).map(|_| task("bulk", 3, 0, T0)).collect();
     let many_ids: Vec<TaskId> = many.iter().map(|t| t.id).collect();
@@ -1078,7 +1100,9 @@ pub async fn idempotency_keys_belong_to_their_user_and_repeat_within_a_batch<B: 
         .await
         .unwrap();
     assert_eq!(
-        got.iter().map(|i| (i.task.id, i.created)).collect::<Vec<_>>(),
+        got.iter()
+            .map(|i| (i.task.id, i.created))
+            .collect::<Vec<_>>(),
         vec![(first.id, true), (first.id, false)]
     );
     assert!(gone(s, second.id).await);
@@ -1156,7 +1180,10 @@ pub async fn pending_tasks_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
     let keyed_task = add(s, keyed("key", "h"), T0).await;
     // At the limit again: the replay of that key still answers.
     let replay = s.task_insert(vec![keyed("key", "h")], T0).await.unwrap();
-    assert_eq!((replay[0].task.id, replay[0].created), (keyed_task.id, false));
+    assert_eq!(
+        (replay[0].task.id, replay[0].created),
+        (keyed_task.id, false)
+    );
     // A failed retry (back to pending) keeps its place.
     let keyed_claimed = claim_one(s, "A", T0).await;
     assert_eq!(keyed_claimed.id, mine[1].id);
@@ -1202,7 +1229,9 @@ pub async fn tasks_ended_by_a_lost_lease_free_their_quota<B: Backend>(b: &B) {
     full().await.unwrap();
     assert!(is_limit(full().await, "pending tasks per user", 2));
     // A task rescued back to pending still counts.
-    let t = claim_in(s, "A", "later", 1, T0 + 2 * LEASE as i64).await.remove(0);
+    let t = claim_in(s, "A", "later", 1, T0 + 2 * LEASE as i64)
+        .await
+        .remove(0);
     let later = T0 + 4 * LEASE as i64;
     assert!(claim_in(s, "B", "none", 1, later).await.is_empty());
     assert_eq!(get(s, t.id).await.status, TaskStatus::Pending);
@@ -1263,7 +1292,9 @@ pub async fn payload_bytes_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
         100
     ));
     assert_eq!(
-        s.task_prune(TaskStatus::Completed, T0 + 1, 10).await.unwrap(),
+        s.task_prune(TaskStatus::Completed, T0 + 1, 10)
+            .await
+            .unwrap(),
         1
     );
     add(s, forty(), T0).await;
@@ -1341,7 +1372,10 @@ pub async fn task_prune_removes_only_that_status_before_the_time_up_to_the_limit
     };
     let pending = add(s, task("default", 3, 0, T0 - 100_000), T0).await;
     // `before` is exclusive.
-    assert_eq!(s.task_prune(TaskStatus::Completed, T0, 10).await.unwrap(), 0);
+    assert_eq!(
+        s.task_prune(TaskStatus::Completed, T0, 10).await.unwrap(),
+        0
+    );
     // Up to the limit.
     assert_eq!(
         s.task_prune(TaskStatus::Completed, T0 + 5000, 2)
@@ -1369,7 +1403,9 @@ pub async fn task_prune_removes_only_that_status_before_the_time_up_to_the_limit
         assert!(!gone(s, id).await, "only old completed tasks go");
     }
     assert_eq!(
-        s.task_prune(TaskStatus::Failed, T0 + 5000, 10).await.unwrap(),
+        s.task_prune(TaskStatus::Failed, T0 + 5000, 10)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
@@ -1583,7 +1619,12 @@ pub async fn concurrent_messages_are_read_page_by_page_once_in_order<B: Backend>
     }
     // Nothing more after the last one; a read from the start is the same sequence.
     let last = seen.last().unwrap().id;
-    assert!(f.store.message_list(t.id, last, 10).await.unwrap().is_empty());
+    assert!(f
+        .store
+        .message_list(t.id, last, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let mut again = vec![];
     let mut after = 0;
     loop {
@@ -1615,9 +1656,14 @@ pub async fn a_message_page_is_bounded_by_bytes_but_holds_at_least_one<B: Backen
     let t = add(s, task("default", 3, 0, T0), T0).await;
     let big = MESSAGE_PAGE_BYTES * 2 / 5; // 6 of them are 2.4 pages
     for i in 0..6 {
-        msg(s, t.id, json!(format!("{i}{}", "x".repeat(big))), MessageCheck::Worker)
-            .await
-            .unwrap();
+        msg(
+            s,
+            t.id,
+            json!(format!("{i}{}", "x".repeat(big))),
+            MessageCheck::Worker,
+        )
+        .await
+        .unwrap();
     }
     let page = s.message_list(t.id, 0, 100).await.unwrap();
     assert!(
@@ -1710,12 +1756,20 @@ pub async fn changes_from_another_store_are_read_with_filters_and_a_cursor<B: Ba
     // Filters.
     let by_user = page(start.next, 100, Some("v"), None).await.unwrap();
     assert_eq!(
-        by_user.changes.iter().map(|c| c.task.id).collect::<Vec<_>>(),
+        by_user
+            .changes
+            .iter()
+            .map(|c| c.task.id)
+            .collect::<Vec<_>>(),
         vec![t2.id]
     );
     let by_queue = page(start.next, 100, None, Some("q1")).await.unwrap();
     assert_eq!(
-        by_queue.changes.iter().map(|c| c.task.id).collect::<Vec<_>>(),
+        by_queue
+            .changes
+            .iter()
+            .map(|c| c.task.id)
+            .collect::<Vec<_>>(),
         vec![t1.id]
     );
     // A page whose changes are all filtered out still moves the cursor past them.
@@ -1741,7 +1795,11 @@ pub async fn changes_from_another_store_are_read_with_filters_and_a_cursor<B: Ba
     let c2 = claim_in(&*other, "W", "q2", 1, T0).await.remove(0);
     let mark = page(after_finish.next, 100, None, None).await.unwrap().next;
     other.lease_extend("W".into(), LEASE, T0 + 2).await.unwrap();
-    assert!(page(mark, 100, None, None).await.unwrap().changes.is_empty());
+    assert!(page(mark, 100, None, None)
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
     other.task_cancel(c2.id, None, T0 + 3).await.unwrap();
     let cancel = page(mark, 100, None, None).await.unwrap();
     assert_eq!(cancel.changes.len(), 1);
@@ -1797,7 +1855,9 @@ pub async fn a_cursor_behind_pruned_changes_reports_a_gap<B: Backend>(b: &B) {
     // A change of a task pruned since is left out.
     let done = ended(s, TaskStatus::Completed, T0).await;
     let mark = caught_up.next;
-    s.task_prune(TaskStatus::Completed, T0 + 1, 10).await.unwrap();
+    s.task_prune(TaskStatus::Completed, T0 + 1, 10)
+        .await
+        .unwrap();
     assert!(gone(s, done.id).await);
     let after = s
         .changes(ChangeParams {
@@ -1830,7 +1890,10 @@ pub async fn a_cursor_behind_pruned_changes_reports_a_gap<B: Backend>(b: &B) {
         })
     };
     for after in [seqs[0], mark] {
-        assert!(at(after).await.unwrap().gap, "a cursor at {after} missed changes");
+        assert!(
+            at(after).await.unwrap().gap,
+            "a cursor at {after} missed changes"
+        );
     }
     let read_all = at(newest).await.unwrap();
     assert!(read_all.changes.is_empty() && !read_all.gap);
@@ -1893,7 +1956,9 @@ pub async fn token_create_new_existing_and_admin_rules<B: Backend>(b: &B) {
             now: T0,
         })
     };
-    let alice = create("alice", false, ExistingUser::Refuse, 1).await.unwrap();
+    let alice = create("alice", false, ExistingUser::Refuse, 1)
+        .await
+        .unwrap();
     assert_eq!((alice.name.as_str(), alice.is_admin), ("alice", false));
     assert!(s.token_any().await.unwrap());
     // An existing name is refused without --existing; a missing one with it.
@@ -1907,7 +1972,9 @@ pub async fn token_create_new_existing_and_admin_rules<B: Backend>(b: &B) {
     assert!(is_conflict(
         create("alice", true, ExistingUser::AddToken, 4).await
     ));
-    let again = create("alice", false, ExistingUser::AddToken, 5).await.unwrap();
+    let again = create("alice", false, ExistingUser::AddToken, 5)
+        .await
+        .unwrap();
     assert_eq!(again.id, alice.id);
     // The name admin belongs to an admin.
     assert!(is_conflict(
@@ -1923,8 +1990,14 @@ pub async fn token_create_new_existing_and_admin_rules<B: Backend>(b: &B) {
         assert_eq!(s.user_by_token(hash(h)).await.unwrap(), None);
     }
     // Tokens name their users.
-    assert_eq!(s.user_by_token(hash(1)).await.unwrap().unwrap().id, alice.id);
-    assert_eq!(s.user_by_token(hash(5)).await.unwrap().unwrap().id, alice.id);
+    assert_eq!(
+        s.user_by_token(hash(1)).await.unwrap().unwrap().id,
+        alice.id
+    );
+    assert_eq!(
+        s.user_by_token(hash(5)).await.unwrap().unwrap().id,
+        alice.id
+    );
     let r = s.user_by_token(hash(7)).await.unwrap().unwrap();
     assert_eq!((r.id, r.is_admin, r.jwt), (root.id, true, false));
     assert_eq!(s.user_by_id(alice.id).await.unwrap().unwrap().name, "alice");
@@ -2025,7 +2098,10 @@ pub async fn user_resolve_and_jwt_users_are_separate_namespaces<B: Backend>(b: &
     assert!(!jadmin.is_admin);
     assert_ne!(jadmin.id, admin.id);
     // The token user of that name is still the one user_resolve finds.
-    assert_eq!(s.user_resolve("carol".into(), T0).await.unwrap().id, carol.id);
+    assert_eq!(
+        s.user_resolve("carol".into(), T0).await.unwrap().id,
+        carol.id
+    );
     let by_id = s.user_by_id(j.id).await.unwrap().unwrap();
     assert_eq!((by_id.name.as_str(), by_id.is_admin), ("carol", false));
     // A JWT user seen first does not become the token user of its name, nor the admin.
@@ -2045,7 +2121,14 @@ pub async fn user_resolve_and_jwt_users_are_separate_namespaces<B: Backend>(b: &
     let boot = f2.store.user_by_token(hash(9)).await.unwrap().unwrap();
     assert_ne!(boot.id, jwt_first.id);
     assert!(boot.is_admin);
-    assert!(!f2.store.user_by_id(jwt_first.id).await.unwrap().unwrap().is_admin);
+    assert!(
+        !f2.store
+            .user_by_id(jwt_first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_admin
+    );
     // Two stores resolving one new name at once make one user.
     let other = b.another(&f).await;
     let (x, y) = tokio::join!(
@@ -2072,16 +2155,10 @@ pub async fn token_revoke_by_hash_user_and_id<B: Backend>(b: &B) {
     }
     new_token_user(s, "bob", false, &hash(4)).await;
     new_token_user(s, "carl", false, &hash(5)).await;
-    assert_eq!(
-        s.token_revoke(TokenRevoke::Hash(hash(1))).await.unwrap(),
-        1
-    );
+    assert_eq!(s.token_revoke(TokenRevoke::Hash(hash(1))).await.unwrap(), 1);
     assert_eq!(s.user_by_token(hash(1)).await.unwrap(), None);
     assert!(s.user_by_token(hash(2)).await.unwrap().is_some());
-    assert_eq!(
-        s.token_revoke(TokenRevoke::Hash(hash(1))).await.unwrap(),
-        0
-    );
+    assert_eq!(s.token_revoke(TokenRevoke::Hash(hash(1))).await.unwrap(), 0);
     assert_eq!(
         s.token_revoke(TokenRevoke::User("alice".into()))
             .await
@@ -2185,8 +2262,14 @@ pub async fn message_insert_checks_scope_attempt_and_lease<B: Backend>(b: &B) {
         attempt: a,
     };
     // Pending: its user and an admin may write; another user finds no task; no attempt runs.
-    let m = msg(s, t.id, json!("by u"), user("u")).await.unwrap().unwrap();
-    assert_eq!((m.task_id, m.kind.as_str(), m.created_at), (t.id, "log", T0));
+    let m = msg(s, t.id, json!("by u"), user("u"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.task_id, m.kind.as_str(), m.created_at),
+        (t.id, "log", T0)
+    );
     msg(s, t.id, json!("by admin"), MessageCheck::User(None))
         .await
         .unwrap()
