@@ -1069,11 +1069,14 @@ impl Store for SqliteStore {
     }
 
     async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize> {
+        // The newest change always stays: `changes` tells a gap by the oldest change kept, and
+        // an emptied table would tell a cursor behind the pruned changes that it missed none.
+        let keep = keep.clamp(1, i64::MAX as u64) as i64;
         self.write(true, move |conn| {
             let n = conn
                 .prepare_cached(sql::CHANGE_PRUNE)?
                 .execute(named_params! {
-                ":before": before, ":keep": keep.min(i64::MAX as u64) as i64, ":limit": super::CHANGES_PRUNE_BATCH as i64})?;
+                ":before": before, ":keep": keep, ":limit": super::CHANGES_PRUNE_BATCH as i64})?;
             Ok((n, Vec::new()))
         })
         .await
