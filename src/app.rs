@@ -46,6 +46,7 @@ pub struct SpoolBuilder {
     config: Option<Config>,
     registry: Registry,
     clock: Option<Arc<dyn Clock>>,
+    jitter: Option<crate::worker::Jitter>,
 }
 
 impl SpoolBuilder {
@@ -64,6 +65,12 @@ impl SpoolBuilder {
     /// Uses `clock` instead of the wall clock (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Uses `jitter` (values in `[0, 1)`) for retry delays instead of the random source (tests).
+    pub fn jitter(mut self, jitter: crate::worker::Jitter) -> Self {
+        self.jitter = Some(jitter);
         self
     }
 
@@ -88,6 +95,7 @@ impl SpoolBuilder {
             store,
             registry: Arc::new(registry),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            jitter: self.jitter.unwrap_or_else(crate::worker::random_jitter),
             owners: Default::default(),
         })
     }
@@ -241,6 +249,7 @@ pub struct Spool {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
+    jitter: crate::worker::Jitter,
     /// Owner keys of the user names enqueued as (users are never deleted; ids never change).
     owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
@@ -346,6 +355,7 @@ impl Spool {
                 self.registry.clone(),
                 self.clock.clone(),
                 self.cfg.clone(),
+                self.jitter.clone(),
             );
             pool.run(shutdown.clone()).await.map_err(AppError::from)
         } else {

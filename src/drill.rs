@@ -350,10 +350,11 @@ async fn drill_into(opts: &DrillOptions, report: &mut DrillReport) -> Result<(),
     let c = checked?;
     report.timings_ms.integrity_check = Some(c.integrity_ms);
     report.timings_ms.foreign_key_check = Some(c.fk_ms);
-    let t = Instant::now();
-    let replica = c.snapshot?;
+    // The check results first: a replica too damaged to read still reports what the checks saw.
     report.integrity = Some(c.integrity.clone());
     report.foreign_key_violations = Some(c.fk);
+    let t = Instant::now();
+    let replica = c.snapshot?;
     if c.integrity != "ok" {
         report.reasons.push(format!(
             "the restored database is damaged: integrity_check says {:?}",

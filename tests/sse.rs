@@ -606,6 +606,18 @@ async fn the_events_stream_carries_other_processes_changes_and_resumes_after_las
         ]
     );
 
+    // A Last-Event-ID past the log's end (a database restored from an older backup): the stream
+    // says so with `lagged` and goes on live from now instead of waiting for that position.
+    let mut ahead = Stream::open(&c, &env.url("/v1/events"), &tok, Some("999999999")).await;
+    let ev = ahead.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ev.name(), "lagged", "{ev:?}");
+    let t5 = env.cli_ok(&["enqueue", "ev", "--queue", "q1"]);
+    let live = status_events(&mut ahead, 1).await;
+    assert_eq!(
+        (live[0].1.as_str(), live[0].2.as_str()),
+        (t5.as_str(), "pending")
+    );
+
     // A Last-Event-ID that is not a change id: 400.
     let r = c
         .get(env.url("/v1/events"))

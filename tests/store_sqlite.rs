@@ -83,3 +83,53 @@ fn the_claim_reads_the_claim_index_without_sorting() {
     assert!(text.contains("tasks_claim"), "{text}");
     assert!(!text.contains("TEMP B-TREE"), "{text}");
 }
+
+/// The change log is written by triggers: a later migration that rebuilds `tasks` (as 0006 did)
+/// would drop them silently, and `/v1/events` would go quiet. They must exist at the newest
+/// schema, and fire for an insert and for a status change.
+#[tokio::test]
+async fn the_change_log_triggers_exist_at_the_newest_schema_and_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(&path, Limits::default()).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'tasks' AND name LIKE 'task_changes%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["task_changes_insert", "task_changes_update"]);
+    let id = spool::task::TaskId::new();
+    store
+        .task_insert(
+            vec![spool::task::NewTask {
+                id,
+                user_id: "u".into(),
+                queue: "q".into(),
+                kind: "k".into(),
+                payload: serde_json::Value::Null,
+                priority: 0,
+                run_at: 1,
+                max_attempts: 1,
+                timeout_ms: 1000,
+                idempotency_key: None,
+                request_hash: None,
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+    store.task_cancel(id, None, 2).await.unwrap();
+    let statuses: Vec<String> = conn
+        .prepare("SELECT status FROM task_changes WHERE task_id = ? ORDER BY seq")
+        .unwrap()
+        .query_map([id.to_string()], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(statuses, ["pending", "canceled"]);
+    store.close();
+}

@@ -13,6 +13,18 @@ use tokio_util::sync::CancellationToken;
 const PAGE: u32 = 1000;
 /// Changes a slow stream may fall behind before it re-reads from the database.
 const CAPACITY: usize = 4096;
+/// Reads of the log that fail in a row before the open streams are ended (their clients
+/// reconnect, and get `503` while the database stays unavailable).
+const FAILURES_BEFORE_CLOSE: u32 = 5;
+
+/// What the reader sends to the streams.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// A change, in commit order.
+    Change(Arc<Change>),
+    /// The log could not be read for a while: streams end so their clients reconnect.
+    Failed,
+}
 
 /// One process's reader of the change log.
 #[derive(Debug)]
@@ -20,7 +32,7 @@ pub struct ChangeFeed {
     store: Arc<dyn Store>,
     poll: Duration,
     shutdown: CancellationToken,
-    tx: broadcast::Sender<Arc<Change>>,
+    tx: broadcast::Sender<FeedItem>,
     /// The position up to which every change was sent on `tx`; `None` while no reader runs.
     head: Mutex<Option<i64>>,
 }
@@ -29,10 +41,13 @@ pub struct ChangeFeed {
 #[derive(Debug)]
 pub struct Subscription {
     /// Every change after `head`, as the feed reads it.
-    pub rx: broadcast::Receiver<Arc<Change>>,
+    pub rx: broadcast::Receiver<FeedItem>,
     /// Changes up to here were read before the subscription: a stream resuming from an older
     /// position reads them from the store.
     pub head: i64,
+    /// The log's newest position when the subscription was made (a resume position past it
+    /// is not one of this database's).
+    pub newest: i64,
 }
 
 impl ChangeFeed {
@@ -70,7 +85,11 @@ impl ChangeFeed {
                 newest
             }
         };
-        Ok(Subscription { rx, head: at })
+        Ok(Subscription {
+            rx,
+            head: at,
+            newest: newest.max(at),
+        })
     }
 
     /// The position up to which every change was sent, while the reader runs.
@@ -91,8 +110,10 @@ impl ChangeFeed {
     }
 
     /// Reads the log after `cursor` and sends each change, until no stream is left or the
-    /// server stops. The head moves only after the page was sent.
+    /// server stops. A page is sent and the head moved under the lock `subscribe` takes, so a
+    /// subscriber's `head` is exactly where its receiver starts.
     async fn run(self: Arc<Self>, mut cursor: i64) {
+        let mut failures = 0u32;
         loop {
             if self.tx.receiver_count() == 0 || self.shutdown.is_cancelled() {
                 // Decided under the lock: a subscriber that came in meanwhile keeps it running.
@@ -113,18 +134,27 @@ impl ChangeFeed {
                 .await;
             let full = match page {
                 Ok(page) => {
-                    let full = page.next > cursor && page.next - cursor >= i64::from(PAGE);
-                    for c in page.changes {
-                        let _ = self.tx.send(Arc::new(c));
-                    }
-                    cursor = page.next;
+                    failures = 0;
+                    // More behind it: the page was cut by count or by bytes.
+                    let full = page.more;
                     if let Ok(mut head) = self.head.lock() {
+                        for c in page.changes {
+                            let _ = self.tx.send(FeedItem::Change(Arc::new(c)));
+                        }
+                        cursor = page.next;
                         *head = Some(cursor);
                     }
                     full
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the change log; trying again");
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "cannot read the change log; trying again");
+                    }
+                    if failures == FAILURES_BEFORE_CLOSE {
+                        tracing::error!(error = %e, "the change log stays unreadable; ending /v1/events streams");
+                        let _ = self.tx.send(FeedItem::Failed);
+                    }
                     false
                 }
             };

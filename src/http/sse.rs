@@ -9,6 +9,7 @@
 //! slots for as long as it is open.
 
 use super::extract::{ApiQuery, Auth, TaskPath};
+use super::feed::FeedItem;
 #[allow(unused_imports)]
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiResult, AppState};
@@ -178,12 +179,22 @@ pub(super) async fn all_events(
     let mut sub = st.feed.subscribe().await?;
     let stream = async_stream::stream! {
         let _slot = slot;
-        yield Ok::<Event, Infallible>(Event::default().comment("subscribed").retry(RETRY_HINT));
         // The last position sent (or skipped as not the caller's): nothing at or before it
-        // is sent again, whichever way it arrives.
+        // is sent again, whichever way it arrives. A position past the log's end is not one of
+        // this database's (a restore from backup rewound it): start from now, and say so.
         let mut sent = resume.unwrap_or(sub.head);
+        let foreign = sent > sub.newest;
+        if foreign {
+            sent = sub.head;
+        }
+        // The first block carries the position: a client that reconnects before any event
+        // still resumes from here.
+        yield Ok::<Event, Infallible>(Event::default().comment("subscribed").id(sent.to_string()).retry(RETRY_HINT));
+        if foreign {
+            yield Ok(Event::default().event("lagged").data("Last-Event-ID is past this database's changes; re-read the list"));
+        }
         // Read from the database up to `upto` (the feed has everything after it).
-        let mut upto = if resume.is_some() { Some(sub.head) } else { None };
+        let mut upto = if resume.is_some() && !foreign { Some(sub.head) } else { None };
         'stream: loop {
             if let Some(end) = upto.take() {
                 while sent < end {
@@ -211,7 +222,9 @@ pub(super) async fn all_events(
             }
             tokio::select! {
                 ev = sub.rx.recv() => match ev {
-                    Ok(c) => {
+                    // The log stays unreadable: end, so the client reconnects.
+                    Ok(FeedItem::Failed) => break,
+                    Ok(FeedItem::Change(c)) => {
                         if c.seq <= sent {
                             continue;
                         }

@@ -368,7 +368,14 @@ pub struct ChangePage {
     pub gap: bool,
     /// The newest position recorded when the page was read (0: none yet).
     pub newest: i64,
+    /// True when the page was cut (by `limit` or by [`CHANGE_PAGE_BYTES`]) before the end of
+    /// the log: read again from `next`.
+    pub more: bool,
 }
+
+/// Task content (payload and result) read per page of changes, at most (a page still holds at
+/// least one change).
+pub const CHANGE_PAGE_BYTES: usize = 1 << 20;
 
 /// Filters of a change page.
 #[derive(Debug, Clone, Default)]
@@ -379,7 +386,8 @@ pub struct ChangeParams {
     pub user_id: Option<String>,
     /// Only this queue.
     pub queue: Option<String>,
-    /// Read at most this many changes (before the filters).
+    /// Read at most this many changes (before the filters), and about [`CHANGE_PAGE_BYTES`] of
+    /// task content.
     pub limit: u32,
 }
 

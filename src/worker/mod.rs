@@ -65,6 +65,7 @@ impl Running {
 /// A pool of task slots in this process.
 pub struct WorkerPool {
     store: Arc<dyn Store>,
+    jitter: Jitter,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     cfg: Arc<Config>,
@@ -85,6 +86,14 @@ impl std::fmt::Debug for WorkerPool {
     }
 }
 
+/// The source of retry jitter, `[0, 1)`: an input like the clock, so a test can fix it.
+pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// Jitter from the thread's random source.
+pub fn random_jitter() -> Jitter {
+    Arc::new(rand::random::<f64>)
+}
+
 impl WorkerPool {
     /// A pool with a fresh worker id.
     pub fn new(
@@ -92,8 +101,10 @@ impl WorkerPool {
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
         cfg: Arc<Config>,
+        jitter: Jitter,
     ) -> Arc<Self> {
         Arc::new(Self {
+            jitter,
             store,
             registry,
             clock,
@@ -324,7 +335,7 @@ impl WorkerPool {
             ),
             Ok(outcome) => {
                 let policy = self.cfg.retry_for(&task.kind);
-                let jitter: f64 = rand::random();
+                let jitter = (self.jitter)().clamp(0.0, 1.0 - f64::EPSILON);
                 let t = decide(
                     outcome,
                     task.attempts,

@@ -1,9 +1,9 @@
 -- Every change of a task's state, in commit order: what GET /v1/events streams and resumes
 -- from, whichever process made the change. Triggers write it, so no write path can forget it.
--- seq is AUTOINCREMENT so a position is never handed out twice, even after pruning emptied
--- the table; under SQLite's one writer, seq order is commit order.
+-- seq is the rowid: one more than the greatest, and pruning always keeps the newest row, so a
+-- position is never handed out twice; under SQLite's one writer, seq order is commit order.
 CREATE TABLE task_changes (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq      INTEGER PRIMARY KEY,
     task_id  TEXT NOT NULL,
     status   TEXT NOT NULL,       -- the status it changed to
     at       INTEGER NOT NULL

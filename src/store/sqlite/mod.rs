@@ -28,7 +28,7 @@ use writer::{writer_loop, WriteJob};
 use super::{
     ChangePage, ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted,
     ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck,
-    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME,
+    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
@@ -350,7 +350,9 @@ impl Store for SqliteStore {
                 return Ok((None, Vec::new()));
             };
             let task = Arc::new(Task {
-                status: status.parse().map_err(StoreError::Conflict)?,
+                status: status
+                    .parse()
+                    .map_err(|e: String| StoreError::Backend(e.into()))?,
                 attempts: attempts.max(0) as u32,
                 last_error,
                 run_at,
@@ -1108,29 +1110,46 @@ impl Store for SqliteStore {
                 let cols = rows::TaskColumns::of(&st)?;
                 let seq_col = st.column_index("change_seq")?;
                 let status_col = st.column_index("change_status")?;
-                let changes = st
-                    .query_map(
-                        named_params! {":after": p.after, ":limit": p.limit,
-                        ":user_id": p.user_id, ":queue": p.queue},
-                        |r| {
-                            let mut task = cols.task(r)?;
-                            // The status it changed to, which a later change may have moved on.
-                            let status: String = r.get(status_col)?;
-                            if let Ok(s) = status.parse() {
-                                task.status = s;
-                            }
-                            Ok(super::Change {
-                                seq: r.get(seq_col)?,
-                                task: Arc::new(task),
-                            })
-                        },
-                    )?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let payload_col = st.column_index("payload")?;
+                let result_col = st.column_index("result")?;
+                let mut rows = st.query(named_params! {":after": p.after, ":limit": p.limit,
+                ":user_id": p.user_id, ":queue": p.queue})?;
+                let (mut changes, mut bytes, mut cut) = (Vec::new(), 0usize, None);
+                while let Some(r) = rows.next()? {
+                    let size = [payload_col, result_col]
+                        .iter()
+                        .map(|&c| {
+                            r.get_ref(c)
+                                .ok()
+                                .and_then(|v| v.as_bytes().ok())
+                                .map_or(0, <[u8]>::len)
+                        })
+                        .sum::<usize>();
+                    if !changes.is_empty() && bytes.saturating_add(size) > CHANGE_PAGE_BYTES {
+                        // Stop before it: the next page starts right after the last one kept.
+                        cut = changes.last().map(|c: &super::Change| c.seq);
+                        break;
+                    }
+                    bytes = bytes.saturating_add(size);
+                    let mut task = cols.task(r)?;
+                    // The status it changed to, which a later change may have moved on.
+                    let status: String = r.get(status_col)?;
+                    if let Ok(s) = status.parse() {
+                        task.status = s;
+                    }
+                    changes.push(super::Change {
+                        seq: r.get(seq_col)?,
+                        task: Arc::new(task),
+                    });
+                }
+                let newest = newest.unwrap_or(0);
+                let next = cut.or(page_end).unwrap_or(p.after).max(p.after);
                 Ok(ChangePage {
                     // Changes after `after` were pruned when the oldest kept is past the next.
                     gap: p.after > 0 && oldest.is_some_and(|o| o > p.after + 1),
-                    next: page_end.unwrap_or(p.after).max(p.after),
-                    newest: newest.unwrap_or(0),
+                    next,
+                    newest,
+                    more: next < newest,
                     changes,
                 })
             })();

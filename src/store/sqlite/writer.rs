@@ -39,7 +39,7 @@ where
     fn run(&mut self, conn: &Connection) -> bool {
         let out = match self.f.take() {
             Some(f) => f(conn),
-            None => Err(StoreError::Conflict("write job ran twice".into())),
+            None => Err(StoreError::Backend("write job ran twice".into())),
         };
         let ok = out.is_ok();
         self.out = Some(out);
