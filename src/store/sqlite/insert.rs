@@ -109,7 +109,7 @@ pub(super) fn check_usage(
     let (unfinished, stored): (i64, i64) = conn
         .prepare_cached(sql::USER_USAGE_GET)?
         .query_row(named_params! {":user_id": user}, |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get("unfinished")?, r.get("payload_bytes")?))
         })
         .optional()?
         .unwrap_or((0, 0));

@@ -289,9 +289,9 @@ impl Store for SqliteStore {
                 named_params! {":owner": owner, ":expires_at": now + lease_ms as i64},
                 |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, bool>(2)?,
+                        r.get::<_, String>("id")?,
+                        r.get::<_, i64>("attempts")?,
+                        r.get::<_, bool>("cancel_requested")?,
                     ))
                 },
             )?;
@@ -335,12 +335,12 @@ impl Store for SqliteStore {
                     },
                     |r| {
                         Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Option<String>>(2)?,
-                            r.get::<_, i64>(3)?,
-                            r.get::<_, Option<i64>>(4)?,
-                            r.get::<_, bool>(5)?,
+                            r.get::<_, String>("status")?,
+                            r.get::<_, i64>("attempts")?,
+                            r.get::<_, Option<String>>("last_error")?,
+                            r.get::<_, i64>("run_at")?,
+                            r.get::<_, Option<i64>>("completed_at")?,
+                            r.get::<_, bool>("cancel_requested")?,
                         ))
                     },
                 )
@@ -902,7 +902,9 @@ impl Store for SqliteStore {
                 });
             }
             let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>("name")?, r.get::<_, bool>("paused")?))
+            })?;
             for row in rows {
                 let (name, paused) = row?;
                 by.entry(name.clone())
@@ -915,11 +917,11 @@ impl Store for SqliteStore {
             let mut st = conn.prepare_cached(sql::QUEUE_STATS)?;
             let rows = st.query_map(named_params! {":now": now}, |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, String>("queue")?,
+                    r.get::<_, String>("status")?,
+                    r.get::<_, i64>("n")?,
+                    r.get::<_, Option<i64>>("due")?,
+                    r.get::<_, Option<i64>>("oldest_due")?,
                 ))
             })?;
             for row in rows {
@@ -957,7 +959,9 @@ impl Store for SqliteStore {
     async fn queue_paused(&self) -> Result<Vec<String>> {
         self.read(|conn| {
             let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>("name")?, r.get::<_, bool>("paused")?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
                 let (name, paused) = row?;
