@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub e2e_n: usize,
     /// Worker slots of the started server.
     pub concurrency: u32,
+    /// `worker.prefetch` of the started server.
+    pub prefetch: u32,
     /// Samples of the latency test.
     pub latency_samples: usize,
     /// Streams of the SSE test.
@@ -190,12 +192,14 @@ async fn start_server(opts: &BenchOptions) -> anyhow_like::Result<Server> {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[database]\nsynchronous = {:?}\n[worker]\nconcurrency = {}\nqueues = [\"default\", \"bench-e2e\"]\n[queues.default]\nconcurrency = {}\n[queues.bench-e2e]\nconcurrency = {}\n[retention]\ncompleted = \"forever\"\n[http]\nmax_connections = 1000000\n# The load is one user's: per-user limits would stop the run, not measure it.\n[limits]\nrequests_per_second = 0\nstreams_per_user = 0\npending_tasks_per_user = 1000000000\npayload_bytes_per_user = 1000000000000\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[database]\nsynchronous = {:?}\n[worker]\nconcurrency = {}\nprefetch = {}\nqueues = [\"default\", \"bench-e2e\"]\n[queues.default]\nconcurrency = {}\n[queues.bench-e2e]\nconcurrency = {}\n[retention]\ncompleted = \"forever\"\n[http]\nmax_connections = 1000000\n# The load is one user's: per-user limits would stop the run, not measure it.\n[limits]\nrequests_per_second = 0\nstreams_per_user = 0\npending_tasks_per_user = 1000000000\npayload_bytes_per_user = 1000000000000\n",
             dir.path().join("data").display().to_string(),
             opts.synchronous,
             opts.concurrency,
-            opts.concurrency,
-            opts.concurrency
+            opts.prefetch,
+            // A queue's cap counts prefetched tasks too: let the buffer fill.
+            opts.concurrency + opts.prefetch,
+            opts.concurrency + opts.prefetch
         ),
     )
     .map_err(|e| format!("write config: {e}"))?;
@@ -533,6 +537,33 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         }
     }
 
+    // 2b. One producer, one request at a time: what a lone client waits per enqueue.
+    let one_n = opts.n.min(5000);
+    let pb = bar(one_n as u64, "enqueue, 1/request, 1 producer");
+    let body = br#"{"kind": "spool.noop", "queue": "bench-one", "payload": {"n": 1}}"#;
+    let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
+    let (secs, _) = raw_load(&api.base, request, 1, one_n, &pb, 1).await?;
+    pb.finish_and_clear();
+    let one = one_n as f64 / secs;
+    figures.push(fig(
+        "HTTP enqueue, 1 producer, sequential",
+        one,
+        "tasks/s",
+        Some(one / floor1),
+        "",
+    ));
+
+    // 2c. The embedded API (`Spool::enqueue`) in this process, one caller: the library's cost
+    // without HTTP, on its own database at the same `synchronous`.
+    let embedded = embedded_enqueue(&floor_dir, &opts.synchronous, one_n).await?;
+    figures.push(fig(
+        "embedded enqueue (Spool::enqueue), 1 caller",
+        embedded,
+        "tasks/s",
+        Some(embedded / floor1),
+        "≥ 1× floor",
+    ));
+
     // 3. Batches of 1,000.
     let requests = (opts.batch_n / 1000).max(1);
     let pb = bar(requests as u64 * 1000, "batch enqueue, 1,000/request");
@@ -715,6 +746,47 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         synchronous: opts.synchronous,
         figures,
     })
+}
+
+/// Sequential `Spool::enqueue` calls on a fresh database in `dir`; tasks a second.
+async fn embedded_enqueue(dir: &Path, synchronous: &str, n: usize) -> Result<f64, String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("spool-embedded-")
+        .tempdir_in(dir)
+        .map_err(|e| e.to_string())?;
+    let cfg_path = tmp.path().join("spool.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "data_dir = {:?}\n[database]\nsynchronous = {synchronous:?}\n[worker]\nconcurrency = 0\n[limits]\npending_tasks_per_user = 0\n",
+            tmp.path().join("data").display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = crate::config::Config::load(Some(&cfg_path)).map_err(|e| e.to_string())?;
+    let spool =
+        tokio::task::spawn_blocking(move || crate::app::Spool::builder().config(cfg).build())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    let pb = bar(n as u64, "embedded enqueue, 1 caller");
+    // The owner is resolved on the first call; time the calls after it.
+    spool
+        .enqueue("spool.noop", json!(null))
+        .await
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    for _ in 0..n {
+        spool
+            .enqueue("spool.noop", json!({"n": 1}))
+            .await
+            .map_err(|e| e.to_string())?;
+        pb.inc(1);
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    spool.close();
+    Ok(rate)
 }
 
 fn cpu_model() -> String {

@@ -134,6 +134,7 @@ struct RawWorker {
     concurrency: Option<u32>,
     lease_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
+    prefetch: Option<u32>,
     queues: Option<Vec<String>>,
     workdir: Option<PathBuf>,
     /// `HOSTNAME` from the environment, read with the rest of it at load.
@@ -423,6 +424,9 @@ pub struct WorkerConfig {
     pub lease_ms: u64,
     /// Idle poll for rows written by other processes.
     pub poll_interval_ms: u64,
+    /// Tasks claimed ahead of free slots (leased like any claim), so a slot that frees starts
+    /// its next task without waiting for a commit.
+    pub prefetch: u32,
     /// Queues this process works.
     pub queues: Vec<String>,
     /// Parent of each command task's own working directory (outside the data directory).
@@ -701,6 +705,10 @@ impl Config {
         if !(10..=60_000).contains(&poll_interval_ms) {
             return Err(invalid("worker.poll_interval_ms", "must be 10..=60000"));
         }
+        let prefetch = raw.worker.prefetch.unwrap_or(0);
+        if prefetch > 10_000 {
+            return Err(invalid("worker.prefetch", "must be at most 10000"));
+        }
         let queues = raw.worker.queues.unwrap_or_else(|| vec!["default".into()]);
         for q in &queues {
             if !crate::task::valid_name(q) {
@@ -884,6 +892,7 @@ impl Config {
                 concurrency,
                 lease_ms,
                 poll_interval_ms,
+                prefetch,
                 queues,
                 workdir,
                 host: raw.worker.host.unwrap_or_else(|| "localhost".into()),
@@ -1352,6 +1361,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some(v) = env("SPOOL_WORKER_POLL_INTERVAL_MS") {
         raw.worker.poll_interval_ms = Some(num("SPOOL_WORKER_POLL_INTERVAL_MS", v)?);
+    }
+    if let Some(v) = env("SPOOL_WORKER_PREFETCH") {
+        raw.worker.prefetch = Some(num("SPOOL_WORKER_PREFETCH", v)?);
     }
     if let Some(v) = env("SPOOL_WORKER_QUEUES") {
         raw.worker.queues = Some(v.split(',').map(|s| s.trim().to_string()).collect());

@@ -112,6 +112,9 @@ enum Command {
         /// Worker slots of the started server.
         #[arg(long, default_value_t = 256)]
         concurrency: u32,
+        /// `worker.prefetch` of the started server: tasks claimed ahead of free slots.
+        #[arg(long, default_value_t = 0)]
+        prefetch: u32,
         /// Samples of the enqueue-to-start latency test.
         #[arg(long, default_value_t = 500)]
         latency_samples: usize,
@@ -319,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_n,
             e2e_n,
             concurrency,
+            prefetch,
             latency_samples,
             streams,
             messages,
@@ -351,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 batch_n,
                 e2e_n,
                 concurrency,
+                prefetch,
                 latency_samples,
                 streams,
                 messages_per_stream: messages,

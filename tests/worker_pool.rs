@@ -420,3 +420,154 @@ async fn enqueue_rejects_bad_names_before_writing() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+/// A handler that holds every task until `release` is cancelled, counting how many run at once
+/// and which tasks ever started.
+#[derive(Clone, Default)]
+struct Gate {
+    release: CancellationToken,
+    active: Arc<AtomicUsize>,
+    max_active: Arc<AtomicUsize>,
+    started: Arc<Mutex<Vec<TaskId>>>,
+}
+
+impl Handler for Gate {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+        let me = self.clone();
+        Box::pin(async move {
+            me.started.lock().unwrap().push(ctx.id());
+            let now = me.active.fetch_add(1, Ordering::SeqCst) + 1;
+            me.max_active.fetch_max(now, Ordering::SeqCst);
+            tokio::select! {
+                _ = me.release.cancelled() => {}
+                _ = ctx.cancelled() => {}
+            }
+            me.active.fetch_sub(1, Ordering::SeqCst);
+            Ok(json!(null))
+        })
+    }
+}
+
+async fn wait_running(spool: &Spool, n: usize) {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = db(spool)
+            .query_row(
+                "SELECT count(*) FROM tasks WHERE status = 'running'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if running as usize == n {
+            return;
+        }
+        assert!(Instant::now() < end, "{running} running, waiting for {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_tasks_are_claimed_ahead_but_never_run_beyond_the_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::default();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(
+                dir.path(),
+                "[worker]\nconcurrency = 1\nprefetch = 3",
+            ))
+            .handler("gate", gate.clone())
+            .build()
+            .unwrap(),
+    );
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(spool.enqueue("gate", json!(null)).await.unwrap().id);
+    }
+    let (stop, runner) = run_pool(&spool);
+    // One slot and three prefetched: four leased, one still pending, one handler running.
+    wait_running(&spool, 4).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gate.started.lock().unwrap().len(), 1, "only the slot runs");
+    gate.release.cancel();
+    wait_all_terminal(&spool, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        gate.max_active.load(Ordering::SeqCst),
+        1,
+        "never two at once"
+    );
+    for id in &ids {
+        let t = spool.store().task_get(*id, None).await.unwrap();
+        assert_eq!((t.status, t.attempts), (TaskStatus::Completed, 1), "{id}");
+    }
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_task_is_given_back_at_shutdown_and_canceled_without_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::default();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(dir.path(), "[worker]\nconcurrency = 1\nprefetch = 2").replace_grace())
+            .handler("gate", gate.clone())
+            .build()
+            .unwrap(),
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(spool.enqueue("gate", json!(null)).await.unwrap().id);
+    }
+    let (stop, runner) = run_pool(&spool);
+    wait_running(&spool, 3).await;
+    let end = Instant::now() + Duration::from_secs(10);
+    while gate.started.lock().unwrap().is_empty() {
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = gate.started.lock().unwrap()[0];
+    let waiting: Vec<TaskId> = ids.iter().copied().filter(|i| *i != first).collect();
+    // A cancel of a task that waits for a slot ends it at once; its handler never runs.
+    let c = spool
+        .store()
+        .task_cancel(
+            waiting[0],
+            None,
+            spool::clock::Clock::now(&spool::SystemClock),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.status,
+        TaskStatus::Running,
+        "a cancel request, as for any running task"
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = spool.store().task_get(waiting[0], None).await.unwrap();
+        if t.status == TaskStatus::Canceled {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the prefetched task was not canceled: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Shutdown: the other prefetched task goes back to pending, its attempt not counted, at
+    // once (not after the grace); the running one is stopped after the grace and given back.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), runner)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let t = spool.store().task_get(waiting[1], None).await.unwrap();
+    assert_eq!(
+        (t.status, t.attempts, t.lease_owner),
+        (TaskStatus::Pending, 0, None)
+    );
+    let started = gate.started.lock().unwrap().clone();
+    assert_eq!(started, vec![first], "no prefetched task ever ran");
+}

@@ -51,6 +51,8 @@ struct Running {
     /// The handler has returned and only its outcome is being written: the slot is free for
     /// the next task, while the lease (still held until that write commits) is kept extended.
     handler_done: bool,
+    /// It holds a slot (false while a prefetched task waits for one).
+    started: bool,
 }
 
 impl Running {
@@ -73,6 +75,8 @@ pub struct WorkerPool {
     running: Mutex<HashMap<TaskId, Running>>,
     seq: AtomicU64,
     slot_freed: Notify,
+    /// The task slots: an attempt holds one while its handler runs.
+    slots: Arc<tokio::sync::Semaphore>,
     claim_rotation: AtomicU64,
     /// When a heartbeat last extended our leases (ms).
     last_extend_ok: std::sync::atomic::AtomicI64,
@@ -103,7 +107,9 @@ impl WorkerPool {
         cfg: Arc<Config>,
         jitter: Jitter,
     ) -> Arc<Self> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.worker.concurrency as usize));
         Arc::new(Self {
+            slots,
             jitter,
             store,
             registry,
@@ -113,6 +119,7 @@ impl WorkerPool {
             running: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             slot_freed: Notify::new(),
+
             claim_rotation: AtomicU64::new(0),
             last_rescue: std::sync::atomic::AtomicI64::new(i64::MIN),
             last_extend_ok: std::sync::atomic::AtomicI64::new(i64::MIN),
@@ -143,7 +150,8 @@ impl WorkerPool {
         tracker: &TaskTracker,
     ) -> Result<(u32, usize), StoreError> {
         let (busy, per) = self.running_counts();
-        let total = self.cfg.worker.concurrency.saturating_sub(busy);
+        // Free slots, and room in the prefetch buffer (tasks waiting for a slot count as busy).
+        let total = (self.cfg.worker.concurrency + self.cfg.worker.prefetch).saturating_sub(busy);
         if total == 0 {
             return Ok((0, 0));
         }
@@ -211,6 +219,7 @@ impl WorkerPool {
                     cancel: cancel.clone(),
                     reason: reason.clone(),
                     handler_done: false,
+                    started: false,
                 },
             );
             // This pool took the task again after its own earlier attempt lost the lease: that
@@ -233,7 +242,8 @@ impl WorkerPool {
             async move {
                 tracing::info!("claimed");
                 let id = task.id;
-                pool.run_attempt(task, seq, cancel, reason).await;
+                pool.run_attempt(task, seq, claimed_at, cancel, reason)
+                    .await;
                 if let Ok(mut r) = pool.running.lock() {
                     if r.get(&id).is_some_and(|e| e.seq == seq) {
                         r.remove(&id);
@@ -243,6 +253,40 @@ impl WorkerPool {
             }
             .instrument(span),
         );
+    }
+
+    /// Takes a slot for attempt `seq` (at once unless it was prefetched and every slot is busy),
+    /// or `None` when the attempt was stopped first (a cancel, a lost lease, shutdown): then it
+    /// never ran. A prefetched task whose lease ran out by our own reckoning while it waited is
+    /// not started: another worker may have taken it over.
+    async fn take_slot(
+        &self,
+        id: TaskId,
+        seq: u64,
+        claimed_at: i64,
+        cancel: &CancellationToken,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return None,
+            p = self.slots.clone().acquire_owned() => p.ok()?,
+        };
+        let lease = self.cfg.worker.lease_ms as i64;
+        let last_ok = self.last_extend_ok.load(Ordering::Relaxed);
+        if claimed_at.max(last_ok).saturating_add(lease) <= self.clock.now() {
+            if let Ok(r) = self.running.lock() {
+                if let Some(e) = r.get(&id).filter(|e| e.seq == seq) {
+                    e.stop(StopReason::LeaseLost);
+                }
+            }
+            return None;
+        }
+        if let Ok(mut r) = self.running.lock() {
+            if let Some(e) = r.get_mut(&id).filter(|e| e.seq == seq) {
+                e.started = true;
+            }
+        }
+        Some(permit)
     }
 
     /// The handler of attempt `seq` returned: its slot takes the next task now rather than
@@ -260,13 +304,24 @@ impl WorkerPool {
         &self,
         task: Arc<Task>,
         seq: u64,
+        claimed_at: i64,
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
     ) {
+        // A slot first (a prefetched task may wait for one); stopped while waiting, it never ran.
+        let slot = self.take_slot(task.id, seq, claimed_at, &cancel).await;
         let started = std::time::Instant::now();
         let timeout = Duration::from_millis(task.timeout_ms.max(1));
         let handler = self.registry.get(&task.kind);
+        let stopped = || {
+            reason
+                .lock()
+                .ok()
+                .and_then(|r| *r)
+                .unwrap_or(StopReason::Shutdown)
+        };
         let outcome = match handler.clone() {
+            _ if slot.is_none() => Err(stopped()),
             None => Ok(Outcome::Failed {
                 error: format!("no handler for kind {:?} in this process", task.kind),
                 permanent: true,
@@ -354,6 +409,7 @@ impl WorkerPool {
         // the store's ordering contract (see `Store::task_finish`) no later claim commits before
         // this outcome. A crash therefore never leaves more tasks running than there are slots.
         let first = self.store.task_finish(finish.clone()).await;
+        drop(slot);
         self.handler_returned(task.id, seq);
         let first = match first {
             Ok(queued) => queued.answer().await,
@@ -551,8 +607,14 @@ impl WorkerPool {
             }
         }
 
-        // Stop: no more claims; let running attempts finish within the grace period.
+        // Stop: no more claims; prefetched tasks not yet started are given back at once; let
+        // running attempts finish within the grace period.
         tracker.close();
+        if let Ok(r) = self.running.lock() {
+            for e in r.values().filter(|e| !e.started) {
+                e.stop(StopReason::Shutdown);
+            }
+        }
         let n = self.running.lock().map(|r| r.len()).unwrap_or(0);
         if n > 0 {
             tracing::info!(
