@@ -146,7 +146,42 @@ pub fn new_task(
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, AppError> {
     match &cfg.database.url {
         DatabaseUrl::Sqlite(path) => open_sqlite(cfg, path),
+        DatabaseUrl::Postgres(url) => open_postgres(cfg, url),
     }
+}
+
+/// The quotas of `cfg` as the store enforces them (0 in config turns a limit off).
+fn store_limits(cfg: &Config) -> crate::store::Limits {
+    let limit = |v: u64| if v == 0 { u64::MAX } else { v };
+    crate::store::Limits {
+        pending_tasks_per_user: limit(cfg.limits.pending_tasks_per_user),
+        payload_bytes_per_user: limit(cfg.limits.payload_bytes_per_user),
+        messages_per_task: limit(cfg.limits.messages_per_task),
+    }
+}
+
+/// The PostgreSQL store: the data directory is still made (0700) for `admin.token`.
+fn open_postgres(
+    cfg: &Config,
+    url: &crate::store::PostgresUrl,
+) -> Result<Arc<dyn Store>, AppError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DATA_DIR_MODE)
+        .create(&cfg.data_dir)
+        .map_err(|e| {
+            AppError::Io(format!(
+                "cannot create data_dir {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
+    let mut opts = crate::store::PostgresOptions::new(url.clone());
+    opts.max_connections = cfg.database.max_connections as usize;
+    opts.timeout_ms = cfg.database.busy_timeout_ms;
+    opts.limits = store_limits(cfg);
+    let store = crate::store::PostgresStore::open_blocking(opts).map_err(AppError::Store)?;
+    Ok(Arc::new(store))
 }
 
 fn open_sqlite(cfg: &Config, path: &Path) -> Result<Arc<dyn Store>, AppError> {
@@ -155,13 +190,7 @@ fn open_sqlite(cfg: &Config, path: &Path) -> Result<Arc<dyn Store>, AppError> {
     opts.synchronous = cfg.database.synchronous;
     opts.busy_timeout_ms = cfg.database.busy_timeout_ms;
     opts.readers = cfg.database.readers;
-    // 0 in config turns a limit off.
-    let limit = |v: u64| if v == 0 { u64::MAX } else { v };
-    opts.limits = crate::store::Limits {
-        pending_tasks_per_user: limit(cfg.limits.pending_tasks_per_user),
-        payload_bytes_per_user: limit(cfg.limits.payload_bytes_per_user),
-        messages_per_task: limit(cfg.limits.messages_per_task),
-    };
+    opts.limits = store_limits(cfg);
     let store = SqliteStore::open(opts).map_err(|e| match e {
         StoreError::Unavailable(m) => AppError::Io(format!(
             "{m} (is data_dir {} writable?)",

@@ -126,6 +126,7 @@ struct RawDatabase {
     synchronous: Option<String>,
     busy_timeout_ms: Option<u64>,
     readers: Option<u32>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -362,6 +363,9 @@ pub enum DatabaseUrl {
     /// `sqlite://PATH`: the embedded store on this file (a relative path is taken from the
     /// working directory; `sqlite:///abs/path` is absolute).
     Sqlite(PathBuf),
+    /// `postgres://user:password@host:port/db` (or `postgresql://`): the PostgreSQL store, for
+    /// many processes on many hosts. Shown without its password.
+    Postgres(crate::store::PostgresUrl),
 }
 
 impl DatabaseUrl {
@@ -386,9 +390,14 @@ impl DatabaseUrl {
                 }
                 Ok(Self::Sqlite(PathBuf::from(rest)))
             }
+            "postgres" | "postgresql" => crate::store::PostgresUrl::parse(v)
+                .map(Self::Postgres)
+                .map_err(|e| invalid("database.url", e)),
             other => Err(invalid(
                 "database.url",
-                format!("the scheme {other:?} is not one this spool knows (known: \"sqlite\")"),
+                format!(
+                    "the scheme {other:?} is not one this spool knows (known: \"sqlite\", \"postgres\")"
+                ),
             )),
         }
     }
@@ -398,6 +407,7 @@ impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::Postgres(u) => write!(f, "{u}"),
         }
     }
 }
@@ -413,6 +423,8 @@ pub struct DatabaseConfig {
     pub busy_timeout_ms: u64,
     /// Read-only connections.
     pub readers: u32,
+    /// PostgreSQL only: connections in this process's pool, at most.
+    pub max_connections: u32,
 }
 
 /// `[worker]`.
@@ -686,6 +698,10 @@ impl Config {
         if !(1..=256).contains(&readers) {
             return Err(invalid("database.readers", "must be 1..=256"));
         }
+        let max_connections = raw.database.max_connections.unwrap_or(16);
+        if !(1..=1000).contains(&max_connections) {
+            return Err(invalid("database.max_connections", "must be 1..=1000"));
+        }
 
         let concurrency = raw.worker.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         if concurrency > 10_000 {
@@ -887,6 +903,7 @@ impl Config {
                 synchronous,
                 busy_timeout_ms,
                 readers,
+                max_connections,
             },
             worker: WorkerConfig {
                 concurrency,
@@ -910,10 +927,21 @@ impl Config {
         })
     }
 
-    /// The database file of the SQLite store.
+    /// The database file of the SQLite store. With PostgreSQL there is none: this is where
+    /// SQLite's file would be (`<data_dir>/spool.db`); callers that need a real file ask
+    /// [`Config::sqlite_path`].
     pub fn db_path(&self) -> PathBuf {
         match &self.database.url {
             DatabaseUrl::Sqlite(p) => p.clone(),
+            DatabaseUrl::Postgres(_) => self.data_dir.join("spool.db"),
+        }
+    }
+
+    /// The SQLite database file, when the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.database.url {
+            DatabaseUrl::Sqlite(p) => Some(p),
+            DatabaseUrl::Postgres(_) => None,
         }
     }
 
@@ -1482,8 +1510,19 @@ mod tests {
         assert_eq!(c.db_path(), PathBuf::from("d/spool.db"));
         let c = parse("[database]\nurl = \"sqlite:///var/lib/q.db\"\n").unwrap();
         assert_eq!(c.db_path(), PathBuf::from("/var/lib/q.db"));
+        let c = parse("[database]\nurl = \"postgres://bob:pw@db.local:5433/spool\"\n").unwrap();
+        assert!(c.sqlite_path().is_none());
+        let shown = format!("{} {:?}", c.database.url, c.database.url);
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(
+            shown.contains("postgres://bob@db.local:5433/spool"),
+            "{shown}"
+        );
+        assert!(parse("[database]\nurl = \"postgresql://h/db?sslmode=require\"\n").is_ok());
         for (bad, says) in [
             ("mysql://h/db", "\"mysql\""),
+            ("postgres://bob:pw@h/db?sslmode=maybe", "sslmode"),
+            ("postgres://bob:pw@h/", "names no database"),
             ("data/spool.db", "not a URL"),
             ("sqlite://", "names no database file"),
         ] {

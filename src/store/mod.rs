@@ -5,10 +5,13 @@
 //! `Arc<dyn Store>` and never names a driver type, a connection, a rowid or a PRAGMA. A store
 //! never reads the clock, a random source or the environment: the time, ids and tokens come in
 //! as arguments, so two stores given the same calls do the same thing. [`sqlite`] is the
-//! embedded default (one writer thread with group commit, a pool of readers).
+//! embedded default (one writer thread with group commit, a pool of readers); [`postgres`] is
+//! for many processes on many hosts sharing one database.
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore, PostgresUrl};
 pub use sqlite::LATEST_VERSION;
 pub use sqlite::{SqliteStore, StoreOptions, Synchronous};
 

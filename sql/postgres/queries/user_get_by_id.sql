@@ -1,0 +1,1 @@
+SELECT id, name, is_admin FROM users WHERE id = $1

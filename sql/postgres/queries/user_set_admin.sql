@@ -1,0 +1,1 @@
+UPDATE users SET is_admin = true WHERE id = $1

@@ -1,0 +1,1462 @@
+//! The PostgreSQL store: many `spool serve` and `spool work` processes on one database.
+//! tokio-postgres with a deadpool pool (async, no database needed to compile), rustls for TLS.
+//!
+//! | module | holds |
+//! |---|---|
+//! | `mod.rs` | opening (the pool, migrations) and the [`Store`] methods |
+//! | [`migrate`] | the schema versions, applied under an advisory lock |
+//! | `rows` | rows to values, columns read by name |
+//! | `sql` | every statement, from `sql/postgres/queries/` |
+//! | [`url`] | `database.url`: parsing, the redacted form, TLS |
+//!
+//! Every write commits before its method returns (so [`Store::task_finish`] hands out a
+//! [`Queued::ready`]), and its events are published on the hub after the commit. Transactions
+//! that change a task's state take the change log's advisory lock first (see
+//! `sql/postgres/migrations/0001_init.sql`): the change log is in commit order, and spool never
+//! waits for that lock while holding a row lock, so its writers cannot deadlock on it.
+
+pub(crate) mod migrate;
+mod rows;
+mod sql;
+pub mod url;
+
+pub use migrate::LATEST_VERSION;
+pub use url::PostgresUrl;
+
+use super::{
+    ChangePage, ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted, Limits,
+    ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck,
+    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES, MESSAGE_PAGE_BYTES,
+};
+use crate::clock::UnixMillis;
+use crate::events::{Event, EventHub};
+use crate::queue::{self, CancelAction};
+use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::IsolationLevel;
+use uuid::Uuid;
+
+/// How to open the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Where the database is.
+    pub url: PostgresUrl,
+    /// Connections in the pool, at most.
+    pub max_connections: usize,
+    /// How long to wait for a connection (to be made, or to come free) before `Unavailable`.
+    pub timeout_ms: u64,
+    /// Quotas enforced in the write transactions (default: none).
+    pub limits: Limits,
+}
+
+impl PostgresOptions {
+    /// Defaults for a URL.
+    pub fn new(url: PostgresUrl) -> Self {
+        Self {
+            url,
+            max_connections: 16,
+            timeout_ms: 5000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    pool: Pool,
+    hub: Arc<EventHub>,
+    limits: Limits,
+    described: String,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.described)
+            .finish()
+    }
+}
+
+/// The pooled connection type.
+type Conn = deadpool_postgres::Object;
+
+/// A database error as a store error: a database that cannot be reached, is shutting down, out
+/// of connections or of disk, or a lock it gave up on is `Unavailable` (HTTP 503, retry);
+/// anything else is `Backend`.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let unavailable = code.starts_with("08") // connection exception
+            || code.starts_with("53") // insufficient resources (disk full, too many connections)
+            || code.starts_with("57") // operator intervention (shutdown, query canceled)
+            || code.starts_with("58") // system error (I/O)
+            || code == "55P03" // lock not available
+            || code == "40P01" // deadlock detected
+            || code == "40001" // serialization failure
+            || code == "25006"; // read-only transaction (a standby)
+        if unavailable {
+            return StoreError::Unavailable(format!("PostgreSQL: {} ({code})", db.message()));
+        }
+        return StoreError::Backend(Box::new(e));
+    }
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    let text = e.to_string();
+    if e.is_closed() || io || text.contains("connect") || text.contains("timeout") {
+        return StoreError::Unavailable(format!("PostgreSQL: {text}"));
+    }
+    StoreError::Backend(Box::new(e))
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => match pg_err(e) {
+            StoreError::Backend(e) => {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+            }
+            other => other,
+        },
+        deadpool_postgres::PoolError::Closed => {
+            StoreError::Unavailable("the store is closed".into())
+        }
+        e => StoreError::Unavailable(format!("no PostgreSQL connection free: {e}")),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn uuid(id: TaskId) -> Uuid {
+    id.0
+}
+
+/// Connects once, outside the pool, on the current runtime (for migrations).
+async fn connect_direct(url: &PostgresUrl, timeout: Duration) -> Result<tokio_postgres::Client> {
+    let mut cfg = url.config().map_err(StoreError::Unavailable)?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(timeout);
+    }
+    let fail = |e: tokio_postgres::Error| {
+        StoreError::Unavailable(format!("cannot connect to {url}: {}", describe_err(&e)))
+    };
+    let client = match url.tls() {
+        url::TlsMode::Disable => {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+        _ => {
+            let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
+            let (client, conn) = cfg.connect(tls).await.map_err(fail)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// An error's text with its database message, if it has one.
+fn describe_err(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations and makes the pool.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database cannot be reached; `SchemaTooNew` when it was made by
+    /// a newer spool (it is not touched); `Migration` when a step failed.
+    pub async fn open(opts: PostgresOptions) -> Result<Self> {
+        Self::open_with_hub(opts, Arc::new(EventHub::new())).await
+    }
+
+    /// As [`PostgresStore::open`], publishing on the given hub.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::open`].
+    pub async fn open_with_hub(opts: PostgresOptions, hub: Arc<EventHub>) -> Result<Self> {
+        let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        let mut c = connect_direct(&opts.url, timeout).await?;
+        migrate::migrate(&mut c).await?;
+        drop(c);
+        Self::with_pool(opts, hub)
+    }
+
+    /// [`PostgresStore::open`] from synchronous code (inside a runtime or not): the migrations
+    /// run on a thread of their own; the pool connects on first use, on the caller's runtime.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::open`].
+    pub fn open_blocking(opts: PostgresOptions) -> Result<Self> {
+        let url = opts.url.clone();
+        let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        let migrated = std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(format!("cannot start a runtime: {e}")))?;
+                rt.block_on(async {
+                    let mut c = connect_direct(&url, timeout).await?;
+                    migrate::migrate(&mut c).await.map(|_| ())
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("migration thread failed".into())))
+        });
+        migrated?;
+        Self::with_pool(opts, Arc::new(EventHub::new()))
+    }
+
+    fn with_pool(opts: PostgresOptions, hub: Arc<EventHub>) -> Result<Self> {
+        let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        let mut cfg = opts.url.config().map_err(StoreError::Unavailable)?;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(timeout);
+        }
+        let mgr_cfg = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match opts.url.tls() {
+            url::TlsMode::Disable => Manager::from_config(cfg, tokio_postgres::NoTls, mgr_cfg),
+            _ => Manager::from_config(
+                cfg,
+                url::tls_connector(&opts.url).map_err(StoreError::Unavailable)?,
+                mgr_cfg,
+            ),
+        };
+        let pool = Pool::builder(mgr)
+            .max_size(opts.max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot make the pool: {e}")))?;
+        Ok(Self {
+            pool,
+            hub,
+            limits: opts.limits,
+            described: opts.url.redacted().to_string(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    async fn conn(&self) -> Result<Conn> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    fn publish(&self, events: Vec<Event>) {
+        for e in events {
+            self.hub.publish(e);
+        }
+    }
+}
+
+/// Runs one prepared (and cached) statement, returning its rows.
+async fn query<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>> {
+    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.query(&st, params).await.map_err(pg_err)
+}
+
+async fn query_opt<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<tokio_postgres::Row>> {
+    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.query_opt(&st, params).await.map_err(pg_err)
+}
+
+async fn execute<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64> {
+    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.execute(&st, params).await.map_err(pg_err)
+}
+
+/// Takes the change log's writer lock: the first statement of a transaction that changes a
+/// task's state.
+async fn lock_changes<C: GenericClient>(c: &C) -> Result<()> {
+    query(c, sql::LOCK_CHANGES, &[]).await.map(|_| ())
+}
+
+/// A task, locked until the transaction ends; with `user`, only that user's.
+async fn get_owned_locked<C: GenericClient>(
+    c: &C,
+    id: TaskId,
+    user: Option<&str>,
+) -> Result<(Task, i64)> {
+    let row = query_opt(c, sql::TASK_GET_FOR_UPDATE, &[&uuid(id)]).await?;
+    match row {
+        Some(r) => {
+            let t = rows::task(&r)?;
+            if user.is_some_and(|u| u != t.user_id) {
+                return Err(StoreError::NotFound(id));
+            }
+            let seq: i64 = r.try_get("message_seq").map_err(pg_err)?;
+            Ok((t, seq))
+        }
+        None => Err(StoreError::NotFound(id)),
+    }
+}
+
+async fn get_owned<C: GenericClient>(c: &C, id: TaskId, user: Option<&str>) -> Result<Task> {
+    match query_opt(c, sql::TASK_GET, &[&uuid(id)]).await? {
+        Some(r) => {
+            let t = rows::task(&r)?;
+            if user.is_some_and(|u| u != t.user_id) {
+                return Err(StoreError::NotFound(id));
+            }
+            Ok(t)
+        }
+        None => Err(StoreError::NotFound(id)),
+    }
+}
+
+async fn messages_after<C: GenericClient>(
+    c: &C,
+    task_id: TaskId,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let rows = query(
+        c,
+        sql::MESSAGE_LIST,
+        &[&uuid(task_id), &after, &i64::from(limit)],
+    )
+    .await?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for r in &rows {
+        let (m, size) = rows::message(task_id, r)?;
+        if !out.is_empty() && bytes.saturating_add(size) > MESSAGE_PAGE_BYTES {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Refuses adding `tasks` unfinished tasks and `bytes` of payload to `user`'s usage when that
+/// would pass a quota. The usage row is locked until commit, so concurrent enqueues of one user
+/// (on any host) are checked one after the other.
+async fn check_usage<C: GenericClient>(
+    c: &C,
+    user: &str,
+    tasks: u64,
+    bytes: u64,
+    limits: &Limits,
+) -> Result<()> {
+    execute(c, sql::USER_USAGE_LOCK, &[&user]).await?;
+    let (unfinished, stored): (i64, i64) = match query_opt(c, sql::USER_USAGE_GET, &[&user]).await?
+    {
+        Some(r) => (
+            r.try_get("unfinished").map_err(pg_err)?,
+            r.try_get("payload_bytes").map_err(pg_err)?,
+        ),
+        None => (0, 0),
+    };
+    if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
+        return Err(StoreError::LimitReached {
+            what: "pending tasks per user",
+            limit: limits.pending_tasks_per_user,
+        });
+    }
+    if (stored.max(0) as u64).saturating_add(bytes) > limits.payload_bytes_per_user {
+        return Err(StoreError::LimitReached {
+            what: "payload bytes per user",
+            limit: limits.payload_bytes_per_user,
+        });
+    }
+    Ok(())
+}
+
+/// Quotas of the rows about to be written (new rows only).
+async fn check_user_quotas<C: GenericClient>(
+    c: &C,
+    waiting: &[(NewTask, String)],
+    limits: &Limits,
+) -> Result<()> {
+    if limits.pending_tasks_per_user == u64::MAX && limits.payload_bytes_per_user == u64::MAX {
+        return Ok(());
+    }
+    let mut adds: Vec<(&str, u64, u64)> = Vec::new();
+    for (t, payload) in waiting {
+        match adds.iter_mut().find(|(u, _, _)| *u == t.user_id) {
+            Some(a) => {
+                a.1 += 1;
+                a.2 += payload.len() as u64;
+            }
+            None => adds.push((&t.user_id, 1, payload.len() as u64)),
+        }
+    }
+    // One order for every transaction: usage rows are locked by user id.
+    adds.sort_by(|a, b| a.0.cmp(b.0));
+    for (user, tasks, bytes) in adds {
+        check_usage(c, user, tasks, bytes, limits).await?;
+    }
+    Ok(())
+}
+
+/// The task a new row is, as inserted at `now`.
+fn inserted_task(t: NewTask, now: UnixMillis) -> Task {
+    Task {
+        id: t.id,
+        user_id: t.user_id,
+        queue: t.queue,
+        kind: t.kind,
+        status: TaskStatus::Pending,
+        priority: t.priority,
+        payload: t.payload,
+        result: None,
+        attempts: 0,
+        max_attempts: t.max_attempts,
+        last_error: None,
+        idempotency_key: t.idempotency_key,
+        run_at: t.run_at,
+        timeout_ms: t.timeout_ms,
+        cancel_requested: false,
+        lease_owner: None,
+        lease_expires_at: None,
+        created_at: now,
+        started_at: None,
+        completed_at: None,
+        updated_at: now,
+    }
+}
+
+/// Writes the waiting (unkeyed) rows in one statement and moves them, as the tasks they now
+/// are, to `out`.
+async fn write_rows<C: GenericClient>(
+    c: &C,
+    waiting: &mut Vec<(NewTask, String)>,
+    limits: &Limits,
+    now: UnixMillis,
+    out: &mut Vec<Inserted>,
+) -> Result<()> {
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    check_user_quotas(c, waiting, limits).await?;
+    let n = waiting.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut users = Vec::with_capacity(n);
+    let mut queues = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut timeouts = Vec::with_capacity(n);
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut hashes: Vec<Option<&str>> = Vec::with_capacity(n);
+    for (t, payload) in waiting.iter() {
+        ids.push(t.id.0);
+        users.push(t.user_id.as_str());
+        queues.push(t.queue.as_str());
+        kinds.push(t.kind.as_str());
+        payloads.push(payload.as_str());
+        priorities.push(t.priority);
+        run_ats.push(t.run_at);
+        max_attempts.push(i64::from(t.max_attempts));
+        timeouts.push(i64::try_from(t.timeout_ms).unwrap_or(i64::MAX));
+        keys.push(t.idempotency_key.as_deref());
+        hashes.push(t.request_hash.as_deref());
+    }
+    execute(
+        c,
+        sql::TASK_INSERT,
+        &[
+            &ids,
+            &users,
+            &queues,
+            &kinds,
+            &payloads,
+            &priorities,
+            &run_ats,
+            &max_attempts,
+            &timeouts,
+            &keys,
+            &hashes,
+            &now,
+        ],
+    )
+    .await?;
+    for (t, _) in waiting.drain(..) {
+        out.push(Inserted {
+            task: Arc::new(inserted_task(t, now)),
+            created: true,
+        });
+    }
+    Ok(())
+}
+
+/// The task `user` made under an idempotency key, and its request hash.
+async fn task_by_key<C: GenericClient>(
+    c: &C,
+    user: &str,
+    key: &str,
+) -> Result<Option<(Task, Option<String>)>> {
+    match query_opt(c, sql::TASK_GET_BY_KEY, &[&user, &key]).await? {
+        Some(r) => {
+            let hash: Option<String> = r.try_get("request_hash").map_err(pg_err)?;
+            Ok(Some((rows::task(&r)?, hash)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Enqueues `tasks` in the open transaction `c` (see [`Store::task_insert`]).
+async fn insert_tasks<C: GenericClient>(
+    c: &C,
+    tasks: Vec<(NewTask, String)>,
+    limits: &Limits,
+    now: UnixMillis,
+) -> Result<Vec<Inserted>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    // Unkeyed tasks wait and are written together; a keyed task first writes what waits, so
+    // rows keep their order and a repeated key sees its twin.
+    let mut waiting: Vec<(NewTask, String)> = Vec::new();
+    for (index, (t, payload)) in tasks.into_iter().enumerate() {
+        let Some(key) = t.idempotency_key.clone() else {
+            waiting.push((t, payload));
+            continue;
+        };
+        write_rows(c, &mut waiting, limits, now, &mut out).await?;
+        let mut existing = task_by_key(c, &t.user_id, &key).await?;
+        if existing.is_none() {
+            let one = [(t.clone(), payload.clone())];
+            check_user_quotas(c, &one, limits).await?;
+            let inserted = query_opt(
+                c,
+                sql::TASK_INSERT_KEYED,
+                &[
+                    &t.id.0,
+                    &t.user_id,
+                    &t.queue,
+                    &t.kind,
+                    &payload,
+                    &t.priority,
+                    &t.run_at,
+                    &i64::from(t.max_attempts),
+                    &i64::try_from(t.timeout_ms).unwrap_or(i64::MAX),
+                    &t.idempotency_key,
+                    &t.request_hash,
+                    &now,
+                ],
+            )
+            .await?;
+            if inserted.is_some() {
+                out.push(Inserted {
+                    task: Arc::new(inserted_task(t, now)),
+                    created: true,
+                });
+                continue;
+            }
+            // Another writer took the key between the look-up and the insert.
+            existing = task_by_key(c, &t.user_id, &key).await?;
+        }
+        let Some((task, hash)) = existing else {
+            return Err(StoreError::Backend(
+                format!("idempotency key {key:?} conflicts but names no task").into(),
+            ));
+        };
+        if hash != t.request_hash {
+            return Err(StoreError::IdempotencyMismatch { index, key });
+        }
+        out.push(Inserted {
+            task: Arc::new(task),
+            created: false,
+        });
+    }
+    write_rows(c, &mut waiting, limits, now, &mut out).await?;
+    Ok(out)
+}
+
+/// Ends or frees the tasks whose lease expired ([`queue::rescue`]), guarded by their state and
+/// attempt; returns them as they are now.
+async fn rescue<C: GenericClient>(c: &C, now: UnixMillis) -> Result<Vec<Task>> {
+    let expired = query(c, sql::LEASE_EXPIRED, &[&now]).await?;
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut by_status: BTreeMap<&'static str, (Vec<Uuid>, Vec<i64>)> = BTreeMap::new();
+    for r in &expired {
+        let id: Uuid = r.try_get("id").map_err(pg_err)?;
+        let attempts: i64 = r.try_get("attempts").map_err(pg_err)?;
+        let max_attempts: i64 = r.try_get("max_attempts").map_err(pg_err)?;
+        let cancel: bool = r.try_get("cancel_requested").map_err(pg_err)?;
+        let status = queue::rescue(cancel, attempts.max(0) as u32, max_attempts.max(0) as u32);
+        let e = by_status.entry(status.as_str()).or_default();
+        e.0.push(id);
+        e.1.push(attempts);
+    }
+    let mut out = Vec::new();
+    for (status, (ids, attempts)) in by_status {
+        let rows = query(
+            c,
+            sql::LEASE_RESCUE,
+            &[&status, &queue::LOST_LEASE_ERROR, &now, &ids, &attempts],
+        )
+        .await?;
+        for t in rows::tasks(&rows)? {
+            tracing::warn!(task.id = %t.id, task.kind = %t.kind, task.queue = %t.queue,
+                status = %t.status, "rescued task from a dead worker (lease expired)");
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    // ---- tasks ------------------------------------------------------------------------------
+
+    async fn task_insert(&self, tasks: Vec<NewTask>, now: UnixMillis) -> Result<Vec<Inserted>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = tasks
+            .into_iter()
+            .map(|t| {
+                serde_json::to_string(&t.payload)
+                    .map(|p| (t, p))
+                    .map_err(json_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        lock_changes(&tx).await?;
+        let out = insert_tasks(&tx, prepared, &self.limits, now).await?;
+        tx.commit().await.map_err(pg_err)?;
+        self.publish(
+            out.iter()
+                .filter(|i| i.created)
+                .map(|i| Event::Task(i.task.clone()))
+                .collect(),
+        );
+        Ok(out)
+    }
+
+    async fn task_get(&self, id: TaskId, user: Option<String>) -> Result<Task> {
+        let c = self.conn().await?;
+        get_owned(&c, id, user.as_deref()).await
+    }
+
+    async fn task_list(&self, p: ListParams) -> Result<Vec<Task>> {
+        let c = self.conn().await?;
+        let query_text = if p.user_id.is_some() {
+            sql::TASK_LIST_USER
+        } else {
+            sql::TASK_LIST
+        };
+        let status = p.status.map(|s| s.as_str());
+        let cursor = p.cursor.map(uuid);
+        let rows = query(
+            &c,
+            query_text,
+            &[
+                &p.user_id,
+                &status,
+                &p.queue,
+                &p.kind,
+                &cursor,
+                &i64::from(p.limit),
+            ],
+        )
+        .await?;
+        rows::tasks(&rows)
+    }
+
+    async fn task_with_messages(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Task, Vec<Message>)> {
+        let mut c = self.conn().await?;
+        // One snapshot: the task and the messages agree.
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let t = get_owned(&tx, id, user.as_deref()).await?;
+        let m = messages_after(&tx, id, after, limit).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok((t, m))
+    }
+
+    async fn task_cancel(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        lock_changes(&tx).await?;
+        let (task, _) = get_owned_locked(&tx, id, user.as_deref()).await?;
+        let q = match queue::cancel(id, task.status).map_err(StoreError::Conflict)? {
+            CancelAction::EndNow => sql::TASK_CANCEL_PENDING,
+            CancelAction::AskWorker => sql::TASK_CANCEL_RUNNING,
+        };
+        let row = query_opt(&tx, q, &[&uuid(id), &now])
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        let t = rows::task(&row)?;
+        tx.commit().await.map_err(pg_err)?;
+        self.publish(vec![Event::Task(Arc::new(t.clone()))]);
+        Ok(t)
+    }
+
+    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        lock_changes(&tx).await?;
+        let (task, _) = get_owned_locked(&tx, id, user.as_deref()).await?;
+        queue::retry(id, task.status).map_err(StoreError::Conflict)?;
+        // A retried task is unfinished again: it counts against its owner's quota.
+        if self.limits.pending_tasks_per_user != u64::MAX {
+            check_usage(&tx, &task.user_id, 1, 0, &self.limits).await?;
+        }
+        let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now])
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        let t = rows::task(&row)?;
+        tx.commit().await.map_err(pg_err)?;
+        self.publish(vec![Event::Task(Arc::new(t.clone()))]);
+        Ok(t)
+    }
+
+    async fn task_prune(
+        &self,
+        status: TaskStatus,
+        before: UnixMillis,
+        limit: u32,
+    ) -> Result<usize> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        // Deleting changes per-user usage rows that enqueues lock under this lock.
+        lock_changes(&tx).await?;
+        let n = execute(
+            &tx,
+            sql::TASK_PRUNE,
+            &[&status.as_str(), &before, &i64::from(limit)],
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(n as usize)
+    }
+
+    // ---- leases -----------------------------------------------------------------------------
+
+    async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        lock_changes(&tx).await?;
+        let mut events = Vec::new();
+        if p.rescue {
+            for t in rescue(&tx, p.now).await? {
+                events.push(Event::Task(Arc::new(t)));
+            }
+        }
+        let names: Vec<&str> = p.queues.iter().map(|q| q.queue.as_str()).collect();
+        let limits: Vec<i64> = p.queues.iter().map(|q| i64::from(q.limit)).collect();
+        let mut claimed = Vec::new();
+        if p.total > 0 && !names.is_empty() {
+            let rows = query(
+                &tx,
+                sql::TASK_CLAIM,
+                &[
+                    &p.owner,
+                    &p.now,
+                    &i64::try_from(p.lease_ms).unwrap_or(i64::MAX),
+                    &names,
+                    &limits,
+                    &i64::from(p.total),
+                ],
+            )
+            .await?;
+            for t in rows::tasks(&rows)? {
+                claimed.push(Arc::new(t));
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        // RETURNING does not keep the subquery's order.
+        claimed.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.run_at.cmp(&b.run_at))
+                .then(a.id.cmp(&b.id))
+        });
+        events.extend(claimed.iter().map(|t| Event::Task(t.clone())));
+        self.publish(events);
+        Ok(claimed)
+    }
+
+    async fn lease_extend(
+        &self,
+        owner: String,
+        lease_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Vec<HeldLease>> {
+        let c = self.conn().await?;
+        let expires = now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+        let rows = query(&c, sql::LEASE_EXTEND, &[&owner, &expires]).await?;
+        let mut held = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: Uuid = r.try_get("id").map_err(pg_err)?;
+            let attempt: i64 = r.try_get("attempts").map_err(pg_err)?;
+            held.push(HeldLease {
+                id: TaskId(id),
+                attempt: attempt.max(0) as u32,
+                cancel_requested: r.try_get("cancel_requested").map_err(pg_err)?,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Commits before it returns: the answer is [`Queued::ready`].
+    async fn task_finish(&self, p: FinishParams) -> Result<Queued<Option<Arc<Task>>>> {
+        Ok(Queued::ready(self.finish(p).await))
+    }
+
+    async fn task_token_create(&self, task: &Task, hash: String, now: UnixMillis) -> Result<()> {
+        let (id, attempt) = (task.id, task.attempts);
+        let owner = task.lease_owner.clone().unwrap_or_default();
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let n = execute(
+            &tx,
+            sql::TASK_TOKEN_INSERT,
+            &[
+                &hash,
+                &uuid(id),
+                &i64::from(attempt),
+                &owner,
+                &task.started_at,
+                &now,
+            ],
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "attempt {attempt} of task {id} has ended"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn task_token_lookup(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<TaskTokenCheck> {
+        let c = self.conn().await?;
+        let row = query_opt(&c, sql::TASK_TOKEN_GET, &[&token_hash, &now]).await?;
+        Ok(match row {
+            None => TaskTokenCheck::Unknown,
+            Some(r) => {
+                let id: Uuid = r.try_get("task_id").map_err(pg_err)?;
+                let attempt: i64 = r.try_get("attempt").map_err(pg_err)?;
+                let live: Option<bool> = r.try_get("live").map_err(pg_err)?;
+                if live == Some(true) {
+                    TaskTokenCheck::Valid(TaskId(id), attempt.max(0) as u32)
+                } else {
+                    TaskTokenCheck::Expired
+                }
+            }
+        })
+    }
+
+    // ---- messages ---------------------------------------------------------------------------
+
+    async fn message_insert(
+        &self,
+        task_id: TaskId,
+        kind: String,
+        content: Value,
+        check: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Option<Message>> {
+        let cap = self.limits.messages_per_task;
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        // The task's row lock, held until commit, orders its messages: positions are handed
+        // out one transaction at a time, in commit order.
+        let user = match &check {
+            MessageCheck::User(u) => u.as_deref(),
+            _ => None,
+        };
+        let (t, count) = get_owned_locked(&tx, task_id, user).await?;
+        match &check {
+            MessageCheck::User(_) | MessageCheck::Worker => {}
+            MessageCheck::Attempt(a) => {
+                if t.status != TaskStatus::Running || t.attempts != *a {
+                    return Err(StoreError::Conflict(format!(
+                        "attempt {a} of task {task_id} has ended"
+                    )));
+                }
+            }
+            MessageCheck::Lease { owner, attempt } => {
+                if t.status != TaskStatus::Running
+                    || t.attempts != *attempt
+                    || t.lease_owner.as_deref() != Some(owner.as_str())
+                {
+                    return Err(StoreError::Conflict(format!(
+                        "attempt {attempt} of task {task_id} no longer holds its lease"
+                    )));
+                }
+            }
+        }
+        if !matches!(check, MessageCheck::Worker) && t.status.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "task {task_id} is {} and takes no more messages",
+                t.status
+            )));
+        }
+        // Messages are never deleted apart from their task: the count is the last position.
+        let n = count.max(0) as u64;
+        let (kind, content) = if n < cap {
+            (kind, content)
+        } else if matches!(check, MessageCheck::User(_)) {
+            return Err(StoreError::LimitReached {
+                what: "messages per task",
+                limit: cap,
+            });
+        } else if n == cap {
+            (
+                "truncated".to_string(),
+                serde_json::json!({
+                    "limit": cap,
+                    "message": format!("the task reached its limit of {cap} messages; later ones are dropped"),
+                }),
+            )
+        } else {
+            return Ok(None);
+        };
+        let text = serde_json::to_string(&content).map_err(json_err)?;
+        let row = query_opt(&tx, sql::MESSAGE_SEQ_NEXT, &[&uuid(task_id), &1i64])
+            .await?
+            .ok_or(StoreError::NotFound(task_id))?;
+        let seq: i64 = row.try_get("message_seq").map_err(pg_err)?;
+        execute(
+            &tx,
+            sql::MESSAGE_INSERT,
+            &[&uuid(task_id), &seq, &kind, &text, &now],
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)?;
+        let m = Message {
+            id: seq,
+            task_id,
+            kind,
+            content,
+            created_at: now,
+        };
+        self.publish(vec![Event::Message(Arc::new(m.clone()))]);
+        Ok(Some(m))
+    }
+
+    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>> {
+        let c = self.conn().await?;
+        messages_after(&c, task_id, after, limit).await
+    }
+
+    // ---- queues -----------------------------------------------------------------------------
+
+    async fn queue_stats(
+        &self,
+        configured: Vec<String>,
+        now: UnixMillis,
+    ) -> Result<Vec<QueueStats>> {
+        let mut c = self.conn().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let mut by: BTreeMap<String, QueueStats> = BTreeMap::new();
+        for name in configured {
+            by.entry(name.clone()).or_insert_with(|| QueueStats {
+                name,
+                ..Default::default()
+            });
+        }
+        for r in query(&tx, sql::QUEUE_LIST, &[]).await? {
+            let name: String = r.try_get("name").map_err(pg_err)?;
+            let paused: bool = r.try_get("paused").map_err(pg_err)?;
+            by.entry(name.clone())
+                .or_insert_with(|| QueueStats {
+                    name,
+                    ..Default::default()
+                })
+                .paused = paused;
+        }
+        for r in query(&tx, sql::QUEUE_STATS, &[&now]).await? {
+            let queue: String = r.try_get(0).map_err(pg_err)?;
+            let status: String = r.try_get(1).map_err(pg_err)?;
+            let n: i64 = r.try_get(2).map_err(pg_err)?;
+            let due: Option<i64> = r.try_get(3).map_err(pg_err)?;
+            let oldest: Option<i64> = r.try_get(4).map_err(pg_err)?;
+            let q = by.entry(queue.clone()).or_insert_with(|| QueueStats {
+                name: queue,
+                ..Default::default()
+            });
+            let n = n.max(0) as u64;
+            match status.as_str() {
+                "pending" => {
+                    let due = due.unwrap_or(0).max(0) as u64;
+                    q.pending += due;
+                    q.scheduled += n.saturating_sub(due);
+                }
+                "running" => q.running += n,
+                "completed" => q.completed += n,
+                "failed" => q.failed += n,
+                "canceled" => q.canceled += n,
+                _ => {}
+            }
+            if let Some(o) = oldest {
+                q.oldest_pending_age_ms = Some((now - o).max(0) as u64);
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(by.into_values().collect())
+    }
+
+    async fn queue_paused(&self) -> Result<Vec<String>> {
+        let c = self.conn().await?;
+        let mut out = Vec::new();
+        for r in query(&c, sql::QUEUE_LIST, &[]).await? {
+            let paused: bool = r.try_get("paused").map_err(pg_err)?;
+            if paused {
+                out.push(r.try_get("name").map_err(pg_err)?);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn queue_set_paused(&self, name: String, paused: bool, now: UnixMillis) -> Result<()> {
+        let c = self.conn().await?;
+        execute(&c, sql::QUEUE_SET_PAUSED, &[&name, &paused, &now]).await?;
+        Ok(())
+    }
+
+    // ---- users and tokens -------------------------------------------------------------------
+
+    async fn token_create(&self, p: TokenCreate) -> Result<User> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let found = user_by_name(&tx, &p.name).await?;
+        let user = match (found, p.existing) {
+            (Some(_), ExistingUser::Refuse) => {
+                return Err(StoreError::Conflict(format!(
+                    "user {:?} already exists: pass --existing to add a token to it",
+                    p.name
+                )))
+            }
+            (None, ExistingUser::AddToken) => {
+                return Err(StoreError::Conflict(format!(
+                    "there is no user {:?} to add a token to (leave out --existing to create it)",
+                    p.name
+                )))
+            }
+            (Some(u), ExistingUser::AddToken) => {
+                if u.is_admin != p.admin {
+                    return Err(StoreError::Conflict(if u.is_admin {
+                        format!(
+                            "user {:?} is an admin: pass --admin to add a token to it",
+                            p.name
+                        )
+                    } else {
+                        format!(
+                            "user {:?} is not an admin; admin belongs to a user, not a token",
+                            p.name
+                        )
+                    }));
+                }
+                u
+            }
+            (None, ExistingUser::Refuse) => {
+                if p.name == ADMIN_NAME && !p.admin {
+                    return Err(StoreError::Conflict(format!(
+                        "the name {ADMIN_NAME:?} is reserved for an admin user"
+                    )));
+                }
+                insert_user(&tx, &p.name, None, p.admin, p.now)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Conflict(format!(
+                            "user {:?} already exists: pass --existing to add a token to it",
+                            p.name
+                        ))
+                    })?
+            }
+        };
+        execute(&tx, sql::TOKEN_INSERT, &[&user.id, &p.token_hash, &p.now]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(user)
+    }
+
+    async fn token_bootstrap_admin(&self, token_hash: String, now: UnixMillis) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        // One process at a time, so two first starts store one token.
+        query(&tx, sql::LOCK_BOOTSTRAP, &[]).await?;
+        let any: bool = query_opt(&tx, sql::TOKEN_ANY, &[])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?
+            .unwrap_or(false);
+        if any {
+            return Ok(false);
+        }
+        let user = match user_by_name(&tx, ADMIN_NAME).await? {
+            Some(u) => {
+                if !u.is_admin {
+                    execute(&tx, sql::USER_SET_ADMIN, &[&u.id]).await?;
+                }
+                u
+            }
+            None => match insert_user(&tx, ADMIN_NAME, None, true, now).await? {
+                Some(u) => u,
+                None => user_by_name(&tx, ADMIN_NAME)
+                    .await?
+                    .ok_or_else(|| StoreError::Backend("the admin user vanished".into()))?,
+            },
+        };
+        execute(&tx, sql::TOKEN_INSERT, &[&user.id, &token_hash, &now]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(true)
+    }
+
+    async fn user_resolve(&self, name: String, now: UnixMillis) -> Result<User> {
+        let c = self.conn().await?;
+        if let Some(u) = user_by_name(&c, &name).await? {
+            return Ok(u);
+        }
+        if let Some(u) = insert_user(&c, &name, None, name == ADMIN_NAME, now).await? {
+            return Ok(u);
+        }
+        // Made by another process meanwhile.
+        user_by_name(&c, &name)
+            .await?
+            .ok_or_else(|| StoreError::Backend(format!("user {name:?} vanished").into()))
+    }
+
+    async fn user_jwt(&self, issuer: String, name: String, now: UnixMillis) -> Result<User> {
+        let c = self.conn().await?;
+        if let Some(u) = user_by_jwt(&c, &issuer, &name).await? {
+            return Ok(u);
+        }
+        if let Some(u) = insert_user(&c, &name, Some(&issuer), false, now).await? {
+            return Ok(u);
+        }
+        user_by_jwt(&c, &issuer, &name)
+            .await?
+            .ok_or_else(|| StoreError::Backend(format!("JWT user {name:?} vanished").into()))
+    }
+
+    async fn token_revoke(&self, which: TokenRevoke) -> Result<usize> {
+        let c = self.conn().await?;
+        let n = match which {
+            TokenRevoke::User(name) => execute(&c, sql::TOKEN_REVOKE_USER, &[&name]).await?,
+            TokenRevoke::Hash(h) => execute(&c, sql::TOKEN_REVOKE_HASH, &[&h]).await?,
+            TokenRevoke::Id(id) => execute(&c, sql::TOKEN_REVOKE_ID, &[&id]).await?,
+        };
+        Ok(n as usize)
+    }
+
+    async fn user_by_token(&self, token_hash: String) -> Result<Option<User>> {
+        let c = self.conn().await?;
+        match query_opt(&c, sql::USER_BY_TOKEN, &[&token_hash]).await? {
+            Some(r) => rows::user(&r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+        let c = self.conn().await?;
+        match query_opt(&c, sql::USER_GET_BY_ID, &[&id]).await? {
+            Some(r) => rows::user(&r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn token_list(&self) -> Result<Vec<TokenInfo>> {
+        let c = self.conn().await?;
+        query(&c, sql::TOKEN_LIST, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    id: r.try_get("id").map_err(pg_err)?,
+                    user: r.try_get("name").map_err(pg_err)?,
+                    admin: r.try_get("is_admin").map_err(pg_err)?,
+                    created_at: r.try_get("created_at").map_err(pg_err)?,
+                    hash_prefix: r.try_get("hash_prefix").map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn token_any(&self) -> Result<bool> {
+        let c = self.conn().await?;
+        Ok(query_opt(&c, sql::TOKEN_ANY, &[])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?
+            .unwrap_or(false))
+    }
+
+    // ---- workers ----------------------------------------------------------------------------
+
+    async fn worker_heartbeat(
+        &self,
+        id: String,
+        host: String,
+        pid: u32,
+        stale_before: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()> {
+        let c = self.conn().await?;
+        execute(&c, sql::WORKER_DELETE, &[&"", &stale_before]).await?;
+        execute(&c, sql::WORKER_UPSERT, &[&id, &host, &i64::from(pid), &now]).await?;
+        Ok(())
+    }
+
+    async fn worker_remove(&self, id: String) -> Result<()> {
+        let c = self.conn().await?;
+        execute(&c, sql::WORKER_DELETE, &[&id, &i64::MIN]).await?;
+        Ok(())
+    }
+
+    // ---- operations -------------------------------------------------------------------------
+
+    async fn ping_write(&self, now: UnixMillis) -> Result<()> {
+        let c = self.conn().await?;
+        execute(&c, sql::HEALTH_TOUCH, &[&now]).await?;
+        Ok(())
+    }
+
+    async fn inspect_lists(&self, limit: u32) -> Result<(Vec<Task>, Vec<Task>)> {
+        let c = self.conn().await?;
+        let limit = i64::from(limit);
+        let running = rows::tasks(&query(&c, sql::RUNNING_LIST, &[&limit]).await?)?;
+        let failed = rows::tasks(&query(&c, sql::FAILURES_LIST, &[&limit]).await?)?;
+        Ok((running, failed))
+    }
+
+    async fn schema_version(&self) -> Result<u32> {
+        let c = self.conn().await?;
+        migrate::current_version(&c).await
+    }
+
+    async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize> {
+        // The newest change always stays: `changes` tells a gap by the oldest change kept.
+        let keep = keep.clamp(1, i64::MAX as u64) as i64;
+        let c = self.conn().await?;
+        let n = execute(
+            &c,
+            sql::CHANGE_PRUNE,
+            &[&before, &keep, &(super::CHANGES_PRUNE_BATCH as i64)],
+        )
+        .await?;
+        Ok(n as usize)
+    }
+
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.pool.close();
+    }
+
+    // ---- events -----------------------------------------------------------------------------
+
+    fn hub(&self) -> &Arc<EventHub> {
+        &self.hub
+    }
+
+    async fn changes(&self, p: ChangeParams) -> Result<ChangePage> {
+        let mut c = self.conn().await?;
+        // One snapshot: the bounds and the page agree.
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let limit = i64::from(p.limit);
+        let b = query_opt(&tx, sql::CHANGE_BOUNDS, &[&p.after, &limit])
+            .await?
+            .ok_or_else(|| StoreError::Backend("change bounds returned no row".into()))?;
+        let oldest: Option<i64> = b.try_get("oldest").map_err(pg_err)?;
+        let newest: Option<i64> = b.try_get("newest").map_err(pg_err)?;
+        let page_end: Option<i64> = b.try_get("page_end").map_err(pg_err)?;
+        let rows = query(
+            &tx,
+            sql::CHANGE_LIST,
+            &[&p.after, &limit, &p.user_id, &p.queue],
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)?;
+        let (mut changes, mut bytes, mut cut) = (Vec::new(), 0usize, None);
+        for r in &rows {
+            let size: Option<i64> = r.try_get("content_bytes").map_err(pg_err)?;
+            let size = size.unwrap_or(0).max(0) as usize;
+            if !changes.is_empty() && bytes.saturating_add(size) > CHANGE_PAGE_BYTES {
+                cut = changes.last().map(|c: &super::Change| c.seq);
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            let mut task = rows::task(r)?;
+            let status: String = r.try_get("change_status").map_err(pg_err)?;
+            if let Ok(s) = status.parse() {
+                task.status = s;
+            }
+            changes.push(super::Change {
+                seq: r.try_get("change_seq").map_err(pg_err)?,
+                task: Arc::new(task),
+            });
+        }
+        let newest = newest.unwrap_or(0);
+        let next = cut.or(page_end).unwrap_or(p.after).max(p.after);
+        Ok(ChangePage {
+            gap: p.after > 0 && oldest.is_some_and(|o| o > p.after + 1),
+            next,
+            newest,
+            more: next < newest,
+            changes,
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Ends an attempt (see [`Store::task_finish`]), committed when it returns.
+    async fn finish(&self, p: FinishParams) -> Result<Option<Arc<Task>>> {
+        let result_text = match &p.result {
+            Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
+            None => None,
+        };
+        let claimed = &p.task;
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        lock_changes(&tx).await?;
+        let row = query_opt(
+            &tx,
+            sql::TASK_FINISH,
+            &[
+                &uuid(claimed.id),
+                &p.owner,
+                &i64::from(claimed.attempts),
+                &p.status.as_str(),
+                &result_text,
+                &p.error,
+                &p.run_at,
+                &i64::from(p.uncount),
+                &p.now,
+            ],
+        )
+        .await?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        tx.commit().await.map_err(pg_err)?;
+        let status: String = r.try_get("status").map_err(pg_err)?;
+        let attempts: i64 = r.try_get("attempts").map_err(pg_err)?;
+        let task = Arc::new(Task {
+            status: status
+                .parse()
+                .map_err(|e: String| StoreError::Backend(e.into()))?,
+            attempts: attempts.max(0) as u32,
+            last_error: r.try_get("last_error").map_err(pg_err)?,
+            run_at: r.try_get("run_at").map_err(pg_err)?,
+            completed_at: r.try_get("completed_at").map_err(pg_err)?,
+            cancel_requested: r.try_get("cancel_requested").map_err(pg_err)?,
+            result: p.result,
+            lease_owner: None,
+            lease_expires_at: None,
+            updated_at: p.now,
+            ..Task::clone(claimed)
+        });
+        self.publish(vec![Event::Task(task.clone())]);
+        Ok(Some(task))
+    }
+}
+
+async fn user_by_name<C: GenericClient>(c: &C, name: &str) -> Result<Option<User>> {
+    match query_opt(c, sql::USER_GET_BY_NAME, &[&name]).await? {
+        Some(r) => rows::user(&r).map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn user_by_jwt<C: GenericClient>(c: &C, issuer: &str, name: &str) -> Result<Option<User>> {
+    match query_opt(c, sql::USER_GET_JWT, &[&issuer, &name]).await? {
+        Some(r) => rows::user(&r).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A new user, or `None` when that identity exists already.
+async fn insert_user<C: GenericClient>(
+    c: &C,
+    name: &str,
+    issuer: Option<&str>,
+    is_admin: bool,
+    now: UnixMillis,
+) -> Result<Option<User>> {
+    let row = query_opt(c, sql::USER_INSERT, &[&name, &issuer, &is_admin, &now]).await?;
+    match row {
+        Some(r) => Ok(Some(User {
+            id: r.try_get("id").map_err(pg_err)?,
+            name: name.to_string(),
+            is_admin,
+            jwt: false,
+        })),
+        None => Ok(None),
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
+}

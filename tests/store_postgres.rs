@@ -1,0 +1,323 @@
+//! The PostgreSQL store: the whole conformance suite (`tests/conformance/`) against a real
+//! PostgreSQL 15 this binary starts once (`tests/pg/`), each test on a database of its own
+//! (`CREATE DATABASE spool_t_N`), "another store" a second `PostgresStore` on that database (as a
+//! second process opens it: its own pool and hub); plus what only PostgreSQL has.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+mod pg;
+
+use conformance::{Backend, Fresh, T0};
+use serde_json::json;
+use spool::store::postgres::LATEST_VERSION;
+use spool::store::{
+    Limits, MessageCheck, PostgresOptions, PostgresStore, PostgresUrl, Store, StoreError,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The suite's PostgreSQL backend.
+struct PostgresBackend;
+
+/// A database of the test server.
+struct PgDb {
+    url: String,
+    limits: Limits,
+}
+
+async fn open(url: &str, limits: Limits) -> Arc<dyn Store> {
+    let mut opts = PostgresOptions::new(PostgresUrl::parse(url).unwrap());
+    opts.limits = limits;
+    opts.max_connections = 8;
+    Arc::new(PostgresStore::open(opts).await.unwrap())
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresBackend {
+    type Db = PgDb;
+
+    async fn fresh(&self, limits: Limits) -> Fresh<PgDb> {
+        let url = pg::server().fresh_db().await;
+        Fresh {
+            store: open(&url, limits).await,
+            db: PgDb { url, limits },
+        }
+    }
+
+    async fn another(&self, of: &Fresh<PgDb>) -> Arc<dyn Store> {
+        open(&of.db.url, of.db.limits).await
+    }
+
+    fn schema_version(&self) -> u32 {
+        LATEST_VERSION
+    }
+}
+
+conformance::suite!(PostgresBackend);
+
+// ---- PostgreSQL only ------------------------------------------------------------------------
+
+/// How long a test waits for a condition at most.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `n` sessions of the database at `url` wait for a lock.
+async fn until_lock_waiters(c: &tokio_postgres::Client, db: &str, n: i64) {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[&db],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no session waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn db_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap().to_string()
+}
+
+/// The message cursor cannot skip a late commit: a transaction that took position 1 and has not
+/// committed holds the task's row, so a second writer cannot take position 2 (let alone commit
+/// it) until the first commits. A reader reads nothing, then 1 and 2 in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_numbered_first_but_committed_last_is_never_skipped() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let t = store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .task;
+    // Writer one, by hand, as a store would: position 1 under the row lock, not committed.
+    let mut first = server.client(&url).await;
+    let tx = first.transaction().await.unwrap();
+    let seq: i64 = tx
+        .query_one(
+            "UPDATE tasks SET message_seq = message_seq + 1 WHERE id = $1 RETURNING message_seq",
+            &[&t.id.0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seq, 1);
+    tx.execute(
+        "INSERT INTO messages (task_id, seq, kind, content, created_at) VALUES ($1, 1, 'log', '\"first\"', 0)",
+        &[&t.id.0],
+    )
+    .await
+    .unwrap();
+    // Writer two, through the store: it must wait for writer one.
+    let s2 = store.clone();
+    let id = t.id;
+    let second = tokio::spawn(async move {
+        s2.message_insert(id, "log".into(), json!("second"), MessageCheck::Worker, T0)
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    let watcher = server.client(&url).await;
+    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    assert!(!second.is_finished(), "the second writer did not wait");
+    // A reader now sees neither.
+    assert!(store.message_list(t.id, 0, 10).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    let m2 = tokio::time::timeout(DEADLINE, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m2.id, 2);
+    let all = store.message_list(t.id, 0, 10).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|m| (m.id, m.content.clone()))
+            .collect::<Vec<_>>(),
+        vec![(1, json!("first")), (2, json!("second"))]
+    );
+}
+
+/// Change positions are commit order: a transaction that recorded a change and has not
+/// committed holds the change log's lock, so a later change waits for it, and a reader never
+/// sees a position after one that is not committed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_recorded_first_commits_first() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let a = store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .task;
+    let mut first = server.client(&url).await;
+    let tx = first.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE tasks SET status = 'canceled', completed_at = 1, updated_at = 1 WHERE id = $1",
+        &[&a.id.0],
+    )
+    .await
+    .unwrap();
+    let s2 = store.clone();
+    let second = tokio::spawn(async move {
+        s2.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+            .await
+            .unwrap()
+    });
+    let watcher = server.client(&url).await;
+    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    let page = store
+        .changes(spool::store::ChangeParams {
+            after: 1,
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.changes.is_empty(), "{:?}", page.changes);
+    tx.commit().await.unwrap();
+    let b = tokio::time::timeout(DEADLINE, second)
+        .await
+        .unwrap()
+        .unwrap()
+        .remove(0)
+        .task;
+    let page = store
+        .changes(spool::store::ChangeParams {
+            after: 1,
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got: Vec<(i64, spool::task::TaskId)> =
+        page.changes.iter().map(|c| (c.seq, c.task.id)).collect();
+    assert_eq!(got, vec![(2, a.id), (3, b.id)]);
+}
+
+/// Several processes starting at once on a new database apply each migration once; a database
+/// of a newer spool is refused and left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_migrate_once_and_a_newer_schema_is_refused_untouched() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { open(&url, Limits::default()).await })
+        })
+        .collect();
+    for o in opens {
+        let s = o.await.unwrap();
+        assert_eq!(s.schema_version().await.unwrap(), LATEST_VERSION);
+    }
+    let c = server.client(&url).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM spool_schema_versions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, i64::from(LATEST_VERSION));
+    c.execute(
+        "INSERT INTO spool_schema_versions (version) VALUES ($1)",
+        &[&(LATEST_VERSION as i32 + 1)],
+    )
+    .await
+    .unwrap();
+    let before = tables(&c).await;
+    let opts = PostgresOptions::new(PostgresUrl::parse(&url).unwrap());
+    match PostgresStore::open(opts).await {
+        Err(StoreError::SchemaTooNew { found, known }) => {
+            assert_eq!((found, known), (LATEST_VERSION + 1, LATEST_VERSION))
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    assert_eq!(tables(&c).await, before);
+}
+
+/// A database that cannot be reached is `Unavailable` (HTTP 503), never a backend error (500),
+/// both when opening and for a store whose database went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_be_reached_is_unavailable() {
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut opts = PostgresOptions::new(
+        PostgresUrl::parse(&format!("postgres://postgres:pw@127.0.0.1:{port}/x")).unwrap(),
+    );
+    opts.timeout_ms = 2000;
+    match PostgresStore::open(opts).await {
+        Err(StoreError::Unavailable(m)) => assert!(!m.contains("pw"), "{m}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // An open store whose database refuses connections and whose sessions were ended.
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    store.ping_write(T0).await.unwrap();
+    let admin = server.client(&server.url("postgres")).await;
+    let db = db_name(&url);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        match store.ping_write(T0).await {
+            Err(StoreError::Unavailable(_)) => {}
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+    match store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+    {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    // And it recovers without a restart.
+    store.ping_write(T0).await.unwrap();
+}
+
+#[tokio::test]
+async fn describe_never_shows_the_password() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    // trust authentication ignores the password; it must still never be shown.
+    let with_pw = url.replacen("postgres@", "postgres:hunter2@", 1);
+    let store = open(&with_pw, Limits::default()).await;
+    let d = store.describe();
+    assert!(!d.contains("hunter2"), "{d}");
+    assert!(d.contains("postgres@127.0.0.1"), "{d}");
+    assert!(!format!("{store:?}").contains("hunter2"));
+}
+
+async fn tables(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
