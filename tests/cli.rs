@@ -352,7 +352,7 @@ fn database_url_puts_the_database_where_it_says_and_an_unknown_scheme_is_refused
     let other = tempfile::tempdir().unwrap();
     std::fs::write(
         other.path().join("c.toml"),
-        "[database]\nurl = \"postgres://127.0.0.1/spool\"\n",
+        "[database]\nurl = \"mysql://127.0.0.1/spool\"\n",
     )
     .unwrap();
     let out = run(other.path(), &["--config", "c.toml", "migrate"]);
