@@ -462,7 +462,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ---- leases -----------------------------------------------------------------------------
 
     /// Claims runnable tasks for a worker, best first; with `rescue`, first ends or frees the
-    /// tasks whose lease expired ([`crate::queue::rescue`]).
+    /// tasks whose lease expired ([`crate::queue::rescue`]) in every queue, not only the ones
+    /// claimed from.
     ///
     /// # Errors
     /// `Unavailable` or a database error.
@@ -584,8 +585,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `Conflict` naming the reason; `Unavailable` or a database error. Nothing is written then.
     async fn token_create(&self, p: TokenCreate) -> Result<User>;
 
-    /// The first start's admin token: stored only when the database holds no token at all, for
-    /// the user [`ADMIN_NAME`] (made, or made an admin, if need be). True when it was stored.
+    /// The first start's admin token: stored only when the database holds no token at all (so
+    /// again once every token was revoked), for the user [`ADMIN_NAME`] (made, or made an
+    /// admin, if need be). True when it was stored.
     ///
     /// # Errors
     /// `Unavailable` or a database error.
