@@ -7,7 +7,7 @@
 mod common;
 mod pg;
 
-use common::{client, serve, spawn, write_config, Server};
+use common::{client, eventually, serve, spawn, write_config, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -422,4 +422,164 @@ async fn a_spool_work_process_runs_tasks_enqueued_through_a_serve_with_no_slots(
         !m["messages"].as_array().unwrap().is_empty(),
         "the command's output reached the database: {m}"
     );
+}
+
+// ---- the database out of reach ---------------------------------------------------------------
+
+/// A loopback TCP relay to the test PostgreSQL that the test can cut (every connection closed,
+/// new ones refused) and restore on the same port.
+struct Relay {
+    port: u16,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = Relay {
+            port,
+            tasks: Default::default(),
+        };
+        r.serve(l);
+        r
+    }
+
+    fn serve(&self, l: tokio::net::TcpListener) {
+        let tasks = self.tasks.clone();
+        let pg_port = pg::server().port;
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = l.accept().await else {
+                    return;
+                };
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", pg_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Closes every connection and the listening port.
+    async fn cut(&self) {
+        let all: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in all {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    async fn restore(&self) {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.serve(l);
+    }
+
+    /// The URL of database `db` through this relay.
+    fn url(&self, direct: &str) -> String {
+        let db = direct.rsplit('/').next().unwrap();
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_503_never_500_while_postgres_is_out_of_reach_and_recovers() {
+    let relay = Relay::start().await;
+    let url = relay.url(&pg::server().fresh_db().await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("[worker]\nconcurrency = 0\n[database]\nurl = {url:?}\nbusy_timeout_ms = 1000\n"),
+    );
+    let s = serve(&cfg, &[]);
+    let c = client();
+    let id = create(&c, &s, json!({"kind": "spool.noop"})).await;
+
+    relay.cut().await;
+    let answers = [
+        ("GET", "/v1/tasks".to_string()),
+        ("GET", format!("/v1/tasks/{id}")),
+        ("POST", "/v1/tasks".to_string()),
+        ("POST", format!("/v1/tasks/{id}/cancel")),
+    ];
+    for (method, path) in &answers {
+        for _ in 0..2 {
+            let rb = match *method {
+                "GET" => c.get(s.url(path)),
+                _ => c.post(s.url(path)).json(&json!({"kind": "spool.noop"})),
+            };
+            let r = rb.bearer_auth(&s.token).send().await.unwrap();
+            assert_eq!(
+                r.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{method} {path}"
+            );
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "unavailable", "{method} {path}: {e}");
+        }
+    }
+    let r = c.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/readyz while down"
+    );
+
+    relay.restore().await;
+    let back = eventually(
+        Duration::from_secs(30),
+        "the server to reach the database again",
+        || async {
+            let (st, t) = get(&c, &s, &format!("/v1/tasks/{id}")).await;
+            (st == StatusCode::OK).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(
+        back["status"], "pending",
+        "the cancel answered 503 was not committed: {back}"
+    );
+    let (_, list) = get(&c, &s, "/v1/tasks").await;
+    assert_eq!(
+        list["tasks"].as_array().unwrap().len(),
+        1,
+        "the POSTs answered 503 wrote nothing"
+    );
+    assert!(!s.proc.stderr().contains("panicked"), "{}", s.proc.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_postgres_down_at_start_exits_with_a_one_line_error_not_a_panic() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://postgres:secret@127.0.0.1:{port}/spool");
+    let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}\n"));
+    for cmd in ["serve", "work"] {
+        let mut p = spawn(&[cmd], &cfg, &[("RUST_LOG", "off")]);
+        let status = p
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("spool {cmd} did not exit"));
+        assert!(!status.success(), "{cmd}: {status:?}");
+        assert!(
+            status.code().is_some(),
+            "{cmd}: ended by a signal: {status:?}"
+        );
+        let err = p.stderr();
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{cmd}: one line: {err}");
+        assert!(lines[0].starts_with("error: "), "{cmd}: {err}");
+        assert!(
+            !err.contains("secret"),
+            "{cmd}: the password is not shown: {err}"
+        );
+    }
 }
