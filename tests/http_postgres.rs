@@ -583,3 +583,89 @@ async fn serve_with_postgres_down_at_start_exits_with_a_one_line_error_not_a_pan
         );
     }
 }
+
+// ---- wake-ups across processes (LISTEN/NOTIFY) ------------------------------------------------
+
+/// Waits until `n` sessions on database `db` other than `c`'s own listen for wake-ups.
+async fn until_listeners(c: &tokio_postgres::Client, db: &str, n: i64) {
+    eventually(Duration::from_secs(30), "the wake-up listeners", || async {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND query LIKE '%LISTEN spool_work%' AND pid <> pg_backend_pid()",
+                &[&db],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) >= n).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_another_process_is_woken_by_notify_not_by_its_poll_even_after_its_listener_is_cut(
+) {
+    let url = pg::server().fresh_db().await;
+    let db = url.rsplit('/').next().unwrap().to_string();
+    // Polling once every 60 s: a start within seconds is the notification's doing.
+    let s = start(&url, "[worker]\nconcurrency = 0\npoll_interval_ms = 60000");
+    let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
+    let pg = pg::server().client(&url).await;
+    until_listeners(&pg, &db, 2).await;
+    let c = client();
+    let run = |s: &Env| {
+        let c = c.clone();
+        let (base, tok) = (s.url("/v1/tasks"), s.token.clone());
+        async move {
+            let r = c
+                .post(base.clone())
+                .bearer_auth(&tok)
+                .json(&json!({"kind": "spool.noop"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let id = r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            eventually(
+                Duration::from_secs(5),
+                "the task to run (woken, not polled)",
+                || async {
+                    let t: Value = c
+                        .get(format!("{base}/{id}"))
+                        .bearer_auth(&tok)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    (t["status"] == "completed").then_some(())
+                },
+            )
+            .await;
+        }
+    };
+    // Once the worker's first look found nothing and it sleeps: three tasks, one after another.
+    for _ in 0..3 {
+        run(&s).await;
+    }
+
+    // Its listening connection cut: it listens again, and tasks start as fast as before.
+    let killed = pg
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 \
+             AND query LIKE '%LISTEN spool_work%' AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(killed >= 2, "{killed}");
+    until_listeners(&pg, &db, 2).await;
+    for _ in 0..3 {
+        run(&s).await;
+    }
+}
