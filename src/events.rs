@@ -153,6 +153,30 @@ impl EventHub {
         self.cancels.subscribe()
     }
 
+    /// Wakes the idle pools working `queue` (a task of it became pending in another process)
+    /// and the change log's reader.
+    pub fn wake_queue(&self, queue: &str) {
+        self.task_changed.notify_one();
+        if let Ok(w) = self.work.lock() {
+            if let Some(list) = w.get(queue) {
+                for n in list.iter().filter_map(Weak::upgrade) {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Wakes every idle pool and the change log's reader (wake-ups from other processes may
+    /// have been lost: they look in the database now).
+    pub fn wake_all_work(&self) {
+        self.task_changed.notify_one();
+        if let Ok(w) = self.work.lock() {
+            for n in w.values().flatten().filter_map(Weak::upgrade) {
+                n.notify_one();
+            }
+        }
+    }
+
     /// A wake-up for a pool working `queues`: notified when a task of one of them becomes
     /// pending in this process. Keep the returned `Arc` as long as the pool runs.
     pub fn work_notify(&self, queues: &[String]) -> Arc<Notify> {

@@ -74,6 +74,12 @@ pub struct PostgresStore {
     limits: Limits,
     described: String,
     closed: AtomicBool,
+    /// The database, for the wake-up listener's connection.
+    url: PostgresUrl,
+    timeout: Duration,
+    /// The wake-up listener (see [`listen`]), started on first use of the pool.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    listening: AtomicBool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -256,6 +262,10 @@ impl PostgresStore {
             limits: opts.limits,
             described: opts.url.redacted().to_string(),
             closed: AtomicBool::new(false),
+            url: opts.url,
+            timeout,
+            listener: std::sync::Mutex::new(None),
+            listening: AtomicBool::new(false),
         })
     }
 
@@ -263,7 +273,21 @@ impl PostgresStore {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
+        if !self.listening.swap(true, Ordering::AcqRel) {
+            let task = tokio::spawn(listen(self.url.clone(), self.timeout, self.hub.clone()));
+            if let Ok(mut l) = self.listener.lock() {
+                *l = Some(task);
+            }
+        }
         self.pool.get().await.map_err(pool_err)
+    }
+
+    fn stop_listener(&self) {
+        if let Ok(mut l) = self.listener.lock() {
+            if let Some(t) = l.take() {
+                t.abort();
+            }
+        }
     }
 
     fn publish(&self, events: Vec<Event>) {
@@ -656,6 +680,12 @@ impl Store for PostgresStore {
         let tx = c.transaction().await.map_err(pg_err)?;
         lock_changes(&tx).await?;
         let out = insert_tasks(&tx, prepared, &self.limits, now).await?;
+        let queues: std::collections::BTreeSet<String> = out
+            .iter()
+            .filter(|i| i.created)
+            .map(|i| i.task.queue.clone())
+            .collect();
+        notify_work(&tx, queues.into_iter().collect()).await?;
         tx.commit().await.map_err(pg_err)?;
         self.publish(
             out.iter()
@@ -750,6 +780,7 @@ impl Store for PostgresStore {
             .await?
             .ok_or(StoreError::NotFound(id))?;
         let t = rows::task(&row)?;
+        notify_work(&tx, vec![t.queue.clone()]).await?;
         tx.commit().await.map_err(pg_err)?;
         self.publish(vec![Event::Task(Arc::new(t.clone()))]);
         Ok(t)
@@ -1305,6 +1336,7 @@ impl Store for PostgresStore {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.pool.close();
+        self.stop_listener();
     }
 
     // ---- events -----------------------------------------------------------------------------
@@ -1398,8 +1430,12 @@ impl PostgresStore {
         let Some(r) = row else {
             return Ok(None);
         };
-        tx.commit().await.map_err(pg_err)?;
         let status: String = r.try_get("status").map_err(pg_err)?;
+        if status == TaskStatus::Pending.as_str() {
+            // Another attempt: any idle worker may take it.
+            notify_work(&tx, vec![claimed.queue.clone()]).await?;
+        }
+        tx.commit().await.map_err(pg_err)?;
         let attempts: i64 = r.try_get("attempts").map_err(pg_err)?;
         let task = Arc::new(Task {
             status: status
@@ -1458,5 +1494,101 @@ async fn insert_user<C: GenericClient>(
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.pool.close();
+        self.stop_listener();
+    }
+}
+
+// ---- wake-ups across processes ----------------------------------------------------------------
+
+/// Queues `NOTIFY spool_work, '<queue>'` for each of `queues`, sent by PostgreSQL when the
+/// transaction commits (and not at all if it does not): idle workers of every process wake.
+async fn notify_work<C: GenericClient>(c: &C, queues: Vec<String>) -> Result<()> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    query(c, sql::WORK_NOTIFY, &[&queues]).await.map(|_| ())
+}
+
+/// The wake-up listener: `LISTEN spool_work` on a connection of its own; each notification
+/// wakes this process's idle pools of that queue. A lost connection is made again (after 0.2 s,
+/// longer while it keeps failing), and every pool then looks in the database at once for what
+/// was missed meanwhile; polling (`worker.poll_interval_ms`) stays the fallback, so a lost
+/// notification delays a task, never strands it.
+async fn listen(url: PostgresUrl, timeout: Duration, hub: Arc<EventHub>) {
+    let mut failures = 0u32;
+    loop {
+        match listen_once(&url, timeout, &hub).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(error = %e, failures, "wake-up listener: reconnecting");
+                }
+            }
+        }
+        hub.wake_all_work();
+        tokio::time::sleep(Duration::from_millis(
+            200 * u64::from(failures.clamp(1, 25)),
+        ))
+        .await;
+    }
+}
+
+async fn listen_once(url: &PostgresUrl, timeout: Duration, hub: &Arc<EventHub>) -> Result<()> {
+    let mut cfg = url.config().map_err(StoreError::Unavailable)?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(timeout);
+    }
+    // A link that dies silently is noticed within about a minute.
+    cfg.keepalives(true);
+    cfg.keepalives_idle(Duration::from_secs(30));
+    match url.tls() {
+        url::TlsMode::Disable => {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(pg_err)?;
+            drive_listener(client, conn, hub).await
+        }
+        _ => {
+            let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
+            let (client, conn) = cfg.connect(tls).await.map_err(pg_err)?;
+            drive_listener(client, conn, hub).await
+        }
+    }
+}
+
+/// Listens on `client` until its connection ends.
+async fn drive_listener<S, T>(
+    client: tokio_postgres::Client,
+    mut conn: tokio_postgres::Connection<S, T>,
+    hub: &Arc<EventHub>,
+) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures::StreamExt;
+    let wake = hub.clone();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => wake.wake_queue(n.payload()),
+                Ok(_) => {}
+                Err(e) => return Err(pg_err(e)),
+            }
+        }
+        Ok(())
+    });
+    let listened = client.batch_execute(sql::WORK_LISTEN).await.map_err(pg_err);
+    if let Err(e) = listened {
+        driver.abort();
+        return Err(e);
+    }
+    // Listening now: whatever was enqueued before (or while reconnecting) is looked for at once.
+    hub.wake_all_work();
+    let r = driver.await;
+    drop(client);
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Unavailable(format!("wake-up listener: {e}"))),
     }
 }

@@ -1,0 +1,671 @@
+//! The real `spool serve` and `spool work` binaries on a PostgreSQL database (a fresh one per test
+//! on the throw-away PostgreSQL 15 of `tests/pg/`): the HTTP API, idempotency across two servers
+//! on one database, SSE resume, a worker in another process, and 503 (never 500) when the
+//! database cannot be reached.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod pg;
+
+use common::{client, eventually, serve, spawn, write_config, Server};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// A server on its own directory (config, `admin.token`, logs).
+struct Env {
+    srv: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.srv
+    }
+}
+
+/// `spool serve` on the database at `url`, `extra` appended to its config.
+fn start(url: &str, extra: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("{extra}\n[database]\nurl = {url:?}\n"));
+    let srv = serve(&cfg, &[]);
+    Env { srv, _dir: dir }
+}
+
+/// Two servers on one fresh database; both use the admin token the first one wrote.
+async fn two_servers(extra: &str) -> (Env, Env) {
+    let url = pg::server().fresh_db().await;
+    let a = start(&url, extra);
+    let mut b = start(&url, extra);
+    assert!(
+        b.srv.token.is_empty(),
+        "only the first start writes a token"
+    );
+    b.srv.token = a.token.clone();
+    (a, b)
+}
+
+async fn post(c: &Client, s: &Server, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = c
+        .post(s.url(path))
+        .bearer_auth(&s.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status();
+    (st, r.json().await.unwrap())
+}
+
+async fn get(c: &Client, s: &Server, path: &str) -> (StatusCode, Value) {
+    let r = c
+        .get(s.url(path))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status();
+    (st, r.json().await.unwrap())
+}
+
+async fn create(c: &Client, s: &Server, body: Value) -> String {
+    let (st, t) = post(c, s, "/v1/tasks", body).await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    t["id"].as_str().unwrap().to_string()
+}
+
+/// One event of a text/event-stream.
+#[derive(Debug, Default)]
+struct Ev {
+    event: Option<String>,
+    id: Option<String>,
+    data: Option<String>,
+}
+
+impl Ev {
+    fn name(&self) -> &str {
+        self.event.as_deref().unwrap_or("message")
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().unwrap_or("null")).unwrap()
+    }
+}
+
+/// A text/event-stream read block by block.
+struct Stream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Stream {
+    async fn open(c: &Client, s: &Server, path: &str, last_event_id: Option<&str>) -> Stream {
+        let mut rb = c.get(s.url(path)).bearer_auth(&s.token);
+        if let Some(id) = last_event_id {
+            rb = rb.header("Last-Event-ID", id);
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(10), rb.send())
+            .await
+            .expect("no response headers within 10 s")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        Stream {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event with data (keep-alives and `retry:` skipped); None at the end.
+    async fn next(&mut self) -> Option<Ev> {
+        let fut = async {
+            loop {
+                if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                    let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                    let mut ev = Ev::default();
+                    for line in String::from_utf8(block).unwrap().lines() {
+                        let (f, v) = match line.split_once(':') {
+                            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                            None => (line, ""),
+                        };
+                        match f {
+                            "event" => ev.event = Some(v.to_string()),
+                            "id" => ev.id = Some(v.to_string()),
+                            "data" => ev.data = Some(v.to_string()),
+                            _ => {}
+                        }
+                    }
+                    if ev.data.is_some() {
+                        return Some(ev);
+                    }
+                    continue;
+                }
+                match self.resp.chunk().await.unwrap() {
+                    Some(b) => self.buf.extend(b.iter().filter(|b| **b != b'\r')),
+                    None => return None,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), fut)
+            .await
+            .expect("no SSE event within 15 s")
+    }
+
+    /// The next event, which must be named `name`.
+    async fn expect(&mut self, name: &str) -> Ev {
+        let ev = self.next().await.expect("the stream ended");
+        assert_eq!(ev.name(), name, "{ev:?}");
+        ev
+    }
+}
+
+// ---- the API -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_created_read_listed_canceled_and_retried_over_http_on_postgres() {
+    let url = pg::server().fresh_db().await;
+    let s = start(&url, "[worker]\nconcurrency = 0");
+    let c = client();
+
+    let id = create(
+        &c,
+        &s,
+        json!({"kind": "spool.noop", "payload": {"n": 1}, "queue": "q"}),
+    )
+    .await;
+    let (st, t) = get(&c, &s, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    assert_eq!(t["status"], "pending");
+    assert_eq!(t["payload"], json!({"n": 1}));
+    assert_eq!(t["queue"], "q");
+
+    let other = create(&c, &s, json!({"kind": "spool.noop"})).await;
+    let (st, list) = get(&c, &s, "/v1/tasks?limit=1").await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    assert_eq!(list["tasks"][0]["id"], other.as_str(), "newest first");
+    let cursor = list["next_cursor"].as_str().unwrap().to_string();
+    let (_, page2) = get(&c, &s, &format!("/v1/tasks?limit=1&cursor={cursor}")).await;
+    assert_eq!(page2["tasks"][0]["id"], id.as_str());
+    assert_eq!(page2["tasks"].as_array().unwrap().len(), 1);
+    let (_, q) = get(&c, &s, "/v1/tasks?queue=q").await;
+    assert_eq!(q["tasks"].as_array().unwrap().len(), 1);
+
+    let (st, t) = post(&c, &s, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(
+        (st, t["status"].as_str()),
+        (StatusCode::OK, Some("canceled"))
+    );
+    let (st, e) = post(&c, &s, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "conflict");
+    let (st, t) = post(&c, &s, &format!("/v1/tasks/{id}/retry"), json!({})).await;
+    assert_eq!(
+        (st, t["status"].as_str()),
+        (StatusCode::OK, Some("pending"))
+    );
+    assert_eq!(t["attempts"], 0);
+    let (st, e) = post(&c, &s, &format!("/v1/tasks/{id}/retry"), json!({})).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+
+    let (st, e) = get(&c, &s, &format!("/v1/tasks/{}", uuid::Uuid::now_v7())).await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_on_two_servers_makes_one_task() {
+    let (a, b) = two_servers("[worker]\nconcurrency = 0").await;
+    let body = json!({"kind": "spool.noop", "payload": {"x": 1}});
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let url = if i % 2 == 0 {
+            a.url("/v1/tasks")
+        } else {
+            b.url("/v1/tasks")
+        };
+        let (tok, body) = (a.token.clone(), body.clone());
+        calls.push(tokio::spawn(async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(tok)
+                .header("Idempotency-Key", "one-key")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let st = r.status();
+            (st, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut created = 0;
+    for call in calls {
+        let (st, t) = call.await.unwrap();
+        assert!(
+            st == StatusCode::CREATED || st == StatusCode::OK,
+            "{st} {t}"
+        );
+        created += usize::from(st == StatusCode::CREATED);
+        ids.insert(t["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "every answer names one task: {ids:?}");
+    assert_eq!(created, 1, "exactly one request created it");
+    let c = client();
+    let (_, list) = get(&c, &b, "/v1/tasks").await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 1, "{list}");
+
+    // The key with another body, on either server: 422, nothing new.
+    for s in [&a, &b] {
+        let r = c
+            .post(s.url("/v1/tasks"))
+            .bearer_auth(&a.token)
+            .header("Idempotency-Key", "one-key")
+            .json(&json!({"kind": "spool.noop", "payload": {"x": 2}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "idempotency_mismatch", "{e}");
+    }
+    let (_, list) = get(&c, &a, "/v1/tasks").await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 1, "{list}");
+}
+
+// ---- SSE -----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_streams_resume_after_last_event_id_with_messages_from_the_other_server() {
+    let (a, b) = two_servers("[worker]\nconcurrency = 0").await;
+    let c = client();
+    let id = create(&c, &a, json!({"kind": "spool.noop"})).await;
+    let msgs = format!("/v1/tasks/{id}/messages");
+    let say = |i: i64| {
+        let (c, b, msgs) = (c.clone(), &b, msgs.clone());
+        async move {
+            let (st, m) = post(&c, b, &msgs, json!({"kind": "log", "content": {"i": i}})).await;
+            assert_eq!(st, StatusCode::CREATED, "{m}");
+        }
+    };
+    for i in 1..=3 {
+        say(i).await;
+    }
+
+    // On server A: the status, then the three messages written through B.
+    let events = format!("/v1/tasks/{id}/events");
+    let mut s = Stream::open(&c, &a, &events, None).await;
+    assert_eq!(s.expect("status").await.json()["status"], "pending");
+    let mut seen = Vec::new();
+    let mut last_id = String::new();
+    for _ in 0..2 {
+        let ev = s.expect("message").await;
+        seen.push(ev.json()["content"]["i"].as_i64().unwrap());
+        last_id = ev.id.clone().unwrap();
+    }
+    drop(s);
+
+    // Missed while away: message 3 and more; then live ones; then the end.
+    for i in 4..=6 {
+        say(i).await;
+    }
+    let mut s = Stream::open(&c, &a, &events, Some(&last_id)).await;
+    assert_eq!(s.expect("status").await.json()["status"], "pending");
+    for _ in 0..4 {
+        seen.push(
+            s.expect("message").await.json()["content"]["i"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    say(7).await;
+    seen.push(
+        s.expect("message").await.json()["content"]["i"]
+            .as_i64()
+            .unwrap(),
+    );
+    let (st, _) = post(&c, &b, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    loop {
+        let ev = s.next().await.expect("the stream ended without `end`");
+        match ev.name() {
+            "status" => continue,
+            "end" => {
+                assert_eq!(ev.json()["status"], "canceled");
+                break;
+            }
+            other => panic!("unexpected {other}: {ev:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=7).collect::<Vec<i64>>(),
+        "every message once, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_resumes_after_last_event_id_with_the_other_servers_changes() {
+    let (a, b) = two_servers("[worker]\nconcurrency = 0").await;
+    let c = client();
+    let mut s = Stream::open(&c, &a, "/v1/events", None).await;
+    let t1 = create(&c, &b, json!({"kind": "spool.noop"})).await;
+    let ev = s.expect("status").await;
+    assert_eq!(
+        (ev.json()["id"].as_str(), ev.json()["status"].as_str()),
+        (Some(t1.as_str()), Some("pending"))
+    );
+    let seen: i64 = ev.id.unwrap().parse().unwrap();
+    drop(s);
+
+    let (st, _) = post(&c, &b, &format!("/v1/tasks/{t1}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    let t2 = create(&c, &b, json!({"kind": "spool.noop"})).await;
+    let mut s = Stream::open(&c, &a, "/v1/events", Some(&seen.to_string())).await;
+    let mut got = Vec::new();
+    let mut last = seen;
+    for _ in 0..2 {
+        let ev = s.expect("status").await;
+        let id: i64 = ev.id.as_deref().unwrap().parse().unwrap();
+        assert!(id > last, "ids rise: {id} after {last}");
+        last = id;
+        let t = ev.json();
+        got.push((
+            t["id"].as_str().unwrap().to_string(),
+            t["status"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (t1, "canceled".to_string()),
+            (t2.clone(), "pending".to_string())
+        ]
+    );
+
+    // And live from there, a change made through B.
+    let (st, _) = post(&c, &b, &format!("/v1/tasks/{t2}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    let t = s.expect("status").await.json();
+    assert_eq!(
+        (t["id"].as_str(), t["status"].as_str()),
+        (Some(t2.as_str()), Some("canceled"))
+    );
+}
+
+// ---- a worker in another process -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_work_process_runs_tasks_enqueued_through_a_serve_with_no_slots() {
+    let url = pg::server().fresh_db().await;
+    let s = start(&url, "[worker]\nconcurrency = 0\npoll_interval_ms = 100\n[kinds.shout]\ncommand = [\"sh\", \"-c\", \"cat; echo '{\\\"kind\\\":\\\"progress\\\",\\\"n\\\":1}'\"]\n");
+    let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
+    let c = client();
+    let noop = create(&c, &s, json!({"kind": "spool.noop"})).await;
+    let sleep = create(
+        &c,
+        &s,
+        json!({"kind": "spool.sleep", "payload": {"ms": 50}}),
+    )
+    .await;
+    let cmd = create(&c, &s, json!({"kind": "shout", "payload": {"hello": "pg"}})).await;
+    for id in [&noop, &sleep, &cmd] {
+        let t = s.wait_terminal(id).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["attempts"], 1, "{t}");
+    }
+    let (st, m) = get(&c, &s, &format!("/v1/tasks/{cmd}/messages")).await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    assert!(
+        !m["messages"].as_array().unwrap().is_empty(),
+        "the command's output reached the database: {m}"
+    );
+}
+
+// ---- the database out of reach ---------------------------------------------------------------
+
+/// A loopback TCP relay to the test PostgreSQL that the test can cut (every connection closed,
+/// new ones refused) and restore on the same port.
+struct Relay {
+    port: u16,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = Relay {
+            port,
+            tasks: Default::default(),
+        };
+        r.serve(l);
+        r
+    }
+
+    fn serve(&self, l: tokio::net::TcpListener) {
+        let tasks = self.tasks.clone();
+        let pg_port = pg::server().port;
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = l.accept().await else {
+                    return;
+                };
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", pg_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Closes every connection and the listening port.
+    async fn cut(&self) {
+        let all: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in all {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    async fn restore(&self) {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.serve(l);
+    }
+
+    /// The URL of database `db` through this relay.
+    fn url(&self, direct: &str) -> String {
+        let db = direct.rsplit('/').next().unwrap();
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_503_never_500_while_postgres_is_out_of_reach_and_recovers() {
+    let relay = Relay::start().await;
+    let url = relay.url(&pg::server().fresh_db().await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("[worker]\nconcurrency = 0\n[database]\nurl = {url:?}\nbusy_timeout_ms = 1000\n"),
+    );
+    let s = serve(&cfg, &[]);
+    let c = client();
+    let id = create(&c, &s, json!({"kind": "spool.noop"})).await;
+
+    relay.cut().await;
+    let answers = [
+        ("GET", "/v1/tasks".to_string()),
+        ("GET", format!("/v1/tasks/{id}")),
+        ("POST", "/v1/tasks".to_string()),
+        ("POST", format!("/v1/tasks/{id}/cancel")),
+    ];
+    for (method, path) in &answers {
+        for _ in 0..2 {
+            let rb = match *method {
+                "GET" => c.get(s.url(path)),
+                _ => c.post(s.url(path)).json(&json!({"kind": "spool.noop"})),
+            };
+            let r = rb.bearer_auth(&s.token).send().await.unwrap();
+            assert_eq!(
+                r.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{method} {path}"
+            );
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "unavailable", "{method} {path}: {e}");
+        }
+    }
+    let r = c.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/readyz while down"
+    );
+
+    relay.restore().await;
+    let back = eventually(
+        Duration::from_secs(30),
+        "the server to reach the database again",
+        || async {
+            let (st, t) = get(&c, &s, &format!("/v1/tasks/{id}")).await;
+            (st == StatusCode::OK).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(
+        back["status"], "pending",
+        "the cancel answered 503 was not committed: {back}"
+    );
+    let (_, list) = get(&c, &s, "/v1/tasks").await;
+    assert_eq!(
+        list["tasks"].as_array().unwrap().len(),
+        1,
+        "the POSTs answered 503 wrote nothing"
+    );
+    assert!(!s.proc.stderr().contains("panicked"), "{}", s.proc.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_postgres_down_at_start_exits_with_a_one_line_error_not_a_panic() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://postgres:secret@127.0.0.1:{port}/spool");
+    let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}\n"));
+    for cmd in ["serve", "work"] {
+        let mut p = spawn(&[cmd], &cfg, &[("RUST_LOG", "off")]);
+        let status = p
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("spool {cmd} did not exit"));
+        assert!(!status.success(), "{cmd}: {status:?}");
+        assert!(
+            status.code().is_some(),
+            "{cmd}: ended by a signal: {status:?}"
+        );
+        let err = p.stderr();
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{cmd}: one line: {err}");
+        assert!(lines[0].starts_with("error: "), "{cmd}: {err}");
+        assert!(
+            !err.contains("secret"),
+            "{cmd}: the password is not shown: {err}"
+        );
+    }
+}
+
+// ---- wake-ups across processes (LISTEN/NOTIFY) ------------------------------------------------
+
+/// Waits until `n` sessions on database `db` other than `c`'s own listen for wake-ups.
+async fn until_listeners(c: &tokio_postgres::Client, db: &str, n: i64) {
+    eventually(Duration::from_secs(30), "the wake-up listeners", || async {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND query LIKE '%LISTEN spool_work%' AND pid <> pg_backend_pid()",
+                &[&db],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) >= n).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_another_process_is_woken_by_notify_not_by_its_poll_even_after_its_listener_is_cut(
+) {
+    let url = pg::server().fresh_db().await;
+    let db = url.rsplit('/').next().unwrap().to_string();
+    // Polling once every 60 s: a start within seconds is the notification's doing.
+    let s = start(&url, "[worker]\nconcurrency = 0\npoll_interval_ms = 60000");
+    let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
+    let pg = pg::server().client(&url).await;
+    until_listeners(&pg, &db, 2).await;
+    let c = client();
+    let run = |s: &Env| {
+        let c = c.clone();
+        let (base, tok) = (s.url("/v1/tasks"), s.token.clone());
+        async move {
+            let r = c
+                .post(base.clone())
+                .bearer_auth(&tok)
+                .json(&json!({"kind": "spool.noop"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let id = r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            eventually(
+                Duration::from_secs(5),
+                "the task to run (woken, not polled)",
+                || async {
+                    let t: Value = c
+                        .get(format!("{base}/{id}"))
+                        .bearer_auth(&tok)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    (t["status"] == "completed").then_some(())
+                },
+            )
+            .await;
+        }
+    };
+    // Once the worker's first look found nothing and it sleeps: three tasks, one after another.
+    for _ in 0..3 {
+        run(&s).await;
+    }
+
+    // Its listening connection cut: it listens again, and tasks start as fast as before.
+    let killed = pg
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 \
+             AND query LIKE '%LISTEN spool_work%' AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(killed >= 2, "{killed}");
+    until_listeners(&pg, &db, 2).await;
+    for _ in 0..3 {
+        run(&s).await;
+    }
+}
