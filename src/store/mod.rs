@@ -9,6 +9,7 @@
 //! for many processes on many hosts sharing one database.
 
 pub mod postgres;
+pub(crate) mod rules;
 pub mod sqlite;
 
 pub use postgres::{PostgresOptions, PostgresStore, PostgresUrl};

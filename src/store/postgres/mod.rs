@@ -24,7 +24,7 @@ pub use migrate::LATEST_VERSION;
 pub use url::PostgresUrl;
 
 use super::{
-    ChangePage, ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted, Limits,
+    rules, ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, Limits,
     ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck,
     TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
@@ -408,19 +408,7 @@ async fn check_usage<C: GenericClient>(
         ),
         None => (0, 0),
     };
-    if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
-        return Err(StoreError::LimitReached {
-            what: "pending tasks per user",
-            limit: limits.pending_tasks_per_user,
-        });
-    }
-    if (stored.max(0) as u64).saturating_add(bytes) > limits.payload_bytes_per_user {
-        return Err(StoreError::LimitReached {
-            what: "payload bytes per user",
-            limit: limits.payload_bytes_per_user,
-        });
-    }
-    Ok(())
+    rules::check_usage(unfinished, stored, tasks, bytes, limits)
 }
 
 /// Quotas of the rows about to be written (new rows only).
@@ -429,52 +417,15 @@ async fn check_user_quotas<C: GenericClient>(
     waiting: &[(NewTask, String)],
     limits: &Limits,
 ) -> Result<()> {
-    if limits.pending_tasks_per_user == u64::MAX && limits.payload_bytes_per_user == u64::MAX {
+    if !rules::quotas_on(limits) {
         return Ok(());
     }
-    let mut adds: Vec<(&str, u64, u64)> = Vec::new();
-    for (t, payload) in waiting {
-        match adds.iter_mut().find(|(u, _, _)| *u == t.user_id) {
-            Some(a) => {
-                a.1 += 1;
-                a.2 += payload.len() as u64;
-            }
-            None => adds.push((&t.user_id, 1, payload.len() as u64)),
-        }
-    }
     // One order for every transaction: usage rows are locked by user id.
-    adds.sort_by(|a, b| a.0.cmp(b.0));
+    let adds = rules::usage_adds(waiting);
     for (user, tasks, bytes) in adds {
         check_usage(c, user, tasks, bytes, limits).await?;
     }
     Ok(())
-}
-
-/// The task a new row is, as inserted at `now`.
-fn inserted_task(t: NewTask, now: UnixMillis) -> Task {
-    Task {
-        id: t.id,
-        user_id: t.user_id,
-        queue: t.queue,
-        kind: t.kind,
-        status: TaskStatus::Pending,
-        priority: t.priority,
-        payload: t.payload,
-        result: None,
-        attempts: 0,
-        max_attempts: t.max_attempts,
-        last_error: None,
-        idempotency_key: t.idempotency_key,
-        run_at: t.run_at,
-        timeout_ms: t.timeout_ms,
-        cancel_requested: false,
-        lease_owner: None,
-        lease_expires_at: None,
-        created_at: now,
-        started_at: None,
-        completed_at: None,
-        updated_at: now,
-    }
 }
 
 /// Writes the waiting (unkeyed) rows in one statement and moves them, as the tasks they now
@@ -536,7 +487,7 @@ async fn write_rows<C: GenericClient>(
     .await?;
     for (t, _) in waiting.drain(..) {
         out.push(Inserted {
-            task: Arc::new(inserted_task(t, now)),
+            task: Arc::new(rules::inserted_task(t, now)),
             created: true,
         });
     }
@@ -600,7 +551,7 @@ async fn insert_tasks<C: GenericClient>(
             .await?;
             if inserted.is_some() {
                 out.push(Inserted {
-                    task: Arc::new(inserted_task(t, now)),
+                    task: Arc::new(rules::inserted_task(t, now)),
                     created: true,
                 });
                 continue;
@@ -840,13 +791,7 @@ impl Store for PostgresStore {
             }
         }
         tx.commit().await.map_err(pg_err)?;
-        // RETURNING does not keep the subquery's order.
-        claimed.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.run_at.cmp(&b.run_at))
-                .then(a.id.cmp(&b.id))
-        });
+        rules::sort_claimed(&mut claimed);
         events.extend(claimed.iter().map(|t| Event::Task(t.clone())));
         self.publish(events);
         Ok(claimed)
@@ -948,50 +893,11 @@ impl Store for PostgresStore {
             _ => None,
         };
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
-        match &check {
-            MessageCheck::User(_) | MessageCheck::Worker => {}
-            MessageCheck::Attempt(a) => {
-                if t.status != TaskStatus::Running || t.attempts != *a {
-                    return Err(StoreError::Conflict(format!(
-                        "attempt {a} of task {task_id} has ended"
-                    )));
-                }
-            }
-            MessageCheck::Lease { owner, attempt } => {
-                if t.status != TaskStatus::Running
-                    || t.attempts != *attempt
-                    || t.lease_owner.as_deref() != Some(owner.as_str())
-                {
-                    return Err(StoreError::Conflict(format!(
-                        "attempt {attempt} of task {task_id} no longer holds its lease"
-                    )));
-                }
-            }
-        }
-        if !matches!(check, MessageCheck::Worker) && t.status.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "task {task_id} is {} and takes no more messages",
-                t.status
-            )));
-        }
+        rules::message_allowed(&t, &check)?;
         // Messages are never deleted apart from their task: the count is the last position.
-        let n = count.max(0) as u64;
-        let (kind, content) = if n < cap {
-            (kind, content)
-        } else if matches!(check, MessageCheck::User(_)) {
-            return Err(StoreError::LimitReached {
-                what: "messages per task",
-                limit: cap,
-            });
-        } else if n == cap {
-            (
-                "truncated".to_string(),
-                serde_json::json!({
-                    "limit": cap,
-                    "message": format!("the task reached its limit of {cap} messages; later ones are dropped"),
-                }),
-            )
-        } else {
+        let Some((kind, content)) =
+            rules::capped_message(count.max(0) as u64, cap, &check, kind, content)?
+        else {
             return Ok(None);
         };
         let text = serde_json::to_string(&content).map_err(json_err)?;
@@ -1110,50 +1016,17 @@ impl Store for PostgresStore {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         let found = user_by_name(&tx, &p.name).await?;
-        let user = match (found, p.existing) {
-            (Some(_), ExistingUser::Refuse) => {
-                return Err(StoreError::Conflict(format!(
-                    "user {:?} already exists: pass --existing to add a token to it",
-                    p.name
-                )))
-            }
-            (None, ExistingUser::AddToken) => {
-                return Err(StoreError::Conflict(format!(
-                    "there is no user {:?} to add a token to (leave out --existing to create it)",
-                    p.name
-                )))
-            }
-            (Some(u), ExistingUser::AddToken) => {
-                if u.is_admin != p.admin {
-                    return Err(StoreError::Conflict(if u.is_admin {
-                        format!(
-                            "user {:?} is an admin: pass --admin to add a token to it",
-                            p.name
-                        )
-                    } else {
-                        format!(
-                            "user {:?} is not an admin; admin belongs to a user, not a token",
-                            p.name
-                        )
-                    }));
-                }
-                u
-            }
-            (None, ExistingUser::Refuse) => {
-                if p.name == ADMIN_NAME && !p.admin {
-                    return Err(StoreError::Conflict(format!(
-                        "the name {ADMIN_NAME:?} is reserved for an admin user"
-                    )));
-                }
-                insert_user(&tx, &p.name, None, p.admin, p.now)
-                    .await?
-                    .ok_or_else(|| {
-                        StoreError::Conflict(format!(
-                            "user {:?} already exists: pass --existing to add a token to it",
-                            p.name
-                        ))
-                    })?
-            }
+        let user = match rules::token_owner(found, &p)? {
+            Some(u) => u,
+            // A racing create of the same name wins; this one is refused as if it came later.
+            None => insert_user(&tx, &p.name, None, p.admin, p.now)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "user {:?} already exists: pass --existing to add a token to it",
+                        p.name
+                    ))
+                })?,
         };
         execute(&tx, sql::TOKEN_INSERT, &[&user.id, &p.token_hash, &p.now]).await?;
         tx.commit().await.map_err(pg_err)?;

@@ -49,13 +49,7 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
             remaining -= 1;
         }
     }
-    // RETURNING does not keep the subquery's order.
-    claimed.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.run_at.cmp(&b.run_at))
-            .then(a.id.cmp(&b.id))
-    });
+    crate::store::rules::sort_claimed(&mut claimed);
     events.extend(claimed.iter().map(|t| Event::Task(t.clone())));
     Ok((claimed, events))
 }

@@ -5,8 +5,8 @@ use super::writer::JobOutput;
 use super::{rows, sql};
 use crate::clock::UnixMillis;
 use crate::events::Event;
-use crate::store::{Inserted, Limits, Result, StoreError};
-use crate::task::{NewTask, Task, TaskStatus};
+use crate::store::{rules, Inserted, Limits, Result, StoreError};
+use crate::task::NewTask;
 use rusqlite::{named_params, Connection, OptionalExtension};
 use std::sync::Arc;
 
@@ -77,20 +77,10 @@ pub(super) fn check_user_quotas(
     waiting: &[(NewTask, String)],
     limits: &Limits,
 ) -> Result<()> {
-    if limits.pending_tasks_per_user == u64::MAX && limits.payload_bytes_per_user == u64::MAX {
+    if !rules::quotas_on(limits) {
         return Ok(());
     }
-    // Usually one user per call; a few at most.
-    let mut adds: Vec<(&str, u64, u64)> = Vec::new();
-    for (t, payload) in waiting {
-        match adds.iter_mut().find(|(u, _, _)| *u == t.user_id) {
-            Some(a) => {
-                a.1 += 1;
-                a.2 += payload.len() as u64;
-            }
-            None => adds.push((&t.user_id, 1, payload.len() as u64)),
-        }
-    }
+    let adds = rules::usage_adds(waiting);
     for (user, tasks, bytes) in adds {
         check_usage(conn, user, tasks, bytes, limits)?;
     }
@@ -113,19 +103,7 @@ pub(super) fn check_usage(
         })
         .optional()?
         .unwrap_or((0, 0));
-    if (unfinished.max(0) as u64).saturating_add(tasks) > limits.pending_tasks_per_user {
-        return Err(StoreError::LimitReached {
-            what: "pending tasks per user",
-            limit: limits.pending_tasks_per_user,
-        });
-    }
-    if (stored.max(0) as u64).saturating_add(bytes) > limits.payload_bytes_per_user {
-        return Err(StoreError::LimitReached {
-            what: "payload bytes per user",
-            limit: limits.payload_bytes_per_user,
-        });
-    }
-    Ok(())
+    rules::check_usage(unfinished, stored, tasks, bytes, limits)
 }
 
 pub(super) fn multi_insert_sql(rows: usize) -> String {
@@ -208,29 +186,7 @@ pub(super) fn write_rows(
     }
     for (t, _) in waiting.drain(..) {
         // The row is exactly what was inserted: build it here rather than read it back.
-        let task = Arc::new(Task {
-            id: t.id,
-            user_id: t.user_id,
-            queue: t.queue,
-            kind: t.kind,
-            status: TaskStatus::Pending,
-            priority: t.priority,
-            payload: t.payload,
-            result: None,
-            attempts: 0,
-            max_attempts: t.max_attempts,
-            last_error: None,
-            idempotency_key: t.idempotency_key,
-            run_at: t.run_at,
-            timeout_ms: t.timeout_ms,
-            cancel_requested: false,
-            lease_owner: None,
-            lease_expires_at: None,
-            created_at: now,
-            started_at: None,
-            completed_at: None,
-            updated_at: now,
-        });
+        let task = Arc::new(rules::inserted_task(t, now));
         out.push(Inserted {
             task,
             created: true,

@@ -26,13 +26,14 @@ use lookup::{get_owned, insert_user, messages_after, user_by_jwt, user_by_name};
 use writer::{writer_loop, WriteJob};
 
 use super::{
-    ChangePage, ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Inserted,
-    ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck,
-    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES,
+    ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, ListParams,
+    MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck, TokenCreate,
+    TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::queue::{self, CancelAction};
+use crate::store::rules;
 use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
 pub use migrate::LATEST_VERSION;
 use r2d2_sqlite::SqliteConnectionManager;
@@ -435,65 +436,26 @@ impl Store for SqliteStore {
         let wait = matches!(check, MessageCheck::Worker | MessageCheck::Lease { .. });
         let cap = self.limits.messages_per_task;
         self.write_one(wait, move |conn| {
-            let task = match &check {
-                MessageCheck::User(u) => Some(get_owned(conn, task_id, u.as_deref())?),
-                MessageCheck::Attempt(a) => Some(get_owned(conn, task_id, None).and_then(|t| {
-                    if t.status == TaskStatus::Running && t.attempts == *a {
-                        Ok(t)
-                    } else {
-                        Err(StoreError::Conflict(format!(
-                            "attempt {a} of task {task_id} has ended"
-                        )))
-                    }
-                })?),
-                MessageCheck::Lease { owner, attempt } => {
-                    let t = get_owned(conn, task_id, None)?;
-                    if t.status != TaskStatus::Running
-                        || t.attempts != *attempt
-                        || t.lease_owner.as_deref() != Some(owner.as_str())
-                    {
-                        return Err(StoreError::Conflict(format!(
-                            "attempt {attempt} of task {task_id} no longer holds its lease"
-                        )));
-                    }
-                    Some(t)
-                }
-                MessageCheck::Worker => None,
+            let scope = match &check {
+                MessageCheck::User(u) => u.as_deref(),
+                _ => None,
             };
-            if let Some(t) = task {
-                if t.status.is_terminal() {
-                    return Err(StoreError::Conflict(format!(
-                        "task {task_id} is {} and takes no more messages",
-                        t.status
-                    )));
-                }
+            if !matches!(check, MessageCheck::Worker) {
+                rules::message_allowed(&get_owned(conn, task_id, scope)?, &check)?;
             }
             let (kind, content) = if cap == u64::MAX {
                 (kind, content)
             } else {
                 let n: i64 = conn
                     .prepare_cached(sql::MESSAGE_COUNT_GET)?
-                    .query_row(named_params! {":task_id": task_id.to_string()}, |r| r.get(0))
+                    .query_row(named_params! {":task_id": task_id.to_string()}, |r| {
+                        r.get(0)
+                    })
                     .optional()?
                     .unwrap_or(0);
-                let n = n.max(0) as u64;
-                if n < cap {
-                    (kind, content)
-                } else if matches!(check, MessageCheck::User(_)) {
-                    return Err(StoreError::LimitReached {
-                        what: "messages per task",
-                        limit: cap,
-                    });
-                } else if n == cap {
-                    (
-                        "truncated".to_string(),
-                        serde_json::json!({
-                            "limit": cap,
-                            "message": format!("the task reached its limit of {cap} messages; later ones are dropped"),
-                        }),
-                    )
-                } else {
-                    return Ok((None, Vec::new()));
+                match rules::capped_message(n.max(0) as u64, cap, &check, kind, content)? {
+                    Some(m) => m,
+                    None => return Ok((None, Vec::new())),
                 }
             };
             let text = serde_json::to_string(&content).map_err(json_err)?;
@@ -548,43 +510,9 @@ impl Store for SqliteStore {
     async fn token_create(&self, p: TokenCreate) -> Result<User> {
         self.write(true, move |conn| {
             let found = user_by_name(conn, &p.name)?;
-            let user = match (found, p.existing) {
-                (Some(_), ExistingUser::Refuse) => {
-                    return Err(StoreError::Conflict(format!(
-                        "user {:?} already exists: pass --existing to add a token to it",
-                        p.name
-                    )))
-                }
-                (None, ExistingUser::AddToken) => {
-                    return Err(StoreError::Conflict(format!(
-                    "there is no user {:?} to add a token to (leave out --existing to create it)",
-                    p.name
-                )))
-                }
-                (Some(u), ExistingUser::AddToken) => {
-                    if u.is_admin != p.admin {
-                        return Err(StoreError::Conflict(if u.is_admin {
-                            format!(
-                                "user {:?} is an admin: pass --admin to add a token to it",
-                                p.name
-                            )
-                        } else {
-                            format!(
-                                "user {:?} is not an admin; admin belongs to a user, not a token",
-                                p.name
-                            )
-                        }));
-                    }
-                    u
-                }
-                (None, ExistingUser::Refuse) => {
-                    if p.name == ADMIN_NAME && !p.admin {
-                        return Err(StoreError::Conflict(format!(
-                            "the name {ADMIN_NAME:?} is reserved for an admin user"
-                        )));
-                    }
-                    insert_user(conn, &p.name, None, p.admin, p.now)?
-                }
+            let user = match rules::token_owner(found, &p)? {
+                Some(u) => u,
+                None => insert_user(conn, &p.name, None, p.admin, p.now)?,
             };
             conn.prepare_cached(sql::TOKEN_INSERT)?
                 .execute(named_params! {
@@ -1204,6 +1132,7 @@ impl From<r2d2::Error> for StoreError {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::store::ExistingUser;
 
     #[tokio::test]
     async fn users_are_found_by_token_name_and_id_and_a_jwt_user_is_another_user() {
