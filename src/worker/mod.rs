@@ -607,11 +607,15 @@ impl WorkerPool {
             }
         }
 
-        // Stop: no more claims; prefetched tasks not yet started are given back at once; let
+        // Stop: no more claims; prefetched tasks no slot can take are given back at once; let
         // running attempts finish within the grace period.
         tracker.close();
         if let Ok(r) = self.running.lock() {
-            for e in r.values().filter(|e| !e.started) {
+            // Claimed tasks that a free slot takes now still run (a claim just made has not
+            // taken its slot yet); the rest, prefetched beyond the slots, are given back.
+            let mut waiting: Vec<&Running> = r.values().filter(|e| !e.started).collect();
+            waiting.sort_by_key(|e| e.seq);
+            for e in waiting.into_iter().skip(self.slots.available_permits()) {
                 e.stop(StopReason::Shutdown);
             }
         }
