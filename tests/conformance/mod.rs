@@ -30,6 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod admission;
+pub use admission::*;
+
 /// A fixed "now" every test starts from.
 pub const T0: i64 = 1_800_000_000_000;
 /// The lease length the tests claim with.
@@ -116,6 +119,11 @@ macro_rules! suite {
             workers_heartbeat_and_are_removed,
             schema_version_and_ping_write,
             a_closed_store_refuses_writes,
+            per_key_limit_skips_a_full_key_without_blocking_others,
+            per_key_claims_go_round_robin_by_key_within_a_priority,
+            global_concurrency_counts_every_stores_running_tasks,
+            rate_limit_is_one_bucket_shared_by_every_store,
+            racing_claims_never_over_admit,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -145,6 +153,7 @@ pub fn task(queue: &str, max_attempts: u32, priority: i32, run_at: i64) -> NewTa
         timeout_ms: 1000,
         idempotency_key: None,
         request_hash: None,
+        concurrency_key: None,
     }
 }
 
@@ -168,6 +177,7 @@ async fn claim_in(s: &dyn Store, owner: &str, queue: &str, n: u32, now: i64) -> 
         queues: vec![QueueClaim {
             queue: queue.into(),
             limit: n,
+            admission: None,
         }],
         total: n,
         lease_ms: LEASE,
@@ -339,10 +349,12 @@ pub async fn per_queue_claims_share_one_total<B: Backend>(b: &B) {
                 QueueClaim {
                     queue: "a".into(),
                     limit: 2,
+                    admission: None,
                 },
                 QueueClaim {
                     queue: "b".into(),
                     limit: 5,
+                    admission: None,
                 },
             ],
             total: 4,
@@ -446,6 +458,7 @@ pub async fn a_claim_without_rescue_leaves_expired_leases_alone<B: Backend>(b: &
             queues: vec![QueueClaim {
                 queue: "default".into(),
                 limit: 1,
+                admission: None,
             }],
             total: 1,
             lease_ms: LEASE,
@@ -1514,6 +1527,7 @@ pub async fn two_stores_on_one_database_never_claim_the_same_task<B: Backend>(b:
                     queues: vec![QueueClaim {
                         queue: "default".into(),
                         limit: 7,
+                        admission: None,
                     }],
                     total: 7,
                     lease_ms: 60_000,

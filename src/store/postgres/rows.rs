@@ -33,6 +33,7 @@ pub(super) fn task(r: &Row) -> Result<Task> {
         started_at: r.try_get("started_at").map_err(pg_err)?,
         completed_at: r.try_get("completed_at").map_err(pg_err)?,
         updated_at: r.try_get("updated_at").map_err(pg_err)?,
+        concurrency_key: r.try_get("concurrency_key").map_err(pg_err)?,
     })
 }
 

@@ -32,6 +32,7 @@ pub(crate) struct TaskColumns {
     started_at: usize,
     completed_at: usize,
     updated_at: usize,
+    concurrency_key: usize,
 }
 
 impl TaskColumns {
@@ -61,6 +62,7 @@ impl TaskColumns {
             started_at: c("started_at")?,
             completed_at: c("completed_at")?,
             updated_at: c("updated_at")?,
+            concurrency_key: c("concurrency_key")?,
         })
     }
 
@@ -95,6 +97,7 @@ impl TaskColumns {
             started_at: r.get(self.started_at)?,
             completed_at: r.get(self.completed_at)?,
             updated_at: r.get(self.updated_at)?,
+            concurrency_key: r.get(self.concurrency_key)?,
         })
     }
 
