@@ -381,6 +381,14 @@ impl Spool {
     /// The worker could not register in the database.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AppError> {
         let pruner = self.spawn_pruner(shutdown.clone());
+        // Every serve and work process runs the scheduler: firings are idempotent, so any
+        // number of them fire each time once, and one of them alive is enough.
+        let scheduler = tokio::spawn(crate::schedule::run(
+            self.store.clone(),
+            self.cfg.clone(),
+            self.clock.clone(),
+            shutdown.clone(),
+        ));
         let res = if self.cfg.worker.concurrency > 0 {
             let pool = WorkerPool::new(
                 self.store.clone(),
@@ -395,6 +403,8 @@ impl Spool {
             Ok(())
         };
         pruner.abort();
+        scheduler.abort();
+        let _ = scheduler.await;
         res
     }
 

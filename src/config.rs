@@ -117,6 +117,18 @@ struct RawConfig {
     queues: BTreeMap<String, RawQueue>,
     #[serde(default)]
     kinds: BTreeMap<String, RawKind>,
+    #[serde(default)]
+    schedules: BTreeMap<String, RawSchedule>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: Option<String>,
+    timezone: Option<String>,
+    task: Option<crate::schedule::ScheduleTask>,
+    catch_up: Option<String>,
+    catch_up_max: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -269,6 +281,8 @@ pub struct Config {
     pub kinds: BTreeMap<String, KindConfig>,
     /// `[auth]`: bearer tokens besides spool's own.
     pub auth: AuthConfig,
+    /// `[schedules.NAME]`: cron schedules, upserted into the database at start.
+    pub schedules: Vec<crate::schedule::ScheduleSpec>,
 }
 
 /// Whether loading the config reads the secrets that only running workers and the server need
@@ -980,7 +994,29 @@ impl Config {
                 .transpose()?,
         };
 
-        Ok(Config {
+        let mut schedules = Vec::new();
+        for (name, r) in raw.schedules {
+            let field = format!("schedules.{name}");
+            let spec = crate::schedule::ScheduleSpec {
+                name: name.clone(),
+                cron: r
+                    .cron
+                    .ok_or_else(|| invalid(format!("{field}.cron"), "a schedule needs cron"))?,
+                timezone: r.timezone.unwrap_or_else(|| "UTC".into()),
+                task: r
+                    .task
+                    .ok_or_else(|| invalid(format!("{field}.task"), "a schedule needs a task"))?,
+                catch_up: crate::schedule::CatchUp::parse(r.catch_up.as_deref().unwrap_or("latest"))
+                    .map_err(|e| invalid(format!("{field}.catch_up"), e))?,
+                catch_up_max: r
+                    .catch_up_max
+                    .unwrap_or(crate::schedule::DEFAULT_CATCH_UP_MAX),
+            };
+            schedules.push(spec);
+        }
+
+        let cfg = Config {
+            schedules,
             auth,
             listen,
             data_dir,
@@ -1010,7 +1046,12 @@ impl Config {
             limits,
             queues: queues_cfg,
             kinds,
-        })
+        };
+        for spec in &cfg.schedules {
+            spec.validate(&cfg)
+                .map_err(|e| invalid(format!("schedules.{}", spec.name), e))?;
+        }
+        Ok(cfg)
     }
 
     /// The database file of the SQLite store. With PostgreSQL there is none: this is where

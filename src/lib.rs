@@ -15,6 +15,7 @@
 //! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |
 //! | http | [`http`] | routes, auth, errors, SSE, long poll, the change feed of `/v1/events` | hold task state |
 //! | jwt | [`jwt`] | checking an identity provider's JWTs, its cached JWKS | know users or SQL |
+//! | schedule | [`schedule`] | cron schedules: firing times (pure) and the scheduler loop | touch SQL |
 //! | config | [`config`] | the typed configuration | be read after start |
 //! | labels | [`labels`] | which kind and queue names may be metric labels | admit user-chosen names |
 //! | drill | [`drill`] | the restore drill: restore the replica, check it, compare | touch the live file but to read it |
@@ -32,6 +33,7 @@ pub mod http;
 pub mod jwt;
 pub mod labels;
 pub mod queue;
+pub mod schedule;
 pub mod store;
 pub mod task;
 pub mod token;

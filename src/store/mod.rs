@@ -151,6 +151,33 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// A cron schedule as stored (see [`crate::schedule`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRow {
+    /// Its name.
+    pub name: String,
+    /// The cron expression.
+    pub cron: String,
+    /// IANA time zone name.
+    pub timezone: String,
+    /// The task each firing enqueues (JSON, as `POST /v1/tasks` without a key).
+    pub task: Value,
+    /// `skip`, `latest` or `all`.
+    pub catch_up: String,
+    /// Missed firings `all` enqueues at most.
+    pub catch_up_max: u32,
+    /// `config` or `api`.
+    pub source: String,
+    /// The newest firing handled (fired or skipped).
+    pub last_fire_at: Option<UnixMillis>,
+    /// The task the newest firing enqueued.
+    pub last_task_id: Option<String>,
+    /// When it was first stored.
+    pub created_at: UnixMillis,
+    /// Its last change.
+    pub updated_at: UnixMillis,
+}
+
 /// A queue's token bucket as stored: tokens at `updated_at`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bucket {
@@ -626,6 +653,50 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// `Unavailable` or a database error.
     async fn queue_set_paused(&self, name: String, paused: bool, now: UnixMillis) -> Result<()>;
+
+    // ---- schedules ----------------------------------------------------------------------------
+
+    /// Every schedule, by name.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRow>>;
+
+    /// Creates or replaces a schedule's definition, keeping its last firing. With `config`
+    /// false (the API) a config schedule of that name is not touched: `Conflict`.
+    ///
+    /// # Errors
+    /// `Conflict`, `Unavailable` or a database error.
+    async fn schedule_put(
+        &self,
+        row: ScheduleRow,
+        config: bool,
+        now: UnixMillis,
+    ) -> Result<ScheduleRow>;
+
+    /// Deletes an API schedule; false when there is none of that name (config ones are kept).
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn schedule_delete(&self, name: String) -> Result<bool>;
+
+    /// Deletes the config schedules not named in `keep`; returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn schedule_prune_config(&self, keep: Vec<String>) -> Result<usize>;
+
+    /// Records that a schedule handled its firings up to `at` (it never moves back) and the task
+    /// the newest enqueued.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn schedule_fired(
+        &self,
+        name: String,
+        at: UnixMillis,
+        task_id: Option<String>,
+    ) -> Result<()>;
 
     // ---- users and tokens -------------------------------------------------------------------
 

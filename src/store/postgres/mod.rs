@@ -18,6 +18,7 @@
 mod admission;
 pub(crate) mod migrate;
 mod rows;
+mod schedules;
 mod sql;
 pub mod url;
 
@@ -1010,6 +1011,41 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(by.into_values().collect())
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<super::ScheduleRow>> {
+        let c = self.conn().await?;
+        schedules::list(&c).await
+    }
+
+    async fn schedule_put(
+        &self,
+        row: super::ScheduleRow,
+        config: bool,
+        now: UnixMillis,
+    ) -> Result<super::ScheduleRow> {
+        let c = self.conn().await?;
+        schedules::put(&c, &row, config, now).await
+    }
+
+    async fn schedule_delete(&self, name: String) -> Result<bool> {
+        let c = self.conn().await?;
+        schedules::delete(&c, &name).await
+    }
+
+    async fn schedule_prune_config(&self, keep: Vec<String>) -> Result<usize> {
+        let c = self.conn().await?;
+        schedules::prune_config(&c, &keep).await
+    }
+
+    async fn schedule_fired(
+        &self,
+        name: String,
+        at: UnixMillis,
+        task_id: Option<String>,
+    ) -> Result<()> {
+        let c = self.conn().await?;
+        schedules::fired(&c, &name, at, task_id.as_deref()).await
     }
 
     async fn queue_buckets(&self) -> Result<Vec<(String, super::Bucket)>> {

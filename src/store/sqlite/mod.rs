@@ -18,6 +18,7 @@ mod insert;
 mod lookup;
 pub(crate) mod migrate;
 mod rows;
+mod schedules;
 pub(crate) mod sql;
 mod writer;
 
@@ -885,6 +886,49 @@ impl Store for SqliteStore {
     ///
     /// # Errors
     /// A database error.
+    async fn schedule_list(&self) -> Result<Vec<super::ScheduleRow>> {
+        self.read(schedules::list).await
+    }
+
+    async fn schedule_put(
+        &self,
+        row: super::ScheduleRow,
+        config: bool,
+        now: UnixMillis,
+    ) -> Result<super::ScheduleRow> {
+        self.write_one(false, move |conn| {
+            Ok((schedules::put(conn, &row, config, now)?, Vec::new()))
+        })
+        .await
+    }
+
+    async fn schedule_delete(&self, name: String) -> Result<bool> {
+        self.write_one(false, move |conn| Ok((schedules::delete(conn, &name)?, Vec::new())))
+            .await
+    }
+
+    async fn schedule_prune_config(&self, keep: Vec<String>) -> Result<usize> {
+        self.write_one(true, move |conn| {
+            Ok((schedules::prune_config(conn, &keep)?, Vec::new()))
+        })
+        .await
+    }
+
+    async fn schedule_fired(
+        &self,
+        name: String,
+        at: UnixMillis,
+        task_id: Option<String>,
+    ) -> Result<()> {
+        self.write_one(true, move |conn| {
+            Ok((
+                schedules::fired(conn, &name, at, task_id.as_deref())?,
+                Vec::new(),
+            ))
+        })
+        .await
+    }
+
     async fn queue_buckets(&self) -> Result<Vec<(String, super::Bucket)>> {
         self.read(|conn| {
             let mut st = conn.prepare_cached(admission::TOKENS_LIST)?;
