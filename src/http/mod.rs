@@ -8,6 +8,7 @@ pub mod feed;
 pub mod limits;
 pub mod openapi;
 mod queues;
+mod schedules;
 pub mod serve;
 mod sse;
 mod tasks;
@@ -113,6 +114,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route("/v1/schedules", get(schedules::list))
+        .route(
+            "/v1/schedules/{name}",
+            axum::routing::put(schedules::put).delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/trigger", post(schedules::trigger))
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of the API, generated from the handlers' annotations and the
 //! request/response types (utoipa). Served at `GET /openapi.json`.
 
-use super::{queues, sse, tasks};
+use super::{queues, schedules, sse, tasks};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -154,6 +154,45 @@ pub struct QueueView {
     limits: QueueLimits,
 }
 
+/// A cron schedule (admin).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleView {
+    /// Its name.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    name: String,
+    /// The cron expression (5 fields, or 6 with seconds first).
+    cron: String,
+    /// The IANA time zone its wall clock follows.
+    timezone: String,
+    /// The task each firing enqueues (as `POST /v1/tasks`, without `idempotency_key`).
+    task: crate::schedule::ScheduleTask,
+    /// `skip`, `latest` or `all`: what happens to firings missed while no process ran.
+    #[schema(pattern = "^(skip|latest|all)$")]
+    catch_up: String,
+    /// Missed firings `all` enqueues at most.
+    #[schema(minimum = 1)]
+    catch_up_max: u32,
+    /// `config` (from the config file: not changed or deleted through the API) or `api`.
+    #[schema(pattern = "^(config|api)$")]
+    source: String,
+    /// RFC 3339: the next firing, or null.
+    #[schema(format = DateTime)]
+    next_fire_at: Option<String>,
+    /// RFC 3339: the newest firing handled (fired, or skipped by `catch_up`), or null.
+    #[schema(format = DateTime)]
+    last_fire_at: Option<String>,
+    /// The task the newest firing enqueued, or null.
+    #[schema(format = "uuid")]
+    last_task_id: Option<String>,
+}
+
+/// All schedules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleList {
+    /// The schedules, by name.
+    schedules: Vec<ScheduleView>,
+}
+
 /// A queue's limits (`[queues.NAME]` in config); each is null when not set.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueLimits {
@@ -286,9 +325,10 @@ impl Modify for BearerAuth {
         tasks::create, tasks::create_batch, tasks::get_one, tasks::list, tasks::cancel, tasks::retry,
         tasks::messages, tasks::append_message, sse::task_events, sse::all_events,
         queues::list, queues::pause, queues::resume,
+        schedules::list, schedules::put, schedules::delete, schedules::trigger,
         super::dashboard, super::healthz, super::readyz, super::metrics_text, super::openapi_json,
     ),
-    components(schemas(TaskView, TaskStatusView, MessageView, TaskPage, TaskBatch, MessagePage, QueueView, QueueLimits, QueueList, ErrorBody, ErrorDetail, ErrorCode, SseEvent, SseEventName)),
+    components(schemas(TaskView, TaskStatusView, MessageView, TaskPage, TaskBatch, MessagePage, QueueView, QueueLimits, QueueList, ScheduleView, ScheduleList, crate::schedule::ScheduleTask, ErrorBody, ErrorDetail, ErrorCode, SseEvent, SseEventName)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
