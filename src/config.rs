@@ -1006,8 +1006,10 @@ impl Config {
                 task: r
                     .task
                     .ok_or_else(|| invalid(format!("{field}.task"), "a schedule needs a task"))?,
-                catch_up: crate::schedule::CatchUp::parse(r.catch_up.as_deref().unwrap_or("latest"))
-                    .map_err(|e| invalid(format!("{field}.catch_up"), e))?,
+                catch_up: crate::schedule::CatchUp::parse(
+                    r.catch_up.as_deref().unwrap_or("latest"),
+                )
+                .map_err(|e| invalid(format!("{field}.catch_up"), e))?,
                 catch_up_max: r
                     .catch_up_max
                     .unwrap_or(crate::schedule::DEFAULT_CATCH_UP_MAX),

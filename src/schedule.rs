@@ -338,7 +338,10 @@ pub async fn tick(
         let owner = match owner {
             Some(o) => o.clone(),
             None => {
-                let key = store.user_resolve(ADMIN_NAME.into(), now).await?.owner_key();
+                let key = store
+                    .user_resolve(ADMIN_NAME.into(), now)
+                    .await?
+                    .owner_key();
                 *owner = Some(key.clone());
                 key
             }
@@ -369,7 +372,9 @@ pub async fn tick(
                 Err(e) => return Err(e),
             }
         }
-        store.schedule_fired(row.name.clone(), newest, last_task).await?;
+        store
+            .schedule_fired(row.name.clone(), newest, last_task)
+            .await?;
     }
     Ok(created)
 }
@@ -502,7 +507,10 @@ mod tests {
         );
         // Seconds are optional: six fields put them first.
         let s = Cron::parse("*/10 * * * * *", "UTC").unwrap();
-        assert_eq!(s.next_after(utc("2026-01-01T00:00:01Z")), Some(utc("2026-01-01T00:00:10Z")));
+        assert_eq!(
+            s.next_after(utc("2026-01-01T00:00:01Z")),
+            Some(utc("2026-01-01T00:00:10Z"))
+        );
     }
 
     #[test]
@@ -518,7 +526,10 @@ mod tests {
         let (f, _) = c.due(last, now, CatchUp::All, 100);
         assert_eq!(f.len(), 3);
         let (f, _) = c.due(last, now, CatchUp::All, 2);
-        assert_eq!(f, vec![utc("2026-05-01T11:00:00Z"), utc("2026-05-01T12:00:00Z")]);
+        assert_eq!(
+            f,
+            vec![utc("2026-05-01T11:00:00Z"), utc("2026-05-01T12:00:00Z")]
+        );
         // On time is fired whatever the policy.
         let (f, _) = c.due(last, utc("2026-05-01T10:00:20Z"), CatchUp::Skip, 100);
         assert_eq!(f, vec![utc("2026-05-01T10:00:00Z")]);

@@ -18,7 +18,9 @@ pub(super) fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
         timezone: r.get("timezone")?,
         task: parse_json_lenient(task),
         catch_up: r.get("catch_up")?,
-        catch_up_max: r.get::<_, i64>("catch_up_max")?.clamp(1, i64::from(u32::MAX)) as u32,
+        catch_up_max: r
+            .get::<_, i64>("catch_up_max")?
+            .clamp(1, i64::from(u32::MAX)) as u32,
         source: r.get("source")?,
         last_fire_at: r.get("last_fire_at")?,
         last_task_id: r.get("last_task_id")?,
@@ -33,12 +35,17 @@ pub(super) fn list(conn: &Connection) -> Result<Vec<ScheduleRow>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub(super) fn put(conn: &Connection, r: &ScheduleRow, config: bool, now: i64) -> Result<ScheduleRow> {
+pub(super) fn put(
+    conn: &Connection,
+    r: &ScheduleRow,
+    config: bool,
+    now: i64,
+) -> Result<ScheduleRow> {
     let source = if config { "config" } else { "api" };
     let mut st = conn.prepare_cached(PUT)?;
     let mut rows = st.query(named_params! {":name": r.name, ":cron": r.cron,
-        ":timezone": r.timezone, ":task": r.task.to_string(), ":catch_up": r.catch_up,
-        ":catch_up_max": i64::from(r.catch_up_max), ":source": source, ":now": now})?;
+    ":timezone": r.timezone, ":task": r.task.to_string(), ":catch_up": r.catch_up,
+    ":catch_up_max": i64::from(r.catch_up_max), ":source": source, ":now": now})?;
     match rows.next()? {
         Some(found) => Ok(row(found)?),
         None => Err(StoreError::Conflict(format!(
