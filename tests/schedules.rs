@@ -67,7 +67,11 @@ fn three_processes_fire_each_time_once() {
         })
         .collect();
     let distinct: BTreeSet<i64> = secs.iter().copied().collect();
-    assert_eq!(distinct.len(), secs.len(), "a firing enqueued twice: {keys:?}");
+    assert_eq!(
+        distinct.len(),
+        secs.len(),
+        "a firing enqueued twice: {keys:?}"
+    );
     let (first, last) = (secs[0], secs[secs.len() - 1]);
     assert_eq!(
         (last - first + 1) as usize,
@@ -116,14 +120,18 @@ fn catch_up_after_three_hours(catch_up: &str) -> Vec<String> {
         .unwrap();
     }
     let mut p = spawn(&["work"], &cfg, &[]);
-    wait_until(Duration::from_secs(30), "the missed firings handled", || {
-        open_db(dir.path())
-            .query_row("SELECT last_fire_at FROM schedules", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .unwrap()
-            == Some(this_hour)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the missed firings handled",
+        || {
+            open_db(dir.path())
+                .query_row("SELECT last_fire_at FROM schedules", [], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .unwrap()
+                == Some(this_hour)
+        },
+    );
     assert_eq!(
         p.terminate(Duration::from_secs(30)).map(|s| s.code()),
         Some(Some(0))
@@ -145,13 +153,21 @@ fn three_hours_down_catch_up_all_latest_skip() {
 fn a_bad_cron_or_time_zone_is_a_config_error_naming_the_schedule() {
     for (body, what) in [
         ("cron = \"61 * * * *\"\ntask = { kind = \"k\" }", "cron"),
-        ("cron = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\ntask = { kind = \"k\" }", "timezone"),
-        ("cron = \"0 3 * * *\"\ncatch_up = \"sometimes\"\ntask = { kind = \"k\" }", "catch_up"),
+        (
+            "cron = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\ntask = { kind = \"k\" }",
+            "timezone",
+        ),
+        (
+            "cron = \"0 3 * * *\"\ncatch_up = \"sometimes\"\ntask = { kind = \"k\" }",
+            "catch_up",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &format!("[schedules.nightly]\n{body}\n"));
         let mut p = spawn(&["work"], &cfg, &[]);
-        let st = p.wait_exit(Duration::from_secs(30)).expect("spool work exits");
+        let st = p
+            .wait_exit(Duration::from_secs(30))
+            .expect("spool work exits");
         assert!(!st.success());
         let err = p.stderr();
         assert!(err.contains("schedules.nightly"), "{what}: {err}");
@@ -193,15 +209,29 @@ async fn schedule_routes_create_list_trigger_and_delete() {
     assert!(v["last_fire_at"].is_null());
     for (bad, what) in [
         (json!({"cron": "nope", "task": {"kind": "k"}}), "cron"),
-        (json!({"cron": "0 3 * * *", "timezone": "Nowhere/City", "task": {"kind": "k"}}), "timezone"),
-        (json!({"cron": "0 3 * * *", "task": {"kind": "k", "idempotency_key": "x"}}), "idempotency_key"),
+        (
+            json!({"cron": "0 3 * * *", "timezone": "Nowhere/City", "task": {"kind": "k"}}),
+            "timezone",
+        ),
+        (
+            json!({"cron": "0 3 * * *", "task": {"kind": "k", "idempotency_key": "x"}}),
+            "idempotency_key",
+        ),
     ] {
         let r = put("bad", bad, s.token.clone()).await;
         assert_eq!(r.status(), 400, "{what}");
         let e: serde_json::Value = r.json().await.unwrap();
-        assert!(e["error"]["message"].as_str().unwrap().contains(what), "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(what),
+            "{e}"
+        );
     }
-    assert_eq!(put("from-config", body.clone(), s.token.clone()).await.status(), 409);
+    assert_eq!(
+        put("from-config", body.clone(), s.token.clone())
+            .await
+            .status(),
+        409
+    );
 
     let list = s.get_json(&s.token, "/v1/schedules").await;
     let names: Vec<&str> = list["schedules"]
@@ -213,19 +243,36 @@ async fn schedule_routes_create_list_trigger_and_delete() {
     assert_eq!(names, vec!["from-config", "mine"]);
     assert_eq!(list["schedules"][0]["source"], "config");
 
-    let r = s.post_json(&s.token, "/v1/schedules/mine/trigger", json!(null)).await;
+    let r = s
+        .post_json(&s.token, "/v1/schedules/mine/trigger", json!(null))
+        .await;
     assert_eq!(r.status(), 201);
     let t: serde_json::Value = r.json().await.unwrap();
-    assert!(t["idempotency_key"].as_str().unwrap().starts_with("schedule:mine:"), "{t}");
+    assert!(
+        t["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("schedule:mine:"),
+        "{t}"
+    );
     assert_eq!(t["payload"], json!({"a": 1}));
-    let r = s.post_json(&s.token, "/v1/schedules/none/trigger", json!(null)).await;
+    let r = s
+        .post_json(&s.token, "/v1/schedules/none/trigger", json!(null))
+        .await;
     assert_eq!(r.status(), 404);
 
     let del = |name: &str| {
         let c = c.clone();
         let url = s.url(&format!("/v1/schedules/{name}"));
         let tok = s.token.clone();
-        async move { c.delete(url).bearer_auth(tok).send().await.unwrap().status() }
+        async move {
+            c.delete(url)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     };
     assert_eq!(del("from-config").await, 409);
     assert_eq!(del("mine").await, 204);

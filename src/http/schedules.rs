@@ -73,9 +73,7 @@ pub(super) async fn put(
         task: req.task,
         catch_up: CatchUp::parse(req.catch_up.as_deref().unwrap_or("latest"))
             .map_err(ApiError::Invalid)?,
-        catch_up_max: req
-            .catch_up_max
-            .unwrap_or(schedule::DEFAULT_CATCH_UP_MAX),
+        catch_up_max: req.catch_up_max.unwrap_or(schedule::DEFAULT_CATCH_UP_MAX),
     };
     spec.validate(&st.cfg).map_err(ApiError::Invalid)?;
     let now = st.clock.now();
