@@ -704,6 +704,12 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
         let now = SystemClock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
         let (running, failed) = store.inspect_lists(20).await?;
+        let schedules: Vec<Value> = store
+            .schedule_list()
+            .await?
+            .iter()
+            .map(|r| spool::schedule::to_json(r, now))
+            .collect();
         let last_drill = cfg.sqlite_path().and_then(spool::drill::last_at);
         if as_json {
             let running: Vec<Value> = running
@@ -716,7 +722,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                 })
                 .collect();
             let failed: Vec<Value> = failed.iter().map(|t| t.to_json()).collect();
-            let out = json!({"queues": queues, "running": running, "recent_failures": failed, "last_drill": last_drill});
+            let out = json!({"queues": queues, "running": running, "recent_failures": failed, "schedules": schedules, "last_drill": last_drill});
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             if watch {
@@ -772,6 +778,29 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                 ]);
             }
             print_table(&rows);
+            if !schedules.is_empty() {
+                println!("\nSCHEDULES ({})", schedules.len());
+                let mut rows = vec![vec![
+                    "NAME".to_string(),
+                    "CRON".into(),
+                    "TIMEZONE".into(),
+                    "SOURCE".into(),
+                    "NEXT".into(),
+                    "LAST".into(),
+                ]];
+                let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+                for sc in &schedules {
+                    rows.push(vec![
+                        text(&sc["name"]),
+                        text(&sc["cron"]),
+                        text(&sc["timezone"]),
+                        text(&sc["source"]),
+                        text(&sc["next_fire_at"]),
+                        text(&sc["last_fire_at"]),
+                    ]);
+                }
+                print_table(&rows);
+            }
             match &last_drill {
                 Some(d) => println!(
                     "\nLAST DRILL  {} at {}: {}",
