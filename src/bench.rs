@@ -192,12 +192,13 @@ async fn start_server(opts: &BenchOptions) -> anyhow_like::Result<Server> {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[database]\nsynchronous = {:?}\n[worker]\nconcurrency = {}\nprefetch = {}\nqueues = [\"default\", \"bench-e2e\"]\n[queues.default]\nconcurrency = {}\n[queues.bench-e2e]\nconcurrency = {}\n[retention]\ncompleted = \"forever\"\n[http]\nmax_connections = 1000000\n# The load is one user's: per-user limits would stop the run, not measure it.\n[limits]\nrequests_per_second = 0\nstreams_per_user = 0\npending_tasks_per_user = 1000000000\npayload_bytes_per_user = 1000000000000\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[database]\nsynchronous = {:?}\n[worker]\nconcurrency = {}\nprefetch = {}\nqueues = [\"default\", \"bench-e2e\", \"bench-keyed\"]\n[queues.default]\nconcurrency = {}\n[queues.bench-e2e]\nconcurrency = {}\n[queues.bench-keyed]\nconcurrency = {}\nper_key_concurrency = 1\n[retention]\ncompleted = \"forever\"\n[http]\nmax_connections = 1000000\n# The load is one user's: per-user limits would stop the run, not measure it.\n[limits]\nrequests_per_second = 0\nstreams_per_user = 0\npending_tasks_per_user = 1000000000\npayload_bytes_per_user = 1000000000000\n",
             dir.path().join("data").display().to_string(),
             opts.synchronous,
             opts.concurrency,
             opts.prefetch,
             // A queue's cap counts prefetched tasks too: let the buffer fill.
+            opts.concurrency + opts.prefetch,
             opts.concurrency + opts.prefetch,
             opts.concurrency + opts.prefetch
         ),
@@ -645,6 +646,20 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         "≥ 26,000/s",
     ));
 
+    // 4b. The same with admission on: a per-key limit of 1 over 1,000 keys (issue 16: the
+    // claim stays within 20% of the unlimited one).
+    let keyed = e2e_keyed(&api, opts.e2e_n, 1000).await?;
+    figures.push(fig(
+        &format!(
+            "end to end, no-op, {} slots, per_key_concurrency = 1 over 1,000 keys",
+            opts.concurrency
+        ),
+        keyed,
+        "tasks/s",
+        Some(keyed / e2e),
+        "≥ 0.8× the unlimited end to end",
+    ));
+
     // 5. Enqueue → start with an idle pool, one at a time: started_at - created_at (ms clock).
     let pb = bar(opts.latency_samples as u64, "enqueue → start, idle pool");
     let mut ids = vec![];
@@ -749,6 +764,45 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
 }
 
 /// Sequential `Spool::enqueue` calls on a fresh database in `dir`; tasks a second.
+/// End to end through the per-key limited queue `bench-keyed`: `n` no-op tasks over `keys`
+/// concurrency keys enqueued into the paused queue, then resumed; tasks per second until all
+/// are completed.
+async fn e2e_keyed(api: &Api, n: usize, keys: usize) -> Result<f64, String> {
+    let _ = api.post("/v1/queues/bench-keyed/pause", &json!({})).await;
+    let pb = bar(n as u64, "end to end, per-key limit: enqueue (paused)");
+    let mut i = 0usize;
+    while i < n {
+        let k = (n - i).min(1000);
+        let tasks: Vec<Value> = (i..i + k)
+            .map(|j| {
+                json!({"kind": "spool.noop", "queue": "bench-keyed",
+                    "concurrency_key": format!("k{}", j % keys.max(1))})
+            })
+            .collect();
+        api.post("/v1/tasks/batch", &json!({ "tasks": tasks }))
+            .await?;
+        i += k;
+        pb.inc(k as u64);
+    }
+    pb.finish_and_clear();
+    let pb = bar(n as u64, "end to end, per-key limit: work (no-op)");
+    let t = Instant::now();
+    let _ = api.post("/v1/queues/bench-keyed/resume", &json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = api.queue("bench-keyed").await["completed"]
+            .as_u64()
+            .unwrap_or(0);
+        pb.set_position(done);
+        if done as usize >= n || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish_and_clear();
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
 async fn embedded_enqueue(dir: &Path, synchronous: &str, n: usize) -> Result<f64, String> {
     let tmp = tempfile::Builder::new()
         .prefix("spool-embedded-")
