@@ -505,17 +505,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
     spool::executor::reap::protect_process();
     spool::executor::reap::become_subreaper();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    let bound = listener.local_addr().ok();
+    let addr = bound.map(|a| a.to_string()).unwrap_or_default();
+    let mut cfg = cfg;
+    if let Some(a) = bound {
+        cfg.bound_to(a);
+    }
     let spool = Spool::builder().config(cfg).build()?;
     if let Some(path) = spool.bootstrap_admin().await? {
         tracing::info!(path = %path.display(), "created the first admin token; read it from this file");
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let metrics_listener = match spool.config().http.metrics_listen {
         Some(m) => Some(
             tokio::net::TcpListener::bind(m)

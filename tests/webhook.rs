@@ -293,7 +293,12 @@ async fn the_receiver_posts_progress_with_its_task_token_which_dies_with_the_att
     assert_eq!(done.status, TaskStatus::Completed);
     // The 200 body "progress" is not JSON: stored as a string.
     assert_eq!(done.result, Some(json!("progress")));
-    let msgs = h.spool.store().message_list(t.id, 0, 10).await.unwrap();
+    let msgs = h
+        .spool
+        .store()
+        .message_list(t.id, 0, 10, None)
+        .await
+        .unwrap();
     let steps: Vec<Value> = msgs.iter().map(|m| m.content["step"].clone()).collect();
     assert_eq!(steps, vec![json!(0), json!(1), json!(2)]);
 
@@ -328,7 +333,7 @@ async fn the_receiver_posts_progress_with_its_task_token_which_dies_with_the_att
     assert_eq!(
         h.spool
             .store()
-            .message_list(t.id, 0, 10)
+            .message_list(t.id, 0, 10, None)
             .await
             .unwrap()
             .len(),
@@ -431,7 +436,12 @@ async fn the_webhook_url_never_reaches_last_error() {
         !err.contains("secretpath") && !err.contains("127.0.0.1"),
         "URL leaked: {err}"
     );
-    let msgs = h.spool.store().message_list(t.id, 0, 100).await.unwrap();
+    let msgs = h
+        .spool
+        .store()
+        .message_list(t.id, 0, 100, None)
+        .await
+        .unwrap();
     for m in msgs {
         assert!(
             !m.content.to_string().contains("secretpath"),

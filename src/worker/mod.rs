@@ -333,13 +333,18 @@ impl WorkerPool {
                     self.store.clone(),
                     self.clock.clone(),
                     cancel.clone(),
+                )
+                .with_limits(
+                    self.cfg.max_message_bytes,
+                    Duration::from_millis(self.cfg.worker.poll_interval_ms),
                 );
                 let fut = AssertUnwindSafe(handler.run(ctx)).catch_unwind();
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => Err(reason.lock().ok().and_then(|r| *r).unwrap_or(StopReason::Shutdown)),
                     r = fut => Ok(match r {
-                        Ok(Ok(v)) => Outcome::Completed(v),
+                        Ok(Ok(crate::executor::Outcome::Completed(v))) => Outcome::Completed(v),
+                        Ok(Ok(crate::executor::Outcome::Wait { timeout })) => Outcome::Wait { timeout },
                         Ok(Err(TaskError { message, permanent, retry_after })) =>
                             Outcome::Failed { error: message, permanent, retry_after },
                         Err(panic) => Outcome::Failed {
@@ -360,7 +365,7 @@ impl WorkerPool {
         metrics::histogram!("spool_task_run_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
         let now = self.clock.now();
-        let params = |status, result, error, run_at, uncount| FinishParams {
+        let params = |status, result, error, run_at: Option<i64>, uncount| FinishParams {
             task: task.clone(),
             owner: self.id.clone(),
             status,
@@ -368,6 +373,8 @@ impl WorkerPool {
             error,
             run_at,
             uncount,
+            // A wait holds no attempt: it is given back, and run_at is when the wait ends.
+            wait_until: (status == TaskStatus::Waiting).then_some(run_at).flatten(),
             now,
         };
         let finish = match outcome {
@@ -399,7 +406,8 @@ impl WorkerPool {
                     jitter,
                     now,
                 );
-                params(t.status, t.result, t.error, t.run_at, false)
+                let waits = t.status == TaskStatus::Waiting;
+                params(t.status, t.result, t.error, t.run_at, waits)
             }
         };
         let status = finish.status;
@@ -438,6 +446,7 @@ impl WorkerPool {
                     TaskStatus::Completed => "spool_tasks_completed_total",
                     TaskStatus::Failed => "spool_tasks_failed_total",
                     TaskStatus::Canceled => "spool_tasks_canceled_total",
+                    TaskStatus::Waiting => "spool_tasks_waiting_total",
                     _ => "spool_tasks_retried_total",
                 };
                 metrics::counter!(counter, &labels).increment(1);
@@ -447,6 +456,10 @@ impl WorkerPool {
                         tracing::warn!(error = error.as_deref().unwrap_or(""), "failed")
                     }
                     TaskStatus::Canceled => tracing::info!("canceled"),
+                    TaskStatus::Waiting => tracing::info!(
+                        wait_ms = run_at.unwrap_or(now) - now,
+                        "waiting for its owner; slot freed"
+                    ),
                     _ if run_at == Some(now) => {}
                     _ => tracing::info!(
                         error = error.as_deref().unwrap_or(""),

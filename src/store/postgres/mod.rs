@@ -31,7 +31,7 @@ use super::{
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::queue::{self, CancelAction};
-use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus, WakeReason};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -369,11 +369,13 @@ async fn messages_after<C: GenericClient>(
     task_id: TaskId,
     after: i64,
     limit: u32,
+    author: Option<Author>,
 ) -> Result<Vec<Message>> {
+    let author = author.map(Author::as_str);
     let rows = query(
         c,
         sql::MESSAGE_LIST,
-        &[&uuid(task_id), &after, &i64::from(limit)],
+        &[&uuid(task_id), &after, &i64::from(limit), &author],
     )
     .await?;
     let mut out = Vec::new();
@@ -683,6 +685,7 @@ impl Store for PostgresStore {
         user: Option<String>,
         after: i64,
         limit: u32,
+        author: Option<Author>,
     ) -> Result<(Task, Vec<Message>)> {
         let mut c = self.conn().await?;
         // One snapshot: the task and the messages agree.
@@ -694,7 +697,7 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         let t = get_owned(&tx, id, user.as_deref()).await?;
-        let m = messages_after(&tx, id, after, limit).await?;
+        let m = messages_after(&tx, id, after, limit, author).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok((t, m))
     }
@@ -717,7 +720,13 @@ impl Store for PostgresStore {
         Ok(t)
     }
 
-    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
+    async fn task_retry(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        reset_checkpoint: bool,
+        now: UnixMillis,
+    ) -> Result<Task> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         lock_changes(&tx).await?;
@@ -727,7 +736,7 @@ impl Store for PostgresStore {
         if self.limits.pending_tasks_per_user != u64::MAX {
             check_usage(&tx, &task.user_id, 1, 0, &self.limits).await?;
         }
-        let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now])
+        let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now, &reset_checkpoint])
             .await?
             .ok_or(StoreError::NotFound(id))?;
         let t = rows::task(&row)?;
@@ -765,8 +774,23 @@ impl Store for PostgresStore {
         lock_changes(&tx).await?;
         let mut events = Vec::new();
         if p.rescue {
+            let mut woken = std::collections::BTreeSet::new();
             for t in rescue(&tx, p.now).await? {
+                if t.status == TaskStatus::Pending {
+                    woken.insert(t.queue.clone());
+                }
                 events.push(Event::Task(Arc::new(t)));
+            }
+            // Waits that timed out are runnable again, and claimed below like any other.
+            for r in query(&tx, sql::WAIT_EXPIRED, &[&p.now]).await? {
+                let t = rows::task(&r)?;
+                tracing::info!(task.id = %t.id, task.queue = %t.queue, "wait timed out");
+                woken.insert(t.queue.clone());
+                events.push(Event::Task(Arc::new(t)));
+            }
+            // Idle workers of other processes may take what this claim leaves.
+            if !woken.is_empty() {
+                notify_work(&tx, woken.into_iter().collect()).await?;
             }
         }
         let names: Vec<&str> = p.queues.iter().map(|q| q.queue.as_str()).collect();
@@ -892,6 +916,12 @@ impl Store for PostgresStore {
             MessageCheck::User(u) => u.as_deref(),
             _ => None,
         };
+        let author = rules::author(&check);
+        if author == Author::User {
+            // The owner's message may wake a waiting task, a state change: those take the
+            // change log's lock first, before any row lock (a worker's progress never does).
+            lock_changes(&tx).await?;
+        }
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
         rules::message_allowed(&t, &check)?;
         // Messages are never deleted apart from their task: the count is the last position.
@@ -908,24 +938,128 @@ impl Store for PostgresStore {
         execute(
             &tx,
             sql::MESSAGE_INSERT,
-            &[&uuid(task_id), &seq, &kind, &text, &now],
+            &[&uuid(task_id), &seq, &kind, &text, &now, &author.as_str()],
         )
         .await?;
+        let mut woken = None;
+        if t.status == TaskStatus::Waiting && author == Author::User {
+            // The owner's message wakes a waiting task: pending at once, told why (the changes
+            // lock was taken first, as every state change takes it).
+            if let Some(r) = query_opt(&tx, sql::TASK_WAKE, &[&uuid(task_id), &now]).await? {
+                let t = rows::task(&r)?;
+                notify_work(&tx, vec![t.queue.clone()]).await?;
+                woken = Some(t);
+            }
+        }
         tx.commit().await.map_err(pg_err)?;
         let m = Message {
             id: seq,
             task_id,
             kind,
+            author,
             content,
             created_at: now,
         };
-        self.publish(vec![Event::Message(Arc::new(m.clone()))]);
+        let mut events = vec![Event::Message(Arc::new(m.clone()))];
+        events.extend(woken.map(|t| Event::Task(Arc::new(t))));
+        self.publish(events);
         Ok(Some(m))
     }
 
-    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>> {
+    async fn message_list(
+        &self,
+        task_id: TaskId,
+        after: i64,
+        limit: u32,
+        author: Option<Author>,
+    ) -> Result<Vec<Message>> {
         let c = self.conn().await?;
-        messages_after(&c, task_id, after, limit).await
+        messages_after(&c, task_id, after, limit, author).await
+    }
+
+    async fn task_checkpoint(
+        &self,
+        id: TaskId,
+        checkpoint: Value,
+        fence: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Task> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let text = serde_json::to_string(&checkpoint).map_err(json_err)?;
+        let c = self.conn().await?;
+        let row = query_opt(
+            &c,
+            sql::TASK_CHECKPOINT,
+            &[&uuid(id), &text, &i64::from(attempt), &owner, &now],
+        )
+        .await?;
+        match row {
+            Some(r) => rows::task(&r),
+            None => {
+                get_owned(&c, id, None).await?;
+                Err(StoreError::Conflict(format!(
+                    "attempt {attempt} of task {id} has ended"
+                )))
+            }
+        }
+    }
+
+    async fn inbox_read(
+        &self,
+        id: TaskId,
+        fence: MessageCheck,
+        upto: i64,
+        _now: UnixMillis,
+    ) -> Result<()> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let c = self.conn().await?;
+        execute(
+            &c,
+            sql::TASK_INBOX_READ,
+            &[&uuid(id), &upto, &i64::from(attempt), &owner],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn stream_token_create(
+        &self,
+        token_hash: String,
+        task_id: TaskId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        execute(&tx, sql::STREAM_TOKEN_PRUNE, &[&now]).await?;
+        let n = tx
+            .execute(
+                sql::STREAM_TOKEN_INSERT,
+                &[&token_hash, &uuid(task_id), &expires_at],
+            )
+            .await;
+        match n {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                return Err(StoreError::NotFound(task_id))
+            }
+            Err(e) => return Err(pg_err(e)),
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn stream_token_task(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<Option<TaskId>> {
+        let c = self.conn().await?;
+        Ok(query_opt(&c, sql::STREAM_TOKEN_GET, &[&token_hash, &now])
+            .await?
+            .map(|r| r.try_get::<_, Uuid>("task_id").map(TaskId))
+            .transpose()
+            .map_err(pg_err)?)
     }
 
     // ---- queues -----------------------------------------------------------------------------
@@ -978,6 +1112,7 @@ impl Store for PostgresStore {
                     q.scheduled += n.saturating_sub(due);
                 }
                 "running" => q.running += n,
+                "waiting" => q.waiting += n,
                 "completed" => q.completed += n,
                 "failed" => q.failed += n,
                 "canceled" => q.canceled += n,
@@ -1297,6 +1432,7 @@ impl PostgresStore {
                 &p.run_at,
                 &i64::from(p.uncount),
                 &p.now,
+                &p.wait_until,
             ],
         )
         .await?;
@@ -1323,6 +1459,15 @@ impl PostgresStore {
             lease_owner: None,
             lease_expires_at: None,
             updated_at: p.now,
+            wait_until: r.try_get("wait_until").map_err(pg_err)?,
+            wake_reason: r
+                .try_get::<_, Option<String>>("wake_reason")
+                .map_err(pg_err)?
+                .as_deref()
+                .and_then(WakeReason::parse),
+            inbox_cursor: r.try_get("inbox_cursor").map_err(pg_err)?,
+            // The attempt may have saved one since its claim.
+            checkpoint: r.try_get("checkpoint").map_err(pg_err)?,
             ..Task::clone(claimed)
         });
         self.publish(vec![Event::Task(task.clone())]);
