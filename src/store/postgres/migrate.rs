@@ -6,10 +6,16 @@ use super::pg_err;
 use crate::store::{Result, StoreError};
 
 /// Every migration: its version and SQL. Versions are contiguous from 1.
-pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    include_str!("../../../sql/postgres/migrations/0001_init.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        include_str!("../../../sql/postgres/migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../sql/postgres/migrations/0002_views.sql"),
+    ),
+];
 
 /// The PostgreSQL schema version this build of spool writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -85,3 +85,6 @@ pub(crate) const WORKER_UPSERT: &str =
     include_str!("../../../sql/postgres/queries/worker_upsert.sql");
 pub(crate) const WORK_LISTEN: &str = include_str!("../../../sql/postgres/queries/work_listen.sql");
 pub(crate) const WORK_NOTIFY: &str = include_str!("../../../sql/postgres/queries/work_notify.sql");
+pub(crate) const MOVE_BEGIN: &str = include_str!("../../../sql/postgres/queries/move_begin.sql");
+pub(crate) const MOVE_SEAL: &str = include_str!("../../../sql/postgres/queries/move_seal.sql");
+pub(crate) const MOVE_TABLES: &str = include_str!("../../../sql/postgres/queries/move_tables.sql");
