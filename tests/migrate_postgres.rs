@@ -463,6 +463,37 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
         "a copied database has its users: no new admin"
     );
 
+    // The operator view counts as the SQLite one does.
+    let depth_sqlite: Vec<String> = {
+        let sq = common::open_db(dir_a.path());
+        let mut st = sq
+            .prepare(
+                "SELECT queue, paused, pending, scheduled, running, completed, failed, canceled \
+                 FROM queue_depth",
+            )
+            .unwrap();
+        st.query_map([], |r| {
+            Ok((0..8)
+                .map(|i| match r.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    v => String::from_utf8_lossy(v.as_str().unwrap().as_bytes()).into_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT queue, paused, pending, scheduled, running, completed, failed, canceled \
+             FROM queue_depth"
+        ),
+        depth_sqlite
+    );
+
     // The same tasks, queues and messages, read through the API of each.
     let tasks_a = all_tasks(&c, &a, &admin).await;
     assert_eq!(tasks_a.len(), 6);
@@ -674,4 +705,279 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
     wait_status(&c, &b, &admin, &fresh, "completed").await;
     let s = get(&c, &b, &admin, &format!("/v1/tasks/{scheduled}")).await;
     assert_eq!(s["status"], "pending", "still waiting for its run_at: {s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_file_moves_but_never_into_a_database_a_server_has_used() {
+    let c = client();
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = config(dir_a.path(), "[worker]\nconcurrency = 2");
+    let mut a = serve(&cfg_a, &[]);
+    let admin = a.token.clone();
+    let id = create(&c, &a, &admin, json!({"kind": "ok"})).await;
+    wait_status(&c, &a, &admin, &id, "completed").await;
+    assert!(a.proc.terminate(Duration::from_secs(30)).unwrap().success());
+
+    // A server started on the target first made its admin: the copy is refused, untouched.
+    let used = pg::server().fresh_db().await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let cfg_b = config(
+        dir_b.path(),
+        &format!("[worker]\nconcurrency = 0\n[database]\nurl = {used:?}"),
+    );
+    let mut b = serve(&cfg_b, &[]);
+    assert!(b.proc.terminate(Duration::from_secs(30)).unwrap().success());
+    let before = pg_fingerprint(&used).await;
+    let with_password = used.replace("postgres@", "postgres:hunter2secret@");
+    let out = migrate(&cfg_a, &["--to", &with_password]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not empty") && err.contains("users"), "{err}");
+    assert!(
+        !err.contains("hunter2secret"),
+        "the password was printed: {err}"
+    );
+    assert_eq!(pg_fingerprint(&used).await, before);
+
+    // Into an empty one it goes (the file of the config by default), and says what to change.
+    let url = pg::server().fresh_db().await;
+    let with_password = url.replace("postgres@", "postgres:hunter2secret@");
+    let out = migrate(&cfg_a, &["--to", &with_password]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.is_empty(), "no progress bar without a terminal: {err}");
+    assert!(
+        !text.contains("hunter2secret"),
+        "the password was printed: {text}"
+    );
+    assert!(
+        text.contains("[database]") && text.contains("SPOOL_DATABASE_URL"),
+        "{text}"
+    );
+    assert!(text.contains("verified"), "{text}");
+    let b = serve(
+        &config(
+            dir_b.path(),
+            &format!("[worker]\nconcurrency = 0\n[database]\nurl = {url:?}"),
+        ),
+        &[],
+    );
+    let t = get(&c, &b, &admin, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["result"], json!({"done": true}), "{t}");
+}
+
+// ---- the operator views -------------------------------------------------------------------
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The task of letter `l` (a, b, ...): ids that sort as the letters do.
+fn tid(l: char) -> String {
+    format!(
+        "00000000-0000-7000-8000-0000000000{:02}",
+        l as u8 - b'a' + 1
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_views_answer_in_psql_as_on_sqlite() {
+    let url = pg::server().fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}"));
+    let out = Command::new(spool_bin())
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = pg::server().client(&url).await;
+    c.execute(
+        "INSERT INTO users (name, issuer, is_admin, created_at) VALUES ('alice', NULL, false, 0), \
+         ('bob', 'https://idp', false, 0)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let now = now_ms();
+    let hour = 3_600_000i64;
+    // The rows of tests/views.rs: one task in each state, on two queues, and a paused queue with
+    // no tasks.
+    let rows: [(
+        char,
+        &str,
+        &str,
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<&str>,
+    ); 7] = [
+        (
+            'a',
+            "mail",
+            "pending",
+            now - hour,
+            now - hour,
+            None,
+            None,
+            None,
+        ),
+        (
+            'b',
+            "mail",
+            "pending",
+            now + 24 * hour,
+            now - 1000,
+            None,
+            None,
+            None,
+        ),
+        (
+            'c',
+            "mail",
+            "running",
+            now - hour,
+            now - hour,
+            Some(now + 600_000),
+            None,
+            None,
+        ),
+        (
+            'd',
+            "mail",
+            "completed",
+            1_700_000_000_123,
+            1_700_000_000_123,
+            None,
+            Some(1_700_000_001_000),
+            None,
+        ),
+        (
+            'e',
+            "mail",
+            "failed",
+            now - hour,
+            now - hour,
+            None,
+            Some(now - 5000),
+            Some("boom"),
+        ),
+        (
+            'f',
+            "mail",
+            "canceled",
+            now - hour,
+            now - hour,
+            None,
+            Some(now - 4000),
+            None,
+        ),
+        (
+            'g',
+            "video",
+            "pending",
+            now - 10,
+            now - 10,
+            None,
+            None,
+            None,
+        ),
+    ];
+    for (l, queue, status, run_at, created_at, lease, completed_at, err) in rows {
+        let user = if l == 'a' { "2" } else { "1" };
+        c.execute(
+            "INSERT INTO tasks (id, user_id, queue, kind, payload, status, run_at, attempts, \
+             max_attempts, timeout_ms, lease_owner, lease_expires_at, last_error, created_at, \
+             completed_at, updated_at) \
+             VALUES ($1::text::uuid, $2, $3, 'k', 'null', $4, $5, 1, 3, 60000, $6, $7, $8, $9, $10, $9)",
+            &[
+                &tid(l),
+                &user,
+                &queue,
+                &status,
+                &run_at,
+                &lease.map(|_| "w1"),
+                &lease,
+                &err,
+                &created_at,
+                &completed_at,
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    c.execute(
+        "INSERT INTO queues (name, paused, updated_at) VALUES ('idle', true, $1)",
+        &[&now],
+    )
+    .await
+    .unwrap();
+
+    // queue_depth: the same lines as the SQLite view gives in tests/views.rs.
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT queue, paused, pending, scheduled, running, completed, failed, canceled \
+             FROM queue_depth"
+        ),
+        vec![
+            "idle|1|0|0|0|0|0|0".to_string(),
+            "mail|0|1|1|1|1|1|1".to_string(),
+            "video|0|1|0|0|0|0|0".to_string(),
+        ]
+    );
+
+    // task_overview: attempts, ages, lease time left, readable times, the owner.
+    let before = now_ms();
+    let lines = psql(
+        &url,
+        "SELECT id, status, attempts, age_s, lease_left_s, created, run_at, user_id, \"user\" \
+         FROM task_overview ORDER BY id",
+    );
+    let after = now_ms();
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    let cols: Vec<Vec<&str>> = lines.iter().map(|r| r.split('|').collect()).collect();
+    let num = |s: &str| -> f64 { s.parse().unwrap_or_else(|_| panic!("{s:?} in {lines:?}")) };
+    let a = &cols[0];
+    assert_eq!(&a[..3], &[tid('a').as_str(), "pending", "1/3"]);
+    let age = num(a[3]);
+    let lo = 3600.0 + (before - now) as f64 / 1000.0 - 0.1;
+    let hi = 3600.0 + (after - now) as f64 / 1000.0 + 0.1;
+    assert!((lo..=hi).contains(&age), "age_s {age} not in {lo}..{hi}");
+    assert_eq!(a[4], "", "lease_left_s is only for running tasks");
+    assert_eq!(&a[7..], &["2", "bob (https://idp)"]);
+    let running = &cols[2];
+    assert_eq!(running[1], "running");
+    let left = num(running[4]);
+    let lo = 600.0 - (after - now) as f64 / 1000.0 - 0.1;
+    let hi = 600.0 - (before - now) as f64 / 1000.0 + 0.1;
+    assert!(
+        (lo..=hi).contains(&left),
+        "lease_left_s {left} not in {lo}..{hi}"
+    );
+    assert_eq!(&running[7..], &["1", "alice"]);
+    let done = &cols[3];
+    assert_eq!(done[1], "completed");
+    assert_eq!(done[5], "2023-11-14T22:13:20.123Z");
+    assert_eq!(done[6], "2023-11-14T22:13:20.123Z");
+    for row in &cols {
+        assert!(!row[3].is_empty(), "age_s is NULL: {lines:?}");
+    }
+
+    // recent_failures: the failed task, with its time.
+    let fails = psql(
+        &url,
+        "SELECT id, queue, attempts, last_error, failed_at IS NOT NULL FROM recent_failures",
+    );
+    assert_eq!(fails, vec![format!("{}|mail|1|boom|t", tid('e'))]);
 }
