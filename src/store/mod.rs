@@ -8,6 +8,7 @@
 //! embedded default (one writer thread with group commit, a pool of readers); [`postgres`] is
 //! for many processes on many hosts sharing one database.
 
+pub mod migrate_pg;
 pub mod postgres;
 pub(crate) mod rules;
 pub mod sqlite;

@@ -13,7 +13,11 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         2,
-        include_str!("../../../sql/postgres/migrations/0002_interactive.sql"),
+        include_str!("../../../sql/postgres/migrations/0002_views.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../sql/postgres/migrations/0003_interactive.sql"),
     ),
 ];
 

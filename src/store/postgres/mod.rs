@@ -17,7 +17,7 @@
 
 pub(crate) mod migrate;
 mod rows;
-mod sql;
+pub(crate) mod sql;
 pub mod url;
 
 pub use migrate::LATEST_VERSION;
@@ -144,7 +144,10 @@ fn uuid(id: TaskId) -> Uuid {
 }
 
 /// Connects once, outside the pool, on the current runtime (for migrations).
-async fn connect_direct(url: &PostgresUrl, timeout: Duration) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect_direct(
+    url: &PostgresUrl,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client> {
     let mut cfg = url.config().map_err(StoreError::Unavailable)?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(timeout);
@@ -173,7 +176,7 @@ async fn connect_direct(url: &PostgresUrl, timeout: Duration) -> Result<tokio_po
 }
 
 /// An error's text with its database message, if it has one.
-fn describe_err(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe_err(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => match std::error::Error::source(e) {
@@ -331,7 +334,8 @@ async fn lock_changes<C: GenericClient>(c: &C) -> Result<()> {
     query(c, sql::LOCK_CHANGES, &[]).await.map(|_| ())
 }
 
-/// A task, locked until the transaction ends; with `user`, only that user's.
+/// A task, locked until the transaction ends, and how many messages it holds; with `user`,
+/// only that user's.
 async fn get_owned_locked<C: GenericClient>(
     c: &C,
     id: TaskId,
@@ -344,8 +348,11 @@ async fn get_owned_locked<C: GenericClient>(
             if user.is_some_and(|u| u != t.user_id) {
                 return Err(StoreError::NotFound(id));
             }
+            // Messages are never deleted apart from their task: the count is the last position
+            // less the positions a task copied from SQLite skipped (schema version 2).
             let seq: i64 = r.try_get("message_seq").map_err(pg_err)?;
-            Ok((t, seq))
+            let skipped: i64 = r.try_get("message_seq_skipped").map_err(pg_err)?;
+            Ok((t, seq.saturating_sub(skipped)))
         }
         None => Err(StoreError::NotFound(id)),
     }
@@ -924,7 +931,6 @@ impl Store for PostgresStore {
         }
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
         rules::message_allowed(&t, &check)?;
-        // Messages are never deleted apart from their task: the count is the last position.
         let Some((kind, content)) =
             rules::capped_message(count.max(0) as u64, cap, &check, kind, content)?
         else {

@@ -98,3 +98,6 @@ pub(crate) const STREAM_TOKEN_PRUNE: &str =
     include_str!("../../../sql/postgres/queries/stream_token_prune.sql");
 pub(crate) const STREAM_TOKEN_GET: &str =
     include_str!("../../../sql/postgres/queries/stream_token_get.sql");
+pub(crate) const MOVE_BEGIN: &str = include_str!("../../../sql/postgres/queries/move_begin.sql");
+pub(crate) const MOVE_SEAL: &str = include_str!("../../../sql/postgres/queries/move_seal.sql");
+pub(crate) const MOVE_TABLES: &str = include_str!("../../../sql/postgres/queries/move_tables.sql");

@@ -1,4 +1,4 @@
--- Interactive tasks (SQLite's 0011): `waiting` tasks parked until their owner writes to them or
+-- spool's PostgreSQL schema, version 3. Interactive tasks (SQLite's 0011): `waiting` tasks parked until their owner writes to them or
 -- their wait times out, checkpoints, message authors, and read tokens for one task's streams.
 -- Waiting tasks are unfinished: they count against their owner's pending-task quota.
 
@@ -69,3 +69,64 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- The operator views of 0002, with waiting tasks: a count per queue and the wait's time left.
+CREATE OR REPLACE VIEW task_overview AS
+WITH clock AS (SELECT extract(epoch FROM now()) * 1000 AS now_ms)
+SELECT t.id,
+       t.queue,
+       t.kind,
+       t.status,
+       t.attempts || '/' || t.max_attempts                               AS attempts,
+       t.priority,
+       to_char(timestamp 'epoch' + t.created_at * interval '1 millisecond',
+               'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')                          AS created,
+       to_char(timestamp 'epoch' + t.run_at * interval '1 millisecond',
+               'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')                          AS run_at,
+       round((clock.now_ms - t.created_at) / 1000.0, 1)                  AS age_s,
+       CASE WHEN t.status = 'running'
+            THEN round((t.lease_expires_at - clock.now_ms) / 1000.0, 1) END
+                                                                          AS lease_left_s,
+       t.lease_owner,
+       t.last_error,
+       t.user_id,
+       u.name || CASE WHEN u.issuer IS NULL THEN '' ELSE ' (' || u.issuer || ')' END
+                                                                          AS "user",
+       CASE WHEN t.status = 'waiting'
+            THEN round((t.wait_until - clock.now_ms) / 1000.0, 1) END    AS wait_left_s
+FROM tasks AS t
+CROSS JOIN clock
+LEFT JOIN users AS u ON u.id::text = t.user_id;
+
+CREATE OR REPLACE VIEW queue_depth AS
+WITH clock AS (SELECT (extract(epoch FROM now()) * 1000)::bigint AS now_ms),
+     counts AS (
+         SELECT t.queue,
+                count(*) FILTER (WHERE t.status = 'pending' AND t.run_at <= clock.now_ms)
+                    AS pending,
+                count(*) FILTER (WHERE t.status = 'pending' AND t.run_at > clock.now_ms)
+                    AS scheduled,
+                count(*) FILTER (WHERE t.status = 'running') AS running,
+                count(*) FILTER (WHERE t.status = 'completed' AND t.completed_at IS NOT NULL)
+                    AS completed,
+                count(*) FILTER (WHERE t.status = 'failed' AND t.completed_at IS NOT NULL)
+                    AS failed,
+                count(*) FILTER (WHERE t.status = 'canceled' AND t.completed_at IS NOT NULL)
+                    AS canceled,
+                count(*) FILTER (WHERE t.status = 'waiting') AS waiting
+         FROM tasks AS t CROSS JOIN clock
+         GROUP BY t.queue),
+     names AS (SELECT queue AS name FROM counts UNION SELECT name FROM queues)
+SELECT n.name AS queue,
+       CASE WHEN q.paused THEN 1 ELSE 0 END AS paused,
+       coalesce(c.pending, 0)   AS pending,
+       coalesce(c.scheduled, 0) AS scheduled,
+       coalesce(c.running, 0)   AS running,
+       coalesce(c.completed, 0) AS completed,
+       coalesce(c.failed, 0)    AS failed,
+       coalesce(c.canceled, 0)  AS canceled,
+       coalesce(c.waiting, 0)   AS waiting
+FROM names AS n
+LEFT JOIN counts AS c ON c.queue = n.name
+LEFT JOIN queues AS q ON q.name = n.name
+ORDER BY n.name;
