@@ -153,6 +153,8 @@ impl WebhookHandler {
         let timestamp = u64::try_from(now_ms / 1000).unwrap_or(0);
         let sig = signature(&self.secret, timestamp, &body);
         let timeout = Duration::from_millis(ctx.task().timeout_ms.max(1));
+        // Why this attempt follows a wait (`message`, `timeout`), or empty.
+        let wake = ctx.wake_reason().map(|w| w.as_str()).unwrap_or("");
         let send = || async {
             self.client
                 .post(&self.url)
@@ -163,6 +165,7 @@ impl WebhookHandler {
                 .header("Spool-Timestamp", timestamp.to_string())
                 .header("Spool-Signature", &sig)
                 .header("Spool-Task-Token", &token)
+                .header("Spool-Wake", wake)
                 .body(body.clone())
                 .send()
                 .await
