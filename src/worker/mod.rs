@@ -271,9 +271,7 @@ impl WorkerPool {
             _ = cancel.cancelled() => return None,
             p = self.slots.clone().acquire_owned() => p.ok()?,
         };
-        let lease = self.cfg.worker.lease_ms as i64;
-        let last_ok = self.last_extend_ok.load(Ordering::Relaxed);
-        if claimed_at.max(last_ok).saturating_add(lease) <= self.clock.now() {
+        if self.lease_left(claimed_at) <= 0 {
             if let Ok(r) = self.running.lock() {
                 if let Some(e) = r.get(&id).filter(|e| e.seq == seq) {
                     e.stop(StopReason::LeaseLost);
@@ -476,12 +474,14 @@ impl WorkerPool {
     }
 
     /// One heartbeat: extends our leases, stops attempts whose lease is gone or that were
-    /// canceled.
-    async fn heartbeat_once(&self) -> Result<(), StoreError> {
+    /// canceled. Returns the time the leases were extended from (the `now` sent, not the time
+    /// the answer came: the database counts the lease from it).
+    async fn heartbeat_once(&self) -> Result<i64, StoreError> {
         let snapshot = self.seq.load(Ordering::SeqCst);
+        let sent = self.clock.now();
         let held = self
             .store
-            .lease_extend(self.id.clone(), self.cfg.worker.lease_ms, self.clock.now())
+            .lease_extend(self.id.clone(), self.cfg.worker.lease_ms, sent)
             .await?;
         let held: HashMap<TaskId, (u32, bool)> = held
             .into_iter()
@@ -500,18 +500,36 @@ impl WorkerPool {
                 }
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
-    /// After failed heartbeats: every attempt whose lease has run out by our own reckoning is
-    /// stopped, since another worker may already have taken its task over.
-    fn stop_expired_leases(&self) {
-        let now = self.clock.now();
+    /// How often the lease guard looks, and the margin it keeps before a lease runs out.
+    fn guard_period(&self) -> Duration {
+        Duration::from_millis((self.cfg.worker.lease_ms / 10).max(50))
+    }
+
+    /// Milliseconds left before the lease of an attempt claimed at `claimed_at` could run out in
+    /// the database, by our own reckoning, less the guard's margin (two guard periods): from the
+    /// claim or the last extend that succeeded, whichever is later. At zero or below the
+    /// attempt must stop, since another worker may take the task over once the lease is gone.
+    fn lease_left(&self, claimed_at: i64) -> i64 {
         let last_ok = self.last_extend_ok.load(Ordering::Relaxed);
         let lease = self.cfg.worker.lease_ms as i64;
+        let margin = 2 * self.guard_period().as_millis() as i64;
+        claimed_at
+            .max(last_ok)
+            .saturating_add(lease)
+            .saturating_sub(margin)
+            .saturating_sub(self.clock.now())
+    }
+
+    /// The lease guard's look: every attempt whose lease may run out before the next look (the
+    /// heartbeats failed, hang on a cut link, or this process was stopped) is stopped, so that
+    /// it never runs on after another worker took its task over.
+    fn stop_expired_leases(&self) {
         if let Ok(r) = self.running.lock() {
             for e in r.values() {
-                if e.claimed_at.max(last_ok).saturating_add(lease) <= now {
+                if self.lease_left(e.claimed_at) <= 0 {
                     e.stop(StopReason::LeaseLost);
                 }
             }
@@ -553,6 +571,21 @@ impl WorkerPool {
             queues = ?self.cfg.worker.queues, "worker pool started");
 
         let side = CancellationToken::new();
+        // The lease guard looks on its own, so a heartbeat that hangs cannot delay it.
+        let guard = {
+            let pool = self.clone();
+            let side = side.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(pool.guard_period());
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = side.cancelled() => break,
+                        _ = tick.tick() => pool.stop_expired_leases(),
+                    }
+                }
+            })
+        };
         let hb = {
             let pool = self.clone();
             let side = side.clone();
@@ -566,15 +599,21 @@ impl WorkerPool {
                     tokio::select! {
                         _ = side.cancelled() => break,
                         _ = tick.tick() => {
-                            match pool.heartbeat_once().await {
-                                Ok(()) => pool.last_extend_ok.store(pool.clock.now(), Ordering::Relaxed),
-                                Err(e) => {
+                            // Bounded: a heartbeat on a cut link must not hang the loop.
+                            match tokio::time::timeout(every, pool.heartbeat_once()).await {
+                                Ok(Ok(sent)) => {
+                                    pool.last_extend_ok.fetch_max(sent, Ordering::Relaxed);
+                                }
+                                Ok(Err(e)) => {
                                     tracing::warn!(error = %e, "heartbeat failed; will retry");
-                                    pool.stop_expired_leases();
+                                }
+                                Err(_) => {
+                                    tracing::warn!(timeout_ms = every.as_millis() as u64,
+                                        "heartbeat took too long; will retry");
                                 }
                             }
                             let now = pool.clock.now();
-                            let _ = pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now).await;
+                            let _ = tokio::time::timeout(every, pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now)).await;
                         }
                         ev = cancels.recv() => match ev {
                             Ok(t) => pool.on_cancel(&t),
@@ -653,6 +692,7 @@ impl WorkerPool {
         }
         side.cancel();
         let _ = hb.await;
+        let _ = guard.await;
         let _ = self.store.worker_remove(self.id.clone()).await;
         tracing::info!(worker = %self.id, "worker pool stopped");
         Ok(())

@@ -17,6 +17,7 @@
 
 pub(crate) mod migrate;
 mod rows;
+mod session;
 pub(crate) mod sql;
 pub mod url;
 
@@ -240,6 +241,7 @@ impl PostgresStore {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(timeout);
         }
+        session::harden(&mut cfg, timeout);
         let mgr_cfg = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -1566,6 +1568,8 @@ async fn listen_once(url: &PostgresUrl, timeout: Duration, hub: &Arc<EventHub>) 
     // A link that dies silently is noticed within about a minute.
     cfg.keepalives(true);
     cfg.keepalives_idle(Duration::from_secs(30));
+    cfg.keepalives_interval(Duration::from_secs(5));
+    cfg.keepalives_retries(6);
     match url.tls() {
         url::TlsMode::Disable => {
             let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(pg_err)?;
