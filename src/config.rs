@@ -220,6 +220,10 @@ struct RawJwt {
 #[serde(deny_unknown_fields)]
 struct RawQueue {
     concurrency: Option<u32>,
+    global_concurrency: Option<u32>,
+    per_key_concurrency: Option<u32>,
+    rate: Option<String>,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -529,6 +533,56 @@ pub struct RetentionConfig {
 pub struct QueueConfig {
     /// At most this many of the queue's tasks at once in this process.
     pub concurrency: Option<u32>,
+    /// At most this many of the queue's tasks at once across every process on the database.
+    pub global_concurrency: Option<u32>,
+    /// At most this many running tasks with one `concurrency_key`, across every process.
+    pub per_key_concurrency: Option<u32>,
+    /// Tasks started per period across every process (a token bucket in the database), and
+    /// the bucket's size.
+    pub rate: Option<crate::store::RateLimit>,
+    /// `rate` as written (`"100/s"`).
+    pub rate_text: Option<String>,
+}
+
+impl QueueConfig {
+    /// The limits the claim enforces in its transaction (`None` when the queue has none).
+    pub fn admission(&self) -> Option<crate::store::Admission> {
+        let a = crate::store::Admission {
+            global_concurrency: self.global_concurrency,
+            per_key_concurrency: self.per_key_concurrency,
+            rate: self.rate,
+        };
+        a.is_limited().then_some(a)
+    }
+}
+
+/// Parses a queue's `rate` (`"N/s"`, `"N/m"` or `"N/h"`, N ≥ 1) with its `burst` (default N,
+/// one period's worth).
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_rate(text: &str, burst: Option<u32>) -> Result<crate::store::RateLimit, String> {
+    let bad = || format!("{text:?} is not a rate like \"100/s\", \"20/m\" or \"5/h\"");
+    let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = n.trim().parse().map_err(|_| bad())?;
+    if count == 0 || count > 1_000_000 {
+        return Err(format!("{text:?}: the count must be 1..=1000000"));
+    }
+    let period_ms = match unit.trim() {
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    let burst = burst.unwrap_or(count);
+    if burst == 0 || burst > 1_000_000 {
+        return Err("burst must be 1..=1000000".into());
+    }
+    Ok(crate::store::RateLimit {
+        count,
+        period_ms,
+        burst,
+    })
 }
 
 /// A command kind: what runs, with what environment, as whom.
@@ -829,10 +883,42 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            for (key, v) in [
+                ("global_concurrency", q.global_concurrency),
+                ("per_key_concurrency", q.per_key_concurrency),
+            ] {
+                if v == Some(0) || v.is_some_and(|v| v > 1_000_000) {
+                    return Err(invalid(
+                        format!("queues.{name}.{key}"),
+                        "must be 1..=1000000",
+                    ));
+                }
+            }
+            let rate = match &q.rate {
+                Some(text) => Some(parse_rate(text, q.burst).map_err(|e| {
+                    let field = if e.starts_with("burst") {
+                        "burst"
+                    } else {
+                        "rate"
+                    };
+                    invalid(format!("queues.{name}.{field}"), e)
+                })?),
+                None if q.burst.is_some() => {
+                    return Err(invalid(
+                        format!("queues.{name}.burst"),
+                        "burst needs a rate",
+                    ))
+                }
+                None => None,
+            };
             queues_cfg.insert(
                 name,
                 QueueConfig {
                     concurrency: q.concurrency,
+                    global_concurrency: q.global_concurrency,
+                    per_key_concurrency: q.per_key_concurrency,
+                    rate,
+                    rate_text: q.rate.clone(),
                 },
             );
         }
@@ -1757,5 +1843,44 @@ mod tests {
         let p = c.retry_for("echo");
         assert_eq!((p.base_ms, p.max_attempts, p.max_ms), (500, 3, 300_000));
         assert_eq!(c.retry_for("other"), RetryPolicy::default());
+    }
+
+    #[test]
+    fn queue_admission_limits_parse_and_bad_ones_name_the_field() {
+        let c = parse(
+            "[queues.agents]\nper_key_concurrency = 1\nglobal_concurrency = 3\nrate = \"20/s\"\nburst = 5\n",
+        )
+        .unwrap();
+        let a = c.queues["agents"].admission().unwrap();
+        assert_eq!(a.per_key_concurrency, Some(1));
+        assert_eq!(a.global_concurrency, Some(3));
+        assert_eq!(
+            a.rate,
+            Some(crate::store::RateLimit {
+                count: 20,
+                period_ms: 1000,
+                burst: 5
+            })
+        );
+        let c = parse("[queues.q]\nrate = \"30/m\"\n").unwrap();
+        assert_eq!(c.queues["q"].rate.unwrap().burst, 30, "burst defaults to N");
+        assert_eq!(c.queues["q"].rate.unwrap().period_ms, 60_000);
+        assert!(parse("[queues.q]\nconcurrency = 2\n").unwrap().queues["q"]
+            .admission()
+            .is_none());
+        for (text, field) in [
+            ("per_key_concurrency = 0", "queues.q.per_key_concurrency"),
+            ("global_concurrency = 0", "queues.q.global_concurrency"),
+            ("rate = \"fast\"", "queues.q.rate"),
+            ("rate = \"10/d\"", "queues.q.rate"),
+            ("rate = \"0/s\"", "queues.q.rate"),
+            ("rate = \"10/s\"\nburst = 0", "queues.q.burst"),
+            ("burst = 3", "queues.q.burst"),
+        ] {
+            let e = parse(&format!("[queues.q]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 }

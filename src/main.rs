@@ -69,6 +69,9 @@ enum Command {
         /// Owner of the task.
         #[arg(long, default_value = "admin")]
         user: String,
+        /// Admission key: tasks with one key share the queue's per_key_concurrency.
+        #[arg(long)]
+        concurrency_key: Option<String>,
     },
     /// Show queue depths, running leases and recent failures.
     Inspect {
@@ -299,6 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             delay_ms,
             max_attempts,
             user,
+            concurrency_key,
         } => {
             let payload: Value = match payload {
                 None => Value::Null,
@@ -312,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_attempts,
                 timeout_ms: None,
                 user: Some(user),
+                concurrency_key,
             };
             // The one enqueue rule, checked before anything is opened: a refusal writes
             // nothing, not even the data directory.

@@ -131,6 +131,8 @@ pub struct NewTaskRequest {
     pub idempotency_key: Option<String>,
     /// A hash of the request, to tell a replay from a different request under the same key.
     pub request_hash: Option<String>,
+    /// The admission key: tasks with one key share the queue's `per_key_concurrency`.
+    pub concurrency_key: Option<String>,
 }
 
 /// The one validation of a new task, for every entry point: names, priority, the idempotency
@@ -163,6 +165,13 @@ pub fn new_task(
             );
         }
     }
+    if let Some(k) = &req.concurrency_key {
+        if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
+            return Err(
+                "concurrency_key must be 1 to 255 characters with no control characters".into(),
+            );
+        }
+    }
     let settled = settle(rules, req.asked, now)?;
     Ok(NewTask {
         id,
@@ -176,6 +185,7 @@ pub fn new_task(
         timeout_ms: settled.timeout_ms,
         idempotency_key: req.idempotency_key,
         request_hash: req.request_hash,
+        concurrency_key: req.concurrency_key,
     })
 }
 

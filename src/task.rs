@@ -171,6 +171,8 @@ pub struct Task {
     /// The owner's messages up to this id are behind the task (its checkpoint or a wait took
     /// them in): the next attempt's inbox starts after it.
     pub inbox_cursor: i64,
+    /// Tasks with one key share the queue's `per_key_concurrency` (admission control).
+    pub concurrency_key: Option<String>,
 }
 
 /// Why a waiting task became pending again.
@@ -254,7 +256,7 @@ impl Task {
 impl Serialize for Task {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Task", 20)?;
+        let mut st = s.serialize_struct("Task", 21)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("queue", &self.queue)?;
         st.serialize_field("kind", &self.kind)?;
@@ -266,6 +268,7 @@ impl Serialize for Task {
         st.serialize_field("max_attempts", &self.max_attempts)?;
         st.serialize_field("last_error", &self.last_error)?;
         st.serialize_field("idempotency_key", &self.idempotency_key)?;
+        st.serialize_field("concurrency_key", &self.concurrency_key)?;
         st.serialize_field("run_at", &rfc3339(self.run_at))?;
         st.serialize_field("timeout_ms", &self.timeout_ms)?;
         st.serialize_field("cancel_requested", &self.cancel_requested)?;
@@ -304,6 +307,8 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// A hash of the request, to tell a replay from a different request under the same key.
     pub request_hash: Option<String>,
+    /// The admission key (`per_key_concurrency`), 1 to 255 characters.
+    pub concurrency_key: Option<String>,
 }
 
 /// A progress message of a task.

@@ -168,7 +168,8 @@ async fn healthz_ok(c: &Client, s: &Server) {
     assert_eq!(r.text().await.unwrap().trim(), "ok");
 }
 
-const TASK_FIELDS: [&str; 20] = [
+const TASK_FIELDS: [&str; 21] = [
+    "concurrency_key",
     "wait",
     "checkpoint",
     "id",

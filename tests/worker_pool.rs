@@ -109,6 +109,7 @@ fn new_task(kind: &str, queue: &str, payload: Value) -> NewTask {
         timeout_ms: 10_000,
         idempotency_key: None,
         request_hash: None,
+        concurrency_key: None,
     }
 }
 

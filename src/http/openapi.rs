@@ -59,6 +59,8 @@ pub struct TaskView {
     last_error: Option<String>,
     /// The client's idempotency key, or null.
     idempotency_key: Option<String>,
+    /// The admission key (`per_key_concurrency` of its queue), or null.
+    concurrency_key: Option<String>,
     /// RFC 3339: not claimed before.
     #[schema(format = DateTime)]
     run_at: String,
@@ -516,6 +518,7 @@ mod tests {
             wait_until: None,
             wake_reason: None,
             inbox_cursor: 0,
+            concurrency_key: None,
         };
         let sent = t.to_json();
         let mut keys: Vec<&String> = sent.as_object().unwrap().keys().collect();

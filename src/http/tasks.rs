@@ -60,6 +60,15 @@ pub(super) struct CreateTask {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
     )]
     idempotency_key: Option<String>,
+    /// 1 to 255 characters, no control characters: with `[queues.NAME] per_key_concurrency = N`,
+    /// at most N tasks with one key of that queue run at once, across all processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    concurrency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -113,6 +122,7 @@ fn validate(
             },
             idempotency_key: key,
             request_hash,
+            concurrency_key: req.concurrency_key,
         },
         TaskId::new(),
         user.owner_key(),

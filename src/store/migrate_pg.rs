@@ -165,6 +165,7 @@ const TABLES: &[Table] = &[
             col("wake_reason", Kind::Text),
             col("inbox_cursor", Kind::Int),
             col("inbox_read", Kind::Int),
+            col("concurrency_key", Kind::Text),
         ],
     },
     Table {

@@ -115,6 +115,50 @@ pub struct QueueClaim {
     pub queue: String,
     /// At most this many of its tasks.
     pub limit: u32,
+    /// The queue's admission limits, checked in the claim's transaction against what every
+    /// process on the database runs (`None`: no limit, today's claim).
+    pub admission: Option<Admission>,
+}
+
+/// A queue's admission limits (`[queues.NAME]` in config). A task that cannot be admitted stays
+/// `pending` and is looked at again by the next claim; it never blocks other tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Admission {
+    /// At most this many of the queue's tasks running at once, across all processes.
+    pub global_concurrency: Option<u32>,
+    /// At most this many running tasks with one `concurrency_key`, across all processes.
+    pub per_key_concurrency: Option<u32>,
+    /// Claims take a token each from the queue's bucket, kept in the database.
+    pub rate: Option<RateLimit>,
+}
+
+impl Admission {
+    /// Whether any limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.global_concurrency.is_some()
+            || self.per_key_concurrency.is_some()
+            || self.rate.is_some()
+    }
+}
+
+/// A token bucket: `count` tokens every `period_ms`, at most `burst` in the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Tokens added per period.
+    pub count: u32,
+    /// The period, ms (1000, 60000 or 3600000).
+    pub period_ms: u64,
+    /// The bucket's size: tasks that may start at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// A queue's token bucket as stored: tokens at `updated_at`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// Tokens in the bucket at `updated_at`.
+    pub tokens: f64,
+    /// The last refill.
+    pub updated_at: UnixMillis,
 }
 
 /// What a claim asks for.
@@ -638,6 +682,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         configured: Vec<String>,
         now: UnixMillis,
     ) -> Result<Vec<QueueStats>>;
+
+    /// Every rate-limited queue's token bucket as last stored (refill it with the rate to know
+    /// the tokens now).
+    ///
+    /// # Errors
+    /// A database error.
+    async fn queue_buckets(&self) -> Result<Vec<(String, Bucket)>>;
 
     /// Names of paused queues.
     ///

@@ -161,18 +161,15 @@ impl WorkerPool {
         let mut queues = Vec::with_capacity(qs.len());
         for i in 0..qs.len() {
             let q = &qs[(start + i) % qs.len()];
-            let cap = self
-                .cfg
-                .queues
-                .get(q)
-                .and_then(|c| c.concurrency)
-                .unwrap_or(u32::MAX);
+            let qcfg = self.cfg.queues.get(q);
+            let cap = qcfg.and_then(|c| c.concurrency).unwrap_or(u32::MAX);
             let limit = cap
                 .saturating_sub(per.get(q).copied().unwrap_or(0))
                 .min(total);
             queues.push(QueueClaim {
                 queue: q.clone(),
                 limit,
+                admission: qcfg.and_then(|c| c.admission()),
             });
         }
         let asked: u32 = queues.iter().map(|q| q.limit).sum::<u32>().min(total);

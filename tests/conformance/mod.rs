@@ -30,6 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod admission;
+pub use admission::*;
+
 /// A fixed "now" every test starts from.
 pub const T0: i64 = 1_800_000_000_000;
 /// The lease length the tests claim with.
@@ -123,6 +126,11 @@ macro_rules! suite {
             the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait,
             messages_record_their_author_and_are_read_by_author,
             stream_tokens_name_one_task_until_they_expire,
+            per_key_limit_skips_a_full_key_without_blocking_others,
+            per_key_claims_go_round_robin_by_key_within_a_priority,
+            global_concurrency_counts_every_stores_running_tasks,
+            rate_limit_is_one_bucket_shared_by_every_store,
+            racing_claims_never_over_admit,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -152,6 +160,7 @@ pub fn task(queue: &str, max_attempts: u32, priority: i32, run_at: i64) -> NewTa
         timeout_ms: 1000,
         idempotency_key: None,
         request_hash: None,
+        concurrency_key: None,
     }
 }
 
@@ -175,6 +184,7 @@ async fn claim_in(s: &dyn Store, owner: &str, queue: &str, n: u32, now: i64) -> 
         queues: vec![QueueClaim {
             queue: queue.into(),
             limit: n,
+            admission: None,
         }],
         total: n,
         lease_ms: LEASE,
@@ -348,10 +358,12 @@ pub async fn per_queue_claims_share_one_total<B: Backend>(b: &B) {
                 QueueClaim {
                     queue: "a".into(),
                     limit: 2,
+                    admission: None,
                 },
                 QueueClaim {
                     queue: "b".into(),
                     limit: 5,
+                    admission: None,
                 },
             ],
             total: 4,
@@ -455,6 +467,7 @@ pub async fn a_claim_without_rescue_leaves_expired_leases_alone<B: Backend>(b: &
             queues: vec![QueueClaim {
                 queue: "default".into(),
                 limit: 1,
+                admission: None,
             }],
             total: 1,
             lease_ms: LEASE,
@@ -1529,6 +1542,7 @@ pub async fn two_stores_on_one_database_never_claim_the_same_task<B: Backend>(b:
                     queues: vec![QueueClaim {
                         queue: "default".into(),
                         limit: 7,
+                        admission: None,
                     }],
                     total: 7,
                     lease_ms: 60_000,

@@ -19,6 +19,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         3,
         include_str!("../../../sql/postgres/migrations/0003_interactive.sql"),
     ),
+    (
+        4,
+        include_str!("../../../sql/postgres/migrations/0004_admission.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema version this build of spool writes.

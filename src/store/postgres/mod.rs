@@ -15,6 +15,7 @@
 //! `sql/postgres/migrations/0001_init.sql`): the change log is in commit order, and spool never
 //! waits for that lock while holding a row lock, so its writers cannot deadlock on it.
 
+mod admission;
 pub(crate) mod migrate;
 mod rows;
 mod session;
@@ -464,6 +465,7 @@ async fn write_rows<C: GenericClient>(
     let mut timeouts = Vec::with_capacity(n);
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut hashes: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut ckeys: Vec<Option<&str>> = Vec::with_capacity(n);
     for (t, payload) in waiting.iter() {
         ids.push(t.id.0);
         users.push(t.user_id.as_str());
@@ -476,6 +478,7 @@ async fn write_rows<C: GenericClient>(
         timeouts.push(i64::try_from(t.timeout_ms).unwrap_or(i64::MAX));
         keys.push(t.idempotency_key.as_deref());
         hashes.push(t.request_hash.as_deref());
+        ckeys.push(t.concurrency_key.as_deref());
     }
     execute(
         c,
@@ -493,6 +496,7 @@ async fn write_rows<C: GenericClient>(
             &keys,
             &hashes,
             &now,
+            &ckeys,
         ],
     )
     .await?;
@@ -557,6 +561,7 @@ async fn insert_tasks<C: GenericClient>(
                     &t.idempotency_key,
                     &t.request_hash,
                     &now,
+                    &t.concurrency_key,
                 ],
             )
             .await?;
@@ -802,10 +807,26 @@ impl Store for PostgresStore {
                 notify_work(&tx, woken.into_iter().collect()).await?;
             }
         }
-        let names: Vec<&str> = p.queues.iter().map(|q| q.queue.as_str()).collect();
-        let limits: Vec<i64> = p.queues.iter().map(|q| i64::from(q.limit)).collect();
         let mut claimed = Vec::new();
-        if p.total > 0 && !names.is_empty() {
+        // Limited queues first, each under its admission lock; the rest in one statement.
+        let mut remaining = p.total;
+        for q in &p.queues {
+            if let Some(adm) = q.admission.as_ref().filter(|a| a.is_limited()) {
+                let limit = q.limit.min(remaining);
+                for t in admission::claim_admitted(&tx, &p, &q.queue, limit, adm).await? {
+                    claimed.push(t);
+                    remaining = remaining.saturating_sub(1);
+                }
+            }
+        }
+        let free: Vec<&crate::store::QueueClaim> = p
+            .queues
+            .iter()
+            .filter(|q| !q.admission.as_ref().is_some_and(|a| a.is_limited()))
+            .collect();
+        let names: Vec<&str> = free.iter().map(|q| q.queue.as_str()).collect();
+        let limits: Vec<i64> = free.iter().map(|q| i64::from(q.limit)).collect();
+        if remaining > 0 && !names.is_empty() {
             let rows = query(
                 &tx,
                 sql::TASK_CLAIM,
@@ -815,7 +836,7 @@ impl Store for PostgresStore {
                     &i64::try_from(p.lease_ms).unwrap_or(i64::MAX),
                     &names,
                     &limits,
-                    &i64::from(p.total),
+                    &i64::from(remaining),
                 ],
             )
             .await?;
@@ -1132,6 +1153,22 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(by.into_values().collect())
+    }
+
+    async fn queue_buckets(&self) -> Result<Vec<(String, super::Bucket)>> {
+        let c = self.conn().await?;
+        let rows = query(&c, admission::TOKENS_LIST, &[]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((
+                r.try_get::<_, String>(0).map_err(pg_err)?,
+                super::Bucket {
+                    tokens: r.try_get(1).map_err(pg_err)?,
+                    updated_at: r.try_get(2).map_err(pg_err)?,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     async fn queue_paused(&self) -> Result<Vec<String>> {

@@ -43,6 +43,7 @@ pub(super) fn task(r: &Row) -> Result<Task> {
             .as_deref()
             .and_then(WakeReason::parse),
         inbox_cursor: r.try_get("inbox_cursor").map_err(pg_err)?,
+        concurrency_key: r.try_get("concurrency_key").map_err(pg_err)?,
     })
 }
 

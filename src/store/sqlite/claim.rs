@@ -47,6 +47,13 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
         if limit == 0 {
             continue;
         }
+        if let Some(adm) = q.admission.as_ref().filter(|a| a.is_limited()) {
+            for t in super::admission::claim_admitted(conn, p, &q.queue, limit, adm)? {
+                claimed.push(t);
+                remaining -= 1;
+            }
+            continue;
+        }
         let rows = st.query_map(
             named_params! {":owner": p.owner, ":now": p.now, ":lease_ms": p.lease_ms as i64,
             ":queue": q.queue, ":limit": limit},

@@ -49,6 +49,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         11,
         include_str!("../../../sql/sqlite/migrations/0011_interactive.sql"),
     ),
+    (
+        12,
+        include_str!("../../../sql/sqlite/migrations/0012_admission.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.

@@ -12,6 +12,7 @@
 //! | [`migrate`] | the schema versions |
 //! | `sql` | every statement, from `sql/sqlite/queries/` |
 
+mod admission;
 mod claim;
 mod insert;
 mod lookup;
@@ -1022,6 +1023,23 @@ impl Store for SqliteStore {
     ///
     /// # Errors
     /// A database error.
+    async fn queue_buckets(&self) -> Result<Vec<(String, super::Bucket)>> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(admission::TOKENS_LIST)?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    super::Bucket {
+                        tokens: r.get(1)?,
+                        updated_at: r.get(2)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn queue_paused(&self) -> Result<Vec<String>> {
         self.read(|conn| {
             let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
@@ -1431,6 +1449,7 @@ mod tests {
                     timeout_ms: 60_000,
                     request_hash: key.as_ref().map(|_| "h".to_string()),
                     idempotency_key: key,
+                    concurrency_key: (i % 7 == 0).then(|| format!("c{i}")),
                 };
                 let text = serde_json::to_string(&t.payload).unwrap();
                 (t, text)

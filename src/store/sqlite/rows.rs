@@ -36,6 +36,7 @@ pub(crate) struct TaskColumns {
     wait_until: usize,
     wake_reason: usize,
     inbox_cursor: usize,
+    concurrency_key: usize,
 }
 
 impl TaskColumns {
@@ -69,6 +70,7 @@ impl TaskColumns {
             wait_until: c("wait_until")?,
             wake_reason: c("wake_reason")?,
             inbox_cursor: c("inbox_cursor")?,
+            concurrency_key: c("concurrency_key")?,
         })
     }
 
@@ -109,6 +111,7 @@ impl TaskColumns {
             wait_until: r.get(self.wait_until)?,
             wake_reason: wake.as_deref().and_then(WakeReason::parse),
             inbox_cursor: r.get(self.inbox_cursor)?,
+            concurrency_key: r.get(self.concurrency_key)?,
         })
     }
 
