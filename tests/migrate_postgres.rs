@@ -777,6 +777,19 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A task of the views test: letter, queue, status, run_at, created_at, lease expiry,
+/// completed_at, last error.
+type Row<'a> = (
+    char,
+    &'a str,
+    &'a str,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<&'a str>,
+);
+
 /// The task of letter `l` (a, b, ...): ids that sort as the letters do.
 fn tid(l: char) -> String {
     format!(
@@ -812,16 +825,7 @@ async fn the_operator_views_answer_in_psql_as_on_sqlite() {
     let hour = 3_600_000i64;
     // The rows of tests/views.rs: one task in each state, on two queues, and a paused queue with
     // no tasks.
-    let rows: [(
-        char,
-        &str,
-        &str,
-        i64,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        Option<&str>,
-    ); 7] = [
+    let rows: [Row<'_>; 7] = [
         (
             'a',
             "mail",
