@@ -235,16 +235,17 @@ impl Stream {
     }
 }
 
-/// `psql` (Debian's) on the database at `url`, as the `postgres` user when this is root, as the
-/// operator would run it: one `|`-separated line per row.
+/// `psql` (PostgreSQL 15's, from the package tests/run.sh installs) on the database at `url`, as
+/// the `postgres` user when this is root, as the operator would run it: one `|`-separated line
+/// per row.
 fn psql(url: &str, sql: &str) -> Vec<String> {
-    let root = nix::unistd::geteuid().is_root();
-    let mut cmd = if root {
+    let bin = format!("{}/psql", pg::PG_BIN);
+    let mut cmd = if nix::unistd::geteuid().is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", "psql"]);
+        c.args(["-u", "postgres", "--", &bin]);
         c
     } else {
-        Command::new("psql")
+        Command::new(&bin)
     };
     let out = cmd
         .args([
@@ -262,7 +263,7 @@ fn psql(url: &str, sql: &str) -> Vec<String> {
         ])
         .current_dir("/")
         .output()
-        .unwrap_or_else(|e| panic!("psql is needed (Debian's postgresql-client): {e}"));
+        .unwrap_or_else(|e| panic!("{bin} is needed (Debian's postgresql): {e}"));
     assert!(
         out.status.success(),
         "psql failed on {sql:?}: {}",
