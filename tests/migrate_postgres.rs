@@ -236,16 +236,17 @@ impl Stream {
     }
 }
 
-/// `psql` (Debian's) on the database at `url`, as the `postgres` user when this is root, as the
-/// operator would run it: one `|`-separated line per row.
+/// `psql` (PostgreSQL 15's, from the package tests/run.sh installs) on the database at `url`, as
+/// the `postgres` user when this is root, as the operator would run it: one `|`-separated line
+/// per row.
 fn psql(url: &str, sql: &str) -> Vec<String> {
-    let root = nix::unistd::geteuid().is_root();
-    let mut cmd = if root {
+    let bin = format!("{}/psql", pg::PG_BIN);
+    let mut cmd = if nix::unistd::geteuid().is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", "psql"]);
+        c.args(["-u", "postgres", "--", &bin]);
         c
     } else {
-        Command::new("psql")
+        Command::new(&bin)
     };
     let out = cmd
         .args([
@@ -263,7 +264,7 @@ fn psql(url: &str, sql: &str) -> Vec<String> {
         ])
         .current_dir("/")
         .output()
-        .unwrap_or_else(|e| panic!("psql is needed (Debian's postgresql-client): {e}"));
+        .unwrap_or_else(|e| panic!("{bin} is needed (Debian's postgresql): {e}"));
     assert!(
         out.status.success(),
         "psql failed on {sql:?}: {}",
@@ -778,6 +779,19 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A task of the views test: letter, queue, status, run_at, created_at, lease expiry,
+/// completed_at, last error.
+type Row<'a> = (
+    char,
+    &'a str,
+    &'a str,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<&'a str>,
+);
+
 /// The task of letter `l` (a, b, ...): ids that sort as the letters do.
 fn tid(l: char) -> String {
     format!(
@@ -813,16 +827,7 @@ async fn the_operator_views_answer_in_psql_as_on_sqlite() {
     let hour = 3_600_000i64;
     // The rows of tests/views.rs: one task in each state, on two queues, and a paused queue with
     // no tasks.
-    let rows: [(
-        char,
-        &str,
-        &str,
-        i64,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        Option<&str>,
-    ); 7] = [
+    let rows: [Row<'_>; 7] = [
         (
             'a',
             "mail",

@@ -7,6 +7,8 @@
 //! as arguments, so two stores given the same calls do the same thing. [`sqlite`] is the
 //! embedded default (one writer thread with group commit, a pool of readers); [`postgres`] is
 //! for many processes on many hosts sharing one database.
+//! [`migrate_pg`] copies a SQLite database into an empty PostgreSQL one
+//! (`spool migrate-to-postgres`).
 
 pub mod migrate_pg;
 pub mod postgres;
