@@ -958,6 +958,7 @@ async fn queues_are_admin_only_and_pause_stops_claims_until_resume() {
         "failed",
         "canceled",
         "oldest_pending_age_ms",
+        "limits",
     ]
     .into_iter()
     .collect();

@@ -194,6 +194,31 @@ pub struct QueueView {
     canceled: u64,
     /// Age of the oldest runnable task, or null when none is.
     oldest_pending_age_ms: Option<u64>,
+    /// The queue's limits from config (null: none).
+    limits: QueueLimits,
+}
+
+/// A queue's limits (`[queues.NAME]` in config); each is null when not set.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueLimits {
+    /// At most this many of its tasks at once in each process.
+    #[schema(minimum = 1)]
+    concurrency: Option<u32>,
+    /// At most this many of its tasks at once across every process.
+    #[schema(minimum = 1)]
+    global_concurrency: Option<u32>,
+    /// At most this many running tasks with one `concurrency_key`, across every process.
+    #[schema(minimum = 1)]
+    per_key_concurrency: Option<u32>,
+    /// Tasks started per second, minute or hour (`"100/s"`, `"20/m"`, `"5/h"`).
+    #[schema(pattern = "^[0-9]+/[smh]$")]
+    rate: Option<String>,
+    /// Tasks that may start at once after a quiet spell (the token bucket's size).
+    #[schema(minimum = 1)]
+    burst: Option<u32>,
+    /// Tokens in the bucket now (a task takes one to start).
+    #[schema(minimum = 0)]
+    tokens: Option<f64>,
 }
 
 /// All queues.
@@ -308,7 +333,7 @@ impl Modify for BearerAuth {
         queues::list, queues::pause, queues::resume,
         super::dashboard, super::healthz, super::readyz, super::metrics_text, super::openapi_json,
     ),
-    components(schemas(TaskView, TaskStatusView, WaitView, AuthorView, StreamTokenView, MessageView, TaskPage, TaskBatch, MessagePage, QueueView, QueueList, ErrorBody, ErrorDetail, ErrorCode, SseEvent, SseEventName)),
+    components(schemas(TaskView, TaskStatusView, WaitView, AuthorView, StreamTokenView, MessageView, TaskPage, TaskBatch, MessagePage, QueueView, QueueLimits, QueueList, ErrorBody, ErrorDetail, ErrorCode, SseEvent, SseEventName)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -613,6 +638,8 @@ mod tests {
             ("TaskView", "completed_at"),
             ("TaskPage", "next_cursor"),
             ("QueueView", "oldest_pending_age_ms"),
+            ("QueueLimits", "rate"),
+            ("QueueLimits", "tokens"),
         ] {
             let t = &s[schema]["properties"][field]["type"];
             assert!(

@@ -131,6 +131,19 @@ impl WorkerPool {
         &self.id
     }
 
+    /// The time one token of the fastest rate-limited queue this pool works takes to earn
+    /// (at least 10 ms); a day when none is limited.
+    fn token_interval(&self) -> Duration {
+        self.cfg
+            .worker
+            .queues
+            .iter()
+            .filter_map(|q| self.cfg.queues.get(q).and_then(|c| c.rate))
+            .map(|r| Duration::from_millis((r.period_ms / u64::from(r.count.max(1))).max(10)))
+            .min()
+            .unwrap_or(Duration::from_secs(86_400))
+    }
+
     fn running_counts(&self) -> (u32, HashMap<String, u32>) {
         let mut per = HashMap::new();
         let Ok(r) = self.running.lock() else {
@@ -638,7 +651,13 @@ impl WorkerPool {
                     if asked > 0 && got as u32 == asked {
                         continue; // there may be more waiting
                     }
-                    poll
+                    // A rate-limited queue earns its next token before the poll is up: look
+                    // again then, so the rate is used, not the poll interval.
+                    if asked > got as u32 {
+                        poll.min(self.token_interval())
+                    } else {
+                        poll
+                    }
                 }
                 Err(e) => {
                     failures += 1;
