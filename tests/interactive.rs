@@ -593,3 +593,37 @@ async fn a_task_token_reads_the_inbox_and_saves_checkpoints_and_a_stream_token_r
     );
     assert!(!log.contains(&tt), "the task token is in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_with_a_stream_token_count_against_the_task_owners_request_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[limits]\nrequests_per_second = 1\nrequests_burst = 3\n[worker]\nconcurrency = 0\n",
+    );
+    let s = serve(&cfg, &[]);
+    let alice = s.user_token("alice", false);
+    let id = create(&s, &alice, json!({"kind": "nothing"})).await;
+    let r = s
+        .post_json(&alice, &format!("/v1/tasks/{id}/stream_token"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // alice spent her burst on the two requests above; the token's reads are hers too.
+    let c = client();
+    let mut refused = 0;
+    for _ in 0..5 {
+        let r = c
+            .get(s.url(&format!("/v1/tasks/{id}/messages?access_token={token}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 3, "only {refused} of 5 reads were refused");
+}

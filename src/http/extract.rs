@@ -218,6 +218,24 @@ pub(super) enum Reader {
 }
 
 impl Reader {
+    /// The owner this read counts against (`limits.requests_per_second`, stream slots): the
+    /// user, or for a task's own tokens the task's owner, whose request rate is charged here (a
+    /// user's was charged when the token was checked), so a stream or task token is no way
+    /// around its owner's limits.
+    ///
+    /// # Errors
+    /// `429` over the owner's rate; `404` or a database error reading the task.
+    pub(super) async fn owner(&self, st: &AppState, id: TaskId) -> Result<String, ApiError> {
+        match self {
+            Reader::User(a) => Ok(a.0.owner_key()),
+            _ => {
+                let owner = st.store.task_get(id, None).await?.user_id;
+                st.limits.request(&owner, std::time::Instant::now())?;
+                Ok(owner)
+            }
+        }
+    }
+
     /// The owner filter for reads of task `id`: a user's scope; none for a task's own token.
     ///
     /// # Errors
@@ -275,10 +293,8 @@ impl FromRequestParts<AppState> for Reader {
             };
         }
         if token.starts_with(TASK_TOKEN_PREFIX) {
-            return match task_token(st, &token).await? {
-                Caller::Task(id, attempt) => Ok(Reader::Task(id, attempt)),
-                Caller::User(a) => Ok(Reader::User(a)),
-            };
+            let (id, attempt) = task_token(st, &token).await?;
+            return Ok(Reader::Task(id, attempt));
         }
         if !parts
             .headers
@@ -293,14 +309,14 @@ impl FromRequestParts<AppState> for Reader {
     }
 }
 
-/// What a task token is worth, as a caller.
-async fn task_token(st: &AppState, token: &str) -> Result<Caller, ApiError> {
+/// The task and attempt a task token is good for now.
+async fn task_token(st: &AppState, token: &str) -> Result<(TaskId, u32), ApiError> {
     let check = st
         .store
         .task_token_lookup(hash_token(token), st.clock.now())
         .await?;
     match check {
-        TaskTokenCheck::Valid(id, attempt) => Ok(Caller::Task(id, attempt)),
+        TaskTokenCheck::Valid(id, attempt) => Ok((id, attempt)),
         TaskTokenCheck::Expired => Err(ApiError::Unauthorized(
             "the lease of this task token's attempt has run out".into(),
         )),
@@ -316,7 +332,8 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
         if token.starts_with(TASK_TOKEN_PREFIX) {
-            return task_token(st, token).await;
+            let (id, attempt) = task_token(st, token).await?;
+            return Ok(Caller::Task(id, attempt));
         }
         Ok(Caller::User(Auth::from_request_parts(parts, st).await?))
     }

@@ -98,17 +98,14 @@ pub(super) async fn task_events(
         (None, None) => 0,
     };
     let scope = reader.scope_for(id)?;
+    let owner = reader.owner(&st, id).await?;
     let author = super::tasks::author_param(q.author.as_deref())?;
     // Watch before the first read so nothing committed in between is missed.
     let watch = st.store.hub().watch(id);
     let first = st.store.task_get(id, scope.clone()).await?;
     // Held by the stream: freed when it ends, the client goes away, or the server stops. A
     // task's own tokens count against its owner.
-    let key = match &reader {
-        Reader::User(auth) => auth.0.owner_key(),
-        _ => first.user_id.clone(),
-    };
-    let slot = st.limits.stream_slot(&key)?;
+    let slot = st.limits.stream_slot(&owner)?;
     let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
 
     let stream = async_stream::stream! {

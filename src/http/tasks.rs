@@ -508,6 +508,7 @@ pub(super) async fn messages(
     ApiQuery(q): ApiQuery<MessagesQuery>,
 ) -> ApiResult<Json<Value>> {
     let scope = reader.scope_for(id)?;
+    let owner = reader.owner(&st, id).await?;
     let author = author_param(q.author.as_deref())?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
@@ -524,12 +525,7 @@ pub(super) async fn messages(
     // A long poll holds a stream slot while it waits (dropped with this future, also when the
     // client goes away).
     let _slot = if wait_ms > 0 {
-        let key = match &reader {
-            Reader::User(auth) => auth.0.owner_key(),
-            // A task's own tokens count against its owner.
-            _ => st.store.task_get(id, None).await?.user_id,
-        };
-        Some(st.limits.stream_slot(&key)?)
+        Some(st.limits.stream_slot(&owner)?)
     } else {
         None
     };

@@ -64,11 +64,8 @@ pub(super) fn message(task_id: TaskId, r: &Row) -> Result<(Message, usize)> {
     let author: String = r.try_get("author").map_err(pg_err)?;
     Ok((
         Message {
-            author: if author == "user" {
-                Author::User
-            } else {
-                Author::Task
-            },
+            // Anything else an operator wrote by hand reads as the task's.
+            author: author.parse().unwrap_or(Author::Task),
             id: r.try_get("seq").map_err(pg_err)?,
             task_id,
             kind: r.try_get("kind").map_err(pg_err)?,

@@ -150,11 +150,8 @@ pub(crate) fn message(r: &Row<'_>) -> rusqlite::Result<Message> {
     let content: String = r.get("content")?;
     let author: String = r.get("author")?;
     Ok(Message {
-        author: if author == "user" {
-            Author::User
-        } else {
-            Author::Task
-        },
+        // Anything else an operator wrote by hand reads as the task's.
+        author: author.parse().unwrap_or(Author::Task),
         id: r.get("id")?,
         task_id: task_id.parse().map_err(|e: String| {
             rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
