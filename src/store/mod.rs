@@ -582,13 +582,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `Unavailable` or a database error.
     async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>>;
 
-    /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
+    /// Extends the leases `owner` holds on `tasks` to `now + lease_ms`; returns those still
+    /// held. Only the tasks named: a lease the worker no longer knows of (an attempt it
+    /// dropped, a claim whose answer it never got) must run out, so another worker rescues it.
     ///
     /// # Errors
     /// `Unavailable` or a database error.
     async fn lease_extend(
         &self,
         owner: String,
+        tasks: Vec<TaskId>,
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>>;

@@ -489,9 +489,15 @@ impl WorkerPool {
     async fn heartbeat_once(&self) -> Result<i64, StoreError> {
         let snapshot = self.seq.load(Ordering::SeqCst);
         let sent = self.clock.now();
+        // Only the attempts still here: one the lease guard dropped (or whose outcome could not
+        // be written) is left to run out, or it would stay ours, extended and never run.
+        let ours: Vec<TaskId> = match self.running.lock() {
+            Ok(r) => r.keys().copied().collect(),
+            Err(_) => Vec::new(),
+        };
         let held = self
             .store
-            .lease_extend(self.id.clone(), self.cfg.worker.lease_ms, sent)
+            .lease_extend(self.id.clone(), ours, self.cfg.worker.lease_ms, sent)
             .await?;
         let held: HashMap<TaskId, (u32, bool)> = held
             .into_iter()

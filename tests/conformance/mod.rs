@@ -82,6 +82,7 @@ macro_rules! suite {
             a_claim_without_rescue_leaves_expired_leases_alone,
             a_finish_with_another_owner_or_attempt_changes_nothing,
             heartbeat_extends_the_leases_held_and_reports_cancel_requests,
+            a_lease_the_heartbeat_leaves_out_runs_out_and_is_rescued,
             failure_retries_on_the_backoff_schedule_then_fails,
             backoff_caps_and_retry_after_replaces_it_through_finish,
             permanent_failure_fails_at_once,
@@ -528,7 +529,10 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
     let bt = claim_one(s, "B", T0).await;
     assert_eq!(bt.id, t3.id);
     let now = T0 + LEASE as i64 - 100;
-    let mut held = s.lease_extend("A".into(), LEASE, now).await.unwrap();
+    let mut held = s
+        .lease_extend("A".into(), vec![t1.id, t2.id], LEASE, now)
+        .await
+        .unwrap();
     held.sort_by_key(|h| h.id);
     let mut want = vec![
         HeldLease {
@@ -554,7 +558,7 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
     assert_eq!(c.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t3.id]);
     // B's heartbeat now holds nothing: its lease was taken over.
     assert!(s
-        .lease_extend("B".into(), LEASE, now)
+        .lease_extend("B".into(), vec![t3.id], LEASE, now)
         .await
         .unwrap()
         .is_empty());
@@ -564,7 +568,10 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
         (canceled.status, canceled.cancel_requested),
         (TaskStatus::Running, true)
     );
-    let held = s.lease_extend("A".into(), LEASE, now).await.unwrap();
+    let held = s
+        .lease_extend("A".into(), vec![t1.id, t2.id], LEASE, now)
+        .await
+        .unwrap();
     let by_id: HashMap<TaskId, bool> = held.iter().map(|h| (h.id, h.cancel_requested)).collect();
     assert_eq!(by_id.get(&t1.id), Some(&true));
     assert_eq!(by_id.get(&t2.id), Some(&false));
@@ -573,8 +580,48 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
     finish(s, a2, "A", TaskStatus::Completed, None, now)
         .await
         .unwrap();
-    let held = s.lease_extend("A".into(), LEASE, now).await.unwrap();
+    let held = s
+        .lease_extend("A".into(), vec![t1.id, t2.id], LEASE, now)
+        .await
+        .unwrap();
     assert_eq!(held.iter().map(|h| h.id).collect::<Vec<_>>(), vec![t1.id]);
+}
+
+/// A worker that dropped an attempt (its lease guard stopped it, or a claim's answer never
+/// reached it) leaves that task out of its heartbeat: the lease runs out and another worker
+/// takes the task, rather than it staying held, extended and never run.
+pub async fn a_lease_the_heartbeat_leaves_out_runs_out_and_is_rescued<B: Backend>(b: &B) {
+    let f = b.fresh(Limits::default()).await;
+    let s = &*f.store;
+    let t1 = add(s, task("default", 3, 0, T0), T0).await;
+    let t2 = add(s, task("default", 3, 0, T0), T0).await;
+    let a = claim(s, "A", 2, T0).await;
+    assert_eq!(a.len(), 2);
+    let now = T0 + LEASE as i64 - 100;
+    let held = s
+        .lease_extend("A".into(), vec![t1.id], LEASE, now)
+        .await
+        .unwrap();
+    assert_eq!(held.iter().map(|h| h.id).collect::<Vec<_>>(), vec![t1.id]);
+    assert_eq!(
+        get(s, t1.id).await.lease_expires_at,
+        Some(now + LEASE as i64)
+    );
+    assert_eq!(
+        get(s, t2.id).await.lease_expires_at,
+        Some(T0 + LEASE as i64)
+    );
+    // Naming nothing extends nothing.
+    assert!(s
+        .lease_extend("A".into(), vec![], LEASE, now)
+        .await
+        .unwrap()
+        .is_empty());
+    // Past t2's lease, within t1's: B rescues and takes t2 only.
+    let later = T0 + LEASE as i64 + 1;
+    let taken = claim(s, "B", 2, later).await;
+    assert_eq!(taken.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t2.id]);
+    assert_eq!(taken[0].attempts, 2);
 }
 
 // ---- the end of an attempt ----------------------------------------------------------------
@@ -1825,7 +1872,10 @@ pub async fn changes_from_another_store_are_read_with_filters_and_a_cursor<B: Ba
     // A cancel request is a change; a heartbeat is not.
     let c2 = claim_in(&*other, "W", "q2", 1, T0).await.remove(0);
     let mark = page(after_finish.next, 100, None, None).await.unwrap().next;
-    other.lease_extend("W".into(), LEASE, T0 + 2).await.unwrap();
+    other
+        .lease_extend("W".into(), vec![c2.id], LEASE, T0 + 2)
+        .await
+        .unwrap();
     assert!(page(mark, 100, None, None)
         .await
         .unwrap()
@@ -2248,7 +2298,9 @@ pub async fn task_tokens_live_only_while_their_attempt_runs<B: Backend>(b: &B) {
         TaskTokenCheck::Expired
     );
     // A heartbeat brings it back.
-    s.lease_extend("A".into(), LEASE, late).await.unwrap();
+    s.lease_extend("A".into(), vec![t.id], LEASE, late)
+        .await
+        .unwrap();
     assert_eq!(
         s.task_token_lookup(hash(1), late).await.unwrap(),
         TaskTokenCheck::Valid(t.id, 1)

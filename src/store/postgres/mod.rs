@@ -854,12 +854,17 @@ impl Store for PostgresStore {
     async fn lease_extend(
         &self,
         owner: String,
+        tasks: Vec<TaskId>,
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
         let c = self.conn().await?;
         let expires = now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
-        let rows = query(&c, sql::LEASE_EXTEND, &[&owner, &expires]).await?;
+        let ids: Vec<Uuid> = tasks.iter().map(|t| uuid(*t)).collect();
+        let rows = query(&c, sql::LEASE_EXTEND, &[&owner, &expires, &ids]).await?;
         let mut held = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: Uuid = r.try_get("id").map_err(pg_err)?;

@@ -275,20 +275,22 @@ impl Store for SqliteStore {
         self.write(true, move |conn| claim(conn, &p)).await
     }
 
-    /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
-    ///
-    /// # Errors
-    /// `Unavailable` or a database error.
     async fn lease_extend(
         &self,
         owner: String,
+        tasks: Vec<TaskId>,
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&tasks.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".into());
         self.write_one(true, move |conn| {
             let mut st = conn.prepare_cached(sql::LEASE_EXTEND)?;
             let rows = st.query_map(
-                named_params! {":owner": owner, ":expires_at": now + lease_ms as i64},
+                named_params! {":owner": owner, ":ids": ids, ":expires_at": now + lease_ms as i64},
                 |r| {
                     Ok((
                         r.get::<_, String>("id")?,
