@@ -98,6 +98,7 @@ fn benches(c: &mut Criterion) {
                     error: None,
                     run_at: None,
                     uncount: false,
+                    wait_until: None,
                     now: 2,
                 }))
                 .unwrap()

@@ -150,6 +150,7 @@ struct RawWorker {
     prefetch: Option<u32>,
     queues: Option<Vec<String>>,
     workdir: Option<PathBuf>,
+    api_url: Option<String>,
     /// `HOSTNAME` from the environment, read with the rest of it at load.
     #[serde(skip)]
     host: Option<String>,
@@ -175,6 +176,7 @@ struct RawHttp {
     body_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     max_connections: Option<u32>,
+    stream_token_ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -249,6 +251,7 @@ struct RawKind {
     env: Option<BTreeMap<String, String>>,
     user: Option<String>,
     keep_workdir: Option<bool>,
+    stdin: Option<String>,
     users: Option<Vec<String>>,
 }
 
@@ -463,6 +466,12 @@ pub struct WorkerConfig {
     pub workdir: PathBuf,
     /// The host name workers are registered under (`HOSTNAME`, read at load).
     pub host: String,
+    /// Where a task reaches spool's API (`SPOOL_URL` of command tasks): `worker.api_url`, else
+    /// `http://` and the listen address (a wildcard address as loopback).
+    pub api_url: String,
+    /// `api_url` was not configured: it follows the address `serve` binds (see
+    /// [`Config::bound_to`]).
+    pub api_url_from_listen: bool,
 }
 
 /// `[http]`.
@@ -487,6 +496,8 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Open client connections at most; further ones wait in the listen backlog.
     pub max_connections: u32,
+    /// How long a stream token (`POST /v1/tasks/{id}/stream_token`) stays good.
+    pub stream_token_ttl: Duration,
 }
 
 /// Who may read `/metrics` (`http.metrics_auth`).
@@ -599,6 +610,19 @@ pub struct CommandSpec {
     pub run_as: Option<RunAs>,
     /// Keep the task's working directory when the task is terminal (for debugging).
     pub keep_workdir: bool,
+    /// What the child's stdin carries after the payload line.
+    pub stdin: StdinMode,
+}
+
+/// A command kind's `stdin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StdinMode {
+    /// The payload, then end of input (the default).
+    #[default]
+    Payload,
+    /// The payload as one line, then each of the owner's messages as a JSON line, as they come;
+    /// stdin stays open while the attempt runs.
+    Messages,
 }
 
 /// A Unix user looked up at start.
@@ -950,10 +974,14 @@ impl Config {
                     }
                 }
                 (None, None) => {
-                    if k.env.is_some() || k.user.is_some() || k.keep_workdir.is_some() {
+                    if k.env.is_some()
+                        || k.user.is_some()
+                        || k.keep_workdir.is_some()
+                        || k.stdin.is_some()
+                    {
                         return Err(invalid(
                             field,
-                            "env, user and keep_workdir apply to command kinds only",
+                            "env, user, keep_workdir and stdin apply to command kinds only",
                         ));
                     }
                     KindHandler::None
@@ -1037,6 +1065,23 @@ impl Config {
                 queues,
                 workdir,
                 host: raw.worker.host.unwrap_or_else(|| "localhost".into()),
+                api_url_from_listen: raw.worker.api_url.is_none(),
+                api_url: match raw.worker.api_url {
+                    Some(u) => {
+                        let ok = url::Url::parse(&u)
+                            .ok()
+                            .filter(|p| matches!(p.scheme(), "http" | "https"))
+                            .is_some();
+                        if !ok {
+                            return Err(invalid(
+                                "worker.api_url",
+                                "must be an http:// or https:// URL",
+                            ));
+                        }
+                        u.trim_end_matches('/').to_string()
+                    }
+                    None => api_url_of(listen),
+                },
             },
             retry,
             http,
@@ -1193,12 +1238,45 @@ fn command_spec(field: &str, argv: &[String], k: &RawKind) -> Result<CommandSpec
             })
         }
     };
+    let stdin = match k.stdin.as_deref() {
+        None | Some("payload") => StdinMode::Payload,
+        Some("messages") => StdinMode::Messages,
+        Some(other) => {
+            return Err(invalid(
+                format!("{field}.stdin"),
+                format!("{other:?} is not one of \"payload\", \"messages\""),
+            ))
+        }
+    };
     Ok(CommandSpec {
         argv: argv.to_vec(),
         env,
         run_as,
         keep_workdir: k.keep_workdir.unwrap_or(false),
+        stdin,
     })
+}
+
+/// `http://` and `addr`, a wildcard address as loopback.
+fn api_url_of(mut addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!("http://{addr}")
+}
+
+impl Config {
+    /// `serve` bound `addr` (port 0 picks one): tasks reach the API there unless
+    /// `worker.api_url` says otherwise.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        if self.worker.api_url_from_listen {
+            self.worker.api_url = api_url_of(addr);
+        }
+    }
 }
 
 /// Validates `[http]` (less the body and stall limits, checked with the rest before it).
@@ -1260,6 +1338,16 @@ fn http_config(
             DEFAULT_IDLE_TIMEOUT_MS,
         )?,
         max_connections,
+        stream_token_ttl: {
+            let v = raw.stream_token_ttl_ms.unwrap_or(3_600_000);
+            if !(1_000..=86_400_000).contains(&v) {
+                return Err(invalid(
+                    "http.stream_token_ttl_ms",
+                    "must be 1000..=86400000",
+                ));
+            }
+            Duration::from_millis(v)
+        },
     })
 }
 
@@ -1518,6 +1606,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some(v) = env("SPOOL_WORKER_POLL_INTERVAL_MS") {
         raw.worker.poll_interval_ms = Some(num("SPOOL_WORKER_POLL_INTERVAL_MS", v)?);
+    }
+    if let Some(v) = env("SPOOL_WORKER_API_URL") {
+        raw.worker.api_url = Some(v);
     }
     if let Some(v) = env("SPOOL_WORKER_PREFETCH") {
         raw.worker.prefetch = Some(num("SPOOL_WORKER_PREFETCH", v)?);

@@ -87,16 +87,20 @@ fn hour_ms() -> i64 {
 }
 
 /// Runs a `spool work` on an hourly schedule with `catch_up`, after three hours down; returns
-/// the firings it enqueued.
-fn catch_up_after_three_hours(catch_up: &str) -> Vec<String> {
-    // Keep clear of an hour boundary, where a firing would be on time rather than missed.
-    while now_ms() % hour_ms() < 120_000 || now_ms() % hour_ms() > hour_ms() - 300_000 {
-        std::thread::sleep(Duration::from_millis(500));
+/// the firings it enqueued. The schedule fires at the minute half an hour away from now, so the
+/// last firing is half an hour late (missed, not on time) and the next is far off, whenever the
+/// test runs.
+fn catch_up_after_three_hours(catch_up: &str) -> (Vec<i64>, i64) {
+    let now = now_ms();
+    let minute = (now / 60_000 % 60 + 30) % 60;
+    let mut latest = now / hour_ms() * hour_ms() + minute * 60_000;
+    if latest > now {
+        latest -= hour_ms();
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        &format!("[worker]\nconcurrency = 2\n[schedules.hourly]\ncron = \"0 * * * *\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"{catch_up}\"\ntask = {{ kind = \"spool.noop\" }}\n"),
+        &format!("[worker]\nconcurrency = 2\n[schedules.hourly]\ncron = \"{minute} * * * *\"\ntimezone = \"Etc/UTC\"\ncatch_up = \"{catch_up}\"\ntask = {{ kind = \"spool.noop\" }}\n"),
     );
     // A first start stores the schedule; then three hours pass with nothing running.
     let mut p = spawn(&["work"], &cfg, &[]);
@@ -114,8 +118,7 @@ fn catch_up_after_three_hours(catch_up: &str) -> Vec<String> {
         p.terminate(Duration::from_secs(30)).map(|s| s.code()),
         Some(Some(0))
     );
-    let this_hour = now_ms() / hour_ms() * hour_ms();
-    let last = this_hour - 3 * hour_ms();
+    let last = latest - 3 * hour_ms();
     {
         let c = rusqlite::Connection::open(dir.path().join("data/spool.db")).unwrap();
         c.execute(
@@ -134,24 +137,28 @@ fn catch_up_after_three_hours(catch_up: &str) -> Vec<String> {
                     r.get::<_, Option<i64>>(0)
                 })
                 .unwrap()
-                == Some(this_hour)
+                == Some(latest)
         },
     );
     assert_eq!(
         p.terminate(Duration::from_secs(30)).map(|s| s.code()),
         Some(Some(0))
     );
-    scheduled_keys(dir.path(), "hourly")
+    let fired = scheduled_keys(dir.path(), "hourly")
+        .iter()
+        .map(|k| spool::clock::parse_rfc3339(k.strip_prefix("schedule:hourly:").unwrap()).unwrap())
+        .collect();
+    (fired, latest)
 }
 
 #[test]
 fn three_hours_down_catch_up_all_latest_skip() {
-    let all = catch_up_after_three_hours("all");
-    assert_eq!(all.len(), 3, "{all:?}");
-    let latest = catch_up_after_three_hours("latest");
-    assert_eq!(latest.len(), 1, "{latest:?}");
-    let skip = catch_up_after_three_hours("skip");
-    assert!(skip.is_empty(), "{skip:?}");
+    let (all, at) = catch_up_after_three_hours("all");
+    assert_eq!(all, vec![at - 2 * hour_ms(), at - hour_ms(), at], "all");
+    let (latest, at) = catch_up_after_three_hours("latest");
+    assert_eq!(latest, vec![at], "latest");
+    let (skip, _) = catch_up_after_three_hours("skip");
+    assert!(skip.is_empty(), "skip: {skip:?}");
 }
 
 #[test]
@@ -236,6 +243,43 @@ async fn schedule_routes_create_list_trigger_and_delete() {
             .await
             .status(),
         409
+    );
+
+    // `spool inspect` lists both, with the next firing.
+    let out = std::process::Command::new(spool_bin())
+        .args(["--config", cfg.to_str().unwrap(), "inspect", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<(&str, &str, bool)> = v["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap(),
+                x["source"].as_str().unwrap(),
+                x["next_fire_at"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("from-config", "config", true), ("mine", "api", true)]
+    );
+    let out = std::process::Command::new(spool_bin())
+        .args(["--config", cfg.to_str().unwrap(), "inspect"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SCHEDULES (2)") && text.contains("*/5 * * * *"),
+        "{text}"
     );
 
     let list = s.get_json(&s.token, "/v1/schedules").await;

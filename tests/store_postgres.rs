@@ -131,14 +131,18 @@ async fn a_message_numbered_first_but_committed_last_is_never_skipped() {
     until_lock_waiters(&watcher, &db_name(&url), 1).await;
     assert!(!second.is_finished(), "the second writer did not wait");
     // A reader now sees neither.
-    assert!(store.message_list(t.id, 0, 10).await.unwrap().is_empty());
+    assert!(store
+        .message_list(t.id, 0, 10, None)
+        .await
+        .unwrap()
+        .is_empty());
     tx.commit().await.unwrap();
     let m2 = tokio::time::timeout(DEADLINE, second)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(m2.id, 2);
-    let all = store.message_list(t.id, 0, 10).await.unwrap();
+    let all = store.message_list(t.id, 0, 10, None).await.unwrap();
     assert_eq!(
         all.iter()
             .map(|m| (m.id, m.content.clone()))

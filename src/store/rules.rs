@@ -5,7 +5,7 @@
 use super::{
     ExistingUser, Limits, MessageCheck, Result, StoreError, TokenCreate, User, ADMIN_NAME,
 };
-use crate::task::{NewTask, Task, TaskStatus};
+use crate::task::{Author, NewTask, Task, TaskStatus};
 use serde_json::Value;
 
 /// Whom a new token goes to: `Some` an existing user, `None` a new user (named `p.name`, admin
@@ -192,6 +192,33 @@ pub(crate) fn inserted_task(t: NewTask, now: crate::clock::UnixMillis) -> Task {
         completed_at: None,
         updated_at: now,
         concurrency_key: t.concurrency_key,
+        checkpoint: None,
+        wait_until: None,
+        wake_reason: None,
+        inbox_cursor: 0,
+    }
+}
+
+/// Who a message appended under `check` is by: the owner (or an admin) through the API, or
+/// the task itself.
+pub(crate) fn author(check: &MessageCheck) -> Author {
+    match check {
+        MessageCheck::User(_) => Author::User,
+        _ => Author::Task,
+    }
+}
+
+/// The attempt (and the worker, if one is named) a checkpoint or an inbox read is fenced by.
+///
+/// # Errors
+/// `Conflict` for a check that names no attempt.
+pub(crate) fn attempt_fence(check: &MessageCheck) -> Result<(u32, Option<String>)> {
+    match check {
+        MessageCheck::Attempt(a) => Ok((*a, None)),
+        MessageCheck::Lease { owner, attempt } => Ok((*attempt, Some(owner.clone()))),
+        _ => Err(StoreError::Conflict(
+            "only the running attempt saves a checkpoint or reads its inbox".into(),
+        )),
     }
 }
 

@@ -281,9 +281,7 @@ impl WorkerPool {
             _ = cancel.cancelled() => return None,
             p = self.slots.clone().acquire_owned() => p.ok()?,
         };
-        let lease = self.cfg.worker.lease_ms as i64;
-        let last_ok = self.last_extend_ok.load(Ordering::Relaxed);
-        if claimed_at.max(last_ok).saturating_add(lease) <= self.clock.now() {
+        if self.lease_left(claimed_at) <= 0 {
             if let Ok(r) = self.running.lock() {
                 if let Some(e) = r.get(&id).filter(|e| e.seq == seq) {
                     e.stop(StopReason::LeaseLost);
@@ -343,13 +341,18 @@ impl WorkerPool {
                     self.store.clone(),
                     self.clock.clone(),
                     cancel.clone(),
+                )
+                .with_limits(
+                    self.cfg.max_message_bytes,
+                    Duration::from_millis(self.cfg.worker.poll_interval_ms),
                 );
                 let fut = AssertUnwindSafe(handler.run(ctx)).catch_unwind();
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => Err(reason.lock().ok().and_then(|r| *r).unwrap_or(StopReason::Shutdown)),
                     r = fut => Ok(match r {
-                        Ok(Ok(v)) => Outcome::Completed(v),
+                        Ok(Ok(crate::executor::Outcome::Completed(v))) => Outcome::Completed(v),
+                        Ok(Ok(crate::executor::Outcome::Wait { timeout })) => Outcome::Wait { timeout },
                         Ok(Err(TaskError { message, permanent, retry_after })) =>
                             Outcome::Failed { error: message, permanent, retry_after },
                         Err(panic) => Outcome::Failed {
@@ -370,7 +373,7 @@ impl WorkerPool {
         metrics::histogram!("spool_task_run_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
         let now = self.clock.now();
-        let params = |status, result, error, run_at, uncount| FinishParams {
+        let params = |status, result, error, run_at: Option<i64>, uncount| FinishParams {
             task: task.clone(),
             owner: self.id.clone(),
             status,
@@ -378,6 +381,8 @@ impl WorkerPool {
             error,
             run_at,
             uncount,
+            // A wait holds no attempt: it is given back, and run_at is when the wait ends.
+            wait_until: (status == TaskStatus::Waiting).then_some(run_at).flatten(),
             now,
         };
         let finish = match outcome {
@@ -409,7 +414,8 @@ impl WorkerPool {
                     jitter,
                     now,
                 );
-                params(t.status, t.result, t.error, t.run_at, false)
+                let waits = t.status == TaskStatus::Waiting;
+                params(t.status, t.result, t.error, t.run_at, waits)
             }
         };
         let status = finish.status;
@@ -448,6 +454,7 @@ impl WorkerPool {
                     TaskStatus::Completed => "spool_tasks_completed_total",
                     TaskStatus::Failed => "spool_tasks_failed_total",
                     TaskStatus::Canceled => "spool_tasks_canceled_total",
+                    TaskStatus::Waiting => "spool_tasks_waiting_total",
                     _ => "spool_tasks_retried_total",
                 };
                 metrics::counter!(counter, &labels).increment(1);
@@ -457,6 +464,10 @@ impl WorkerPool {
                         tracing::warn!(error = error.as_deref().unwrap_or(""), "failed")
                     }
                     TaskStatus::Canceled => tracing::info!("canceled"),
+                    TaskStatus::Waiting => tracing::info!(
+                        wait_ms = run_at.unwrap_or(now) - now,
+                        "waiting for its owner; slot freed"
+                    ),
                     _ if run_at == Some(now) => {}
                     _ => tracing::info!(
                         error = error.as_deref().unwrap_or(""),
@@ -473,12 +484,20 @@ impl WorkerPool {
     }
 
     /// One heartbeat: extends our leases, stops attempts whose lease is gone or that were
-    /// canceled.
-    async fn heartbeat_once(&self) -> Result<(), StoreError> {
+    /// canceled. Returns the time the leases were extended from (the `now` sent, not the time
+    /// the answer came: the database counts the lease from it).
+    async fn heartbeat_once(&self) -> Result<i64, StoreError> {
         let snapshot = self.seq.load(Ordering::SeqCst);
+        let sent = self.clock.now();
+        // Only the attempts still here: one the lease guard dropped (or whose outcome could not
+        // be written) is left to run out, or it would stay ours, extended and never run.
+        let ours: Vec<TaskId> = match self.running.lock() {
+            Ok(r) => r.keys().copied().collect(),
+            Err(_) => Vec::new(),
+        };
         let held = self
             .store
-            .lease_extend(self.id.clone(), self.cfg.worker.lease_ms, self.clock.now())
+            .lease_extend(self.id.clone(), ours, self.cfg.worker.lease_ms, sent)
             .await?;
         let held: HashMap<TaskId, (u32, bool)> = held
             .into_iter()
@@ -497,18 +516,36 @@ impl WorkerPool {
                 }
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
-    /// After failed heartbeats: every attempt whose lease has run out by our own reckoning is
-    /// stopped, since another worker may already have taken its task over.
-    fn stop_expired_leases(&self) {
-        let now = self.clock.now();
+    /// How often the lease guard looks, and the margin it keeps before a lease runs out.
+    fn guard_period(&self) -> Duration {
+        Duration::from_millis((self.cfg.worker.lease_ms / 10).max(50))
+    }
+
+    /// Milliseconds left before the lease of an attempt claimed at `claimed_at` could run out in
+    /// the database, by our own reckoning, less the guard's margin (two guard periods): from the
+    /// claim or the last extend that succeeded, whichever is later. At zero or below the
+    /// attempt must stop, since another worker may take the task over once the lease is gone.
+    fn lease_left(&self, claimed_at: i64) -> i64 {
         let last_ok = self.last_extend_ok.load(Ordering::Relaxed);
         let lease = self.cfg.worker.lease_ms as i64;
+        let margin = 2 * self.guard_period().as_millis() as i64;
+        claimed_at
+            .max(last_ok)
+            .saturating_add(lease)
+            .saturating_sub(margin)
+            .saturating_sub(self.clock.now())
+    }
+
+    /// The lease guard's look: every attempt whose lease may run out before the next look (the
+    /// heartbeats failed, hang on a cut link, or this process was stopped) is stopped, so that
+    /// it never runs on after another worker took its task over.
+    fn stop_expired_leases(&self) {
         if let Ok(r) = self.running.lock() {
             for e in r.values() {
-                if e.claimed_at.max(last_ok).saturating_add(lease) <= now {
+                if self.lease_left(e.claimed_at) <= 0 {
                     e.stop(StopReason::LeaseLost);
                 }
             }
@@ -550,6 +587,21 @@ impl WorkerPool {
             queues = ?self.cfg.worker.queues, "worker pool started");
 
         let side = CancellationToken::new();
+        // The lease guard looks on its own, so a heartbeat that hangs cannot delay it.
+        let guard = {
+            let pool = self.clone();
+            let side = side.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(pool.guard_period());
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = side.cancelled() => break,
+                        _ = tick.tick() => pool.stop_expired_leases(),
+                    }
+                }
+            })
+        };
         let hb = {
             let pool = self.clone();
             let side = side.clone();
@@ -563,15 +615,21 @@ impl WorkerPool {
                     tokio::select! {
                         _ = side.cancelled() => break,
                         _ = tick.tick() => {
-                            match pool.heartbeat_once().await {
-                                Ok(()) => pool.last_extend_ok.store(pool.clock.now(), Ordering::Relaxed),
-                                Err(e) => {
+                            // Bounded: a heartbeat on a cut link must not hang the loop.
+                            match tokio::time::timeout(every, pool.heartbeat_once()).await {
+                                Ok(Ok(sent)) => {
+                                    pool.last_extend_ok.fetch_max(sent, Ordering::Relaxed);
+                                }
+                                Ok(Err(e)) => {
                                     tracing::warn!(error = %e, "heartbeat failed; will retry");
-                                    pool.stop_expired_leases();
+                                }
+                                Err(_) => {
+                                    tracing::warn!(timeout_ms = every.as_millis() as u64,
+                                        "heartbeat took too long; will retry");
                                 }
                             }
                             let now = pool.clock.now();
-                            let _ = pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now).await;
+                            let _ = tokio::time::timeout(every, pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now)).await;
                         }
                         ev = cancels.recv() => match ev {
                             Ok(t) => pool.on_cancel(&t),
@@ -656,6 +714,7 @@ impl WorkerPool {
         }
         side.cancel();
         let _ = hb.await;
+        let _ = guard.await;
         let _ = self.store.worker_remove(self.id.clone()).await;
         tracing::info!(worker = %self.id, "worker pool stopped");
         Ok(())

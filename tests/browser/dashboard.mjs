@@ -120,6 +120,15 @@ async function main() {
     await page.locator(`${tid("task-table")}[data-state="loaded"]`).waitFor({ state: "attached" });
     assert(await page.evaluate(() => sessionStorage.getItem("spool.token")) === adminToken, "the token should be kept in sessionStorage");
     log("signed in as admin: queue table shown");
+    // The config's schedule is listed for the admin, with its cron, zone and next firing.
+    const srow = page.locator(`${tid("schedule-row")}[data-name="nightly"]`);
+    await srow.waitFor({ state: "visible" });
+    const stext = await srow.textContent();
+    assert(stext.includes("0 3 * * *") && stext.includes("Europe/Berlin") && stext.includes("config"),
+      `the schedule row should show its cron, zone and source: ${stext}`);
+    const next = (await srow.locator("td").nth(5).textContent()).trim();
+    assert(next !== "" && next !== "—", `the next firing should be shown: ${stext}`);
+    log("the config schedule is listed");
 
     // b. pause the default queue from the queue table (so the next task waits and every one of
     // its messages is seen arriving live), then a task enqueued elsewhere appears without a reload.
@@ -214,6 +223,7 @@ async function main() {
     assert(/admin token/i.test(await text(tid("queue-note"))), `queue note should mention the admin token: ${await text(tid("queue-note"))}`);
     assert(!(await page.locator(tid("queue-table")).isVisible()), "the queue table should be hidden for a user token");
     assert(!(await page.locator(tid("error-banner")).isVisible()), `unexpected error banner: ${await text(tid("error-banner"))}`);
+    assert(!(await page.locator("#schedules-card").isVisible()), "a user should not see the schedules");
     log("user view: empty list and the admin-token note");
     await shot("04-user-view.png");
 

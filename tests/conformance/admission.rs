@@ -43,6 +43,7 @@ async fn complete(s: &dyn Store, t: &Task, owner: &str, now: i64) {
         error: None,
         run_at: None,
         uncount: false,
+        wait_until: None,
         now,
     })
     .await
@@ -237,4 +238,110 @@ pub async fn racing_claims_never_over_admit<B: Backend>(b: &B) {
         *per.entry(t.concurrency_key.clone()).or_default() += 1;
     }
     assert!(per.values().all(|n| *n == 1), "one per key: {per:?}");
+}
+
+fn schedule(name: &str, cron: &str) -> spool::store::ScheduleRow {
+    spool::store::ScheduleRow {
+        name: name.into(),
+        cron: cron.into(),
+        timezone: "Europe/Berlin".into(),
+        task: serde_json::json!({"kind": "k", "payload": {"n": 1}}),
+        catch_up: "skip".into(),
+        catch_up_max: 100,
+        source: String::new(),
+        last_fire_at: None,
+        last_task_id: None,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+/// Schedules: config rows are replaced only by config and never deleted through the API (only
+/// pruned when the config drops them); a put keeps the last firing; a firing never moves back.
+pub async fn schedules_keep_config_rows_and_their_firing_never_moves_back<B: Backend>(b: &B) {
+    let f = b.fresh(spool::store::Limits::default()).await;
+    let s = &*f.store;
+    let a = s
+        .schedule_put(schedule("a", "0 3 * * *"), true, T0)
+        .await
+        .unwrap();
+    assert_eq!((a.source.as_str(), a.last_fire_at), ("config", None));
+    let bq = s
+        .schedule_put(schedule("b", "*/5 * * * *"), false, T0)
+        .await
+        .unwrap();
+    assert_eq!(bq.source, "api");
+    // The API cannot replace a config schedule; the row is untouched.
+    assert!(matches!(
+        s.schedule_put(schedule("a", "* * * * *"), false, T0 + 1)
+            .await,
+        Err(spool::store::StoreError::Conflict(_))
+    ));
+    s.schedule_fired("a".into(), T0 + 10, Some("t-10".into()))
+        .await
+        .unwrap();
+    // A firing older than the last one recorded changes nothing.
+    s.schedule_fired("a".into(), T0 + 5, Some("t-5".into()))
+        .await
+        .unwrap();
+    // Config replaces its own row, keeping the last firing.
+    s.schedule_put(schedule("a", "0 4 * * *"), true, T0 + 20)
+        .await
+        .unwrap();
+    let list = s.schedule_list().await.unwrap();
+    assert_eq!(
+        list.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    let a = &list[0];
+    assert_eq!(
+        (
+            a.cron.as_str(),
+            a.last_fire_at,
+            a.last_task_id.as_deref(),
+            a.created_at,
+            a.updated_at
+        ),
+        ("0 4 * * *", Some(T0 + 10), Some("t-10"), T0, T0 + 20)
+    );
+    assert_eq!(
+        a.task,
+        serde_json::json!({"kind": "k", "payload": {"n": 1}})
+    );
+    // Delete: only API rows, once.
+    assert!(!s.schedule_delete("a".into()).await.unwrap());
+    assert!(s.schedule_delete("b".into()).await.unwrap());
+    assert!(!s.schedule_delete("b".into()).await.unwrap());
+    // Pruning keeps the config rows named, removes the others.
+    s.schedule_put(schedule("c", "0 5 * * *"), true, T0)
+        .await
+        .unwrap();
+    assert_eq!(s.schedule_prune_config(vec!["c".into()]).await.unwrap(), 1);
+    let left: Vec<String> = s
+        .schedule_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(left, vec!["c".to_string()]);
+}
+
+/// Two stores on one database fire one schedule time once: the task's idempotency key is the
+/// schedule and the fire time, so the second insert replays the first.
+pub async fn one_firing_from_two_stores_makes_one_task<B: Backend>(b: &B) {
+    let f = b.fresh(spool::store::Limits::default()).await;
+    let other = b.another(&f).await;
+    let key = "schedule:nightly:2027-01-15T03:00:00Z".to_string();
+    let mut ids = Vec::new();
+    for s in [&f.store, &other] {
+        let t = NewTask {
+            idempotency_key: Some(key.clone()),
+            request_hash: Some("h".into()),
+            ..task("q", 3, 0, T0)
+        };
+        let got = s.task_insert(vec![t], T0).await.unwrap();
+        ids.push(got[0].task.id);
+    }
+    assert_eq!(ids[0], ids[1]);
 }

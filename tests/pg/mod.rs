@@ -22,6 +22,10 @@ pub struct PgServer {
     pub port: u16,
     /// Its directory (data, socket, log).
     pub dir: PathBuf,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// Its `listen_addresses`.
+    pub listen: String,
 }
 
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
@@ -59,7 +63,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How a server listens beyond the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// More addresses to listen on besides 127.0.0.1 (each must exist on this host).
+    pub listen: Vec<String>,
+    /// More `pg_hba.conf` networks allowed in (trust), e.g. `10.213.7.0/30`.
+    pub allow: Vec<String>,
+}
+
 fn start() -> Result<PgServer, String> {
+    start_with(&Options::default())
+}
+
+fn start_with(opts: &Options) -> Result<PgServer, String> {
     let initdb = format!("{PG_BIN}/initdb");
     if !std::path::Path::new(&initdb).exists() {
         return Err(format!(
@@ -98,52 +115,188 @@ fn start() -> Result<PgServer, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    if !opts.allow.is_empty() {
+        let hba = data.join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+        for net in &opts.allow {
+            text.push_str(&format!("host all all {net} trust\n"));
+        }
+        std::fs::write(&hba, text).map_err(|e| e.to_string())?;
+    }
     let port = free_port();
-    // The watchdog: the server in the background, then a wait for this process to go; then a
-    // fast shutdown (SIGINT), and the directory goes too. /proc, not kill -0: the watchdog
-    // runs as postgres and may not signal a root test process.
+    let mut listen = vec!["127.0.0.1".to_string()];
+    listen.extend(opts.listen.iter().cloned());
+    let server = PgServer {
+        port,
+        dir: dir.clone(),
+        data,
+        listen: listen.join(","),
+    };
+    // The server runs under pg_ctl (so the tests can restart it on the same port and
+    // directory). The watchdog waits for this process to go, or for the `stop` file of
+    // [`PgServer::stop_for_good`]; then a fast shutdown, and the directory goes too. /proc, not
+    // kill -0: the watchdog runs as postgres and may not signal a root test process.
     let script = format!(
-        "{bin}/postgres -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 \
-         -c fsync=on -c synchronous_commit=on -c max_connections=300 \
-         -c shared_buffers=32MB >{dir}/log 2>&1 & pg=$!; \
-         while [ -d /proc/{me} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; \
-         kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
+        "while [ -d /proc/{me} ] && [ ! -e {dir}/stop ]; do sleep 0.5; done; \
+         {bin}/pg_ctl stop -D {data} -m fast -w >/dev/null 2>&1; rm -rf {dir}",
         bin = PG_BIN,
-        data = data.display(),
+        data = server.data.display(),
         dir = dir.display(),
         me = std::process::id(),
     );
+    server.pg_ctl_start()?;
     as_postgres("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("start postgres: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = Command::new(format!("{PG_BIN}/pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ready {
-            break;
-        }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            return Err(format!(
-                "the server did not accept connections in 60 s:\n{log}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        .map_err(|e| format!("start the watchdog: {e}"))?;
+    server.wait_ready(Duration::from_secs(60))?;
+    Ok(server)
+}
+
+/// A server of one test alone (to be restarted, or to listen on more addresses); stopped and
+/// removed when dropped.
+#[derive(Debug)]
+pub struct Private(pub PgServer);
+
+impl std::ops::Deref for Private {
+    type Target = PgServer;
+    fn deref(&self) -> &PgServer {
+        &self.0
     }
-    Ok(PgServer { port, dir })
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        self.0.stop_for_good();
+    }
+}
+
+/// Starts a server for one test; a failure to start fails the test.
+pub fn private(opts: &Options) -> Private {
+    match start_with(opts) {
+        Ok(s) => Private(s),
+        Err(e) => panic!("PostgreSQL could not be started for the test: {e}"),
+    }
 }
 
 impl PgServer {
+    /// `postgres` options: the port, socket directory, addresses and durability settings.
+    fn postgres_options(&self) -> String {
+        format!(
+            "-p {port} -k {dir} -c listen_addresses={listen} -c fsync=on \
+             -c synchronous_commit=on -c max_connections=300 -c shared_buffers=32MB",
+            port = self.port,
+            dir = self.dir.display(),
+            listen = self.listen,
+        )
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let out = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .args(args)
+            .arg("-D")
+            .arg(&self.data)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_ctl {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            Err(format!(
+                "pg_ctl {args:?} failed: {}{}\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        let log = self.dir.join("log");
+        let opts = self.postgres_options();
+        self.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &log.to_string_lossy(),
+            "-o",
+            &opts,
+        ])
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ready = Command::new(format!("{PG_BIN}/pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+                return Err(format!(
+                    "the server did not accept connections in {limit:?}:\n{log}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `pg_ctl restart -m fast`: same port, same data; returns once it accepts connections.
+    pub fn restart(&self) {
+        let log = self.dir.join("log");
+        let opts = self.postgres_options();
+        self.pg_ctl(&[
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &log.to_string_lossy(),
+            "-o",
+            &opts,
+        ])
+        .unwrap();
+        self.wait_ready(Duration::from_secs(60)).unwrap();
+    }
+
+    /// `pg_ctl stop -m fast`: down until [`PgServer::start_again`].
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])
+            .unwrap();
+    }
+
+    /// Starts the server [`PgServer::stop`] stopped, on the same port.
+    pub fn start_again(&self) {
+        self.pg_ctl_start().unwrap();
+        self.wait_ready(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Stops the server now and lets the watchdog remove its directory.
+    fn stop_for_good(&self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]);
+        let _ = std::fs::write(self.dir.join("stop"), b"");
+    }
+
     /// A URL of database `db` on this server.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)

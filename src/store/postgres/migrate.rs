@@ -11,10 +11,16 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         1,
         include_str!("../../../sql/postgres/migrations/0001_init.sql"),
     ),
-    // Issue 16's file is numbered 0004 (0002 and 0003 are reserved for other branches); the
-    // lead renumbers the version when they are merged.
     (
         2,
+        include_str!("../../../sql/postgres/migrations/0002_views.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../sql/postgres/migrations/0003_interactive.sql"),
+    ),
+    (
+        4,
         include_str!("../../../sql/postgres/migrations/0004_admission.sql"),
     ),
 ];

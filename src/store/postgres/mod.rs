@@ -19,7 +19,8 @@ mod admission;
 pub(crate) mod migrate;
 mod rows;
 mod schedules;
-mod sql;
+mod session;
+pub(crate) mod sql;
 pub mod url;
 
 pub use migrate::LATEST_VERSION;
@@ -33,7 +34,7 @@ use super::{
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::queue::{self, CancelAction};
-use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus, WakeReason};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -146,7 +147,10 @@ fn uuid(id: TaskId) -> Uuid {
 }
 
 /// Connects once, outside the pool, on the current runtime (for migrations).
-async fn connect_direct(url: &PostgresUrl, timeout: Duration) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect_direct(
+    url: &PostgresUrl,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client> {
     let mut cfg = url.config().map_err(StoreError::Unavailable)?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(timeout);
@@ -175,7 +179,7 @@ async fn connect_direct(url: &PostgresUrl, timeout: Duration) -> Result<tokio_po
 }
 
 /// An error's text with its database message, if it has one.
-fn describe_err(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe_err(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => match std::error::Error::source(e) {
@@ -239,6 +243,7 @@ impl PostgresStore {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(timeout);
         }
+        session::harden(&mut cfg, timeout);
         let mgr_cfg = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -333,7 +338,8 @@ async fn lock_changes<C: GenericClient>(c: &C) -> Result<()> {
     query(c, sql::LOCK_CHANGES, &[]).await.map(|_| ())
 }
 
-/// A task, locked until the transaction ends; with `user`, only that user's.
+/// A task, locked until the transaction ends, and how many messages it holds; with `user`,
+/// only that user's.
 async fn get_owned_locked<C: GenericClient>(
     c: &C,
     id: TaskId,
@@ -346,8 +352,11 @@ async fn get_owned_locked<C: GenericClient>(
             if user.is_some_and(|u| u != t.user_id) {
                 return Err(StoreError::NotFound(id));
             }
+            // Messages are never deleted apart from their task: the count is the last position
+            // less the positions a task copied from SQLite skipped (schema version 2).
             let seq: i64 = r.try_get("message_seq").map_err(pg_err)?;
-            Ok((t, seq))
+            let skipped: i64 = r.try_get("message_seq_skipped").map_err(pg_err)?;
+            Ok((t, seq.saturating_sub(skipped)))
         }
         None => Err(StoreError::NotFound(id)),
     }
@@ -371,11 +380,13 @@ async fn messages_after<C: GenericClient>(
     task_id: TaskId,
     after: i64,
     limit: u32,
+    author: Option<Author>,
 ) -> Result<Vec<Message>> {
+    let author = author.map(Author::as_str);
     let rows = query(
         c,
         sql::MESSAGE_LIST,
-        &[&uuid(task_id), &after, &i64::from(limit)],
+        &[&uuid(task_id), &after, &i64::from(limit), &author],
     )
     .await?;
     let mut out = Vec::new();
@@ -689,6 +700,7 @@ impl Store for PostgresStore {
         user: Option<String>,
         after: i64,
         limit: u32,
+        author: Option<Author>,
     ) -> Result<(Task, Vec<Message>)> {
         let mut c = self.conn().await?;
         // One snapshot: the task and the messages agree.
@@ -700,7 +712,7 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         let t = get_owned(&tx, id, user.as_deref()).await?;
-        let m = messages_after(&tx, id, after, limit).await?;
+        let m = messages_after(&tx, id, after, limit, author).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok((t, m))
     }
@@ -723,7 +735,13 @@ impl Store for PostgresStore {
         Ok(t)
     }
 
-    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
+    async fn task_retry(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        reset_checkpoint: bool,
+        now: UnixMillis,
+    ) -> Result<Task> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         lock_changes(&tx).await?;
@@ -733,7 +751,7 @@ impl Store for PostgresStore {
         if self.limits.pending_tasks_per_user != u64::MAX {
             check_usage(&tx, &task.user_id, 1, 0, &self.limits).await?;
         }
-        let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now])
+        let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now, &reset_checkpoint])
             .await?
             .ok_or(StoreError::NotFound(id))?;
         let t = rows::task(&row)?;
@@ -771,8 +789,23 @@ impl Store for PostgresStore {
         lock_changes(&tx).await?;
         let mut events = Vec::new();
         if p.rescue {
+            let mut woken = std::collections::BTreeSet::new();
             for t in rescue(&tx, p.now).await? {
+                if t.status == TaskStatus::Pending {
+                    woken.insert(t.queue.clone());
+                }
                 events.push(Event::Task(Arc::new(t)));
+            }
+            // Waits that timed out are runnable again, and claimed below like any other.
+            for r in query(&tx, sql::WAIT_EXPIRED, &[&p.now]).await? {
+                let t = rows::task(&r)?;
+                tracing::info!(task.id = %t.id, task.queue = %t.queue, "wait timed out");
+                woken.insert(t.queue.clone());
+                events.push(Event::Task(Arc::new(t)));
+            }
+            // Idle workers of other processes may take what this claim leaves.
+            if !woken.is_empty() {
+                notify_work(&tx, woken.into_iter().collect()).await?;
             }
         }
         let mut claimed = Vec::new();
@@ -822,12 +855,17 @@ impl Store for PostgresStore {
     async fn lease_extend(
         &self,
         owner: String,
+        tasks: Vec<TaskId>,
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
         let c = self.conn().await?;
         let expires = now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
-        let rows = query(&c, sql::LEASE_EXTEND, &[&owner, &expires]).await?;
+        let ids: Vec<Uuid> = tasks.iter().map(|t| uuid(*t)).collect();
+        let rows = query(&c, sql::LEASE_EXTEND, &[&owner, &expires, &ids]).await?;
         let mut held = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: Uuid = r.try_get("id").map_err(pg_err)?;
@@ -914,9 +952,14 @@ impl Store for PostgresStore {
             MessageCheck::User(u) => u.as_deref(),
             _ => None,
         };
+        let author = rules::author(&check);
+        if author == Author::User {
+            // The owner's message may wake a waiting task, a state change: those take the
+            // change log's lock first, before any row lock (a worker's progress never does).
+            lock_changes(&tx).await?;
+        }
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
         rules::message_allowed(&t, &check)?;
-        // Messages are never deleted apart from their task: the count is the last position.
         let Some((kind, content)) =
             rules::capped_message(count.max(0) as u64, cap, &check, kind, content)?
         else {
@@ -930,24 +973,128 @@ impl Store for PostgresStore {
         execute(
             &tx,
             sql::MESSAGE_INSERT,
-            &[&uuid(task_id), &seq, &kind, &text, &now],
+            &[&uuid(task_id), &seq, &kind, &text, &now, &author.as_str()],
         )
         .await?;
+        let mut woken = None;
+        if t.status == TaskStatus::Waiting && author == Author::User {
+            // The owner's message wakes a waiting task: pending at once, told why (the changes
+            // lock was taken first, as every state change takes it).
+            if let Some(r) = query_opt(&tx, sql::TASK_WAKE, &[&uuid(task_id), &now]).await? {
+                let t = rows::task(&r)?;
+                notify_work(&tx, vec![t.queue.clone()]).await?;
+                woken = Some(t);
+            }
+        }
         tx.commit().await.map_err(pg_err)?;
         let m = Message {
             id: seq,
             task_id,
             kind,
+            author,
             content,
             created_at: now,
         };
-        self.publish(vec![Event::Message(Arc::new(m.clone()))]);
+        let mut events = vec![Event::Message(Arc::new(m.clone()))];
+        events.extend(woken.map(|t| Event::Task(Arc::new(t))));
+        self.publish(events);
         Ok(Some(m))
     }
 
-    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>> {
+    async fn message_list(
+        &self,
+        task_id: TaskId,
+        after: i64,
+        limit: u32,
+        author: Option<Author>,
+    ) -> Result<Vec<Message>> {
         let c = self.conn().await?;
-        messages_after(&c, task_id, after, limit).await
+        messages_after(&c, task_id, after, limit, author).await
+    }
+
+    async fn task_checkpoint(
+        &self,
+        id: TaskId,
+        checkpoint: Value,
+        fence: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Task> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let text = serde_json::to_string(&checkpoint).map_err(json_err)?;
+        let c = self.conn().await?;
+        let row = query_opt(
+            &c,
+            sql::TASK_CHECKPOINT,
+            &[&uuid(id), &text, &i64::from(attempt), &owner, &now],
+        )
+        .await?;
+        match row {
+            Some(r) => rows::task(&r),
+            None => {
+                get_owned(&c, id, None).await?;
+                Err(StoreError::Conflict(format!(
+                    "attempt {attempt} of task {id} has ended"
+                )))
+            }
+        }
+    }
+
+    async fn inbox_read(
+        &self,
+        id: TaskId,
+        fence: MessageCheck,
+        upto: i64,
+        _now: UnixMillis,
+    ) -> Result<()> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let c = self.conn().await?;
+        execute(
+            &c,
+            sql::TASK_INBOX_READ,
+            &[&uuid(id), &upto, &i64::from(attempt), &owner],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn stream_token_create(
+        &self,
+        token_hash: String,
+        task_id: TaskId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        execute(&tx, sql::STREAM_TOKEN_PRUNE, &[&now]).await?;
+        let n = tx
+            .execute(
+                sql::STREAM_TOKEN_INSERT,
+                &[&token_hash, &uuid(task_id), &expires_at],
+            )
+            .await;
+        match n {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                return Err(StoreError::NotFound(task_id))
+            }
+            Err(e) => return Err(pg_err(e)),
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn stream_token_task(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<Option<TaskId>> {
+        let c = self.conn().await?;
+        Ok(query_opt(&c, sql::STREAM_TOKEN_GET, &[&token_hash, &now])
+            .await?
+            .map(|r| r.try_get::<_, Uuid>("task_id").map(TaskId))
+            .transpose()
+            .map_err(pg_err)?)
     }
 
     // ---- queues -----------------------------------------------------------------------------
@@ -1000,6 +1147,7 @@ impl Store for PostgresStore {
                     q.scheduled += n.saturating_sub(due);
                 }
                 "running" => q.running += n,
+                "waiting" => q.waiting += n,
                 "completed" => q.completed += n,
                 "failed" => q.failed += n,
                 "canceled" => q.canceled += n,
@@ -1370,6 +1518,7 @@ impl PostgresStore {
                 &p.run_at,
                 &i64::from(p.uncount),
                 &p.now,
+                &p.wait_until,
             ],
         )
         .await?;
@@ -1396,6 +1545,15 @@ impl PostgresStore {
             lease_owner: None,
             lease_expires_at: None,
             updated_at: p.now,
+            wait_until: r.try_get("wait_until").map_err(pg_err)?,
+            wake_reason: r
+                .try_get::<_, Option<String>>("wake_reason")
+                .map_err(pg_err)?
+                .as_deref()
+                .and_then(WakeReason::parse),
+            inbox_cursor: r.try_get("inbox_cursor").map_err(pg_err)?,
+            // The attempt may have saved one since its claim.
+            checkpoint: r.try_get("checkpoint").map_err(pg_err)?,
             ..Task::clone(claimed)
         });
         self.publish(vec![Event::Task(task.clone())]);
@@ -1488,6 +1646,8 @@ async fn listen_once(url: &PostgresUrl, timeout: Duration, hub: &Arc<EventHub>) 
     // A link that dies silently is noticed within about a minute.
     cfg.keepalives(true);
     cfg.keepalives_idle(Duration::from_secs(30));
+    cfg.keepalives_interval(Duration::from_secs(5));
+    cfg.keepalives_retries(6);
     match url.tls() {
         url::TlsMode::Disable => {
             let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(pg_err)?;

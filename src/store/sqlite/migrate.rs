@@ -45,10 +45,12 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         10,
         include_str!("../../../sql/sqlite/migrations/0010_task_changes.sql"),
     ),
-    // Issue 16's file is numbered 0012 (0011 is reserved for another branch); the lead
-    // renumbers the version when both are merged.
     (
         11,
+        include_str!("../../../sql/sqlite/migrations/0011_interactive.sql"),
+    ),
+    (
+        12,
         include_str!("../../../sql/sqlite/migrations/0012_admission.sql"),
     ),
 ];
