@@ -250,6 +250,11 @@ impl Task {
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
+
+    /// The API's JSON of this task with `user`, its owner's name (see [`TaskOf`]).
+    pub fn to_json_for(&self, user: &str) -> Value {
+        serde_json::to_value(TaskOf(self, user)).unwrap_or(Value::Null)
+    }
 }
 
 /// The API's view of a task: serialized straight to the response, with times as RFC 3339.
@@ -257,6 +262,27 @@ impl Serialize for Task {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("Task", 21)?;
+        self.fields(&mut st)?;
+        st.end()
+    }
+}
+
+/// A task with `user`, its owner's name (which the row does not hold), as the API shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskOf<'a>(pub &'a Task, pub &'a str);
+
+impl Serialize for TaskOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Task", 22)?;
+        self.0.fields(&mut st)?;
+        st.serialize_field("user", self.1)?;
+        st.end()
+    }
+}
+
+impl Task {
+    fn fields<S: serde::ser::SerializeStruct>(&self, st: &mut S) -> Result<(), S::Error> {
         st.serialize_field("id", &self.id)?;
         st.serialize_field("queue", &self.queue)?;
         st.serialize_field("kind", &self.kind)?;
@@ -278,7 +304,7 @@ impl Serialize for Task {
         st.serialize_field("updated_at", &rfc3339(self.updated_at))?;
         st.serialize_field("wait", &self.wait())?;
         st.serialize_field("checkpoint", &self.checkpoint)?;
-        st.end()
+        Ok(())
     }
 }
 

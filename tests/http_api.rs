@@ -168,7 +168,8 @@ async fn healthz_ok(c: &Client, s: &Server) {
     assert_eq!(r.text().await.unwrap().trim(), "ok");
 }
 
-const TASK_FIELDS: [&str; 21] = [
+const TASK_FIELDS: [&str; 22] = [
+    "user",
     "concurrency_key",
     "wait",
     "checkpoint",
@@ -1187,6 +1188,59 @@ async fn users_see_only_their_own_tasks() {
     let alice2 = env.another_token("alice", false);
     let (ids, _) = list_ids(&c, &env, &alice2, "").await;
     assert_eq!(ids, vec![a]);
+}
+
+/// Task JSON names its owner (`user`) on every route that returns tasks, for the owner and for
+/// an admin reading someone else's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_json_names_its_owner_wherever_it_is_read() {
+    let env = start("[worker]\nconcurrency = 0");
+    let c = client();
+    let alice = env.user_token("alice", false);
+    let created = create(&c, &env, &alice, json!({"kind": "k", "queue": "idle"})).await;
+    assert_eq!(created["user"], "alice", "{created}");
+    let a = id_of(&created);
+    let r = c
+        .post(env.url("/v1/tasks/batch"))
+        .bearer_auth(&alice)
+        .json(&json!({"tasks": [{"kind": "k", "queue": "idle"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let batch: Value = r.json().await.unwrap();
+    assert_eq!(batch["tasks"][0]["user"], "alice", "{batch}");
+    for token in [&alice, &env.token] {
+        let (st, t) = get(&c, &env.url(&format!("/v1/tasks/{a}")), token).await;
+        assert_eq!((st, &t["user"]), (StatusCode::OK, &json!("alice")), "{t}");
+        let (st, list) = get(&c, &env.url("/v1/tasks"), token).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(
+            list["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["user"] == "alice"),
+            "{list}"
+        );
+    }
+    let (st, t) = post_empty(&c, &env.url(&format!("/v1/tasks/{a}/cancel")), &env.token).await;
+    assert_eq!((st, &t["user"]), (StatusCode::OK, &json!("alice")), "{t}");
+    let (st, t) = post_empty(&c, &env.url(&format!("/v1/tasks/{a}/retry")), &env.token).await;
+    assert_eq!((st, &t["user"]), (StatusCode::OK, &json!("alice")), "{t}");
+    // The task's stream, read by the admin: its first status event names alice.
+    let mut events = common::sse::Stream::open(
+        &c,
+        &env.url(&format!("/v1/tasks/{a}/events")),
+        &env.token,
+        None,
+    )
+    .await;
+    let ev = events.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ev.json()["user"], "alice");
+    // The admin's own task names the admin.
+    let mine = create(&c, &env, &env.token, json!({"kind": "k", "queue": "idle"})).await;
+    assert_eq!(mine["user"], "admin", "{mine}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -344,8 +344,8 @@ async fn the_events_stream_shows_the_callers_status_changes_and_no_one_elses() {
     );
     for t in &seen {
         assert!(
-            t["payload"].is_null() && t["kind"] == "ev",
-            "the data is the task JSON: {t}"
+            t["payload"].is_null() && t["kind"] == "ev" && t["user"] == "alice",
+            "the data is the task JSON, with its owner's name: {t}"
         );
     }
 
@@ -359,8 +359,16 @@ async fn the_events_stream_shows_the_callers_status_changes_and_no_one_elses() {
         .iter()
         .any(|t| t["id"] == a.as_str() && t["status"] == "pending"));
 
-    // The admin sees every task's changes.
+    // The admin sees every task's changes, each named for its owner.
     let seen = read_until(&mut admin_all, &a, "canceled").await;
+    for t in &seen {
+        let owner = if t["id"] == b.as_str() {
+            "bob"
+        } else {
+            "alice"
+        };
+        assert_eq!(t["user"], owner, "{t}");
+    }
     assert!(
         seen.iter()
             .any(|t| t["id"] == b.as_str() && t["status"] == "canceled"),

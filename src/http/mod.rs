@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 pub mod feed;
 pub mod limits;
+mod names;
 pub mod openapi;
 mod queues;
 mod schedules;
@@ -18,7 +19,8 @@ pub use error::{ApiError, ApiResult};
 
 use crate::clock::Clock;
 use crate::config::{Config, MetricsAuth};
-use crate::store::Store;
+use crate::store::{Store, User};
+use crate::task::Task;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -60,6 +62,8 @@ pub struct AppState {
     depths: Arc<Shared<()>>,
     /// Task changes of every process, for `/v1/events`.
     pub feed: Arc<feed::ChangeFeed>,
+    /// Owner names for task JSON.
+    names: Arc<names::UserNames>,
 }
 
 impl AppState {
@@ -87,7 +91,13 @@ impl AppState {
             users: Arc::new(auth::UserCache::default()),
             ready: Arc::new(Shared::new(SHARED_RESULT_TTL)),
             depths: Arc::new(Shared::new(SHARED_RESULT_TTL)),
+            names: Arc::new(names::UserNames::default()),
         }
+    }
+
+    /// `t` as the API shows it to `viewer` (the caller, when known): with its owner's name.
+    pub(crate) async fn task_json(&self, viewer: Option<&User>, t: &Task) -> serde_json::Value {
+        self.names.task_json(&*self.store, viewer, t).await
     }
 }
 

@@ -85,6 +85,8 @@ pub struct TaskView {
     wait: Option<WaitView>,
     /// The JSON an attempt saved (any JSON), or null: every later attempt starts with it.
     checkpoint: Option<Value>,
+    /// The owner's name.
+    user: String,
 }
 
 /// What a waiting task waits for.
@@ -585,7 +587,7 @@ mod tests {
             inbox_cursor: 0,
             concurrency_key: None,
         };
-        let sent = t.to_json();
+        let sent = t.to_json_for("alice");
         let mut keys: Vec<&String> = sent.as_object().unwrap().keys().collect();
         keys.sort();
         assert_eq!(documented, keys);

@@ -66,13 +66,15 @@ fn last_event_id(headers: &HeaderMap, what: &str) -> ApiResult<Option<i64>> {
     }
 }
 
-/// A change as a `status` event whose id is its position.
-fn change_event(c: &Change) -> Event {
-    status_event("status", &c.task).id(c.seq.to_string())
+/// A change as a `status` event whose id is its position; `user` is the task owner's name.
+fn change_event(c: &Change, user: &str) -> Event {
+    status_event("status", &c.task, user).id(c.seq.to_string())
 }
 
-fn status_event(name: &'static str, t: &Task) -> Event {
-    Event::default().event(name).data(t.to_json().to_string())
+fn status_event(name: &'static str, t: &Task, user: &str) -> Event {
+    Event::default()
+        .event(name)
+        .data(t.to_json_for(user).to_string())
 }
 
 fn signature(t: &Task) -> (TaskStatus, u32, bool) {
@@ -103,6 +105,8 @@ pub(super) async fn task_events(
     // Watch before the first read so nothing committed in between is missed.
     let watch = st.store.hub().watch(id);
     let first = st.store.task_get(id, scope.clone()).await?;
+    // The owner of one task does not change: its name is read once.
+    let user = st.names.name(&*st.store, None, &first.user_id).await;
     // Held by the stream: freed when it ends, the client goes away, or the server stops. A
     // task's own tokens count against its owner.
     let slot = st.limits.stream_slot(&owner)?;
@@ -112,7 +116,7 @@ pub(super) async fn task_events(
         let _slot = slot;
         let mut cursor = after;
         let mut last = signature(&first);
-        yield Ok::<Event, Infallible>(status_event("status", &first).retry(RETRY_HINT));
+        yield Ok::<Event, Infallible>(status_event("status", &first, &user).retry(RETRY_HINT));
         loop {
             let (task, msgs) = match st.store.task_with_messages(id, scope.clone(), cursor, PAGE, author).await {
                 Ok(v) => v,
@@ -127,13 +131,13 @@ pub(super) async fn task_events(
             }
             if signature(&task) != last {
                 last = signature(&task);
-                yield Ok(status_event("status", &task));
+                yield Ok(status_event("status", &task, &user));
             }
             if more {
                 continue;
             }
             if task.status.is_terminal() {
-                yield Ok(status_event("end", &task));
+                yield Ok(status_event("end", &task, &user));
                 break;
             }
             tokio::select! {
@@ -188,6 +192,7 @@ pub(super) async fn all_events(
     };
     let scope = auth.scope();
     let slot = st.limits.stream_slot(&auth.0.owner_key())?;
+    let viewer = auth.0.clone();
     let mut sub = st.feed.subscribe().await?;
     let stream = async_stream::stream! {
         let _slot = slot;
@@ -224,7 +229,8 @@ pub(super) async fn all_events(
                         yield Ok(Event::default().event("lagged").data("changes were pruned; re-read the list"));
                     }
                     for c in &page.changes {
-                        yield Ok(change_event(c));
+                        let user = st.names.name(&*st.store, Some(&viewer), &c.task.user_id).await;
+                        yield Ok(change_event(c, &user));
                     }
                     if page.next <= sent {
                         break;
@@ -244,7 +250,8 @@ pub(super) async fn all_events(
                         let mine = scope.as_deref().is_none_or(|u| u == c.task.user_id);
                         let queue_ok = q.queue.as_deref().is_none_or(|qn| qn == c.task.queue);
                         if mine && queue_ok {
-                            yield Ok(change_event(&c));
+                            let user = st.names.name(&*st.store, Some(&viewer), &c.task.user_id).await;
+                            yield Ok(change_event(&c, &user));
                         }
                     }
                     // Fell behind the feed: read what was missed from the database.

@@ -8,7 +8,7 @@ use super::{ApiError, ApiResult, AppState};
 use crate::clock::parse_rfc3339;
 use crate::store::ListParams;
 use crate::store::MessageCheck;
-use crate::task::{valid_name, Author, NewTask, TaskId, TaskStatus};
+use crate::task::{valid_name, Author, NewTask, TaskId, TaskOf, TaskStatus};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -181,7 +181,7 @@ pub(super) async fn create(
     if ins.created {
         metrics::counter!("spool_tasks_enqueued_total", "queue" => crate::labels::queue(&ins.task.queue), "kind" => crate::labels::kind(&ins.task.kind)).increment(1);
     }
-    Ok((code, Json(&*ins.task)).into_response())
+    Ok((code, Json(TaskOf(&ins.task, &user.name))).into_response())
 }
 
 /// Enqueue 1 to 1000 tasks, all or nothing.
@@ -231,14 +231,14 @@ pub(super) async fn create_batch(
     for ins in out.iter().filter(|i| i.created) {
         metrics::counter!("spool_tasks_enqueued_total", "queue" => crate::labels::queue(&ins.task.queue), "kind" => crate::labels::kind(&ins.task.kind)).increment(1);
     }
-    let tasks: Vec<&crate::task::Task> = out.iter().map(|i| &*i.task).collect();
+    let tasks: Vec<TaskOf<'_>> = out.iter().map(|i| TaskOf(&i.task, &user.name)).collect();
     Ok((StatusCode::CREATED, Json(TaskList { tasks })).into_response())
 }
 
 /// `{"tasks": [...]}`, written straight from the tasks (no intermediate JSON tree).
 #[derive(serde::Serialize)]
 struct TaskList<'a> {
-    tasks: Vec<&'a crate::task::Task>,
+    tasks: Vec<TaskOf<'a>>,
 }
 
 /// One task.
@@ -249,7 +249,8 @@ pub(super) async fn get_one(
     auth: Auth,
     TaskPath(id): TaskPath,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(st.store.task_get(id, auth.scope()).await?.to_json()))
+    let t = st.store.task_get(id, auth.scope()).await?;
+    Ok(Json(st.task_json(Some(&auth.0), &t).await))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -320,8 +321,11 @@ pub(super) async fn list(
     } else {
         None
     };
-    let tasks: Vec<Value> = tasks.iter().map(|t| t.to_json()).collect();
-    Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in &tasks {
+        out.push(st.task_json(Some(&auth.0), t).await);
+    }
+    Ok(Json(json!({"tasks": out, "next_cursor": next})))
 }
 
 /// Cancel: pending ends at once; running is stopped by its worker within a heartbeat.
@@ -332,12 +336,11 @@ pub(super) async fn cancel(
     auth: Auth,
     TaskPath(id): TaskPath,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        st.store
-            .task_cancel(id, auth.scope(), st.clock.now())
-            .await?
-            .to_json(),
-    ))
+    let t = st
+        .store
+        .task_cancel(id, auth.scope(), st.clock.now())
+        .await?;
+    Ok(Json(st.task_json(Some(&auth.0), &t).await))
 }
 
 /// The optional body of `POST /v1/tasks/{id}/retry`.
@@ -360,12 +363,11 @@ pub(super) async fn retry(
     body: OptionalJson<RetryBody>,
 ) -> ApiResult<Json<Value>> {
     let reset = body.0.unwrap_or_default().reset_checkpoint;
-    Ok(Json(
-        st.store
-            .task_retry(id, auth.scope(), reset, st.clock.now())
-            .await?
-            .to_json(),
-    ))
+    let t = st
+        .store
+        .task_retry(id, auth.scope(), reset, st.clock.now())
+        .await?;
+    Ok(Json(st.task_json(Some(&auth.0), &t).await))
 }
 
 /// A JSON body that may be left out: no body at all is `None`; a body is read as [`ApiJson`].
@@ -439,7 +441,7 @@ pub(super) async fn put_checkpoint(
             ),
             e => e.into(),
         })?;
-    Ok(Json(t.to_json()))
+    Ok(Json(st.task_json(None, &t).await))
 }
 
 /// A short-lived read token for this task's events and messages, for a browser's
