@@ -345,3 +345,28 @@ pub async fn one_firing_from_two_stores_makes_one_task<B: Backend>(b: &B) {
     }
     assert_eq!(ids[0], ids[1]);
 }
+
+/// A flood of one full key's tasks ahead of another key's one task, longer than any short look
+/// ahead a claim may take: the other key's task is still the next one claimed.
+pub async fn a_flood_of_a_full_key_longer_than_a_short_look_does_not_hide_another_key<
+    B: Backend,
+>(
+    b: &B,
+) {
+    let f = b.fresh(Default::default()).await;
+    let s = f.store.as_ref();
+    let mut flood: Vec<NewTask> = (0..2000).map(|i| with_key(Some("a"), T0 + i)).collect();
+    flood.push(with_key(Some("b"), T0 + 5000));
+    for chunk in flood.chunks(500) {
+        s.task_insert(chunk.to_vec(), T0).await.unwrap();
+    }
+    let first = claim_adm(s, "w", 1, PER_KEY_1, T0 + 6000).await;
+    assert_eq!(keys(&first), vec![Some("a".into())]);
+    let next = claim_adm(s, "w", 1, PER_KEY_1, T0 + 6001).await;
+    assert_eq!(
+        keys(&next),
+        vec![Some("b".into())],
+        "b's task is not hidden by a's flood"
+    );
+    assert!(claim_adm(s, "w", 5, PER_KEY_1, T0 + 6002).await.is_empty());
+}

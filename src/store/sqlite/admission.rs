@@ -3,11 +3,13 @@
 //! for all processes (`BEGIN IMMEDIATE`), so what this counts (running tasks, the bucket) cannot
 //! change before the claim commits: two processes can never over-admit.
 //!
-//! Without a per-key limit the claim is the ordinary one with a smaller limit. With one, the
-//! keys that have pending tasks are listed by a skip scan of `tasks_key_pending` (one seek per
-//! key), each key that has room offers its best tasks, and [`rules::admit`] picks among them:
-//! a key with thousands of waiting tasks costs the claim one seek while it is at its limit, and
-//! never delays another key's task (no head-of-line blocking).
+//! Without a per-key limit the claim is the ordinary one with a smaller limit. With one, a short
+//! walk of the keyed tasks in claim order usually decides it (`walk_keyed`: it reads a few rows
+//! more than the claim takes). When a flood of full keys' tasks fills the walk, the keys that
+//! have pending tasks are listed by a skip scan of `tasks_key_pending` (one seek per key), each
+//! key that has room offers its best tasks, and [`rules::admit`] picks among them: a key with
+//! thousands of waiting tasks costs the claim one seek while it is at its limit, and never
+//! delays another key's task (no head-of-line blocking). Both ways pick the same tasks.
 
 use super::rows::TaskColumns;
 use super::sql;
@@ -23,6 +25,7 @@ const RUNNING: &str = include_str!("../../../sql/sqlite/queries/admission_runnin
 const KEY_RUNNING: &str = include_str!("../../../sql/sqlite/queries/admission_key_running.sql");
 const KEY_NEXT: &str = include_str!("../../../sql/sqlite/queries/admission_key_next.sql");
 const KEY_TASKS: &str = include_str!("../../../sql/sqlite/queries/admission_key_tasks.sql");
+const KEY_WALK: &str = include_str!("../../../sql/sqlite/queries/admission_key_walk.sql");
 const UNKEYED: &str = include_str!("../../../sql/sqlite/queries/admission_unkeyed.sql");
 const CLAIM_ROW: &str = include_str!("../../../sql/sqlite/queries/task_claim_row.sql");
 const TOKENS_GET: &str = include_str!("../../../sql/sqlite/queries/queue_tokens_get.sql");
@@ -109,42 +112,10 @@ fn claim_per_key(
             running.insert(k, u32::try_from(n.max(0)).unwrap_or(u32::MAX));
         }
     }
-    let mut candidates: Vec<Candidate<i64>> = Vec::new();
-    let mut next = conn.prepare_cached(KEY_NEXT)?;
-    let mut tasks = conn.prepare_cached(KEY_TASKS)?;
-    let mut after = String::new();
-    // Bounded by the number of distinct keys with pending tasks (each step moves past a key).
-    while let Some(key) = next
-        .query_row(named_params! {":queue": queue, ":after": after}, |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()?
-    {
-        let free = per_key.saturating_sub(running.get(&key).copied().unwrap_or(0));
-        let n = free.min(room);
-        if n > 0 {
-            let rows = tasks.query_map(
-                named_params! {":queue": queue, ":key": key, ":now": p.now, ":n": n},
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i32>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
-            )?;
-            for (i, row) in rows.enumerate() {
-                let (id, priority, run_at) = row?;
-                candidates.push(Candidate {
-                    id,
-                    priority,
-                    rank: i as u32 + 1,
-                    run_at,
-                });
-            }
-        }
-        after = key;
-    }
+    let mut candidates = match walk_keyed(conn, p, queue, room, per_key, &running)? {
+        Some(c) => c,
+        None => scan_keys(conn, p, queue, room, per_key, &running)?,
+    };
     let mut unkeyed = conn.prepare_cached(UNKEYED)?;
     let rows = unkeyed.query_map(
         named_params! {":queue": queue, ":now": p.now, ":n": room},
@@ -176,4 +147,115 @@ fn claim_per_key(
         }
     }
     Ok(out)
+}
+
+/// Rows the walk reads at most, beyond the claim's room, before it gives way to the scan.
+const WALK_SLACK: u32 = 256;
+
+/// The short way to a per-key claim's candidates: keyed tasks in claim order, each taken while
+/// its key has room. It decides the claim once it holds `room` first-of-their-key tasks (no
+/// task further on can beat them: it comes later and is at best first of its key too) or has
+/// read every runnable keyed task; `None` when it read its bound first (a flood of one key's
+/// tasks ahead), and the claim scans key by key instead.
+fn walk_keyed(
+    conn: &Connection,
+    p: &ClaimParams,
+    queue: &str,
+    room: u32,
+    per_key: u32,
+    running: &HashMap<String, u32>,
+) -> Result<Option<Vec<Candidate<i64>>>> {
+    let bound = room.saturating_mul(4).saturating_add(WALK_SLACK);
+    let mut st = conn.prepare_cached(KEY_WALK)?;
+    let mut rows = st.query(named_params! {":queue": queue, ":now": p.now, ":n": bound})?;
+    let mut taken: HashMap<String, u32> = HashMap::new();
+    let mut candidates = Vec::new();
+    let (mut read, mut firsts) = (0u32, 0u32);
+    while let Some(r) = rows.next()? {
+        read += 1;
+        let key: String = r.get(3)?;
+        let mine = taken.get(&key).copied().unwrap_or(0);
+        let busy = running.get(&key).copied().unwrap_or(0);
+        if busy.saturating_add(mine) >= per_key || mine >= room {
+            continue;
+        }
+        candidates.push(Candidate {
+            id: r.get(0)?,
+            priority: r.get(1)?,
+            rank: mine + 1,
+            run_at: r.get(2)?,
+        });
+        if mine == 0 {
+            firsts += 1;
+            if firsts >= room {
+                return Ok(Some(candidates));
+            }
+        }
+        taken.insert(key, mine + 1);
+    }
+    Ok((read < bound).then_some(candidates))
+}
+
+/// Every key with pending tasks, one seek each (see the module comment): each key with room
+/// offers its best tasks.
+fn scan_keys(
+    conn: &Connection,
+    p: &ClaimParams,
+    queue: &str,
+    room: u32,
+    per_key: u32,
+    running: &HashMap<String, u32>,
+) -> Result<Vec<Candidate<i64>>> {
+    let mut candidates: Vec<Candidate<i64>> = Vec::new();
+    let mut next = conn.prepare_cached(KEY_NEXT)?;
+    let mut tasks = conn.prepare_cached(KEY_TASKS)?;
+    let mut after = String::new();
+    // Bounded by the number of distinct keys with pending tasks (each step moves past a key).
+    while let Some((key, best)) = next
+        .query_row(named_params! {":queue": queue, ":after": after}, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i32>(2)?,
+                    r.get::<_, i64>(3)?,
+                ),
+            ))
+        })
+        .optional()?
+    {
+        let free = per_key.saturating_sub(running.get(&key).copied().unwrap_or(0));
+        let n = free.min(room);
+        if n == 1 && best.2 <= p.now {
+            // The key's best task is runnable and the only one it may start: read already.
+            candidates.push(Candidate {
+                id: best.0,
+                priority: best.1,
+                rank: 1,
+                run_at: best.2,
+            });
+        } else if n > 0 {
+            let rows = tasks.query_map(
+                named_params! {":queue": queue, ":key": key, ":now": p.now, ":n": n},
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i32>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )?;
+            for (i, row) in rows.enumerate() {
+                let (id, priority, run_at) = row?;
+                candidates.push(Candidate {
+                    id,
+                    priority,
+                    rank: i as u32 + 1,
+                    run_at,
+                });
+            }
+        }
+        after = key;
+    }
+    Ok(candidates)
 }
