@@ -550,3 +550,59 @@ async fn spool_refuses_to_start_when_the_engine_cannot_be_reached() {
     }
     let _ = client();
 }
+
+#[tokio::test]
+async fn container_is_stopped_and_removed_before_spool_exits_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = server(
+        dir.path(),
+        &format!(
+            "[shutdown]\ngrace_ms = 300\n{}",
+            kind("long", "sleep 300", "")
+        ),
+        &[],
+    );
+    let id = enqueue(&s, "long", json!({}), json!({})).await;
+    wait_running_container(&s, &id).await;
+    let status = s
+        .proc
+        .terminate(Duration::from_secs(60))
+        .expect("spool did not exit on SIGTERM");
+    assert!(status.success(), "{status:?}: {}", s.proc.stderr());
+    // Gone before the process exited, not eventually.
+    assert!(engine().containers_of(&id).is_empty());
+    // The attempt was given back, not counted: the task waits for the next worker.
+    let db = common::open_db(dir.path());
+    let st: String = db
+        .query_row("SELECT status FROM tasks WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(st, "pending");
+}
+
+#[tokio::test]
+async fn container_workspace_is_kept_for_keep_workspace_s_then_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(
+        dir.path(),
+        &format!(
+            "[worker]\nlease_ms = 1000\n{}",
+            kind("keep", "echo kept > file", ", keep_workspace_s = 2")
+        ),
+        &[],
+    );
+    let id = enqueue(&s, "keep", json!({}), json!({})).await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let volume = format!("spool-ws-{id}");
+    // Still there for debugging right after the end...
+    assert!(engine().volume_exists(&volume));
+    // ...and removed by the sweep once the time is up.
+    eventually(
+        Duration::from_secs(15),
+        "the kept workspace swept",
+        || async { (!engine().volume_exists(&volume)).then_some(()) },
+    )
+    .await;
+}
