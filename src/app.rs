@@ -389,6 +389,7 @@ impl Spool {
             self.clock.clone(),
             shutdown.clone(),
         ));
+        let sweeper = self.spawn_container_sweeper(shutdown.clone());
         let res = if self.cfg.worker.concurrency > 0 {
             let pool = WorkerPool::new(
                 self.store.clone(),
@@ -405,7 +406,68 @@ impl Spool {
         pruner.abort();
         scheduler.abort();
         let _ = scheduler.await;
+        if let Some(s) = sweeper {
+            s.abort();
+            // Containers of attempts stopped by the shutdown are being stopped and removed.
+            crate::executor::container::wait_for_cleanups(
+                Duration::from_secs(60) + self.cfg.shutdown_grace,
+            )
+            .await;
+        }
         res
+    }
+
+    /// Checks that the container engine answers when a container kind is configured: `serve`
+    /// and `work` refuse to start otherwise.
+    ///
+    /// # Errors
+    /// `AppError::Invalid` naming the endpoint and the container kinds.
+    pub async fn check_container_engine(&self) -> Result<(), AppError> {
+        let Some(engine) = self.registry.engine() else {
+            return Ok(());
+        };
+        engine.ping().await.map_err(|e| {
+            let kinds: Vec<&str> = self
+                .cfg
+                .kinds
+                .iter()
+                .filter(|(_, k)| matches!(k.handler, crate::config::KindHandler::Container(_)))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            AppError::Invalid(format!(
+                "{e}; the container kinds {kinds:?} need it (set docker.host or DOCKER_HOST)"
+            ))
+        })
+    }
+
+    /// At start, then every lease period: removes the containers of attempts nobody holds (a
+    /// crashed process's) and the workspaces of finished tasks.
+    fn spawn_container_sweeper(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let engine = self.registry.engine()?.clone();
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let every = Duration::from_millis(self.cfg.worker.lease_ms.clamp(500, 60_000));
+        Some(tokio::spawn(async move {
+            loop {
+                match crate::executor::container::sweep(&engine, store.as_ref(), clock.now()).await
+                {
+                    Ok((0, 0)) => {}
+                    Ok((c, v)) => tracing::info!(
+                        containers = c,
+                        volumes = v,
+                        "removed containers and workspaces no attempt holds"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "container sweep failed; will retry"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }))
     }
 
     fn spawn_pruner(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {

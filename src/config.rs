@@ -119,6 +119,7 @@ struct RawConfig {
     kinds: BTreeMap<String, RawKind>,
     #[serde(default)]
     schedules: BTreeMap<String, RawSchedule>,
+    docker: RawDocker,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -129,6 +130,30 @@ struct RawSchedule {
     task: Option<crate::schedule::ScheduleTask>,
     catch_up: Option<String>,
     catch_up_max: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    image: Option<String>,
+    command: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    workdir: Option<String>,
+    network: Option<String>,
+    cpus: Option<f64>,
+    memory_mb: Option<u64>,
+    pids_limit: Option<i64>,
+    user: Option<String>,
+    read_only_root: Option<bool>,
+    mounts: Option<Vec<String>>,
+    keep_workspace_s: Option<u64>,
+    stop_grace_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -253,6 +278,7 @@ struct RawKind {
     keep_workdir: Option<bool>,
     stdin: Option<String>,
     users: Option<Vec<String>>,
+    container: Option<RawContainer>,
 }
 
 /// The validated configuration.
@@ -286,6 +312,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[schedules.NAME]`: cron schedules, upserted into the database at start.
     pub schedules: Vec<crate::schedule::ScheduleSpec>,
+    /// The container engine's endpoint (`[docker] host`, else `DOCKER_HOST`, else
+    /// [`DEFAULT_DOCKER_HOST`]); used only when a container kind is configured.
+    pub docker_host: String,
 }
 
 /// Whether loading the config reads the secrets that only running workers and the server need
@@ -650,8 +679,67 @@ pub enum KindHandler {
         /// The HMAC key (read from `secret_env` at start).
         secret: String,
     },
+    /// A container per attempt, through the Docker Engine API.
+    Container(ContainerSpec),
     /// Only settings; the handler is registered in Rust (or built in).
     None,
+}
+
+/// Default `docker.host` when neither it nor `DOCKER_HOST` is set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// Default `container.workdir`: where the task's workspace volume is mounted.
+pub const DEFAULT_CONTAINER_WORKDIR: &str = "/workspace";
+/// Default `container.network`: no network at all.
+pub const DEFAULT_CONTAINER_NETWORK: &str = "none";
+/// Default `container.cpus`: one CPU's worth of time.
+pub const DEFAULT_CONTAINER_CPUS: f64 = 1.0;
+/// Default `container.memory_mb`: the container is killed (OOM) past 2 GiB.
+pub const DEFAULT_CONTAINER_MEMORY_MB: u64 = 2048;
+/// Default `container.pids_limit`: processes and threads inside the container.
+pub const DEFAULT_CONTAINER_PIDS_LIMIT: i64 = 256;
+/// Default `container.stop_grace_s`: SIGTERM, then SIGKILL after this many seconds.
+pub const DEFAULT_CONTAINER_STOP_GRACE_S: u64 = 5;
+
+/// A container kind (`[kinds.NAME] container = {..}`): what runs, and inside which limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// The image (must be on the engine already: spool does not pull).
+    pub image: String,
+    /// The command; empty: the image's own.
+    pub command: Vec<String>,
+    /// The kind's own variables, added to the ones spool grants.
+    pub env: BTreeMap<String, String>,
+    /// Where the task's workspace volume is mounted, and the command's working directory.
+    pub workdir: String,
+    /// `none`, `bridge`, or the name of a network on the engine.
+    pub network: String,
+    /// CPUs' worth of time (fractions allowed).
+    pub cpus: f64,
+    /// Memory limit in MiB (no swap beyond it); past it the container is killed.
+    pub memory_mb: u64,
+    /// Most processes and threads at once.
+    pub pids_limit: i64,
+    /// `user` or `uid:gid` inside the container; `None`: the image's own.
+    pub user: Option<String>,
+    /// Mount the image's root file system read-only (`/tmp` is then a tmpfs).
+    pub read_only_root: bool,
+    /// Extra mounts, `SOURCE:TARGET` or `SOURCE:TARGET:ro` (a host path or a volume name).
+    pub mounts: Vec<ContainerMount>,
+    /// Keep the workspace volume this long after the task is terminal (0: remove at once).
+    pub keep_workspace_s: u64,
+    /// SIGTERM, then SIGKILL after this many seconds, when an attempt is stopped.
+    pub stop_grace_s: u64,
+}
+
+/// One entry of `container.mounts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMount {
+    /// An absolute host path, or a volume name.
+    pub source: String,
+    /// An absolute path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// `[kinds.NAME]`.
@@ -943,7 +1031,32 @@ impl Config {
             if !crate::task::valid_name(&name) {
                 return Err(invalid(field, "not a kind name"));
             }
+            let handlers = [
+                k.command.is_some(),
+                k.webhook.is_some(),
+                k.container.is_some(),
+            ];
+            if handlers.iter().filter(|h| **h).count() > 1 {
+                return Err(invalid(
+                    field,
+                    "set one of command, webhook and container, not several",
+                ));
+            }
             let handler = match (&k.command, &k.webhook) {
+                _ if k.container.is_some() => {
+                    if k.env.is_some()
+                        || k.user.is_some()
+                        || k.keep_workdir.is_some()
+                        || k.stdin.is_some()
+                    {
+                        return Err(invalid(
+                            field,
+                            "env, user, keep_workdir and stdin of a container kind go inside container = {..} (keep_workdir is keep_workspace_s there)",
+                        ));
+                    }
+                    let c = k.container.clone().unwrap_or_default();
+                    KindHandler::Container(container_spec(&format!("{field}.container"), c)?)
+                }
                 (Some(_), Some(_)) => {
                     return Err(invalid(field, "set either command or webhook, not both"))
                 }
@@ -1045,8 +1158,17 @@ impl Config {
             schedules.push(spec);
         }
 
+        let docker_host = match raw.docker.host.clone() {
+            Some(h) => docker_host("docker.host", h)?,
+            None => match env("DOCKER_HOST").filter(|h| !h.is_empty()) {
+                Some(h) => docker_host("DOCKER_HOST", h)?,
+                None => DEFAULT_DOCKER_HOST.to_string(),
+            },
+        };
+
         let cfg = Config {
             schedules,
+            docker_host,
             auth,
             listen,
             data_dir,
@@ -1254,6 +1376,157 @@ fn command_spec(field: &str, argv: &[String], k: &RawKind) -> Result<CommandSpec
         run_as,
         keep_workdir: k.keep_workdir.unwrap_or(false),
         stdin,
+    })
+}
+
+/// Validates a container engine endpoint: `unix:///path`, `tcp://host:port` or
+/// `http://host:port`.
+fn docker_host(field: &str, h: String) -> Result<String, ConfigError> {
+    let ok = match h.split_once("://") {
+        Some(("unix", path)) => path.starts_with('/'),
+        Some(("tcp" | "http", rest)) => !rest.is_empty(),
+        _ => false,
+    };
+    if ok {
+        Ok(h)
+    } else {
+        Err(invalid(
+            field,
+            format!("{h:?} is not unix:///path/to/socket, tcp://host:port or http://host:port"),
+        ))
+    }
+}
+
+/// Validates `[kinds.NAME] container = {..}`; `field` is `kinds.NAME.container`.
+fn container_spec(field: &str, c: RawContainer) -> Result<ContainerSpec, ConfigError> {
+    let image = c
+        .image
+        .filter(|i| !i.trim().is_empty())
+        .ok_or_else(|| invalid(format!("{field}.image"), "a container kind needs an image"))?;
+    if image
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        return Err(invalid(format!("{field}.image"), "must not contain spaces"));
+    }
+    let command = c.command.unwrap_or_default();
+    if command.first().is_some_and(|p| p.is_empty()) {
+        return Err(invalid(
+            format!("{field}.command"),
+            "must name a program (or leave command out for the image's own)",
+        ));
+    }
+    let env = c.env.unwrap_or_default();
+    for name in env.keys() {
+        let ok = !name.is_empty()
+            && !name.contains('=')
+            && !name.contains('\0')
+            && !name.starts_with("SPOOL_");
+        if !ok {
+            return Err(invalid(
+                format!("{field}.env"),
+                format!("{name:?} is not a variable a kind may set (SPOOL_* are spool's own)"),
+            ));
+        }
+    }
+    let workdir = c
+        .workdir
+        .unwrap_or_else(|| DEFAULT_CONTAINER_WORKDIR.to_string());
+    if !workdir.starts_with('/') || workdir == "/" || workdir.contains(':') {
+        return Err(invalid(
+            format!("{field}.workdir"),
+            "must be an absolute path inside the container other than /",
+        ));
+    }
+    let network = c
+        .network
+        .unwrap_or_else(|| DEFAULT_CONTAINER_NETWORK.to_string());
+    if network.is_empty()
+        || network
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        return Err(invalid(
+            format!("{field}.network"),
+            "must be \"none\", \"bridge\" or the name of a network",
+        ));
+    }
+    let cpus = c.cpus.unwrap_or(DEFAULT_CONTAINER_CPUS);
+    if !(cpus.is_finite() && (0.01..=1024.0).contains(&cpus)) {
+        return Err(invalid(
+            format!("{field}.cpus"),
+            "must be between 0.01 and 1024",
+        ));
+    }
+    let memory_mb = c.memory_mb.unwrap_or(DEFAULT_CONTAINER_MEMORY_MB);
+    if !(6..=(1 << 30)).contains(&memory_mb) {
+        return Err(invalid(
+            format!("{field}.memory_mb"),
+            "must be at least 6 (the engine's smallest limit)",
+        ));
+    }
+    let pids_limit = c.pids_limit.unwrap_or(DEFAULT_CONTAINER_PIDS_LIMIT);
+    if pids_limit < 1 {
+        return Err(invalid(format!("{field}.pids_limit"), "must be at least 1"));
+    }
+    if let Some(u) = &c.user {
+        let ok = !u.is_empty()
+            && u.split(':').count() <= 2
+            && !u.split(':').any(str::is_empty)
+            && !u.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+        if !ok {
+            return Err(invalid(
+                format!("{field}.user"),
+                format!("{u:?} is not \"user\", \"uid\" or \"uid:gid\""),
+            ));
+        }
+    }
+    let mut mounts = Vec::new();
+    for m in c.mounts.unwrap_or_default() {
+        let parts: Vec<&str> = m.split(':').collect();
+        let (source, target, read_only) = match parts.as_slice() {
+            [s, t] => (*s, *t, false),
+            [s, t, "ro"] => (*s, *t, true),
+            [s, t, "rw"] => (*s, *t, false),
+            _ => {
+                return Err(invalid(
+                    format!("{field}.mounts"),
+                    format!("{m:?} is not SOURCE:TARGET or SOURCE:TARGET:ro"),
+                ))
+            }
+        };
+        if source.is_empty() || !target.starts_with('/') {
+            return Err(invalid(
+                format!("{field}.mounts"),
+                format!("{m:?}: the source must not be empty and the target must be absolute"),
+            ));
+        }
+        if target == workdir {
+            return Err(invalid(
+                format!("{field}.mounts"),
+                format!("{m:?}: {workdir} is the task's workspace"),
+            ));
+        }
+        mounts.push(ContainerMount {
+            source: source.to_string(),
+            target: target.to_string(),
+            read_only,
+        });
+    }
+    Ok(ContainerSpec {
+        image,
+        command,
+        env,
+        workdir,
+        network,
+        cpus,
+        memory_mb,
+        pids_limit,
+        user: c.user,
+        read_only_root: c.read_only_root.unwrap_or(false),
+        mounts,
+        keep_workspace_s: c.keep_workspace_s.unwrap_or(0),
+        stop_grace_s: c.stop_grace_s.unwrap_or(DEFAULT_CONTAINER_STOP_GRACE_S),
     })
 }
 
@@ -1686,6 +1959,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(v) = env("SPOOL_RETENTION_FAILED") {
         raw.retention.failed = Some(v);
     }
+    if let Some(v) = env("SPOOL_DOCKER_HOST") {
+        raw.docker.host = Some(v);
+    }
     Ok(())
 }
 
@@ -1711,6 +1987,91 @@ mod tests {
         assert_eq!(c.worker.lease_ms, 30_000);
         assert_eq!(c.retry, RetryPolicy::default());
         assert_eq!(c.database.synchronous, Synchronous::Full);
+    }
+
+    #[test]
+    fn container_kinds_take_defaults_and_bad_values_name_the_field() {
+        let c = parse("[kinds.box]\ncontainer = { image = \"img:1\" }\n").unwrap();
+        let KindHandler::Container(spec) = &c.kinds["box"].handler else {
+            panic!("not a container kind")
+        };
+        assert_eq!(spec.image, "img:1");
+        assert!(spec.command.is_empty());
+        assert_eq!(spec.workdir, "/workspace");
+        assert_eq!(spec.network, "none");
+        assert_eq!(spec.memory_mb, DEFAULT_CONTAINER_MEMORY_MB);
+        assert_eq!(spec.pids_limit, DEFAULT_CONTAINER_PIDS_LIMIT);
+        assert_eq!(c.docker_host, DEFAULT_DOCKER_HOST);
+        // The example the shipped file documents (commented out there) is valid.
+        let example = include_str!("../config/spool.toml")
+            .lines()
+            .find(|l| l.starts_with("# container = {"))
+            .unwrap()
+            .trim_start_matches("# ");
+        let c = parse(&format!("[kinds.agent]\n{example}\n")).unwrap();
+        assert!(matches!(
+            c.kinds["agent"].handler,
+            KindHandler::Container(_)
+        ));
+        for (bad, field) in [
+            (
+                "container = { command = [\"x\"] }",
+                "kinds.k.container.image",
+            ),
+            (
+                "container = { image = \"i\", workdir = \"rel\" }",
+                "kinds.k.container.workdir",
+            ),
+            (
+                "container = { image = \"i\", cpus = 0.0 }",
+                "kinds.k.container.cpus",
+            ),
+            (
+                "container = { image = \"i\", memory_mb = 1 }",
+                "kinds.k.container.memory_mb",
+            ),
+            (
+                "container = { image = \"i\", pids_limit = 0 }",
+                "kinds.k.container.pids_limit",
+            ),
+            (
+                "container = { image = \"i\", user = \"a:b:c\" }",
+                "kinds.k.container.user",
+            ),
+            (
+                "container = { image = \"i\", mounts = [\"/x\"] }",
+                "kinds.k.container.mounts",
+            ),
+            (
+                "container = { image = \"i\", env = { SPOOL_X = \"1\" } }",
+                "kinds.k.container.env",
+            ),
+            (
+                "container = { image = \"i\" }\ncommand = [\"sh\"]",
+                "kinds.k",
+            ),
+        ] {
+            let e = parse(&format!("[kinds.k]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+        let e = parse("[kinds.k]\ncontainer = { image = \"i\", ports = 1 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ports"), "{e}");
+        let e = parse("[docker]\nhost = \"/var/run/docker.sock\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("docker.host"), "{e}");
+        let raw: RawConfig = toml::from_str("").unwrap();
+        let c = Config::from_raw(
+            raw,
+            &|k| (k == "DOCKER_HOST").then(|| "tcp://127.0.0.1:2375".to_string()),
+            Secrets::Required,
+        )
+        .unwrap();
+        assert_eq!(c.docker_host, "tcp://127.0.0.1:2375");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | queue | [`queue`] | every transition of a task and the validation of a new one (pure) | run anything |
 //! | store | [`store`]: the [`store::Store`] trait; [`store::sqlite`] | the database: migrations, SQL, transactions, the change log | know HTTP or processes; read the clock, a random source or the environment |
 //! | events | [`events`] | in-process announcements of committed changes | hold state |
-//! | executor | [`executor`] | handlers: command, built-ins, Rust [`executor::Handler`]s | touch SQL |
+//! | executor | [`executor`] | handlers: command, webhook, container, built-ins, Rust [`executor::Handler`]s | touch SQL |
 //! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |
 //! | http | [`http`] | routes, auth, errors, SSE, long poll, the change feed of `/v1/events` | hold task state |
 //! | jwt | [`jwt`] | checking an identity provider's JWTs, its cached JWKS | know users or SQL |

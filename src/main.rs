@@ -614,6 +614,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg.bound_to(a);
     }
     let spool = Spool::builder().config(cfg).build()?;
+    spool.check_container_engine().await?;
     if let Some(path) = spool.bootstrap_admin().await? {
         tracing::info!(path = %path.display(), "created the first admin token; read it from this file");
     }
@@ -661,6 +662,7 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
     spool::executor::reap::protect_process();
     spool::executor::reap::become_subreaper();
     let spool = Spool::builder().config(cfg).build()?;
+    spool.check_container_engine().await?;
     let shutdown = stop_on_signal();
     spool.run(shutdown).await?;
     spool.close();

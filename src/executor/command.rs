@@ -221,20 +221,24 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Which of a task's output streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
+pub(crate) enum Stream {
+    /// Standard output: messages and the result.
     Stdout,
+    /// Standard error: `stderr` messages.
     Stderr,
 }
 
-struct Line {
+/// One line of a task's output, cut at the message cap.
+pub(crate) struct Line {
     stream: Stream,
     text: String,
     dropped: usize,
 }
 
 /// Reads `r` line by line, keeping at most `max` bytes of each line.
-async fn read_lines<R: AsyncRead + Unpin>(
+pub(crate) async fn read_lines<R: AsyncRead + Unpin>(
     r: R,
     stream: Stream,
     max: usize,
@@ -498,9 +502,7 @@ async fn run_child(
     }
     drop(tx);
 
-    let mut result = Value::Null;
-    let mut wait: Option<Outcome> = None;
-    let mut last_stderr = String::new();
+    let mut protocol = Protocol::default();
     let mut status = None;
     loop {
         tokio::select! {
@@ -519,46 +521,7 @@ async fn run_child(
             }
             line = rx.recv() => {
                 let Some(line) = line else { break };
-                let mut text = line.text;
-                if line.dropped > 0 {
-                    text.push_str(&format!(" [line cut: {} more bytes dropped]", line.dropped));
-                }
-                match line.stream {
-                    Stream::Stderr => {
-                        last_stderr.clone_from(&text);
-                        ctx.progress("stderr", Value::String(text)).await?;
-                    }
-                    Stream::Stdout => {
-                        let parsed = if line.dropped == 0 {
-                            serde_json::from_str::<Value>(&text).ok()
-                        } else {
-                            None
-                        };
-                        match parsed {
-                            Some(Value::Object(mut obj)) => {
-                                if obj.len() == 1 && obj.contains_key("result") {
-                                    result = obj.remove("result").unwrap_or(Value::Null);
-                                } else if obj.len() == 1 && obj.contains_key("checkpoint") {
-                                    ctx.checkpoint(obj.remove("checkpoint").unwrap_or(Value::Null)).await?;
-                                } else if obj.len() == 1 && obj.contains_key("wait") {
-                                    // Takes effect when the child exits 0.
-                                    wait = Some(Outcome::wait_from_json(obj.get("wait").unwrap_or(&Value::Null))?);
-                                } else {
-                                    // A kind outside API.md's name rules (empty, long, control
-                                    // characters) is stored as `log`.
-                                    let kind = obj
-                                        .get("kind")
-                                        .and_then(Value::as_str)
-                                        .filter(|k| crate::task::valid_name(k))
-                                        .unwrap_or("log")
-                                        .to_string();
-                                    ctx.progress(kind, Value::Object(obj)).await?;
-                                }
-                            }
-                            _ => ctx.progress("log", Value::String(text)).await?,
-                        }
-                    }
-                }
+                protocol.line(&ctx, line).await?;
             }
         }
     }
@@ -570,27 +533,104 @@ async fn run_child(
             .map_err(|e| TaskError::retry(format!("waiting for the child: {e}")))?,
     };
     match status.code() {
-        Some(0) => Ok(wait.unwrap_or(Outcome::Completed(result))),
-        Some(EXIT_TEMPFAIL) => Err(TaskError::retry(format!(
-            "exit {EXIT_TEMPFAIL} (temporary failure){}",
-            tail(&last_stderr)
-        ))),
-        Some(code) => Err(TaskError::retry(format!(
-            "exit {code}{}",
-            tail(&last_stderr)
-        ))),
+        Some(code) => protocol.exit(i64::from(code)),
         None => {
             use std::os::unix::process::ExitStatusExt;
             Err(TaskError::retry(format!(
                 "killed by signal {}{}",
                 status.signal().unwrap_or(0),
-                tail(&last_stderr)
+                tail(&protocol.last_stderr)
             )))
         }
     }
 }
 
-fn tail(stderr: &str) -> String {
+/// The line protocol shared by command and container kinds: what each stdout and stderr line
+/// of a task means, and what its exit code means.
+#[derive(Debug, Default)]
+pub(crate) struct Protocol {
+    /// The last `{"result": ..}` line's value.
+    result: Value,
+    /// A `{"wait": ..}` line's wait, taking effect on exit 0.
+    wait: Option<Outcome>,
+    /// The last stderr line, quoted in a failure's `last_error`.
+    pub(crate) last_stderr: String,
+}
+
+impl Protocol {
+    /// Handles one line: a message, the result, a checkpoint or a wait.
+    ///
+    /// # Errors
+    /// The message or checkpoint could not be stored, or a wait line is malformed.
+    pub(crate) async fn line(&mut self, ctx: &TaskContext, line: Line) -> Result<(), TaskError> {
+        let mut text = line.text;
+        if line.dropped > 0 {
+            text.push_str(&format!(" [line cut: {} more bytes dropped]", line.dropped));
+        }
+        match line.stream {
+            Stream::Stderr => {
+                self.last_stderr.clone_from(&text);
+                ctx.progress("stderr", Value::String(text)).await
+            }
+            Stream::Stdout => {
+                let parsed = if line.dropped == 0 {
+                    serde_json::from_str::<Value>(&text).ok()
+                } else {
+                    None
+                };
+                match parsed {
+                    Some(Value::Object(mut obj)) => {
+                        if obj.len() == 1 && obj.contains_key("result") {
+                            self.result = obj.remove("result").unwrap_or(Value::Null);
+                            Ok(())
+                        } else if obj.len() == 1 && obj.contains_key("checkpoint") {
+                            ctx.checkpoint(obj.remove("checkpoint").unwrap_or(Value::Null))
+                                .await
+                        } else if obj.len() == 1 && obj.contains_key("wait") {
+                            // Takes effect when the task exits 0.
+                            self.wait = Some(Outcome::wait_from_json(
+                                obj.get("wait").unwrap_or(&Value::Null),
+                            )?);
+                            Ok(())
+                        } else {
+                            // A kind outside API.md's name rules (empty, long, control
+                            // characters) is stored as `log`.
+                            let kind = obj
+                                .get("kind")
+                                .and_then(Value::as_str)
+                                .filter(|k| crate::task::valid_name(k))
+                                .unwrap_or("log")
+                                .to_string();
+                            ctx.progress(kind, Value::Object(obj)).await
+                        }
+                    }
+                    _ => ctx.progress("log", Value::String(text)).await,
+                }
+            }
+        }
+    }
+
+    /// The attempt's outcome from the task's exit code: 0 completes (or waits), anything else
+    /// fails with retry, quoting the last stderr line.
+    ///
+    /// # Errors
+    /// A non-zero exit code.
+    pub(crate) fn exit(self, code: i64) -> Result<Outcome, TaskError> {
+        match code {
+            0 => Ok(self.wait.unwrap_or(Outcome::Completed(self.result))),
+            c if c == i64::from(EXIT_TEMPFAIL) => Err(TaskError::retry(format!(
+                "exit {EXIT_TEMPFAIL} (temporary failure){}",
+                tail(&self.last_stderr)
+            ))),
+            c => Err(TaskError::retry(format!(
+                "exit {c}{}",
+                tail(&self.last_stderr)
+            ))),
+        }
+    }
+}
+
+pub(crate) fn tail(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()
     } else {

@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod command;
+pub mod container;
 pub mod reap;
 pub mod webhook;
 
@@ -400,6 +401,8 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
+    /// The container engine, when a container kind is configured.
+    engine: Option<container::Engine>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -414,12 +417,14 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in kinds plus a handler for each configured command and webhook kind.
+    /// The built-in kinds plus a handler for each configured command, webhook and container
+    /// kind (the container kinds share one client of `docker.host`).
     /// Command children start from `env` (spool's environment): only `PATH`, `HOME`, `LANG`
     /// and `TZ` are taken from it.
     ///
     /// # Errors
-    /// The HTTP client for webhooks cannot be built (no TLS roots).
+    /// The HTTP client for webhooks cannot be built (no TLS roots), or the container
+    /// engine's endpoint cannot be used.
     pub fn from_config(
         cfg: &crate::config::Config,
         env: &dyn Fn(&str) -> Option<String>,
@@ -454,6 +459,26 @@ impl Registry {
                         webhook::WebhookHandler::new(url.clone(), secret.clone(), client.clone()),
                     );
                 }
+                crate::config::KindHandler::Container(spec) => {
+                    let engine = match &r.engine {
+                        Some(e) => e.clone(),
+                        None => {
+                            let e = container::Engine::connect(&cfg.docker_host)?;
+                            r.engine = Some(e.clone());
+                            e
+                        }
+                    };
+                    r.insert(
+                        kind.clone(),
+                        container::ContainerHandler::new(
+                            kind.clone(),
+                            spec.clone(),
+                            engine,
+                            cfg.max_message_bytes,
+                        )
+                        .with_api_url(cfg.worker.api_url.clone()),
+                    );
+                }
                 crate::config::KindHandler::None => {}
             }
         }
@@ -468,6 +493,14 @@ impl Registry {
     /// Adds every handler of `other`, replacing same-kind ones.
     pub fn extend(&mut self, other: Registry) {
         self.handlers.extend(other.handlers);
+        if self.engine.is_none() {
+            self.engine = other.engine;
+        }
+    }
+
+    /// The container engine of the configured container kinds (`None`: there are none).
+    pub fn engine(&self) -> Option<&container::Engine> {
+        self.engine.as_ref()
     }
 
     /// The kinds that have a handler.
