@@ -119,6 +119,7 @@ struct RawConfig {
     kinds: BTreeMap<String, RawKind>,
     #[serde(default)]
     schedules: BTreeMap<String, RawSchedule>,
+    #[serde(default)]
     docker: RawDocker,
 }
 
