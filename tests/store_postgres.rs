@@ -321,3 +321,190 @@ async fn tables(c: &tokio_postgres::Client) -> i64 {
     .unwrap()
     .get(0)
 }
+
+// ---- group commit ---------------------------------------------------------------------------
+
+/// How many transactions wrote the given tasks' rows as they are now (`xmin`).
+async fn writers(c: &tokio_postgres::Client, ids: &[uuid::Uuid]) -> i64 {
+    c.query_one(
+        "SELECT count(DISTINCT xmin::text) FROM tasks WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// 64 single enqueues at once go in a few transactions, each task with its own request's time;
+/// 64 outcomes at once likewise, each fenced on its own (a stale one among them is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_and_outcomes_share_commits_and_each_keeps_its_own_answer() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let db = server.client(&url).await;
+    let mut hs = Vec::new();
+    for i in 0..64 {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            s.task_insert(vec![conformance::task("default", 3, 0, T0)], T0 + i)
+                .await
+                .unwrap()
+                .remove(0)
+        }));
+    }
+    let mut ids = Vec::new();
+    for (i, h) in hs.into_iter().enumerate() {
+        let ins = h.await.unwrap();
+        assert!(ins.created);
+        assert_eq!(ins.task.created_at, T0 + i as i64);
+        let row: i64 = db
+            .query_one(
+                "SELECT created_at FROM tasks WHERE id = $1",
+                &[&ins.task.id.0],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(row, T0 + i as i64, "each row has its own request's time");
+        ids.push(ins.task.id.0);
+    }
+    let n = writers(&db, &ids).await;
+    assert!(n < 64, "64 enqueues took {n} transactions");
+
+    let claimed = store
+        .task_claim(spool::store::ClaimParams {
+            owner: "w".into(),
+            queues: vec![spool::store::QueueClaim {
+                queue: "default".into(),
+                limit: 64,
+            }],
+            total: 64,
+            rescue: false,
+            lease_ms: 60_000,
+            now: T0 + 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 64);
+    let mut hs = Vec::new();
+    for (i, t) in claimed.into_iter().enumerate() {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            let p = spool::store::FinishParams {
+                task: t,
+                // One outcome from a worker that does not hold the lease.
+                owner: if i == 7 { "not-w".into() } else { "w".into() },
+                status: spool::task::TaskStatus::Completed,
+                result: Some(json!({ "i": i })),
+                error: None,
+                run_at: None,
+                uncount: false,
+                now: T0 + 200,
+            };
+            (i, s.task_finish_wait(p).await.unwrap())
+        }));
+    }
+    for h in hs {
+        let (i, done) = h.await.unwrap();
+        match done {
+            Some(t) => {
+                assert_ne!(i, 7);
+                assert_eq!(t.status, spool::task::TaskStatus::Completed);
+                assert_eq!(t.result, Some(json!({ "i": i })));
+            }
+            None => assert_eq!(i, 7, "only the stale outcome is refused"),
+        }
+    }
+    let completed: i64 = db
+        .query_one("SELECT count(*) FROM tasks WHERE status = 'completed'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(completed, 63);
+    let done: Vec<uuid::Uuid> = db
+        .query("SELECT id FROM tasks WHERE status = 'completed'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let n = writers(&db, &done).await;
+    assert!(n < 63, "63 outcomes took {n} transactions");
+}
+
+/// A quota reached inside a group commit refuses exactly the requests past it, and an
+/// idempotency key reused with another body refuses that request alone; the others of the
+/// same group are written as they would have been one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_group_commit_is_that_requests_alone() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let limits = Limits {
+        pending_tasks_per_user: 5,
+        ..Limits::default()
+    };
+    let store = open(&url, limits).await;
+    let mut hs = Vec::new();
+    for _ in 0..12 {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            s.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+                .await
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for h in hs {
+        match h.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::LimitReached { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, refused), (5, 7));
+
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let keyed = |hash: &str| spool::task::NewTask {
+        idempotency_key: Some("k1".into()),
+        request_hash: Some(hash.into()),
+        ..conformance::task("default", 3, 0, T0)
+    };
+    let mut hs = Vec::new();
+    for i in 0..16 {
+        let s = store.clone();
+        let t = if i == 5 { keyed("other") } else { keyed("h") };
+        hs.push(tokio::spawn(async move {
+            (i, s.task_insert(vec![t], T0).await)
+        }));
+    }
+    let mut made = std::collections::HashSet::new();
+    let mut created = 0;
+    for h in hs {
+        match h.await.unwrap() {
+            (5, r) => {
+                // The first of the key decides: "h" nearly always came first; if "other" did,
+                // every "h" request is the one refused instead.
+                if let Ok(v) = r {
+                    made.insert(v[0].task.id);
+                    created += usize::from(v[0].created);
+                }
+            }
+            (_, Ok(v)) => {
+                made.insert(v[0].task.id);
+                created += usize::from(v[0].created);
+            }
+            (_, Err(StoreError::IdempotencyMismatch { .. })) => {}
+            (_, Err(e)) => panic!("{e}"),
+        }
+    }
+    assert_eq!(made.len(), 1, "one key, one task");
+    assert_eq!(created, 1);
+    let db = server.client(&url).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}

@@ -15,6 +15,8 @@
 //! `sql/postgres/migrations/0001_init.sql`): the change log is in commit order, and spool never
 //! waits for that lock while holding a row lock, so its writers cannot deadlock on it.
 
+mod batch;
+mod complete;
 pub(crate) mod migrate;
 mod rows;
 mod session;
@@ -81,6 +83,10 @@ pub struct PostgresStore {
     /// The wake-up listener (see [`listen`]), started on first use of the pool.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     listening: AtomicBool,
+    /// Group commit of small enqueues (see [`batch`]).
+    batcher: batch::Batcher,
+    /// Group commit of outcomes (see [`complete`]).
+    completer: complete::Completer,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -268,10 +274,18 @@ impl PostgresStore {
             timeout,
             listener: std::sync::Mutex::new(None),
             listening: AtomicBool::new(false),
+            batcher: batch::Batcher::new(),
+            completer: complete::Completer::new(),
         })
     }
 
     async fn conn(&self) -> Result<Conn> {
+        self.open_for_use()?;
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// `Unavailable` once closed; starts the wake-up listener on first use.
+    fn open_for_use(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
@@ -281,7 +295,7 @@ impl PostgresStore {
                 *l = Some(task);
             }
         }
-        self.pool.get().await.map_err(pool_err)
+        Ok(())
     }
 
     fn stop_listener(&self) {
@@ -434,15 +448,20 @@ async fn check_user_quotas<C: GenericClient>(
 /// are, to `out`.
 async fn write_rows<C: GenericClient>(
     c: &C,
-    waiting: &mut Vec<(NewTask, String)>,
+    waiting: &mut Vec<(NewTask, String, UnixMillis)>,
     limits: &Limits,
-    now: UnixMillis,
     out: &mut Vec<Inserted>,
 ) -> Result<()> {
     if waiting.is_empty() {
         return Ok(());
     }
-    check_user_quotas(c, waiting, limits).await?;
+    if rules::quotas_on(limits) {
+        let rows: Vec<(NewTask, String)> = waiting
+            .iter()
+            .map(|(t, p, _)| (t.clone(), p.clone()))
+            .collect();
+        check_user_quotas(c, &rows, limits).await?;
+    }
     let n = waiting.len();
     let mut ids = Vec::with_capacity(n);
     let mut users = Vec::with_capacity(n);
@@ -455,7 +474,9 @@ async fn write_rows<C: GenericClient>(
     let mut timeouts = Vec::with_capacity(n);
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut hashes: Vec<Option<&str>> = Vec::with_capacity(n);
-    for (t, payload) in waiting.iter() {
+    let mut nows = Vec::with_capacity(n);
+    for (t, payload, now) in waiting.iter() {
+        nows.push(*now);
         ids.push(t.id.0);
         users.push(t.user_id.as_str());
         queues.push(t.queue.as_str());
@@ -483,11 +504,11 @@ async fn write_rows<C: GenericClient>(
             &timeouts,
             &keys,
             &hashes,
-            &now,
+            &nows,
         ],
     )
     .await?;
-    for (t, _) in waiting.drain(..) {
+    for (t, _, now) in waiting.drain(..) {
         out.push(Inserted {
             task: Arc::new(rules::inserted_task(t, now)),
             created: true,
@@ -518,16 +539,26 @@ async fn insert_tasks<C: GenericClient>(
     limits: &Limits,
     now: UnixMillis,
 ) -> Result<Vec<Inserted>> {
+    let tasks = tasks.into_iter().map(|(t, p)| (t, p, now)).collect();
+    insert_tasks_at(c, tasks, limits).await
+}
+
+/// As [`insert_tasks`], each task with its own `now` (a group commit of several requests).
+async fn insert_tasks_at<C: GenericClient>(
+    c: &C,
+    tasks: Vec<(NewTask, String, UnixMillis)>,
+    limits: &Limits,
+) -> Result<Vec<Inserted>> {
     let mut out = Vec::with_capacity(tasks.len());
     // Unkeyed tasks wait and are written together; a keyed task first writes what waits, so
     // rows keep their order and a repeated key sees its twin.
-    let mut waiting: Vec<(NewTask, String)> = Vec::new();
-    for (index, (t, payload)) in tasks.into_iter().enumerate() {
+    let mut waiting: Vec<(NewTask, String, UnixMillis)> = Vec::new();
+    for (index, (t, payload, now)) in tasks.into_iter().enumerate() {
         let Some(key) = t.idempotency_key.clone() else {
-            waiting.push((t, payload));
+            waiting.push((t, payload, now));
             continue;
         };
-        write_rows(c, &mut waiting, limits, now, &mut out).await?;
+        write_rows(c, &mut waiting, limits, &mut out).await?;
         let mut existing = task_by_key(c, &t.user_id, &key).await?;
         if existing.is_none() {
             let one = [(t.clone(), payload.clone())];
@@ -574,7 +605,7 @@ async fn insert_tasks<C: GenericClient>(
             created: false,
         });
     }
-    write_rows(c, &mut waiting, limits, now, &mut out).await?;
+    write_rows(c, &mut waiting, limits, &mut out).await?;
     Ok(out)
 }
 
@@ -620,6 +651,13 @@ impl Store for PostgresStore {
     async fn task_insert(&self, tasks: Vec<NewTask>, now: UnixMillis) -> Result<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
+        }
+        if tasks.len() <= batch::SMALL {
+            self.open_for_use()?;
+            return self
+                .batcher
+                .insert(&self.pool, &self.hub, &self.limits, tasks, now)
+                .await;
         }
         let prepared = tasks
             .into_iter()
@@ -823,7 +861,9 @@ impl Store for PostgresStore {
 
     /// Commits before it returns: the answer is [`Queued::ready`].
     async fn task_finish(&self, p: FinishParams) -> Result<Queued<Option<Arc<Task>>>> {
-        Ok(Queued::ready(self.finish(p).await))
+        self.open_for_use()?;
+        let done = self.completer.finish(&self.pool, &self.hub, p).await;
+        Ok(Queued::ready(done))
     }
 
     async fn task_token_create(&self, task: &Task, hash: String, now: UnixMillis) -> Result<()> {
@@ -1272,63 +1312,6 @@ impl Store for PostgresStore {
             more: next < newest,
             changes,
         })
-    }
-}
-
-impl PostgresStore {
-    /// Ends an attempt (see [`Store::task_finish`]), committed when it returns.
-    async fn finish(&self, p: FinishParams) -> Result<Option<Arc<Task>>> {
-        let result_text = match &p.result {
-            Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
-            None => None,
-        };
-        let claimed = &p.task;
-        let mut c = self.conn().await?;
-        let tx = c.transaction().await.map_err(pg_err)?;
-        lock_changes(&tx).await?;
-        let row = query_opt(
-            &tx,
-            sql::TASK_FINISH,
-            &[
-                &uuid(claimed.id),
-                &p.owner,
-                &i64::from(claimed.attempts),
-                &p.status.as_str(),
-                &result_text,
-                &p.error,
-                &p.run_at,
-                &i64::from(p.uncount),
-                &p.now,
-            ],
-        )
-        .await?;
-        let Some(r) = row else {
-            return Ok(None);
-        };
-        let status: String = r.try_get("status").map_err(pg_err)?;
-        if status == TaskStatus::Pending.as_str() {
-            // Another attempt: any idle worker may take it.
-            notify_work(&tx, vec![claimed.queue.clone()]).await?;
-        }
-        tx.commit().await.map_err(pg_err)?;
-        let attempts: i64 = r.try_get("attempts").map_err(pg_err)?;
-        let task = Arc::new(Task {
-            status: status
-                .parse()
-                .map_err(|e: String| StoreError::Backend(e.into()))?,
-            attempts: attempts.max(0) as u32,
-            last_error: r.try_get("last_error").map_err(pg_err)?,
-            run_at: r.try_get("run_at").map_err(pg_err)?,
-            completed_at: r.try_get("completed_at").map_err(pg_err)?,
-            cancel_requested: r.try_get("cancel_requested").map_err(pg_err)?,
-            result: p.result,
-            lease_owner: None,
-            lease_expires_at: None,
-            updated_at: p.now,
-            ..Task::clone(claimed)
-        });
-        self.publish(vec![Event::Task(task.clone())]);
-        Ok(Some(task))
     }
 }
 

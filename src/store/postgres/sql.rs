@@ -36,7 +36,8 @@ pub(crate) const TASK_CANCEL_PENDING: &str =
 pub(crate) const TASK_CANCEL_RUNNING: &str =
     include_str!("../../../sql/postgres/queries/task_cancel_running.sql");
 pub(crate) const TASK_CLAIM: &str = include_str!("../../../sql/postgres/queries/task_claim.sql");
-pub(crate) const TASK_FINISH: &str = include_str!("../../../sql/postgres/queries/task_finish.sql");
+pub(crate) const TASK_FINISH_MANY: &str =
+    include_str!("../../../sql/postgres/queries/task_finish_many.sql");
 pub(crate) const TASK_GET: &str = include_str!("../../../sql/postgres/queries/task_get.sql");
 pub(crate) const TASK_GET_BY_KEY: &str =
     include_str!("../../../sql/postgres/queries/task_get_by_key.sql");

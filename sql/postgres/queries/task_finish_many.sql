@@ -1,0 +1,24 @@
+-- End several attempts in one statement (a group commit of outcomes), each fenced by owner and
+-- attempt number as on SQLite: a worker that lost its lease matches no row and
+-- changes nothing. One row of the arrays per attempt, no task twice: $1 id, $2 owner,
+-- $3 attempt, $4 the status decided, $5 result (JSON text), $6 error, $7 run_at (a retry),
+-- $8 1 when the attempt is given back (shutdown) rather than spent, $9 now. Returns the rows
+-- it ended, as they are now.
+UPDATE tasks AS t
+SET status = CASE WHEN t.cancel_requested AND x.status = 'pending' THEN 'canceled'
+                  ELSE x.status END,
+    result = x.result::json,
+    last_error = coalesce(x.error, t.last_error),
+    run_at = coalesce(x.run_at, t.run_at),
+    attempts = t.attempts - x.uncount,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    completed_at = CASE WHEN x.status <> 'pending' OR t.cancel_requested THEN x.now END,
+    updated_at = x.now
+FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::int8[],
+            $8::int8[], $9::int8[])
+     AS x(id, owner, attempt, status, result, error, run_at, uncount, now)
+WHERE t.id = x.id AND t.lease_owner = x.owner AND t.attempts = x.attempt
+  AND t.status = 'running'
+RETURNING t.id, t.queue, t.status, t.attempts, t.last_error, t.run_at, t.completed_at,
+          t.cancel_requested
