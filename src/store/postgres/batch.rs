@@ -82,7 +82,7 @@ impl Batcher {
                 Some(s) if !s.is_closed() => s.clone(),
                 _ => {
                     let (tx, rx) = mpsc::channel(QUEUE);
-                    tokio::spawn(run(rx, pool.clone(), hub.clone(), limits.clone()));
+                    tokio::spawn(run(rx, pool.clone(), hub.clone(), *limits));
                     *guard = Some(tx.clone());
                     tx
                 }
