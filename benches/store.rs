@@ -23,6 +23,7 @@ fn task() -> NewTask {
         timeout_ms: 60_000,
         idempotency_key: None,
         request_hash: None,
+        concurrency_key: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn claim(
         queues: vec![QueueClaim {
             queue: "default".into(),
             limit: n,
+            admission: None,
         }],
         total: n,
         lease_ms: 60_000,
@@ -96,6 +98,7 @@ fn benches(c: &mut Criterion) {
                     error: None,
                     run_at: None,
                     uncount: false,
+                    wait_until: None,
                     now: 2,
                 }))
                 .unwrap()

@@ -1,5 +1,6 @@
-//! spool embedded in a Rust program: two handlers, tasks enqueued from code, the pool run
-//! in-process until they are done.
+//! spool embedded in a Rust program: three handlers, tasks enqueued from code, the pool run
+//! in-process until they are done. `Ask` is an interactive task: it asks its owner a question,
+//! waits without holding a slot, and goes on with the answer.
 //!
 //! ```sh
 //! cargo run --release --example embedded
@@ -8,7 +9,10 @@
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use spool::app::Spool;
-use spool::{Config, Handler, TaskContext, TaskError, TaskStatus};
+use spool::executor::Outcome;
+use spool::store::MessageCheck;
+use spool::task::WakeReason;
+use spool::{Clock, Config, Handler, SystemClock, TaskContext, TaskError, TaskStatus};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 struct Resize;
 
 impl Handler for Resize {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         Box::pin(async move {
             let width = ctx.payload()["width"]
                 .as_u64()
@@ -28,7 +32,7 @@ impl Handler for Resize {
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
-            Ok(json!({ "width": width, "height": width * 3 / 4 }))
+            Ok(json!({ "width": width, "height": width * 3 / 4 }).into())
         })
     }
 }
@@ -37,7 +41,7 @@ impl Handler for Resize {
 struct Greet;
 
 impl Handler for Greet {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         Box::pin(async move {
             if ctx.attempt() == 1 {
                 return Err(TaskError::retry("first attempts always fail here"));
@@ -46,7 +50,40 @@ impl Handler for Greet {
                 .as_str()
                 .unwrap_or("world")
                 .to_string();
-            Ok(json!(format!("hello, {name} (attempt {})", ctx.attempt())))
+            Ok(json!(format!("hello, {name} (attempt {})", ctx.attempt())).into())
+        })
+    }
+}
+
+/// Asks its owner a question, parks until the answer comes (or an hour passes), then goes on
+/// with it: the next attempt starts with the checkpoint and reads the answer from its inbox.
+struct Ask;
+
+impl Handler for Ask {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
+        Box::pin(async move {
+            match ctx.wake_reason() {
+                None => {
+                    ctx.progress("question", json!("may I push to main?"))
+                        .await?;
+                    ctx.checkpoint(json!({ "asked": "may I push to main?" }))
+                        .await?;
+                    Ok(Outcome::Wait {
+                        timeout: Duration::from_secs(3600),
+                    })
+                }
+                Some(WakeReason::Timeout) => Err(TaskError::permanent("nobody answered")),
+                Some(WakeReason::Message) => {
+                    let inbox = ctx.inbox();
+                    futures::pin_mut!(inbox);
+                    let answer = match futures::StreamExt::next(&mut inbox).await {
+                        Some(m) => m?.content,
+                        None => return Err(TaskError::retry("canceled")),
+                    };
+                    let asked = ctx.last_checkpoint().unwrap_or(Value::Null);
+                    Ok(json!({ "asked": asked["asked"], "answer": answer }).into())
+                }
+            }
         })
     }
 }
@@ -60,12 +97,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .config(cfg)
         .handler("resize", Resize)
         .handler("greet", Greet)
+        .handler("ask", Ask)
         .build()?;
 
     let ids = vec![
         spool.enqueue("resize", json!({ "width": 640 })).await?.id,
         spool.enqueue("resize", json!({ "oops": true })).await?.id,
         spool.enqueue("greet", json!({ "name": "spool" })).await?.id,
+        spool.enqueue("ask", json!({})).await?.id,
     ];
 
     let stop = CancellationToken::new();
@@ -76,6 +115,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (spool, tokio::spawn(async move { runner.run(stop).await }))
     };
     let (spool, handle) = pool;
+    // The owner answers the question once the task waits (over HTTP this is
+    // POST /v1/tasks/{id}/messages with the owner's token).
+    let ask = ids[3];
+    while spool.store().task_get(ask, None).await?.status != TaskStatus::Waiting {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    spool
+        .store()
+        .message_insert(
+            ask,
+            "answer".into(),
+            json!("yes, push"),
+            MessageCheck::User(None),
+            SystemClock.now(),
+        )
+        .await?;
     for id in &ids {
         let task = loop {
             let t = spool.store().task_get(*id, None).await?;
@@ -84,7 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let messages = spool.store().message_list(*id, 0, 100).await?;
+        let messages = spool.store().message_list(*id, 0, 100, None).await?;
         println!(
             "{} {:<9} attempts={} result={} error={} messages={}",
             task.kind,

@@ -130,6 +130,7 @@ pub fn new_task(
         },
         idempotency_key: None,
         request_hash: None,
+        concurrency_key: o.concurrency_key,
     };
     crate::queue::new_task(&cfg.enqueue_rules(kind), req, TaskId::new(), owner, now)
         .map_err(AppError::Invalid)
@@ -307,6 +308,8 @@ pub struct EnqueueOptions {
     /// The owner's user name (default `admin`); a name with no user yet gets one (`admin` an
     /// admin, any other name not). Tasks are owned by the user's id, not the name.
     pub user: Option<String>,
+    /// The admission key: tasks with one key share the queue's `per_key_concurrency`.
+    pub concurrency_key: Option<String>,
 }
 
 impl Spool {

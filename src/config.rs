@@ -138,6 +138,7 @@ struct RawWorker {
     prefetch: Option<u32>,
     queues: Option<Vec<String>>,
     workdir: Option<PathBuf>,
+    api_url: Option<String>,
     /// `HOSTNAME` from the environment, read with the rest of it at load.
     #[serde(skip)]
     host: Option<String>,
@@ -163,6 +164,7 @@ struct RawHttp {
     body_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     max_connections: Option<u32>,
+    stream_token_ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -218,6 +220,10 @@ struct RawJwt {
 #[serde(deny_unknown_fields)]
 struct RawQueue {
     concurrency: Option<u32>,
+    global_concurrency: Option<u32>,
+    per_key_concurrency: Option<u32>,
+    rate: Option<String>,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -233,6 +239,7 @@ struct RawKind {
     env: Option<BTreeMap<String, String>>,
     user: Option<String>,
     keep_workdir: Option<bool>,
+    stdin: Option<String>,
     users: Option<Vec<String>>,
 }
 
@@ -445,6 +452,12 @@ pub struct WorkerConfig {
     pub workdir: PathBuf,
     /// The host name workers are registered under (`HOSTNAME`, read at load).
     pub host: String,
+    /// Where a task reaches spool's API (`SPOOL_URL` of command tasks): `worker.api_url`, else
+    /// `http://` and the listen address (a wildcard address as loopback).
+    pub api_url: String,
+    /// `api_url` was not configured: it follows the address `serve` binds (see
+    /// [`Config::bound_to`]).
+    pub api_url_from_listen: bool,
 }
 
 /// `[http]`.
@@ -469,6 +482,8 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Open client connections at most; further ones wait in the listen backlog.
     pub max_connections: u32,
+    /// How long a stream token (`POST /v1/tasks/{id}/stream_token`) stays good.
+    pub stream_token_ttl: Duration,
 }
 
 /// Who may read `/metrics` (`http.metrics_auth`).
@@ -518,6 +533,56 @@ pub struct RetentionConfig {
 pub struct QueueConfig {
     /// At most this many of the queue's tasks at once in this process.
     pub concurrency: Option<u32>,
+    /// At most this many of the queue's tasks at once across every process on the database.
+    pub global_concurrency: Option<u32>,
+    /// At most this many running tasks with one `concurrency_key`, across every process.
+    pub per_key_concurrency: Option<u32>,
+    /// Tasks started per period across every process (a token bucket in the database), and
+    /// the bucket's size.
+    pub rate: Option<crate::store::RateLimit>,
+    /// `rate` as written (`"100/s"`).
+    pub rate_text: Option<String>,
+}
+
+impl QueueConfig {
+    /// The limits the claim enforces in its transaction (`None` when the queue has none).
+    pub fn admission(&self) -> Option<crate::store::Admission> {
+        let a = crate::store::Admission {
+            global_concurrency: self.global_concurrency,
+            per_key_concurrency: self.per_key_concurrency,
+            rate: self.rate,
+        };
+        a.is_limited().then_some(a)
+    }
+}
+
+/// Parses a queue's `rate` (`"N/s"`, `"N/m"` or `"N/h"`, N ≥ 1) with its `burst` (default N,
+/// one period's worth).
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_rate(text: &str, burst: Option<u32>) -> Result<crate::store::RateLimit, String> {
+    let bad = || format!("{text:?} is not a rate like \"100/s\", \"20/m\" or \"5/h\"");
+    let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = n.trim().parse().map_err(|_| bad())?;
+    if count == 0 || count > 1_000_000 {
+        return Err(format!("{text:?}: the count must be 1..=1000000"));
+    }
+    let period_ms = match unit.trim() {
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    let burst = burst.unwrap_or(count);
+    if burst == 0 || burst > 1_000_000 {
+        return Err("burst must be 1..=1000000".into());
+    }
+    Ok(crate::store::RateLimit {
+        count,
+        period_ms,
+        burst,
+    })
 }
 
 /// A command kind: what runs, with what environment, as whom.
@@ -531,6 +596,19 @@ pub struct CommandSpec {
     pub run_as: Option<RunAs>,
     /// Keep the task's working directory when the task is terminal (for debugging).
     pub keep_workdir: bool,
+    /// What the child's stdin carries after the payload line.
+    pub stdin: StdinMode,
+}
+
+/// A command kind's `stdin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StdinMode {
+    /// The payload, then end of input (the default).
+    #[default]
+    Payload,
+    /// The payload as one line, then each of the owner's messages as a JSON line, as they come;
+    /// stdin stays open while the attempt runs.
+    Messages,
 }
 
 /// A Unix user looked up at start.
@@ -805,10 +883,42 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            for (key, v) in [
+                ("global_concurrency", q.global_concurrency),
+                ("per_key_concurrency", q.per_key_concurrency),
+            ] {
+                if v == Some(0) || v.is_some_and(|v| v > 1_000_000) {
+                    return Err(invalid(
+                        format!("queues.{name}.{key}"),
+                        "must be 1..=1000000",
+                    ));
+                }
+            }
+            let rate = match &q.rate {
+                Some(text) => Some(parse_rate(text, q.burst).map_err(|e| {
+                    let field = if e.starts_with("burst") {
+                        "burst"
+                    } else {
+                        "rate"
+                    };
+                    invalid(format!("queues.{name}.{field}"), e)
+                })?),
+                None if q.burst.is_some() => {
+                    return Err(invalid(
+                        format!("queues.{name}.burst"),
+                        "burst needs a rate",
+                    ))
+                }
+                None => None,
+            };
             queues_cfg.insert(
                 name,
                 QueueConfig {
                     concurrency: q.concurrency,
+                    global_concurrency: q.global_concurrency,
+                    per_key_concurrency: q.per_key_concurrency,
+                    rate,
+                    rate_text: q.rate.clone(),
                 },
             );
         }
@@ -850,10 +960,14 @@ impl Config {
                     }
                 }
                 (None, None) => {
-                    if k.env.is_some() || k.user.is_some() || k.keep_workdir.is_some() {
+                    if k.env.is_some()
+                        || k.user.is_some()
+                        || k.keep_workdir.is_some()
+                        || k.stdin.is_some()
+                    {
                         return Err(invalid(
                             field,
-                            "env, user and keep_workdir apply to command kinds only",
+                            "env, user, keep_workdir and stdin apply to command kinds only",
                         ));
                     }
                     KindHandler::None
@@ -913,6 +1027,23 @@ impl Config {
                 queues,
                 workdir,
                 host: raw.worker.host.unwrap_or_else(|| "localhost".into()),
+                api_url_from_listen: raw.worker.api_url.is_none(),
+                api_url: match raw.worker.api_url {
+                    Some(u) => {
+                        let ok = url::Url::parse(&u)
+                            .ok()
+                            .filter(|p| matches!(p.scheme(), "http" | "https"))
+                            .is_some();
+                        if !ok {
+                            return Err(invalid(
+                                "worker.api_url",
+                                "must be an http:// or https:// URL",
+                            ));
+                        }
+                        u.trim_end_matches('/').to_string()
+                    }
+                    None => api_url_of(listen),
+                },
             },
             retry,
             http,
@@ -1064,12 +1195,45 @@ fn command_spec(field: &str, argv: &[String], k: &RawKind) -> Result<CommandSpec
             })
         }
     };
+    let stdin = match k.stdin.as_deref() {
+        None | Some("payload") => StdinMode::Payload,
+        Some("messages") => StdinMode::Messages,
+        Some(other) => {
+            return Err(invalid(
+                format!("{field}.stdin"),
+                format!("{other:?} is not one of \"payload\", \"messages\""),
+            ))
+        }
+    };
     Ok(CommandSpec {
         argv: argv.to_vec(),
         env,
         run_as,
         keep_workdir: k.keep_workdir.unwrap_or(false),
+        stdin,
     })
+}
+
+/// `http://` and `addr`, a wildcard address as loopback.
+fn api_url_of(mut addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!("http://{addr}")
+}
+
+impl Config {
+    /// `serve` bound `addr` (port 0 picks one): tasks reach the API there unless
+    /// `worker.api_url` says otherwise.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        if self.worker.api_url_from_listen {
+            self.worker.api_url = api_url_of(addr);
+        }
+    }
 }
 
 /// Validates `[http]` (less the body and stall limits, checked with the rest before it).
@@ -1131,6 +1295,16 @@ fn http_config(
             DEFAULT_IDLE_TIMEOUT_MS,
         )?,
         max_connections,
+        stream_token_ttl: {
+            let v = raw.stream_token_ttl_ms.unwrap_or(3_600_000);
+            if !(1_000..=86_400_000).contains(&v) {
+                return Err(invalid(
+                    "http.stream_token_ttl_ms",
+                    "must be 1000..=86400000",
+                ));
+            }
+            Duration::from_millis(v)
+        },
     })
 }
 
@@ -1389,6 +1563,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some(v) = env("SPOOL_WORKER_POLL_INTERVAL_MS") {
         raw.worker.poll_interval_ms = Some(num("SPOOL_WORKER_POLL_INTERVAL_MS", v)?);
+    }
+    if let Some(v) = env("SPOOL_WORKER_API_URL") {
+        raw.worker.api_url = Some(v);
     }
     if let Some(v) = env("SPOOL_WORKER_PREFETCH") {
         raw.worker.prefetch = Some(num("SPOOL_WORKER_PREFETCH", v)?);
@@ -1666,5 +1843,44 @@ mod tests {
         let p = c.retry_for("echo");
         assert_eq!((p.base_ms, p.max_attempts, p.max_ms), (500, 3, 300_000));
         assert_eq!(c.retry_for("other"), RetryPolicy::default());
+    }
+
+    #[test]
+    fn queue_admission_limits_parse_and_bad_ones_name_the_field() {
+        let c = parse(
+            "[queues.agents]\nper_key_concurrency = 1\nglobal_concurrency = 3\nrate = \"20/s\"\nburst = 5\n",
+        )
+        .unwrap();
+        let a = c.queues["agents"].admission().unwrap();
+        assert_eq!(a.per_key_concurrency, Some(1));
+        assert_eq!(a.global_concurrency, Some(3));
+        assert_eq!(
+            a.rate,
+            Some(crate::store::RateLimit {
+                count: 20,
+                period_ms: 1000,
+                burst: 5
+            })
+        );
+        let c = parse("[queues.q]\nrate = \"30/m\"\n").unwrap();
+        assert_eq!(c.queues["q"].rate.unwrap().burst, 30, "burst defaults to N");
+        assert_eq!(c.queues["q"].rate.unwrap().period_ms, 60_000);
+        assert!(parse("[queues.q]\nconcurrency = 2\n").unwrap().queues["q"]
+            .admission()
+            .is_none());
+        for (text, field) in [
+            ("per_key_concurrency = 0", "queues.q.per_key_concurrency"),
+            ("global_concurrency = 0", "queues.q.global_concurrency"),
+            ("rate = \"fast\"", "queues.q.rate"),
+            ("rate = \"10/d\"", "queues.q.rate"),
+            ("rate = \"0/s\"", "queues.q.rate"),
+            ("rate = \"10/s\"\nburst = 0", "queues.q.burst"),
+            ("burst = 3", "queues.q.burst"),
+        ] {
+            let e = parse(&format!("[queues.q]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 }

@@ -40,6 +40,6 @@ pub mod worker;
 pub use app::{Spool, SpoolBuilder};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use config::Config;
-pub use executor::{Handler, Registry, TaskContext, TaskError};
+pub use executor::{Handler, Outcome, Registry, TaskContext, TaskError};
 pub use store::{SqliteStore, Store, StoreError};
 pub use task::{Message, NewTask, Task, TaskId, TaskStatus};

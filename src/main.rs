@@ -69,6 +69,9 @@ enum Command {
         /// Owner of the task.
         #[arg(long, default_value = "admin")]
         user: String,
+        /// Admission key: tasks with one key share the queue's per_key_concurrency.
+        #[arg(long)]
+        concurrency_key: Option<String>,
     },
     /// Show queue depths, running leases and recent failures.
     Inspect {
@@ -86,6 +89,20 @@ enum Command {
     },
     /// Apply pending schema migrations and print the version.
     Migrate,
+    /// Copy a SQLite database (live or stopped) into an empty PostgreSQL database, verify it,
+    /// and print what to change in the config.
+    MigrateToPostgres {
+        /// The SQLite file (default: the database of the config, <data_dir>/spool.db).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// The PostgreSQL database: postgres://user:password@host:5432/db (empty; made with
+        /// CREATE DATABASE). The password is never printed.
+        #[arg(long)]
+        to: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput and latency against a raw-SQLite floor measured in the same run.
     Bench {
         /// Target a running server instead of starting one.
@@ -289,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             delay_ms,
             max_attempts,
             user,
+            concurrency_key,
         } => {
             let payload: Value = match payload {
                 None => Value::Null,
@@ -302,6 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_attempts,
                 timeout_ms: None,
                 user: Some(user),
+                concurrency_key,
             };
             // The one enqueue rule, checked before anything is opened: a refusal writes
             // nothing, not even the data directory.
@@ -409,6 +428,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::MigrateToPostgres { from, to, json } => {
+            migrate_to_postgres(&cfg, from, &to, json).await
+        }
         Command::Migrate => {
             // Migrations run inside open_store; on a large file (a new index over millions of
             // rows) that takes a while, so show that something is happening.
@@ -424,6 +446,83 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn migrate_to_postgres(
+    cfg: &Config,
+    from: Option<PathBuf>,
+    to: &str,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use spool::store::migrate_pg::{self, MoveOptions};
+    use std::io::IsTerminal;
+    let to = spool::store::PostgresUrl::parse(to).map_err(|e| usage(format!("--to: {e}")))?;
+    let from = match from.or_else(|| cfg.sqlite_path().map(PathBuf::from)) {
+        Some(f) => f,
+        None => {
+            return Err(usage(
+                "--from: the config's database is not SQLite; name the SQLite file",
+            ))
+        }
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:24} [{bar:32}] {human_pos}/{human_len} rows ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("reading the SQLite file");
+    let opts = MoveOptions {
+        from: from.clone(),
+        to: to.clone(),
+        connect_timeout: Duration::from_millis(cfg.database.busy_timeout_ms.max(5000)),
+    };
+    let out = migrate_pg::run(&opts, &bar).await;
+    bar.finish_and_clear();
+    let report = match out {
+        Ok(r) => r,
+        Err(e) if e.is_usage() => return Err(usage(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "copied {} to {} (PostgreSQL schema version {})",
+        from.display(),
+        report.to,
+        report.schema_version
+    );
+    let mut rows = vec![vec![
+        "TABLE".to_string(),
+        "ROWS".into(),
+        "SHA-256 (same in SQLite and PostgreSQL)".into(),
+    ]];
+    for t in &report.tables {
+        rows.push(vec![t.table.clone(), t.rows.to_string(), t.sha256.clone()]);
+    }
+    print_table(&rows);
+    println!(
+        "verified: every table has the same rows and checksum on both sides\n\n\
+         Next:\n\
+         1. Stop every spool process that uses {from} (a task changed there after this copy \
+            began is not in PostgreSQL: stop them first and copy again into a fresh database \
+            if you copied a live file).\n\
+         2. Point every spool serve and spool work at PostgreSQL, in the config:\n\
+         \n    [database]\n    url = \"{url}\"\n\n\
+            or in the environment: SPOOL_DATABASE_URL={url}\n\
+            (put your password in the URL; it is not shown here).\n\
+         3. Start them. Tokens, tasks and their messages are all there; running tasks run \
+            again once their lease runs out.",
+        from = from.display(),
+        url = report.to,
+    );
+    Ok(())
 }
 
 async fn token(cfg: Config, cmd: TokenCmd) -> anyhow::Result<()> {
@@ -521,17 +620,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
     spool::executor::reap::protect_process();
     spool::executor::reap::become_subreaper();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    let bound = listener.local_addr().ok();
+    let addr = bound.map(|a| a.to_string()).unwrap_or_default();
+    let mut cfg = cfg;
+    if let Some(a) = bound {
+        cfg.bound_to(a);
+    }
     let spool = Spool::builder().config(cfg).build()?;
     if let Some(path) = spool.bootstrap_admin().await? {
         tracing::info!(path = %path.display(), "created the first admin token; read it from this file");
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let metrics_listener = match spool.config().http.metrics_listen {
         Some(m) => Some(
             tokio::net::TcpListener::bind(m)
@@ -740,6 +841,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                 "PENDING".into(),
                 "SCHEDULED".into(),
                 "RUNNING".into(),
+                "WAITING".into(),
                 "COMPLETED".into(),
                 "FAILED".into(),
                 "CANCELED".into(),
@@ -752,6 +854,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                     q.pending.to_string(),
                     q.scheduled.to_string(),
                     q.running.to_string(),
+                    q.waiting.to_string(),
                     q.completed.to_string(),
                     q.failed.to_string(),
                     q.canceled.to_string(),

@@ -131,6 +131,8 @@ pub struct NewTaskRequest {
     pub idempotency_key: Option<String>,
     /// A hash of the request, to tell a replay from a different request under the same key.
     pub request_hash: Option<String>,
+    /// The admission key: tasks with one key share the queue's `per_key_concurrency`.
+    pub concurrency_key: Option<String>,
 }
 
 /// The one validation of a new task, for every entry point: names, priority, the idempotency
@@ -163,6 +165,13 @@ pub fn new_task(
             );
         }
     }
+    if let Some(k) = &req.concurrency_key {
+        if k.is_empty() || k.chars().count() > 255 || k.chars().any(char::is_control) {
+            return Err(
+                "concurrency_key must be 1 to 255 characters with no control characters".into(),
+            );
+        }
+    }
     let settled = settle(rules, req.asked, now)?;
     Ok(NewTask {
         id,
@@ -176,6 +185,7 @@ pub fn new_task(
         timeout_ms: settled.timeout_ms,
         idempotency_key: req.idempotency_key,
         request_hash: req.request_hash,
+        concurrency_key: req.concurrency_key,
     })
 }
 
@@ -194,7 +204,7 @@ pub enum CancelAction {
 /// A terminal task cannot be canceled (the message says why).
 pub fn cancel(id: TaskId, status: TaskStatus) -> Result<CancelAction, String> {
     match status {
-        TaskStatus::Pending => Ok(CancelAction::EndNow),
+        TaskStatus::Pending | TaskStatus::Waiting => Ok(CancelAction::EndNow),
         TaskStatus::Running => Ok(CancelAction::AskWorker),
         s => Err(format!("task {id} is already {s} and cannot be canceled")),
     }
@@ -234,7 +244,7 @@ pub const LOST_LEASE_ERROR: &str = "lease expired: worker lost";
 /// was asked for never goes back to pending (it ends canceled). Applied by the store at the
 /// write, against the cancel request as it is then.
 pub fn finish_status(decided: TaskStatus, cancel_requested: bool) -> TaskStatus {
-    if cancel_requested && decided == TaskStatus::Pending {
+    if cancel_requested && matches!(decided, TaskStatus::Pending | TaskStatus::Waiting) {
         TaskStatus::Canceled
     } else {
         decided
@@ -262,7 +272,16 @@ pub enum Outcome {
     TimedOut(Duration),
     /// A cancel was asked for and the attempt was stopped.
     Canceled,
+    /// The attempt parked the task until its owner writes to it, or `timeout` passes (capped
+    /// at [`MAX_WAIT_MS`]). Not a failure: no attempt is spent.
+    Wait {
+        /// How long to wait at most.
+        timeout: Duration,
+    },
 }
+
+/// Longest wait an attempt may ask for: 30 days.
+pub const MAX_WAIT_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// The write that ends the attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,6 +322,15 @@ pub fn decide(
                 error: Some("canceled while running".into()),
                 run_at: None,
             }
+        }
+        Outcome::Wait { timeout } => {
+            let ms = (timeout.as_millis() as u64).min(MAX_WAIT_MS);
+            return Transition {
+                status: TaskStatus::Waiting,
+                result: None,
+                error: None,
+                run_at: Some(now.saturating_add(ms as i64)),
+            };
         }
         Outcome::TimedOut(d) => (format!("timed out after {} ms", d.as_millis()), false, None),
         Outcome::Failed {

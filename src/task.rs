@@ -50,6 +50,7 @@ impl Serialize for TaskId {
 }
 
 /// Where a task is in its life. `completed`, `failed` and `canceled` are terminal.
+/// `waiting` is parked: no lease, no slot, until its owner writes to it or the wait times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -57,6 +58,8 @@ pub enum TaskStatus {
     Pending,
     /// Claimed by a worker under a lease.
     Running,
+    /// Parked by its attempt until its owner writes to it or the wait times out.
+    Waiting,
     /// Finished successfully.
     Completed,
     /// Attempts exhausted or a permanent error.
@@ -67,9 +70,10 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in life order.
-    pub const ALL: [TaskStatus; 5] = [
+    pub const ALL: [TaskStatus; 6] = [
         Self::Pending,
         Self::Running,
+        Self::Waiting,
         Self::Completed,
         Self::Failed,
         Self::Canceled,
@@ -80,6 +84,7 @@ impl TaskStatus {
         match self {
             Self::Pending => "pending",
             Self::Running => "running",
+            Self::Waiting => "waiting",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Canceled => "canceled",
@@ -106,7 +111,7 @@ impl FromStr for TaskStatus {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown status {s:?}: one of pending, running, completed, failed, canceled"
+                    "unknown status {s:?}: one of pending, running, waiting, completed, failed, canceled"
                 )
             })
     }
@@ -157,9 +162,90 @@ pub struct Task {
     pub completed_at: Option<UnixMillis>,
     /// Its last change.
     pub updated_at: UnixMillis,
+    /// The JSON an attempt saved; every later attempt starts with it.
+    pub checkpoint: Option<Value>,
+    /// While waiting: when the wait times out.
+    pub wait_until: Option<UnixMillis>,
+    /// Why the last wait ended, for the attempt that follows it (`None`: it did not follow one).
+    pub wake_reason: Option<WakeReason>,
+    /// The owner's messages up to this id are behind the task (its checkpoint or a wait took
+    /// them in): the next attempt's inbox starts after it.
+    pub inbox_cursor: i64,
+    /// Tasks with one key share the queue's `per_key_concurrency` (admission control).
+    pub concurrency_key: Option<String>,
+}
+
+/// Why a waiting task became pending again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WakeReason {
+    /// Its owner wrote to it.
+    Message,
+    /// Its wait timed out.
+    Timeout,
+}
+
+impl WakeReason {
+    /// As stored and as `SPOOL_WAKE` carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Timeout => "timeout",
+        }
+    }
+
+    /// The stored text (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "message" => Some(Self::Message),
+            "timeout" => Some(Self::Timeout),
+            _ => None,
+        }
+    }
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Author {
+    /// The task's owner (or an admin) through the API.
+    User,
+    /// The running attempt: worker progress, a task token.
+    Task,
+}
+
+impl Author {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Task => "task",
+        }
+    }
+}
+
+impl FromStr for Author {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "user" => Ok(Self::User),
+            "task" => Ok(Self::Task),
+            _ => Err(format!("unknown author {s:?}: one of user, task")),
+        }
+    }
 }
 
 impl Task {
+    /// `{"for": "message", "until": ..}` while waiting, else `None`.
+    pub fn wait(&self) -> Option<Value> {
+        match (self.status, self.wait_until) {
+            (TaskStatus::Waiting, Some(until)) => {
+                Some(serde_json::json!({"for": "message", "until": rfc3339(until)}))
+            }
+            _ => None,
+        }
+    }
+
     /// The task as the API shows it (API.md "The task").
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
@@ -170,7 +256,7 @@ impl Task {
 impl Serialize for Task {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Task", 18)?;
+        let mut st = s.serialize_struct("Task", 21)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("queue", &self.queue)?;
         st.serialize_field("kind", &self.kind)?;
@@ -182,6 +268,7 @@ impl Serialize for Task {
         st.serialize_field("max_attempts", &self.max_attempts)?;
         st.serialize_field("last_error", &self.last_error)?;
         st.serialize_field("idempotency_key", &self.idempotency_key)?;
+        st.serialize_field("concurrency_key", &self.concurrency_key)?;
         st.serialize_field("run_at", &rfc3339(self.run_at))?;
         st.serialize_field("timeout_ms", &self.timeout_ms)?;
         st.serialize_field("cancel_requested", &self.cancel_requested)?;
@@ -189,6 +276,8 @@ impl Serialize for Task {
         st.serialize_field("started_at", &self.started_at.map(rfc3339))?;
         st.serialize_field("completed_at", &self.completed_at.map(rfc3339))?;
         st.serialize_field("updated_at", &rfc3339(self.updated_at))?;
+        st.serialize_field("wait", &self.wait())?;
+        st.serialize_field("checkpoint", &self.checkpoint)?;
         st.end()
     }
 }
@@ -218,6 +307,8 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// A hash of the request, to tell a replay from a different request under the same key.
     pub request_hash: Option<String>,
+    /// The admission key (`per_key_concurrency`), 1 to 255 characters.
+    pub concurrency_key: Option<String>,
 }
 
 /// A progress message of a task.
@@ -229,6 +320,8 @@ pub struct Message {
     pub task_id: TaskId,
     /// `log`, `stderr`, `progress`, or whatever the writer chose.
     pub kind: String,
+    /// Who wrote it.
+    pub author: Author,
     /// Any JSON.
     pub content: Value,
     /// When it was written.
@@ -245,10 +338,11 @@ impl Message {
 impl Serialize for Message {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Message", 5)?;
+        let mut st = s.serialize_struct("Message", 6)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("task_id", &self.task_id)?;
         st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("author", &self.author)?;
         st.serialize_field("content", &self.content)?;
         st.serialize_field("created_at", &rfc3339(self.created_at))?;
         st.end()

@@ -286,6 +286,11 @@ fn the_embedded_example_runs_its_tasks_to_the_end() {
     assert!(text.contains("resize completed attempts=1"), "{text}");
     assert!(text.contains("resize failed attempts=1"), "{text}");
     assert!(text.contains("greet completed attempts=2"), "{text}");
+    // The interactive one asked, waited, and went on with the answer.
+    assert!(
+        text.contains(r#"ask completed attempts=1 result={"answer":"yes, push","asked":"may I push to main?"}"#),
+        "{text}"
+    );
 }
 
 #[test]

@@ -71,7 +71,7 @@ impl Running {
                 let msgs = self
                     .spool
                     .store()
-                    .message_list(t.id, 0, 1000)
+                    .message_list(t.id, 0, 1000, None)
                     .await
                     .unwrap();
                 return (got, msgs);
@@ -224,7 +224,7 @@ async fn a_chatty_child_writing_both_pipes_is_never_blocked() {
         let page = r
             .spool
             .store()
-            .message_list(t.id, after, 1000)
+            .message_list(t.id, after, 1000, None)
             .await
             .unwrap();
         let Some(last) = page.last() else { break };

@@ -358,10 +358,33 @@ async fn until_completed(db: &tokio_postgres::Client, n: i64, limit: Duration) {
         if done >= n {
             return;
         }
-        assert!(
-            Instant::now() < end,
-            "only {done} of {n} tasks completed in {limit:?}"
-        );
+        if Instant::now() >= end {
+            let left: Vec<String> = db
+                .query(
+                    "SELECT id::text, status, attempts, lease_owner, lease_expires_at, run_at \
+                     FROM tasks WHERE status <> 'completed' ORDER BY id LIMIT 20",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} attempt {} owner {:?} lease to {:?} run_at {}",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, i64>(2),
+                        r.get::<_, Option<String>>(3),
+                        r.get::<_, Option<i64>>(4),
+                        r.get::<_, i64>(5)
+                    )
+                })
+                .collect();
+            panic!(
+                "only {done} of {n} tasks completed in {limit:?} (now {}); some left: {left:#?}",
+                now_ms()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

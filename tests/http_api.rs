@@ -168,7 +168,10 @@ async fn healthz_ok(c: &Client, s: &Server) {
     assert_eq!(r.text().await.unwrap().trim(), "ok");
 }
 
-const TASK_FIELDS: [&str; 18] = [
+const TASK_FIELDS: [&str; 21] = [
+    "concurrency_key",
+    "wait",
+    "checkpoint",
     "id",
     "queue",
     "kind",
@@ -950,10 +953,12 @@ async fn queues_are_admin_only_and_pause_stops_claims_until_resume() {
         "pending",
         "scheduled",
         "running",
+        "waiting",
         "completed",
         "failed",
         "canceled",
         "oldest_pending_age_ms",
+        "limits",
     ]
     .into_iter()
     .collect();

@@ -72,12 +72,16 @@ async fn a_command_sees_only_its_own_environment_and_starts_in_its_own_directory
         .filter(|k| *k != "CWD" && *k != "PWD" && *k != "SHLVL" && *k != "_")
         .collect();
     names.sort();
-    // spool passes on only PATH, HOME, LANG and TZ of its own (those it has).
+    // spool passes on only PATH, HOME, LANG and TZ of its own (those it has); the rest is the
+    // task's: its id, attempt, owner, and the API with the attempt's own token.
     let mut want: Vec<&str> = [
         "GREETING",
         "PATH",
         "SPOOL_ATTEMPT",
+        "SPOOL_INBOX_AFTER",
         "SPOOL_TASK_ID",
+        "SPOOL_TASK_TOKEN",
+        "SPOOL_URL",
         "SPOOL_USER",
     ]
     .into_iter()

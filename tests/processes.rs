@@ -37,6 +37,7 @@ fn insert_tasks(dir: &Path, kind: &str, payload: Value, n: usize) -> Vec<TaskId>
                     timeout_ms: 60_000,
                     idempotency_key: None,
                     request_hash: None,
+                    concurrency_key: None,
                 })
                 .collect();
             ids.extend(batch.iter().map(|t| t.id));

@@ -131,14 +131,18 @@ async fn a_message_numbered_first_but_committed_last_is_never_skipped() {
     until_lock_waiters(&watcher, &db_name(&url), 1).await;
     assert!(!second.is_finished(), "the second writer did not wait");
     // A reader now sees neither.
-    assert!(store.message_list(t.id, 0, 10).await.unwrap().is_empty());
+    assert!(store
+        .message_list(t.id, 0, 10, None)
+        .await
+        .unwrap()
+        .is_empty());
     tx.commit().await.unwrap();
     let m2 = tokio::time::timeout(DEADLINE, second)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(m2.id, 2);
-    let all = store.message_list(t.id, 0, 10).await.unwrap();
+    let all = store.message_list(t.id, 0, 10, None).await.unwrap();
     assert_eq!(
         all.iter()
             .map(|m| (m.id, m.content.clone()))
@@ -378,6 +382,7 @@ async fn concurrent_enqueues_and_outcomes_share_commits_and_each_keeps_its_own_a
             queues: vec![spool::store::QueueClaim {
                 queue: "default".into(),
                 limit: 64,
+                admission: None,
             }],
             total: 64,
             rescue: false,
@@ -400,6 +405,7 @@ async fn concurrent_enqueues_and_outcomes_share_commits_and_each_keeps_its_own_a
                 error: None,
                 run_at: None,
                 uncount: false,
+                wait_until: None,
                 now: T0 + 200,
             };
             (i, s.task_finish_wait(p).await.unwrap())
@@ -507,4 +513,172 @@ async fn a_refusal_inside_a_group_commit_is_that_requests_alone() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+}
+
+/// Outcomes of every kind ending together (a completion, a retry, a wait with a read inbox, a
+/// wait whose cancel was asked for, an attempt given back, a completion after a checkpoint)
+/// come back exactly as stored, with every column the single-row finish sets: wait_until, the
+/// inbox cursor, the checkpoint, canceled for a cancel asked for; and enqueues grouped together
+/// keep their concurrency keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_of_mixed_outcomes_keeps_every_column_of_each() {
+    use spool::store::{ClaimParams, FinishParams, QueueClaim};
+    use spool::task::TaskStatus;
+    const N: usize = 48;
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let db = server.client(&url).await;
+    let mut hs = Vec::new();
+    for i in 0..N {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            let t = spool::task::NewTask {
+                concurrency_key: Some(format!("key-{i}")),
+                ..conformance::task("default", 3, 0, T0)
+            };
+            s.task_insert(vec![t], T0).await.unwrap().remove(0)
+        }));
+    }
+    for (i, h) in hs.into_iter().enumerate() {
+        let ins = h.await.unwrap();
+        let key = Some(format!("key-{i}"));
+        assert_eq!(ins.task.concurrency_key, key);
+        let stored = store.task_get(ins.task.id, None).await.unwrap();
+        assert_eq!(
+            stored.concurrency_key, key,
+            "the grouped insert stores the key"
+        );
+    }
+    let claimed = store
+        .task_claim(ClaimParams {
+            owner: "A".into(),
+            queues: vec![QueueClaim {
+                queue: "default".into(),
+                limit: N as u32,
+                admission: None,
+            }],
+            total: N as u32,
+            rescue: false,
+            lease_ms: 60_000,
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), N);
+    let fence = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: 1,
+    };
+    // Before the outcomes: inboxes read, checkpoints saved, cancels asked for.
+    let mut read = std::collections::HashMap::new();
+    for (i, t) in claimed.iter().enumerate() {
+        match i % 6 {
+            1 => {
+                let m = store
+                    .message_insert(
+                        t.id,
+                        "answer".into(),
+                        json!("yes"),
+                        MessageCheck::User(Some("u".into())),
+                        T0 + 2,
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                store
+                    .inbox_read(t.id, fence.clone(), m.id, T0 + 3)
+                    .await
+                    .unwrap();
+                read.insert(t.id, m.id);
+            }
+            3 => {
+                store.task_cancel(t.id, None, T0 + 3).await.unwrap();
+            }
+            5 => {
+                store
+                    .task_checkpoint(t.id, json!({ "step": i }), fence.clone(), T0 + 3)
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    let until = T0 + 3_600_000;
+    let mut hs = Vec::new();
+    for (i, t) in claimed.into_iter().enumerate() {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            let base = FinishParams {
+                task: t,
+                owner: "A".into(),
+                status: TaskStatus::Completed,
+                result: Some(json!({ "i": i })),
+                error: None,
+                run_at: None,
+                uncount: false,
+                wait_until: None,
+                now: T0 + 10,
+            };
+            let wait = FinishParams {
+                status: TaskStatus::Waiting,
+                result: None,
+                run_at: Some(until),
+                uncount: true,
+                wait_until: Some(until),
+                ..base.clone()
+            };
+            let p = match i % 6 {
+                0 | 5 => base,
+                1 | 3 => wait,
+                2 => FinishParams {
+                    status: TaskStatus::Pending,
+                    result: None,
+                    error: Some("boom".into()),
+                    run_at: Some(T0 + 5000),
+                    ..base
+                },
+                _ => FinishParams {
+                    status: TaskStatus::Pending,
+                    result: None,
+                    uncount: true,
+                    ..base
+                },
+            };
+            (i, s.task_finish_wait(p).await.unwrap().unwrap())
+        }));
+    }
+    let mut ids = Vec::new();
+    for h in hs {
+        let (i, done) = h.await.unwrap();
+        ids.push(done.id.0);
+        let stored = store.task_get(done.id, None).await.unwrap();
+        assert_eq!(*done, stored, "outcome {i} comes back as stored");
+        match i % 6 {
+            0 => assert_eq!(done.status, TaskStatus::Completed),
+            1 => {
+                assert_eq!(done.status, TaskStatus::Waiting);
+                assert_eq!(done.wait_until, Some(until));
+                assert_eq!(done.attempts, 0, "a wait spends no attempt");
+                assert_eq!(Some(&done.inbox_cursor), read.get(&done.id));
+            }
+            2 => {
+                assert_eq!(done.status, TaskStatus::Pending);
+                assert_eq!(done.last_error.as_deref(), Some("boom"));
+                assert_eq!(done.run_at, T0 + 5000);
+            }
+            3 => {
+                assert_eq!(done.status, TaskStatus::Canceled);
+                assert_eq!(done.wait_until, None);
+                assert_eq!(done.completed_at, Some(T0 + 10));
+            }
+            4 => {
+                assert_eq!(done.status, TaskStatus::Pending);
+                assert_eq!(done.attempts, 0, "given back, not spent");
+            }
+            _ => assert_eq!(done.checkpoint, Some(json!({ "step": i }))),
+        }
+    }
+    let n = writers(&db, &ids).await;
+    assert!(n < N as i64, "{N} outcomes took {n} transactions");
 }

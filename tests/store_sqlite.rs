@@ -117,6 +117,7 @@ async fn the_change_log_triggers_exist_at_the_newest_schema_and_fire() {
                 timeout_ms: 1000,
                 idempotency_key: None,
                 request_hash: None,
+                concurrency_key: None,
             }],
             1,
         )

@@ -26,6 +26,7 @@ struct Seen {
     attempt: String,
     signature_ok: bool,
     token: String,
+    wake: String,
     at: Instant,
     body: Value,
     /// spool's end of the connection the request came on.
@@ -72,6 +73,7 @@ async fn hook(
         .is_ok()
             && h("content-type") == "application/json",
         token: h("spool-task-token"),
+        wake: h("spool-wake"),
         at: Instant::now(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         peer,
@@ -293,7 +295,12 @@ async fn the_receiver_posts_progress_with_its_task_token_which_dies_with_the_att
     assert_eq!(done.status, TaskStatus::Completed);
     // The 200 body "progress" is not JSON: stored as a string.
     assert_eq!(done.result, Some(json!("progress")));
-    let msgs = h.spool.store().message_list(t.id, 0, 10).await.unwrap();
+    let msgs = h
+        .spool
+        .store()
+        .message_list(t.id, 0, 10, None)
+        .await
+        .unwrap();
     let steps: Vec<Value> = msgs.iter().map(|m| m.content["step"].clone()).collect();
     assert_eq!(steps, vec![json!(0), json!(1), json!(2)]);
 
@@ -328,7 +335,7 @@ async fn the_receiver_posts_progress_with_its_task_token_which_dies_with_the_att
     assert_eq!(
         h.spool
             .store()
-            .message_list(t.id, 0, 10)
+            .message_list(t.id, 0, 10, None)
             .await
             .unwrap()
             .len(),
@@ -431,7 +438,12 @@ async fn the_webhook_url_never_reaches_last_error() {
         !err.contains("secretpath") && !err.contains("127.0.0.1"),
         "URL leaked: {err}"
     );
-    let msgs = h.spool.store().message_list(t.id, 0, 100).await.unwrap();
+    let msgs = h
+        .spool
+        .store()
+        .message_list(t.id, 0, 100, None)
+        .await
+        .unwrap();
     for m in msgs {
         assert!(
             !m.content.to_string().contains("secretpath"),
@@ -463,5 +475,55 @@ async fn the_body_names_the_owner_and_is_signed_with_its_timestamp() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].signature_ok);
     assert_eq!(seen[0].body["user"], json!("alice"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_202_with_a_wait_parks_the_task_until_its_owner_answers() {
+    let (r, url) = start_receiver(
+        vec![
+            (
+                202,
+                None,
+                "{\"wait\": {\"for\": \"message\", \"timeout_ms\": 3600000}}",
+            ),
+            (200, None, "{\"answered\": true}"),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+    let h = start_spool(&url, "max_attempts = 1").await;
+    let t = h.spool.enqueue("hook", json!({"q": "?"})).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let t = h.spool.store().task_get(t.id, None).await.unwrap();
+        if t.status == TaskStatus::Waiting {
+            break t;
+        }
+        assert!(Instant::now() < end, "the task never waited: {t:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(waiting.attempts, 0, "a wait spends no attempt");
+    h.spool
+        .store()
+        .message_insert(
+            t.id,
+            "answer".into(),
+            json!("yes"),
+            spool::store::MessageCheck::User(None),
+            spool::clock::Clock::now(&spool::SystemClock),
+        )
+        .await
+        .unwrap();
+    let done = h.wait_terminal(t.id).await;
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    assert_eq!(done.result, Some(json!({"answered": true})));
+    let seen = r.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (seen[0].wake.as_str(), seen[1].wake.as_str()),
+        ("", "message")
+    );
+    assert_eq!(seen[1].attempt, "1", "max_attempts 1 still had its attempt");
     h.stop().await;
 }

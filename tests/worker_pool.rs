@@ -5,6 +5,7 @@
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use spool::app::{EnqueueOptions, Spool};
+use spool::executor::Outcome;
 use spool::task::{NewTask, TaskId, TaskStatus};
 use spool::{Config, Handler, TaskContext, TaskError};
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         let me = self.clone();
         Box::pin(async move {
             *me.runs.lock().unwrap().entry(ctx.id()).or_insert(0) += 1;
@@ -46,7 +47,7 @@ impl Handler for Recorder {
                 Some("fail") => Err(TaskError::permanent("told to fail")),
                 Some("flaky") if ctx.attempt() == 1 => Err(TaskError::retry("first attempt fails")),
                 Some("panic") => panic!("handler blew up"),
-                _ => Ok(json!({"attempt": ctx.attempt()})),
+                _ => Ok(json!({"attempt": ctx.attempt()}).into()),
             }
         })
     }
@@ -108,6 +109,7 @@ fn new_task(kind: &str, queue: &str, payload: Value) -> NewTask {
         timeout_ms: 10_000,
         idempotency_key: None,
         request_hash: None,
+        concurrency_key: None,
     }
 }
 
@@ -237,7 +239,7 @@ struct WaitsForCancel {
 }
 
 impl Handler for WaitsForCancel {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         let saw = self.saw_cancel.clone();
         Box::pin(async move {
             ctx.progress("log", json!("started")).await?;
@@ -245,7 +247,7 @@ impl Handler for WaitsForCancel {
                 _ = ctx.cancelled() => { saw.fetch_add(1, Ordering::SeqCst); }
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             }
-            Ok(Value::Null)
+            Ok(Value::Null.into())
         })
     }
 }
@@ -270,7 +272,7 @@ async fn canceling_a_running_handler_stops_it_within_a_heartbeat() {
     let end = Instant::now() + Duration::from_secs(20);
     while spool
         .store()
-        .message_list(t.id, 0, 10)
+        .message_list(t.id, 0, 10, None)
         .await
         .unwrap()
         .is_empty()
@@ -432,7 +434,7 @@ struct Gate {
 }
 
 impl Handler for Gate {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         let me = self.clone();
         Box::pin(async move {
             me.started.lock().unwrap().push(ctx.id());
@@ -443,7 +445,7 @@ impl Handler for Gate {
                 _ = ctx.cancelled() => {}
             }
             me.active.fetch_sub(1, Ordering::SeqCst);
-            Ok(json!(null))
+            Ok(json!(null).into())
         })
     }
 }
@@ -570,4 +572,134 @@ async fn a_prefetched_task_is_given_back_at_shutdown_and_canceled_without_runnin
     );
     let started = gate.started.lock().unwrap().clone();
     assert_eq!(started, vec![first], "no prefetched task ever ran");
+}
+
+/// Reads three of its owner's messages from its inbox, then completes with them; parks first
+/// when the payload says `ask`, and answers with what woke it.
+#[derive(Clone, Default)]
+struct Conversation {
+    slots_seen: Arc<AtomicUsize>,
+}
+
+impl Handler for Conversation {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
+        let me = self.clone();
+        Box::pin(async move {
+            me.slots_seen.fetch_add(1, Ordering::SeqCst);
+            let want = ctx.payload()["read"].as_u64().unwrap_or(0) as usize;
+            if ctx.payload()["ask"] == true && ctx.wake_reason().is_none() {
+                ctx.progress("question", json!("continue?")).await?;
+                ctx.checkpoint(json!({"asked": true})).await?;
+                return Ok(Outcome::Wait {
+                    timeout: Duration::from_secs(3600),
+                });
+            }
+            let inbox = ctx.inbox();
+            futures::pin_mut!(inbox);
+            let mut got = Vec::new();
+            while got.len() < want {
+                match futures::StreamExt::next(&mut inbox).await {
+                    Some(m) => got.push(m?.content),
+                    None => return Err(TaskError::retry("inbox ended")),
+                }
+            }
+            ctx.progress("ready", json!(null)).await?;
+            Ok(json!({
+                "got": got,
+                "wake": ctx.wake_reason().map(|w| w.as_str()),
+                "checkpoint": ctx.last_checkpoint(),
+            })
+            .into())
+        })
+    }
+}
+
+async fn said(spool: &Spool, id: TaskId, text: &str) {
+    spool
+        .store()
+        .message_insert(
+            id,
+            "say".into(),
+            json!(text),
+            spool::store::MessageCheck::User(None),
+            spool::clock::Clock::now(&spool::SystemClock),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_reads_three_owner_messages_from_its_inbox_in_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(dir.path(), "[worker]\nconcurrency = 2"))
+            .handler("talk", Conversation::default())
+            .build()
+            .unwrap(),
+    );
+    let (stop, runner) = run_pool(&spool);
+    let t = spool.enqueue("talk", json!({"read": 3})).await.unwrap();
+    wait_running(&spool, 1).await;
+    for text in ["a", "b", "c"] {
+        said(&spool, t.id, text).await;
+    }
+    wait_all_terminal(&spool, 1, Duration::from_secs(30)).await;
+    let done = spool.store().task_get(t.id, None).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.result.unwrap()["got"], json!(["a", "b", "c"]));
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_waits_frees_its_slot_and_goes_on_with_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Conversation::default();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(
+                dir.path(),
+                "[worker]\nconcurrency = 1\npoll_interval_ms = 50",
+            ))
+            .handler("talk", h.clone())
+            .build()
+            .unwrap(),
+    );
+    let (stop, runner) = run_pool(&spool);
+    let t = spool
+        .enqueue("talk", json!({"ask": true, "read": 1}))
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while spool.store().task_get(t.id, None).await.unwrap().status != TaskStatus::Waiting {
+        assert!(Instant::now() < end, "the task never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The only slot is free: another task runs to the end while the first one waits.
+    let other = spool.enqueue("talk", json!({"read": 0})).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while !spool
+        .store()
+        .task_get(other.id, None)
+        .await
+        .unwrap()
+        .status
+        .is_terminal()
+    {
+        assert!(Instant::now() < end, "the other task never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    said(&spool, t.id, "go on").await;
+    wait_all_terminal(&spool, 2, Duration::from_secs(30)).await;
+    let done = spool.store().task_get(t.id, None).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(
+        done.result.unwrap(),
+        json!({"got": ["go on"], "wake": "message", "checkpoint": {"asked": true}})
+    );
+    assert_eq!(done.attempts, 1, "the wait spent no attempt");
+    stop.cancel();
+    runner.await.unwrap().unwrap();
 }

@@ -1,7 +1,7 @@
 //! Built-in kinds, so load tests measure the queue rather than a child process:
 //! `spool.noop` completes at once; `spool.sleep` waits `{"ms": N}` (at most an hour).
 
-use super::{Handler, Registry, TaskContext, TaskError};
+use super::{Handler, Outcome, Registry, TaskContext, TaskError};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use std::time::Duration;
@@ -11,8 +11,8 @@ use std::time::Duration;
 pub struct Noop;
 
 impl Handler for Noop {
-    fn run(&self, _ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
-        Box::pin(async { Ok(Value::Null) })
+    fn run(&self, _ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
+        Box::pin(async { Ok(Outcome::Completed(Value::Null)) })
     }
 }
 
@@ -21,7 +21,7 @@ impl Handler for Noop {
 pub struct Sleep;
 
 impl Handler for Sleep {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         Box::pin(async move {
             let ms = ctx
                 .payload()
@@ -36,7 +36,7 @@ impl Handler for Sleep {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(Value::Null)
+            Ok(Outcome::Completed(Value::Null))
         })
     }
 }

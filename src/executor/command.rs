@@ -18,8 +18,8 @@
 //! Both pipes are read at once, so a chatty child never blocks on a full pipe, and a line longer
 //! than the message cap is cut, never held whole in memory.
 
-use super::{Handler, TaskContext, TaskError};
-use crate::config::CommandSpec;
+use super::{Handler, Outcome, TaskContext, TaskError};
+use crate::config::{CommandSpec, StdinMode};
 use crate::task::TaskId;
 use futures::future::BoxFuture;
 use nix::sys::signal::{killpg, Signal};
@@ -49,6 +49,8 @@ pub struct CommandHandler {
     base_env: Arc<BTreeMap<String, String>>,
     workdirs: Workdirs,
     max_line: usize,
+    /// `SPOOL_URL`: where the child reaches spool's API.
+    api_url: Option<String>,
 }
 
 impl CommandHandler {
@@ -80,7 +82,14 @@ impl CommandHandler {
             base_env: Arc::new(base),
             workdirs: Workdirs::new(workdir_root),
             max_line: max_line.max(1),
+            api_url: None,
         }
+    }
+
+    /// Tells children where spool's API is (`SPOOL_URL`), with a task token for it.
+    pub fn with_api_url(mut self, url: String) -> Self {
+        self.api_url = Some(url);
+        self
     }
 
     /// A handler running `argv` as spool's own user, in task directories under the system's
@@ -285,7 +294,7 @@ fn finish_line(buf: &mut Vec<u8>) -> String {
 }
 
 impl Handler for CommandHandler {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         let me = self.clone();
         Box::pin(async move { me.run_command(ctx).await })
     }
@@ -300,7 +309,7 @@ impl Handler for CommandHandler {
 }
 
 impl CommandHandler {
-    async fn run_command(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+    async fn run_command(&self, ctx: TaskContext) -> Result<Outcome, TaskError> {
         let max = self.max_line;
         let (program, args) = self
             .spec
@@ -326,7 +335,37 @@ impl CommandHandler {
             .env("SPOOL_TASK_ID", ctx.id().to_string())
             .env("SPOOL_ATTEMPT", ctx.attempt().to_string())
             .env("SPOOL_USER", ctx.owner_name().await?)
+            .env("SPOOL_INBOX_AFTER", ctx.task().inbox_cursor.to_string())
             .current_dir(&dir);
+        if let Some(url) = &self.api_url {
+            // The attempt's own token: it posts progress and reads its owner's messages with it,
+            // and it dies with the attempt.
+            let token = ctx
+                .task_token()
+                .await
+                .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
+            cmd.env("SPOOL_URL", url).env("SPOOL_TASK_TOKEN", token);
+        }
+        if let Some(why) = ctx.wake_reason() {
+            cmd.env("SPOOL_WAKE", why.as_str());
+        }
+        let owner = self.spec.run_as.as_ref().map(|u| (u.uid, u.gid));
+        let checkpoint = ctx.last_checkpoint();
+        let file = dir.join(".spool").join("checkpoint.json");
+        let path = file.clone();
+        let has_checkpoint = checkpoint.is_some();
+        tokio::task::spawn_blocking(move || write_checkpoint(&path, checkpoint.as_ref(), owner))
+            .await
+            .map_err(|e| TaskError::retry(format!("writing the checkpoint file: {e}")))?
+            .map_err(|e| {
+                TaskError::retry(format!(
+                    "cannot write the checkpoint file {}: {e}",
+                    file.display()
+                ))
+            })?;
+        if has_checkpoint {
+            cmd.env("SPOOL_CHECKPOINT", &file);
+        }
         if let Some(u) = &self.spec.run_as {
             // std drops root's supplementary groups (setgroups(0)) before setuid.
             cmd.uid(u.uid).gid(u.gid);
@@ -337,9 +376,39 @@ impl CommandHandler {
             max,
             ctx,
             self.spec.run_as.as_ref().map(|u| u.name.as_str()),
+            self.spec.stdin,
         )
         .await
     }
+}
+
+/// Writes the task's checkpoint to `path` (`<task dir>/.spool/checkpoint.json`, owned by the
+/// child's user), or removes a stale one when there is none.
+fn write_checkpoint(
+    path: &Path,
+    checkpoint: Option<&Value>,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    let Some(v) = checkpoint else {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+    };
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::write(path, serde_json::to_vec(v).unwrap_or_default())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 async fn run_child(
@@ -348,7 +417,8 @@ async fn run_child(
     max: usize,
     ctx: TaskContext,
     run_as: Option<&str>,
-) -> Result<Value, TaskError> {
+    stdin_mode: StdinMode,
+) -> Result<Outcome, TaskError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -386,12 +456,37 @@ async fn run_child(
         attempt: ctx.attempt(),
     };
 
-    let payload = serde_json::to_vec(ctx.payload()).unwrap_or_default();
+    let mut payload = serde_json::to_vec(ctx.payload()).unwrap_or_default();
+    // Ends the stdin writer with the attempt, however the attempt ends.
+    let attempt_over = tokio_util::sync::CancellationToken::new();
+    let _stop_writer = attempt_over.clone().drop_guard();
     if let Some(mut stdin) = child.stdin.take() {
+        let inbox = (stdin_mode == StdinMode::Messages).then(|| ctx.inbox());
         tokio::spawn(async move {
             // A child that does not read its input closes the pipe: that is its business.
-            let _ = stdin.write_all(&payload).await;
-            let _ = stdin.shutdown().await;
+            let Some(inbox) = inbox else {
+                let _ = stdin.write_all(&payload).await;
+                let _ = stdin.shutdown().await;
+                return;
+            };
+            payload.push(b'\n');
+            if stdin.write_all(&payload).await.is_err() {
+                return;
+            }
+            // Then each of the owner's messages, a JSON line each, as they come.
+            futures::pin_mut!(inbox);
+            loop {
+                let next = tokio::select! {
+                    _ = attempt_over.cancelled() => return,
+                    m = futures::StreamExt::next(&mut inbox) => m,
+                };
+                let Some(Ok(m)) = next else { return };
+                let mut line = m.to_json().to_string().into_bytes();
+                line.push(b'\n');
+                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                    return;
+                }
+            }
         });
     }
     let (tx, mut rx) = mpsc::channel::<Line>(256);
@@ -404,6 +499,7 @@ async fn run_child(
     drop(tx);
 
     let mut result = Value::Null;
+    let mut wait: Option<Outcome> = None;
     let mut last_stderr = String::new();
     let mut status = None;
     loop {
@@ -442,6 +538,11 @@ async fn run_child(
                             Some(Value::Object(mut obj)) => {
                                 if obj.len() == 1 && obj.contains_key("result") {
                                     result = obj.remove("result").unwrap_or(Value::Null);
+                                } else if obj.len() == 1 && obj.contains_key("checkpoint") {
+                                    ctx.checkpoint(obj.remove("checkpoint").unwrap_or(Value::Null)).await?;
+                                } else if obj.len() == 1 && obj.contains_key("wait") {
+                                    // Takes effect when the child exits 0.
+                                    wait = Some(Outcome::wait_from_json(obj.get("wait").unwrap_or(&Value::Null))?);
                                 } else {
                                     // A kind outside API.md's name rules (empty, long, control
                                     // characters) is stored as `log`.
@@ -469,7 +570,7 @@ async fn run_child(
             .map_err(|e| TaskError::retry(format!("waiting for the child: {e}")))?,
     };
     match status.code() {
-        Some(0) => Ok(result),
+        Some(0) => Ok(wait.unwrap_or(Outcome::Completed(result))),
         Some(EXIT_TEMPFAIL) => Err(TaskError::retry(format!(
             "exit {EXIT_TEMPFAIL} (temporary failure){}",
             tail(&last_stderr)

@@ -10,7 +10,7 @@ pub mod webhook;
 use crate::clock::Clock;
 use crate::store::MessageCheck;
 use crate::store::Store;
-use crate::task::{Task, TaskId};
+use crate::task::{Author, Message, Task, TaskId, WakeReason};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -66,6 +66,60 @@ impl std::fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
+/// How an attempt ends when it does not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done, with this result.
+    Completed(Value),
+    /// Park the task until its owner writes to it or `timeout` passes: the slot is free at
+    /// once, no attempt is spent, and the next attempt starts with the checkpoint and learns
+    /// why it woke ([`TaskContext::wake_reason`]).
+    Wait {
+        /// How long to wait at most (capped at [`crate::queue::MAX_WAIT_MS`]).
+        timeout: Duration,
+    },
+}
+
+impl From<Value> for Outcome {
+    fn from(v: Value) -> Self {
+        Outcome::Completed(v)
+    }
+}
+
+impl Outcome {
+    /// A wait from the `{"for": "message", "timeout_ms": N}` object of a command's
+    /// `{"wait": ..}` line or a webhook's `202` answer (no `timeout_ms`: the longest wait).
+    ///
+    /// # Errors
+    /// A permanent error naming what is wrong with the object.
+    pub fn wait_from_json(v: &Value) -> Result<Self, TaskError> {
+        let obj = v.as_object().ok_or_else(|| {
+            TaskError::permanent(
+                "wait must be an object like {\"for\": \"message\", \"timeout_ms\": 3600000}",
+            )
+        })?;
+        match obj.get("for").and_then(Value::as_str) {
+            Some("message") => {}
+            _ => {
+                return Err(TaskError::permanent(
+                    "wait.for must be \"message\" (the only thing a task can wait for)",
+                ))
+            }
+        }
+        let ms = match obj.get("timeout_ms") {
+            None | Some(Value::Null) => crate::queue::MAX_WAIT_MS,
+            Some(v) => v.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+                TaskError::permanent(
+                    "wait.timeout_ms must be a whole number of milliseconds, at least 1",
+                )
+            })?,
+        };
+        Ok(Outcome::Wait {
+            timeout: Duration::from_millis(ms.min(crate::queue::MAX_WAIT_MS)),
+        })
+    }
+}
+
 /// What a handler gets for one attempt.
 #[derive(Clone)]
 pub struct TaskContext {
@@ -75,6 +129,14 @@ pub struct TaskContext {
     cancel: CancellationToken,
     /// The task's message limit was reached: later progress is dropped here.
     capped: Arc<std::sync::atomic::AtomicBool>,
+    /// The newest checkpoint: the one the attempt started with, then its own.
+    checkpoint: Arc<std::sync::Mutex<Option<Value>>>,
+    /// The owner's messages up to here were handed to this attempt.
+    inbox_cursor: Arc<std::sync::atomic::AtomicI64>,
+    /// Largest checkpoint (JSON bytes).
+    max_bytes: usize,
+    /// How often the inbox looks for messages written by other processes.
+    poll: Duration,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -94,11 +156,118 @@ impl TaskContext {
         cancel: CancellationToken,
     ) -> Self {
         Self {
+            checkpoint: Arc::new(std::sync::Mutex::new(task.checkpoint.clone())),
+            inbox_cursor: Arc::new(std::sync::atomic::AtomicI64::new(task.inbox_cursor)),
             task,
             store,
             clock,
             cancel,
             capped: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            max_bytes: command::DEFAULT_MAX_LINE,
+            poll: Duration::from_millis(500),
+        }
+    }
+
+    /// Sets the largest checkpoint (JSON bytes; `limits.message_bytes`) and how often the
+    /// inbox looks for messages written by other processes (`worker.poll_interval_ms`).
+    pub fn with_limits(mut self, max_bytes: usize, poll: Duration) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self.poll = poll.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Why this attempt follows a wait: its owner wrote, or the wait timed out (`None`: it
+    /// does not follow one).
+    pub fn wake_reason(&self) -> Option<WakeReason> {
+        self.task.wake_reason
+    }
+
+    /// The newest checkpoint of the task: the one this attempt started with (saved by an
+    /// earlier attempt), or the one it saved since.
+    pub fn last_checkpoint(&self) -> Option<Value> {
+        self.checkpoint.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Saves a checkpoint, durable before this returns: every later attempt of the task (after
+    /// a retry, a crash, a wait) starts with it, and the owner's messages this attempt has
+    /// taken from its inbox so far are not handed to them again.
+    ///
+    /// # Errors
+    /// Over `limits.message_bytes`, the attempt has ended, or the database is unavailable.
+    pub async fn checkpoint(&self, value: Value) -> Result<(), TaskError> {
+        let size = serde_json::to_vec(&value)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.max_bytes {
+            return Err(TaskError::retry(format!(
+                "checkpoint is {size} bytes; the limit is {} (limits.message_bytes)",
+                self.max_bytes
+            )));
+        }
+        self.store
+            .task_checkpoint(self.task.id, value.clone(), self.fence(), self.clock.now())
+            .await
+            .map_err(|e| TaskError::retry(format!("cannot save the checkpoint: {e}")))?;
+        if let Ok(mut c) = self.checkpoint.lock() {
+            *c = Some(value);
+        }
+        Ok(())
+    }
+
+    /// The owner's messages to this attempt, in order, each once: those written since the
+    /// task's last checkpoint or wait (which took the ones before in), then each new one as it
+    /// is written, from any process. Ends when the attempt is canceled. Every stream of one
+    /// attempt shares one cursor.
+    pub fn inbox(
+        &self,
+    ) -> impl futures::Stream<Item = Result<Message, TaskError>> + Send + 'static {
+        let ctx = self.clone();
+        async_stream::stream! {
+            let watch = ctx.store.hub().watch(ctx.task.id);
+            loop {
+                let after = ctx.inbox_cursor.load(std::sync::atomic::Ordering::SeqCst);
+                let page = match ctx
+                    .store
+                    .message_list(ctx.task.id, after, 100, Some(Author::User))
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        yield Err(TaskError::retry(format!("cannot read the inbox: {e}")));
+                        return;
+                    }
+                };
+                if let Some(last) = page.last() {
+                    // Read, as far as the task is concerned, before it is handed over: a
+                    // checkpoint or a wait after this takes these messages in.
+                    if let Err(e) = ctx
+                        .store
+                        .inbox_read(ctx.task.id, ctx.fence(), last.id, ctx.clock.now())
+                        .await
+                    {
+                        yield Err(TaskError::retry(format!("cannot record the inbox read: {e}")));
+                        return;
+                    }
+                    ctx.inbox_cursor.store(last.id, std::sync::atomic::Ordering::SeqCst);
+                    for m in page {
+                        yield Ok(m);
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    _ = watch.changed() => {}
+                    _ = tokio::time::sleep(ctx.poll) => {}
+                    _ = ctx.cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// The fence of this attempt's own writes.
+    fn fence(&self) -> MessageCheck {
+        MessageCheck::Lease {
+            owner: self.task.lease_owner.clone().unwrap_or_default(),
+            attempt: self.task.attempts,
         }
     }
 
@@ -175,16 +344,7 @@ impl TaskContext {
             kind = "log".into();
         }
         self.store
-            .message_insert(
-                self.task.id,
-                kind,
-                content,
-                MessageCheck::Lease {
-                    owner: self.task.lease_owner.clone().unwrap_or_default(),
-                    attempt: self.task.attempts,
-                },
-                self.clock.now(),
-            )
+            .message_insert(self.task.id, kind, content, self.fence(), self.clock.now())
             .await
             .map(|m| {
                 if m.is_none() || m.is_some_and(|m| m.kind == "truncated") {
@@ -210,25 +370,26 @@ impl TaskContext {
 /// Runs tasks of one kind.
 ///
 /// ```
-/// use spool::executor::{Handler, TaskContext, TaskError};
+/// use spool::executor::{Handler, Outcome, TaskContext, TaskError};
 /// use futures::future::BoxFuture;
 /// use serde_json::{json, Value};
 ///
 /// struct Double;
 /// impl Handler for Double {
-///     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+///     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
 ///         Box::pin(async move {
 ///             let n = ctx.payload()["n"].as_i64().ok_or_else(|| TaskError::permanent("n must be a number"))?;
 ///             ctx.progress("log", json!("doubling")).await?;
-///             Ok(json!(n * 2))
+///             Ok(json!(n * 2).into())
 ///         })
 ///     }
 /// }
 /// ```
 pub trait Handler: Send + Sync + 'static {
-    /// Runs one attempt. The returned future is dropped when the attempt is canceled or times
-    /// out, so anything it owns must clean up on drop.
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>>;
+    /// Runs one attempt: its result (`Ok(value.into())`), a wait ([`Outcome::Wait`]), or a
+    /// failure. The returned future is dropped when the attempt is canceled or times out, so
+    /// anything it owns must clean up on drop.
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>>;
 
     /// Called once the attempt's outcome is stored, with the task as it now is (a terminal
     /// status means no attempt follows): release what the task held between attempts.
@@ -283,7 +444,8 @@ impl Registry {
                             cfg.worker.workdir.clone(),
                             cfg.max_message_bytes,
                             env,
-                        ),
+                        )
+                        .with_api_url(cfg.worker.api_url.clone()),
                     );
                 }
                 crate::config::KindHandler::Webhook { url, secret } => {

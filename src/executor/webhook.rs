@@ -14,7 +14,7 @@
 //! The URL (often a secret itself) is never put in `last_error` or a message: it is logged on
 //! the server only. Connections are reused across tasks: every webhook kind shares one client.
 
-use super::{Handler, TaskContext, TaskError};
+use super::{Handler, Outcome, TaskContext, TaskError};
 use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
 use hmac::{Hmac, KeyInit, Mac};
@@ -127,14 +127,14 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
 }
 
 impl Handler for WebhookHandler {
-    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, Result<Outcome, TaskError>> {
         let me = self.clone();
         Box::pin(async move { me.post(ctx).await })
     }
 }
 
 impl WebhookHandler {
-    async fn post(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+    async fn post(&self, ctx: TaskContext) -> Result<Outcome, TaskError> {
         let token = ctx
             .task_token()
             .await
@@ -153,6 +153,8 @@ impl WebhookHandler {
         let timestamp = u64::try_from(now_ms / 1000).unwrap_or(0);
         let sig = signature(&self.secret, timestamp, &body);
         let timeout = Duration::from_millis(ctx.task().timeout_ms.max(1));
+        // Why this attempt follows a wait (`message`, `timeout`), or empty.
+        let wake = ctx.wake_reason().map(|w| w.as_str()).unwrap_or("");
         let send = || async {
             self.client
                 .post(&self.url)
@@ -163,6 +165,7 @@ impl WebhookHandler {
                 .header("Spool-Timestamp", timestamp.to_string())
                 .header("Spool-Signature", &sig)
                 .header("Spool-Task-Token", &token)
+                .header("Spool-Wake", wake)
                 .body(body.clone())
                 .send()
                 .await
@@ -223,12 +226,21 @@ impl WebhookHandler {
             }
             text.extend_from_slice(&chunk);
         }
+        if status == reqwest::StatusCode::ACCEPTED {
+            // 202 {"wait": {"for": "message", "timeout_ms": N}}: park the task.
+            let body: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+            if let Some(w) = body.get("wait") {
+                return Outcome::wait_from_json(w);
+            }
+        }
         if status.is_success() {
             if text.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Value::Null);
+                return Ok(Outcome::Completed(Value::Null));
             }
-            return Ok(serde_json::from_slice(&text)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into_owned())));
+            return Ok(Outcome::Completed(
+                serde_json::from_slice(&text)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into_owned())),
+            ));
         }
         let snippet: String = String::from_utf8_lossy(&text).chars().take(300).collect();
         let msg = format!("webhook answered {status}: {snippet}");

@@ -4,7 +4,7 @@
 use super::{ApiError, AppState};
 use crate::store::{TaskTokenCheck, User};
 use crate::task::TaskId;
-use crate::token::{hash_token, TASK_TOKEN_PREFIX};
+use crate::token::{hash_token, STREAM_TOKEN_PREFIX, TASK_TOKEN_PREFIX};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -117,6 +117,11 @@ impl FromRequestParts<AppState> for Auth {
                 "a task token only posts messages to its own task".into(),
             ));
         }
+        if token.starts_with(STREAM_TOKEN_PREFIX) {
+            return Err(ApiError::Unauthorized(
+                "a stream token only reads its own task's events and messages".into(),
+            ));
+        }
         let user = super::auth::authenticate(st, token).await?;
         // limits.requests_per_second, counted per user (by id) once they are known.
         st.limits
@@ -200,25 +205,135 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be \"Bearer <token>\"".into()))
 }
 
+/// Who may read a task's events and messages: a user, the running attempt's task token, or a
+/// stream token of that task (`POST /v1/tasks/{id}/stream_token`), which a browser's
+/// `EventSource` (it cannot send headers) passes as `?access_token=`.
+pub(super) enum Reader {
+    /// A user token.
+    User(Auth),
+    /// A task token: this task, this attempt.
+    Task(TaskId, u32),
+    /// A stream token of this task.
+    Stream(TaskId),
+}
+
+impl Reader {
+    /// The owner this read counts against (`limits.requests_per_second`, stream slots): the
+    /// user, or for a task's own tokens the task's owner, whose request rate is charged here (a
+    /// user's was charged when the token was checked), so a stream or task token is no way
+    /// around its owner's limits.
+    ///
+    /// # Errors
+    /// `429` over the owner's rate; `404` or a database error reading the task.
+    pub(super) async fn owner(&self, st: &AppState, id: TaskId) -> Result<String, ApiError> {
+        match self {
+            Reader::User(a) => Ok(a.0.owner_key()),
+            _ => {
+                let owner = st.store.task_get(id, None).await?.user_id;
+                st.limits.request(&owner, std::time::Instant::now())?;
+                Ok(owner)
+            }
+        }
+    }
+
+    /// The owner filter for reads of task `id`: a user's scope; none for a task's own token.
+    ///
+    /// # Errors
+    /// `401` for a task or stream token of another task.
+    pub(super) fn scope_for(&self, id: TaskId) -> Result<Option<String>, ApiError> {
+        match self {
+            Reader::User(a) => Ok(a.scope()),
+            Reader::Task(t, _) | Reader::Stream(t) if *t == id => Ok(None),
+            Reader::Task(..) => Err(ApiError::Unauthorized(
+                "this task token belongs to another task".into(),
+            )),
+            Reader::Stream(_) => Err(ApiError::Unauthorized(
+                "this stream token belongs to another task".into(),
+            )),
+        }
+    }
+}
+
+/// `access_token` of the query string, if any.
+fn query_token(parts: &Parts) -> Option<String> {
+    let q = parts.uri.query()?;
+    url::form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let token =
+            match (
+                parts
+                    .headers
+                    .contains_key(axum::http::header::AUTHORIZATION),
+                query_token(parts),
+            ) {
+                (true, _) => bearer(parts)?.to_string(),
+                (false, Some(t)) if !t.is_empty() => t,
+                (false, _) => return Err(ApiError::Unauthorized(
+                    "missing Authorization: Bearer <token> (or ?access_token= with a stream token)"
+                        .into(),
+                )),
+            };
+        if token.starts_with(STREAM_TOKEN_PREFIX) {
+            return match st
+                .store
+                .stream_token_task(hash_token(&token), st.clock.now())
+                .await?
+            {
+                Some(id) => Ok(Reader::Stream(id)),
+                None => Err(ApiError::Unauthorized(
+                    "unknown or expired stream token: ask for a new one".into(),
+                )),
+            };
+        }
+        if token.starts_with(TASK_TOKEN_PREFIX) {
+            let (id, attempt) = task_token(st, &token).await?;
+            return Ok(Reader::Task(id, attempt));
+        }
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            // A user's long-lived token in a URL would end up in logs and histories.
+            return Err(ApiError::Unauthorized(
+                "access_token takes a stream token only (POST /v1/tasks/{id}/stream_token)".into(),
+            ));
+        }
+        Ok(Reader::User(Auth::from_request_parts(parts, st).await?))
+    }
+}
+
+/// The task and attempt a task token is good for now.
+async fn task_token(st: &AppState, token: &str) -> Result<(TaskId, u32), ApiError> {
+    let check = st
+        .store
+        .task_token_lookup(hash_token(token), st.clock.now())
+        .await?;
+    match check {
+        TaskTokenCheck::Valid(id, attempt) => Ok((id, attempt)),
+        TaskTokenCheck::Expired => Err(ApiError::Unauthorized(
+            "the lease of this task token's attempt has run out".into(),
+        )),
+        TaskTokenCheck::Unknown => Err(ApiError::Unauthorized(
+            "unknown task token: its attempt has ended, or it was never issued".into(),
+        )),
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
         if token.starts_with(TASK_TOKEN_PREFIX) {
-            let check = st
-                .store
-                .task_token_lookup(hash_token(token), st.clock.now())
-                .await?;
-            return match check {
-                TaskTokenCheck::Valid(id, attempt) => Ok(Caller::Task(id, attempt)),
-                TaskTokenCheck::Expired => Err(ApiError::Unauthorized(
-                    "the lease of this task token's attempt has run out".into(),
-                )),
-                TaskTokenCheck::Unknown => Err(ApiError::Unauthorized(
-                    "unknown task token: its attempt has ended, or it was never issued".into(),
-                )),
-            };
+            let (id, attempt) = task_token(st, token).await?;
+            return Ok(Caller::Task(id, attempt));
         }
         Ok(Caller::User(Auth::from_request_parts(parts, st).await?))
     }

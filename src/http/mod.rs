@@ -21,7 +21,7 @@ use crate::store::Store;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use limits::{Shared, UserLimits};
 use std::path::Path;
@@ -109,6 +109,8 @@ pub fn router(state: AppState) -> Router {
             get(tasks::messages).post(tasks::append_message),
         )
         .route("/v1/tasks/{id}/events", get(sse::task_events))
+        .route("/v1/tasks/{id}/checkpoint", put(tasks::put_checkpoint))
+        .route("/v1/tasks/{id}/stream_token", post(tasks::stream_token))
         .route("/v1/events", get(sse::all_events))
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}/pause", post(queues::pause))

@@ -19,6 +19,8 @@ pub enum TaskStatusView {
     Pending,
     /// Claimed by a worker under a lease.
     Running,
+    /// Parked by its attempt until its owner writes to it or the wait times out; no lease.
+    Waiting,
     /// Terminal: done.
     Completed,
     /// Terminal: attempts exhausted or a permanent error.
@@ -39,7 +41,7 @@ pub struct TaskView {
     /// Picks the handler.
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     kind: String,
-    /// `pending`, `running`, `completed`, `failed` or `canceled`.
+    /// `pending`, `running`, `waiting`, `completed`, `failed` or `canceled`.
     status: TaskStatusView,
     /// -100..=100, higher first.
     #[schema(minimum = -100, maximum = 100)]
@@ -57,6 +59,8 @@ pub struct TaskView {
     last_error: Option<String>,
     /// The client's idempotency key, or null.
     idempotency_key: Option<String>,
+    /// The admission key (`per_key_concurrency` of its queue), or null.
+    concurrency_key: Option<String>,
     /// RFC 3339: not claimed before.
     #[schema(format = DateTime)]
     run_at: String,
@@ -77,6 +81,44 @@ pub struct TaskView {
     /// RFC 3339.
     #[schema(format = DateTime)]
     updated_at: String,
+    /// While waiting: what for and until when; else null.
+    wait: Option<WaitView>,
+    /// The JSON an attempt saved (any JSON), or null: every later attempt starts with it.
+    checkpoint: Option<Value>,
+}
+
+/// What a waiting task waits for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitView {
+    /// Always `message`: a message from the task's owner.
+    #[serde(rename = "for")]
+    #[schema(pattern = "^message$")]
+    for_: String,
+    /// RFC 3339: the wait times out then (the task becomes pending, woken by `timeout`).
+    #[schema(format = DateTime)]
+    until: String,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum AuthorView {
+    /// The task's owner (or an admin) through the API.
+    User,
+    /// The running attempt: worker progress, a task token.
+    Task,
+}
+
+/// A read token for one task's events and messages.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamTokenView {
+    /// Pass as `?access_token=` (or as a Bearer token) to `GET /v1/tasks/{id}/events` and
+    /// `GET /v1/tasks/{id}/messages` of this task only.
+    token: String,
+    /// RFC 3339: it is refused after this.
+    #[schema(format = DateTime)]
+    expires_at: String,
 }
 
 /// A progress message.
@@ -90,6 +132,8 @@ pub struct MessageView {
     task_id: String,
     /// `log`, `stderr`, `progress`, ...
     kind: String,
+    /// Who wrote it.
+    author: AuthorView,
     /// Any JSON.
     content: Value,
     /// RFC 3339.
@@ -140,6 +184,8 @@ pub struct QueueView {
     scheduled: u64,
     /// Claimed.
     running: u64,
+    /// Parked until their owner writes to them or their wait times out.
+    waiting: u64,
     /// Completed.
     completed: u64,
     /// Failed.
@@ -148,6 +194,31 @@ pub struct QueueView {
     canceled: u64,
     /// Age of the oldest runnable task, or null when none is.
     oldest_pending_age_ms: Option<u64>,
+    /// The queue's limits from config (null: none).
+    limits: QueueLimits,
+}
+
+/// A queue's limits (`[queues.NAME]` in config); each is null when not set.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueLimits {
+    /// At most this many of its tasks at once in each process.
+    #[schema(minimum = 1)]
+    concurrency: Option<u32>,
+    /// At most this many of its tasks at once across every process.
+    #[schema(minimum = 1)]
+    global_concurrency: Option<u32>,
+    /// At most this many running tasks with one `concurrency_key`, across every process.
+    #[schema(minimum = 1)]
+    per_key_concurrency: Option<u32>,
+    /// Tasks started per second, minute or hour (`"100/s"`, `"20/m"`, `"5/h"`).
+    #[schema(pattern = "^[0-9]+/[smh]$")]
+    rate: Option<String>,
+    /// Tasks that may start at once after a quiet spell (the token bucket's size).
+    #[schema(minimum = 1)]
+    burst: Option<u32>,
+    /// Tokens in the bucket now (a task takes one to start).
+    #[schema(minimum = 0)]
+    tokens: Option<f64>,
 }
 
 /// All queues.
@@ -257,11 +328,12 @@ impl Modify for BearerAuth {
     info(title = "spool", description = "A durable job queue: the HTTP API v1. Every /v1 route needs `Authorization: Bearer <token>`; the service routes (`/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`) need none. Every error is JSON `{\"error\": {\"code\", \"message\"}}`; a path with a method it does not take is `405 method_not_allowed`, an unknown path `404 not_found`."),
     paths(
         tasks::create, tasks::create_batch, tasks::get_one, tasks::list, tasks::cancel, tasks::retry,
-        tasks::messages, tasks::append_message, sse::task_events, sse::all_events,
+        tasks::messages, tasks::append_message, tasks::put_checkpoint, tasks::stream_token,
+        sse::task_events, sse::all_events,
         queues::list, queues::pause, queues::resume,
         super::dashboard, super::healthz, super::readyz, super::metrics_text, super::openapi_json,
     ),
-    components(schemas(TaskView, TaskStatusView, MessageView, TaskPage, TaskBatch, MessagePage, QueueView, QueueList, ErrorBody, ErrorDetail, ErrorCode, SseEvent, SseEventName)),
+    components(schemas(TaskView, TaskStatusView, WaitView, AuthorView, StreamTokenView, MessageView, TaskPage, TaskBatch, MessagePage, QueueView, QueueLimits, QueueList, ErrorBody, ErrorDetail, ErrorCode, SseEvent, SseEventName)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -467,6 +539,11 @@ mod tests {
             started_at: None,
             completed_at: None,
             updated_at: 0,
+            checkpoint: None,
+            wait_until: None,
+            wake_reason: None,
+            inbox_cursor: 0,
+            concurrency_key: None,
         };
         let sent = t.to_json();
         let mut keys: Vec<&String> = sent.as_object().unwrap().keys().collect();
@@ -538,6 +615,7 @@ mod tests {
             ("TaskView", "payload"),
             ("TaskView", "result"),
             ("MessageView", "content"),
+            ("TaskView", "checkpoint"),
             ("CreateTask", "payload"),
             ("AppendMessage", "content"),
         ] {
@@ -560,6 +638,8 @@ mod tests {
             ("TaskView", "completed_at"),
             ("TaskPage", "next_cursor"),
             ("QueueView", "oldest_pending_age_ms"),
+            ("QueueLimits", "rate"),
+            ("QueueLimits", "tokens"),
         ] {
             let t = &s[schema]["properties"][field]["type"];
             assert!(

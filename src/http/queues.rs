@@ -4,19 +4,56 @@ use super::extract::Admin;
 #[allow(unused_imports)]
 use super::openapi::{ErrorBody, QueueList, QueueView};
 use super::{configured_queues, ApiError, ApiResult, AppState};
+use crate::store::{Bucket, QueueStats};
 use crate::task::valid_name;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 /// Every queue's depths (admin).
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, description = "queues", body = QueueList), (status = 403, description = "not an admin token", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn list(State(st): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
+    let now = st.clock.now();
     let qs = st
         .store
-        .queue_stats(configured_queues(&st.cfg), st.clock.now())
+        .queue_stats(configured_queues(&st.cfg), now)
         .await?;
+    let buckets = buckets(&st).await?;
+    let qs: Vec<Value> = qs
+        .into_iter()
+        .map(|q| with_limits(&st, q, &buckets, now))
+        .collect();
     Ok(Json(json!({ "queues": qs })))
+}
+
+/// Every stored token bucket, when any queue has a rate (none is read otherwise).
+async fn buckets(st: &AppState) -> ApiResult<HashMap<String, Bucket>> {
+    if st.cfg.queues.values().all(|q| q.rate.is_none()) {
+        return Ok(HashMap::new());
+    }
+    Ok(st.store.queue_buckets().await?.into_iter().collect())
+}
+
+/// A queue's JSON with its `limits` (API.md "Admission control and schedules"); `tokens` is
+/// the bucket refilled to `now`.
+fn with_limits(st: &AppState, q: QueueStats, buckets: &HashMap<String, Bucket>, now: i64) -> Value {
+    let cfg = st.cfg.queues.get(&q.name);
+    let rate = cfg.and_then(|c| c.rate);
+    let tokens = rate.map(|r| {
+        let b = crate::store::rules::bucket_at(buckets.get(&q.name).copied(), &r, now);
+        (b.tokens.max(0.0) * 1000.0).floor() / 1000.0
+    });
+    let mut v = json!(q);
+    v["limits"] = json!({
+        "concurrency": cfg.and_then(|c| c.concurrency),
+        "global_concurrency": cfg.and_then(|c| c.global_concurrency),
+        "per_key_concurrency": cfg.and_then(|c| c.per_key_concurrency),
+        "rate": cfg.and_then(|c| c.rate_text.clone()),
+        "burst": rate.map(|r| r.burst),
+        "tokens": tokens,
+    });
+    v
 }
 
 async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<Value>> {
@@ -36,7 +73,8 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<
         .into_iter()
         .find(|q| q.name == name)
         .ok_or_else(|| ApiError::Internal(format!("queue {name} vanished after update")))?;
-    Ok(Json(json!(q)))
+    let buckets = buckets(&st).await?;
+    Ok(Json(with_limits(&st, q, &buckets, st.clock.now())))
 }
 
 /// Pause a queue: it accepts tasks, no worker claims from it (admin).

@@ -8,7 +8,7 @@
 //! most about 1 MiB of content). Each stream takes one of its user's `limits.streams_per_user`
 //! slots for as long as it is open.
 
-use super::extract::{ApiQuery, Auth, TaskPath};
+use super::extract::{ApiQuery, Auth, Reader, TaskPath};
 use super::feed::FeedItem;
 #[allow(unused_imports)]
 use super::openapi::ErrorBody;
@@ -38,6 +38,15 @@ pub(super) struct TaskEventsQuery {
     /// Start after this message id (`Last-Event-ID` wins).
     #[param(minimum = 0)]
     after: Option<i64>,
+    /// Only messages of this author: `user` (the owner's) or `task`.
+    #[param(value_type = Option<String>, pattern = "^(user|task)$")]
+    author: Option<String>,
+    /// A stream token (`POST /v1/tasks/{id}/stream_token`) instead of `Authorization`: a
+    /// browser's `EventSource` cannot send headers.
+    #[param(value_type = Option<String>)]
+    #[allow(dead_code)]
+    // read by the `Reader` extractor; named here so it is documented and allowed
+    access_token: Option<String>,
 }
 
 /// Changes read per page when a stream replays from the database.
@@ -77,7 +86,7 @@ fn signature(t: &Task) -> (TaskStatus, u32, bool) {
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn task_events(
     State(st): State<AppState>,
-    auth: Auth,
+    reader: Reader,
     TaskPath(id): TaskPath,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<TaskEventsQuery>,
@@ -88,12 +97,15 @@ pub(super) async fn task_events(
         (None, Some(_)) => return Err(ApiError::Invalid("after must be 0 or more".into())),
         (None, None) => 0,
     };
-    let scope = auth.scope();
+    let scope = reader.scope_for(id)?;
+    let owner = reader.owner(&st, id).await?;
+    let author = super::tasks::author_param(q.author.as_deref())?;
     // Watch before the first read so nothing committed in between is missed.
     let watch = st.store.hub().watch(id);
     let first = st.store.task_get(id, scope.clone()).await?;
-    // Held by the stream: freed when it ends, the client goes away, or the server stops.
-    let slot = st.limits.stream_slot(&auth.0.owner_key())?;
+    // Held by the stream: freed when it ends, the client goes away, or the server stops. A
+    // task's own tokens count against its owner.
+    let slot = st.limits.stream_slot(&owner)?;
     let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
 
     let stream = async_stream::stream! {
@@ -102,7 +114,7 @@ pub(super) async fn task_events(
         let mut last = signature(&first);
         yield Ok::<Event, Infallible>(status_event("status", &first).retry(RETRY_HINT));
         loop {
-            let (task, msgs) = match st.store.task_with_messages(id, scope.clone(), cursor, PAGE).await {
+            let (task, msgs) = match st.store.task_with_messages(id, scope.clone(), cursor, PAGE, author).await {
                 Ok(v) => v,
                 // Gone (pruned) or the database is unavailable: close; the client resumes.
                 Err(_) => break,

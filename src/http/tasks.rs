@@ -1,12 +1,14 @@
 //! `/v1/tasks` routes: enqueue (one or a batch), get, list, cancel, retry, messages.
 
-use super::extract::{ApiJson, ApiQuery, Auth, Caller, TaskPath};
-use super::openapi::{ErrorBody, MessagePage, MessageView, TaskBatch, TaskPage, TaskView};
+use super::extract::{ApiJson, ApiQuery, Auth, Caller, Reader, TaskPath};
+use super::openapi::{
+    ErrorBody, MessagePage, MessageView, StreamTokenView, TaskBatch, TaskPage, TaskView,
+};
 use super::{ApiError, ApiResult, AppState};
 use crate::clock::parse_rfc3339;
 use crate::store::ListParams;
 use crate::store::MessageCheck;
-use crate::task::{valid_name, NewTask, TaskId, TaskStatus};
+use crate::task::{valid_name, Author, NewTask, TaskId, TaskStatus};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,6 +60,15 @@ pub(super) struct CreateTask {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
     )]
     idempotency_key: Option<String>,
+    /// 1 to 255 characters, no control characters: with `[queues.NAME] per_key_concurrency = N`,
+    /// at most N tasks with one key of that queue run at once, across all processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    concurrency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -111,6 +122,7 @@ fn validate(
             },
             idempotency_key: key,
             request_hash,
+            concurrency_key: req.concurrency_key,
         },
         TaskId::new(),
         user.owner_key(),
@@ -328,20 +340,130 @@ pub(super) async fn cancel(
     ))
 }
 
-/// Run a failed or canceled task again, attempts reset.
-#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks", params(("id" = String, Path, description = "task id (UUID)")),
+/// The optional body of `POST /v1/tasks/{id}/retry`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryBody {
+    /// Start from scratch: forget the task's checkpoint (default false: keep it).
+    #[serde(default)]
+    reset_checkpoint: bool,
+}
+
+/// Run a failed or canceled task again, attempts reset; its checkpoint stays unless
+/// `{"reset_checkpoint": true}`.
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks", params(("id" = String, Path, description = "task id (UUID)")), request_body(content = Option<RetryBody>, description = "optional"),
     responses((status = 200, description = "the task, pending", body = TaskView), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 409, description = "not failed or canceled", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn retry(
     State(st): State<AppState>,
     auth: Auth,
     TaskPath(id): TaskPath,
+    body: OptionalJson<RetryBody>,
 ) -> ApiResult<Json<Value>> {
+    let reset = body.0.unwrap_or_default().reset_checkpoint;
     Ok(Json(
         st.store
-            .task_retry(id, auth.scope(), st.clock.now())
+            .task_retry(id, auth.scope(), reset, st.clock.now())
             .await?
             .to_json(),
     ))
+}
+
+/// A JSON body that may be left out: no body at all is `None`; a body is read as [`ApiJson`].
+pub(super) struct OptionalJson<T>(pub(super) Option<T>);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        st: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let empty = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_none()
+            && req
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0")
+            && req
+                .headers()
+                .get(axum::http::header::TRANSFER_ENCODING)
+                .is_none();
+        if empty {
+            return Ok(OptionalJson(None));
+        }
+        let ApiJson(v) = ApiJson::<T>::from_request(req, st).await?;
+        Ok(OptionalJson(Some(v)))
+    }
+}
+
+/// Save the running attempt's checkpoint (with its task token): durable when this answers, and
+/// every later attempt of the task starts with it.
+#[utoipa::path(put, path = "/v1/tasks/{id}/checkpoint", tag = "messages", params(("id" = String, Path, description = "task id (UUID)")), request_body(content = Value, description = "any JSON, at most `limits.message_bytes` written out"),
+    responses((status = 200, description = "the task, with its checkpoint", body = TaskView), (status = 401, description = "not the running attempt's task token", body = ErrorBody), (status = 404, description = "no such task", body = ErrorBody), (status = 413, description = "checkpoint over the limit", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
+pub(super) async fn put_checkpoint(
+    State(st): State<AppState>,
+    caller: Caller,
+    TaskPath(id): TaskPath,
+    ApiJson(value): ApiJson<Value>,
+) -> ApiResult<Json<Value>> {
+    let attempt = match caller {
+        Caller::Task(task, attempt) if task == id => attempt,
+        Caller::Task(..) => {
+            return Err(ApiError::Unauthorized(
+                "this task token belongs to another task".into(),
+            ))
+        }
+        Caller::User(_) => return Err(ApiError::Unauthorized(
+            "only the running attempt saves a checkpoint: use its task token (SPOOL_TASK_TOKEN)"
+                .into(),
+        )),
+    };
+    let size = serde_json::to_vec(&value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > st.cfg.max_message_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "checkpoint is {size} bytes; the limit is {}",
+            st.cfg.max_message_bytes
+        )));
+    }
+    let t = st
+        .store
+        .task_checkpoint(id, value, MessageCheck::Attempt(attempt), st.clock.now())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => ApiError::Unauthorized(
+                "the attempt this task token was issued for has ended".into(),
+            ),
+            e => e.into(),
+        })?;
+    Ok(Json(t.to_json()))
+}
+
+/// A short-lived read token for this task's events and messages, for a browser's
+/// `EventSource` (which cannot send `Authorization`): pass it as `?access_token=`.
+#[utoipa::path(post, path = "/v1/tasks/{id}/stream_token", tag = "events", params(("id" = String, Path, description = "task id (UUID)")),
+    responses((status = 201, description = "the token", body = StreamTokenView), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
+pub(super) async fn stream_token(
+    State(st): State<AppState>,
+    auth: Auth,
+    TaskPath(id): TaskPath,
+) -> ApiResult<Response> {
+    // Only the owner (or an admin) of an existing task.
+    st.store.task_get(id, auth.scope()).await?;
+    let now = st.clock.now();
+    let expires_at = now.saturating_add(st.cfg.http.stream_token_ttl.as_millis() as i64);
+    let token = crate::token::new_stream_token();
+    st.store
+        .stream_token_create(crate::token::hash_token(&token), id, expires_at, now)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_at": crate::clock::rfc3339(expires_at)})),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -357,6 +479,23 @@ pub(super) struct MessagesQuery {
     /// With nothing new, wait up to this long (long poll); at most 30000.
     #[param(minimum = 0, maximum = 30000)]
     wait_ms: Option<u64>,
+    /// Only messages of this author: `user` (the owner's) or `task`.
+    #[param(value_type = Option<String>, pattern = "^(user|task)$")]
+    author: Option<String>,
+    /// A stream token (`POST /v1/tasks/{id}/stream_token`) instead of `Authorization`.
+    #[param(value_type = Option<String>)]
+    #[allow(dead_code)]
+    // read by the `Reader` extractor; named here so it is documented and allowed
+    access_token: Option<String>,
+}
+
+/// `?author=`, checked.
+pub(super) fn author_param(a: Option<&str>) -> ApiResult<Option<Author>> {
+    a.map(|a| {
+        a.parse::<Author>()
+            .map_err(|_| ApiError::Invalid("author must be user or task".into()))
+    })
+    .transpose()
 }
 
 /// A task's messages after a cursor; with `wait_ms`, a long poll.
@@ -364,10 +503,13 @@ pub(super) struct MessagesQuery {
     responses((status = 200, description = "a page of messages", body = MessagePage), (status = 404, description = "no such task of yours", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn messages(
     State(st): State<AppState>,
-    auth: Auth,
+    reader: Reader,
     TaskPath(id): TaskPath,
     ApiQuery(q): ApiQuery<MessagesQuery>,
 ) -> ApiResult<Json<Value>> {
+    let scope = reader.scope_for(id)?;
+    let owner = reader.owner(&st, id).await?;
+    let author = author_param(q.author.as_deref())?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::Invalid("after must be 0 or more".into()));
@@ -383,7 +525,7 @@ pub(super) async fn messages(
     // A long poll holds a stream slot while it waits (dropped with this future, also when the
     // client goes away).
     let _slot = if wait_ms > 0 {
-        Some(st.limits.stream_slot(&auth.0.owner_key())?)
+        Some(st.limits.stream_slot(&owner)?)
     } else {
         None
     };
@@ -394,10 +536,24 @@ pub(super) async fn messages(
     loop {
         let (task, msgs) = st
             .store
-            .task_with_messages(id, auth.scope(), after, limit)
+            .task_with_messages(id, scope.clone(), after, limit, author)
             .await?;
         let now = tokio::time::Instant::now();
         if !msgs.is_empty() || task.status.is_terminal() || now >= deadline {
+            // The running attempt read its owner's messages: a checkpoint or a wait of it
+            // takes them in (see Store::inbox_read).
+            if let Reader::Task(_, attempt) = reader {
+                let upto = msgs
+                    .iter()
+                    .filter(|m| m.author == Author::User)
+                    .map(|m| m.id)
+                    .max();
+                if let Some(upto) = upto {
+                    st.store
+                        .inbox_read(id, MessageCheck::Attempt(attempt), upto, st.clock.now())
+                        .await?;
+                }
+            }
             let next_after = msgs.last().map(|m| m.id).unwrap_or(after);
             let msgs: Vec<Value> = msgs.iter().map(|m| m.to_json()).collect();
             return Ok(Json(

@@ -7,7 +7,10 @@
 //! as arguments, so two stores given the same calls do the same thing. [`sqlite`] is the
 //! embedded default (one writer thread with group commit, a pool of readers); [`postgres`] is
 //! for many processes on many hosts sharing one database.
+//! [`migrate_pg`] copies a SQLite database into an empty PostgreSQL one
+//! (`spool migrate-to-postgres`).
 
+pub mod migrate_pg;
 pub mod postgres;
 pub(crate) mod rules;
 pub mod sqlite;
@@ -18,7 +21,7 @@ pub use sqlite::{SqliteStore, StoreOptions, Synchronous};
 
 use crate::clock::UnixMillis;
 use crate::events::EventHub;
-use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus};
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -114,6 +117,50 @@ pub struct QueueClaim {
     pub queue: String,
     /// At most this many of its tasks.
     pub limit: u32,
+    /// The queue's admission limits, checked in the claim's transaction against what every
+    /// process on the database runs (`None`: no limit, today's claim).
+    pub admission: Option<Admission>,
+}
+
+/// A queue's admission limits (`[queues.NAME]` in config). A task that cannot be admitted stays
+/// `pending` and is looked at again by the next claim; it never blocks other tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Admission {
+    /// At most this many of the queue's tasks running at once, across all processes.
+    pub global_concurrency: Option<u32>,
+    /// At most this many running tasks with one `concurrency_key`, across all processes.
+    pub per_key_concurrency: Option<u32>,
+    /// Claims take a token each from the queue's bucket, kept in the database.
+    pub rate: Option<RateLimit>,
+}
+
+impl Admission {
+    /// Whether any limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.global_concurrency.is_some()
+            || self.per_key_concurrency.is_some()
+            || self.rate.is_some()
+    }
+}
+
+/// A token bucket: `count` tokens every `period_ms`, at most `burst` in the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Tokens added per period.
+    pub count: u32,
+    /// The period, ms (1000, 60000 or 3600000).
+    pub period_ms: u64,
+    /// The bucket's size: tasks that may start at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// A queue's token bucket as stored: tokens at `updated_at`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// Tokens in the bucket at `updated_at`.
+    pub tokens: f64,
+    /// The last refill.
+    pub updated_at: UnixMillis,
 }
 
 /// What a claim asks for.
@@ -149,8 +196,10 @@ pub struct FinishParams {
     pub error: Option<String>,
     /// When it may run again (a retry).
     pub run_at: Option<UnixMillis>,
-    /// True when the attempt is given back, not spent (shutdown).
+    /// True when the attempt is given back, not spent (shutdown, a wait).
     pub uncount: bool,
+    /// With status `waiting`: when the wait times out (the task is pending again then).
+    pub wait_until: Option<UnixMillis>,
     /// The time now.
     pub now: UnixMillis,
 }
@@ -205,6 +254,8 @@ pub struct QueueStats {
     pub scheduled: u64,
     /// Claimed.
     pub running: u64,
+    /// Parked until their owner writes to them or their wait times out.
+    pub waiting: u64,
     /// Completed.
     pub completed: u64,
     /// Failed.
@@ -437,20 +488,80 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         user: Option<String>,
         after: i64,
         limit: u32,
+        author: Option<Author>,
     ) -> Result<(Task, Vec<Message>)>;
 
-    /// Cancels a task ([`crate::queue::cancel`] decides how); `user` limits it to that user's.
+    /// Cancels a task ([`crate::queue::cancel`] decides how: a pending or waiting task ends at
+    /// once); `user` limits it to that user's.
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for a terminal task, `Unavailable`.
     async fn task_cancel(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task>;
 
     /// Puts a failed or canceled task back to pending with its attempts reset
-    /// ([`crate::queue::retry`]); it counts against its owner's quota again.
+    /// ([`crate::queue::retry`]); it counts against its owner's quota again. Its checkpoint
+    /// stays unless `reset_checkpoint` (then the owner's messages are all ahead of it again).
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for other states, `LimitReached`, `Unavailable`.
-    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task>;
+    async fn task_retry(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        reset_checkpoint: bool,
+        now: UnixMillis,
+    ) -> Result<Task>;
+
+    /// Saves the running attempt's checkpoint (fenced by `fence`: [`MessageCheck::Lease`] or
+    /// [`MessageCheck::Attempt`]), durable when this returns; the owner's messages the attempt
+    /// has read ([`Store::inbox_read`]) are behind the task from now on. Returns the task.
+    ///
+    /// # Errors
+    /// `NotFound`; `Conflict` when the attempt has ended; `Unavailable`.
+    async fn task_checkpoint(
+        &self,
+        id: TaskId,
+        checkpoint: Value,
+        fence: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Task>;
+
+    /// Records that the running attempt (fenced as for [`Store::task_checkpoint`]) has read the
+    /// owner's messages up to `upto`. A checkpoint or a wait of that attempt then takes them as
+    /// behind the task; an attempt that ends otherwise leaves them to the next one.
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error. An ended attempt changes nothing and is no error.
+    async fn inbox_read(
+        &self,
+        id: TaskId,
+        fence: MessageCheck,
+        upto: i64,
+        now: UnixMillis,
+    ) -> Result<()>;
+
+    /// Stores a read token (its hash) for one task's events and messages until `expires_at`,
+    /// and forgets some expired ones.
+    ///
+    /// # Errors
+    /// `NotFound` when the task is gone; `Unavailable` or a database error.
+    async fn stream_token_create(
+        &self,
+        token_hash: String,
+        task_id: TaskId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()>;
+
+    /// The task a read token is good for at `now` (`None`: unknown or expired).
+    ///
+    /// # Errors
+    /// A database error.
+    async fn stream_token_task(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<Option<TaskId>>;
 
     /// Deletes up to `limit` tasks that ended with `status` before `before` (with their
     /// messages); returns how many.
@@ -463,20 +574,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ---- leases -----------------------------------------------------------------------------
 
     /// Claims runnable tasks for a worker, best first; with `rescue`, first ends or frees the
-    /// tasks whose lease expired ([`crate::queue::rescue`]) in every queue, not only the ones
-    /// claimed from.
+    /// tasks whose lease expired ([`crate::queue::rescue`]) and makes waiting tasks whose wait
+    /// timed out pending (wake reason `timeout`), in every queue, not only the ones claimed from.
+    /// A claim starts the attempt's inbox at the task's `inbox_cursor`.
     ///
     /// # Errors
     /// `Unavailable` or a database error.
     async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>>;
 
-    /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
+    /// Extends the leases `owner` holds on `tasks` to `now + lease_ms`; returns those still
+    /// held. Only the tasks named: a lease the worker no longer knows of (an attempt it
+    /// dropped, a claim whose answer it never got) must run out, so another worker rescues it.
     ///
     /// # Errors
     /// `Unavailable` or a database error.
     async fn lease_extend(
         &self,
         owner: String,
+        tasks: Vec<TaskId>,
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>>;
@@ -530,6 +645,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends a message to a task after `check`. `messages_per_task` of [`Limits`]: past it a
     /// user's message is refused (`LimitReached`); the task's own first message past it is
     /// stored as one `truncated` message instead, and every later one is dropped (`Ok(None)`).
+    /// A [`MessageCheck::User`] message is authored `user` (else `task`), and wakes a waiting
+    /// task in the same transaction (pending at `now`, wake reason `message`).
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for a terminal task or an ended attempt, `LimitReached`,
@@ -547,10 +664,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// first: at most `limit`, and about [`MESSAGE_PAGE_BYTES`] of content (at least one
     /// message). Continue after the last id returned: a reader that does so sees every
     /// committed message of the task once, in order, never skipping one that commits late.
+    /// With `author`, only that author's messages.
     ///
     /// # Errors
     /// A database error.
-    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>>;
+    async fn message_list(
+        &self,
+        task_id: TaskId,
+        after: i64,
+        limit: u32,
+        author: Option<Author>,
+    ) -> Result<Vec<Message>>;
 
     // ---- queues -----------------------------------------------------------------------------
 
@@ -563,6 +687,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         configured: Vec<String>,
         now: UnixMillis,
     ) -> Result<Vec<QueueStats>>;
+
+    /// Every rate-limited queue's token bucket as last stored (refill it with the rate to know
+    /// the tokens now).
+    ///
+    /// # Errors
+    /// A database error.
+    async fn queue_buckets(&self) -> Result<Vec<(String, Bucket)>>;
 
     /// Names of paused queues.
     ///

@@ -5,7 +5,7 @@
 use super::{
     ExistingUser, Limits, MessageCheck, Result, StoreError, TokenCreate, User, ADMIN_NAME,
 };
-use crate::task::{NewTask, Task, TaskStatus};
+use crate::task::{Author, NewTask, Task, TaskStatus};
 use serde_json::Value;
 
 /// Whom a new token goes to: `Some` an existing user, `None` a new user (named `p.name`, admin
@@ -191,6 +191,34 @@ pub(crate) fn inserted_task(t: NewTask, now: crate::clock::UnixMillis) -> Task {
         started_at: None,
         completed_at: None,
         updated_at: now,
+        concurrency_key: t.concurrency_key,
+        checkpoint: None,
+        wait_until: None,
+        wake_reason: None,
+        inbox_cursor: 0,
+    }
+}
+
+/// Who a message appended under `check` is by: the owner (or an admin) through the API, or
+/// the task itself.
+pub(crate) fn author(check: &MessageCheck) -> Author {
+    match check {
+        MessageCheck::User(_) => Author::User,
+        _ => Author::Task,
+    }
+}
+
+/// The attempt (and the worker, if one is named) a checkpoint or an inbox read is fenced by.
+///
+/// # Errors
+/// `Conflict` for a check that names no attempt.
+pub(crate) fn attempt_fence(check: &MessageCheck) -> Result<(u32, Option<String>)> {
+    match check {
+        MessageCheck::Attempt(a) => Ok((*a, None)),
+        MessageCheck::Lease { owner, attempt } => Ok((*attempt, Some(owner.clone()))),
+        _ => Err(StoreError::Conflict(
+            "only the running attempt saves a checkpoint or reads its inbox".into(),
+        )),
     }
 }
 
@@ -203,4 +231,138 @@ pub(crate) fn sort_claimed(claimed: &mut [std::sync::Arc<Task>]) {
             .then(a.run_at.cmp(&b.run_at))
             .then(a.id.cmp(&b.id))
     });
+}
+
+/// A queue's token bucket at `now`: what was `stored` plus the tokens earned since, at most
+/// `burst`; a bucket never stored starts full. A clock behind the stored time earns nothing and
+/// keeps the later time, so processes with skewed clocks never mint tokens twice.
+pub(crate) fn bucket_at(
+    stored: Option<super::Bucket>,
+    rate: &super::RateLimit,
+    now: crate::clock::UnixMillis,
+) -> super::Bucket {
+    let burst = f64::from(rate.burst.max(1));
+    match stored {
+        None => super::Bucket {
+            tokens: burst,
+            updated_at: now,
+        },
+        Some(b) => {
+            let elapsed = now.saturating_sub(b.updated_at).max(0) as f64;
+            let earned = elapsed * f64::from(rate.count) / rate.period_ms.max(1) as f64;
+            super::Bucket {
+                tokens: (b.tokens.max(0.0) + earned).min(burst),
+                updated_at: b.updated_at.max(now),
+            }
+        }
+    }
+}
+
+/// How many tasks a limited queue may start now: the claim's `limit`, less what the queue's
+/// `global_concurrency` has left (`running`: the queue's running tasks across all processes),
+/// and at most the whole tokens in its bucket.
+pub(crate) fn admission_room(
+    limit: u32,
+    adm: &super::Admission,
+    running: u64,
+    bucket: Option<&super::Bucket>,
+) -> u32 {
+    let mut room = u64::from(limit);
+    if let Some(g) = adm.global_concurrency {
+        room = room.min(u64::from(g).saturating_sub(running));
+    }
+    if let Some(b) = bucket {
+        room = room.min(b.tokens.max(0.0).floor() as u64);
+    }
+    u32::try_from(room).unwrap_or(u32::MAX)
+}
+
+/// A runnable task a per-key claim may take: `rank` is its place among its key's runnable
+/// tasks (1: the key's best; every task without a key is 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Candidate<I> {
+    /// The row (SQLite's rowid, PostgreSQL's id): the last tie-breaker.
+    pub(crate) id: I,
+    pub(crate) priority: i32,
+    pub(crate) rank: u32,
+    pub(crate) run_at: crate::clock::UnixMillis,
+}
+
+/// The candidates a per-key claim takes, best first, at most `room`: higher priority first,
+/// then round robin by key (every key's first task before any key's second), then the oldest
+/// `run_at`. A key with a thousand runnable tasks thus delays another key's one by no more than
+/// one task.
+pub(crate) fn admit<I: Ord>(mut c: Vec<Candidate<I>>, room: u32) -> Vec<I> {
+    c.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.rank.cmp(&b.rank))
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+    c.into_iter().take(room as usize).map(|c| c.id).collect()
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+    use crate::store::{Admission, Bucket, RateLimit};
+
+    const R: RateLimit = RateLimit {
+        count: 20,
+        period_ms: 1000,
+        burst: 5,
+    };
+
+    #[test]
+    fn a_new_bucket_is_full_and_refills_at_the_rate_up_to_the_burst() {
+        let b = bucket_at(None, &R, 1000);
+        assert_eq!(b.tokens, 5.0);
+        let empty = Bucket {
+            tokens: 0.0,
+            updated_at: 1000,
+        };
+        assert_eq!(bucket_at(Some(empty), &R, 1100).tokens, 2.0);
+        assert_eq!(bucket_at(Some(empty), &R, 9000).tokens, 5.0);
+        // A clock behind the stored one earns nothing and keeps the later time.
+        let back = bucket_at(Some(empty), &R, 500);
+        assert_eq!((back.tokens, back.updated_at), (0.0, 1000));
+    }
+
+    #[test]
+    fn room_is_the_least_of_limit_global_room_and_whole_tokens() {
+        let adm = Admission {
+            global_concurrency: Some(3),
+            ..Admission::default()
+        };
+        assert_eq!(admission_room(8, &adm, 1, None), 2);
+        assert_eq!(admission_room(8, &adm, 5, None), 0);
+        let b = Bucket {
+            tokens: 1.9,
+            updated_at: 0,
+        };
+        assert_eq!(admission_room(8, &Admission::default(), 0, Some(&b)), 1);
+    }
+
+    #[test]
+    fn admission_takes_priority_then_round_robin_by_key_then_age() {
+        let c = |id, priority, rank, run_at| Candidate {
+            id,
+            priority,
+            rank,
+            run_at,
+        };
+        // Key A's three tasks are older than key B's one, yet B goes second.
+        let got = admit(
+            vec![
+                c(1, 0, 1, 10),
+                c(2, 0, 2, 11),
+                c(3, 0, 3, 12),
+                c(4, 0, 1, 50),
+                c(5, 5, 2, 99),
+            ],
+            4,
+        );
+        assert_eq!(got, vec![5, 1, 4, 2]);
+    }
 }

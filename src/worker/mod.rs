@@ -131,6 +131,19 @@ impl WorkerPool {
         &self.id
     }
 
+    /// The time one token of the fastest rate-limited queue this pool works takes to earn
+    /// (at least 10 ms); a day when none is limited.
+    fn token_interval(&self) -> Duration {
+        self.cfg
+            .worker
+            .queues
+            .iter()
+            .filter_map(|q| self.cfg.queues.get(q).and_then(|c| c.rate))
+            .map(|r| Duration::from_millis((r.period_ms / u64::from(r.count.max(1))).max(10)))
+            .min()
+            .unwrap_or(Duration::from_secs(86_400))
+    }
+
     fn running_counts(&self) -> (u32, HashMap<String, u32>) {
         let mut per = HashMap::new();
         let Ok(r) = self.running.lock() else {
@@ -161,18 +174,15 @@ impl WorkerPool {
         let mut queues = Vec::with_capacity(qs.len());
         for i in 0..qs.len() {
             let q = &qs[(start + i) % qs.len()];
-            let cap = self
-                .cfg
-                .queues
-                .get(q)
-                .and_then(|c| c.concurrency)
-                .unwrap_or(u32::MAX);
+            let qcfg = self.cfg.queues.get(q);
+            let cap = qcfg.and_then(|c| c.concurrency).unwrap_or(u32::MAX);
             let limit = cap
                 .saturating_sub(per.get(q).copied().unwrap_or(0))
                 .min(total);
             queues.push(QueueClaim {
                 queue: q.clone(),
                 limit,
+                admission: qcfg.and_then(|c| c.admission()),
             });
         }
         let asked: u32 = queues.iter().map(|q| q.limit).sum::<u32>().min(total);
@@ -331,13 +341,18 @@ impl WorkerPool {
                     self.store.clone(),
                     self.clock.clone(),
                     cancel.clone(),
+                )
+                .with_limits(
+                    self.cfg.max_message_bytes,
+                    Duration::from_millis(self.cfg.worker.poll_interval_ms),
                 );
                 let fut = AssertUnwindSafe(handler.run(ctx)).catch_unwind();
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => Err(reason.lock().ok().and_then(|r| *r).unwrap_or(StopReason::Shutdown)),
                     r = fut => Ok(match r {
-                        Ok(Ok(v)) => Outcome::Completed(v),
+                        Ok(Ok(crate::executor::Outcome::Completed(v))) => Outcome::Completed(v),
+                        Ok(Ok(crate::executor::Outcome::Wait { timeout })) => Outcome::Wait { timeout },
                         Ok(Err(TaskError { message, permanent, retry_after })) =>
                             Outcome::Failed { error: message, permanent, retry_after },
                         Err(panic) => Outcome::Failed {
@@ -358,7 +373,7 @@ impl WorkerPool {
         metrics::histogram!("spool_task_run_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
         let now = self.clock.now();
-        let params = |status, result, error, run_at, uncount| FinishParams {
+        let params = |status, result, error, run_at: Option<i64>, uncount| FinishParams {
             task: task.clone(),
             owner: self.id.clone(),
             status,
@@ -366,6 +381,8 @@ impl WorkerPool {
             error,
             run_at,
             uncount,
+            // A wait holds no attempt: it is given back, and run_at is when the wait ends.
+            wait_until: (status == TaskStatus::Waiting).then_some(run_at).flatten(),
             now,
         };
         let finish = match outcome {
@@ -397,7 +414,8 @@ impl WorkerPool {
                     jitter,
                     now,
                 );
-                params(t.status, t.result, t.error, t.run_at, false)
+                let waits = t.status == TaskStatus::Waiting;
+                params(t.status, t.result, t.error, t.run_at, waits)
             }
         };
         let status = finish.status;
@@ -436,6 +454,7 @@ impl WorkerPool {
                     TaskStatus::Completed => "spool_tasks_completed_total",
                     TaskStatus::Failed => "spool_tasks_failed_total",
                     TaskStatus::Canceled => "spool_tasks_canceled_total",
+                    TaskStatus::Waiting => "spool_tasks_waiting_total",
                     _ => "spool_tasks_retried_total",
                 };
                 metrics::counter!(counter, &labels).increment(1);
@@ -445,6 +464,10 @@ impl WorkerPool {
                         tracing::warn!(error = error.as_deref().unwrap_or(""), "failed")
                     }
                     TaskStatus::Canceled => tracing::info!("canceled"),
+                    TaskStatus::Waiting => tracing::info!(
+                        wait_ms = run_at.unwrap_or(now) - now,
+                        "waiting for its owner; slot freed"
+                    ),
                     _ if run_at == Some(now) => {}
                     _ => tracing::info!(
                         error = error.as_deref().unwrap_or(""),
@@ -466,9 +489,15 @@ impl WorkerPool {
     async fn heartbeat_once(&self) -> Result<i64, StoreError> {
         let snapshot = self.seq.load(Ordering::SeqCst);
         let sent = self.clock.now();
+        // Only the attempts still here: one the lease guard dropped (or whose outcome could not
+        // be written) is left to run out, or it would stay ours, extended and never run.
+        let ours: Vec<TaskId> = match self.running.lock() {
+            Ok(r) => r.keys().copied().collect(),
+            Err(_) => Vec::new(),
+        };
         let held = self
             .store
-            .lease_extend(self.id.clone(), self.cfg.worker.lease_ms, sent)
+            .lease_extend(self.id.clone(), ours, self.cfg.worker.lease_ms, sent)
             .await?;
         let held: HashMap<TaskId, (u32, bool)> = held
             .into_iter()
@@ -628,7 +657,13 @@ impl WorkerPool {
                     if asked > 0 && got as u32 == asked {
                         continue; // there may be more waiting
                     }
-                    poll
+                    // A rate-limited queue earns its next token before the poll is up: look
+                    // again then, so the rate is used, not the poll interval.
+                    if asked > got as u32 {
+                        poll.min(self.token_interval())
+                    } else {
+                        poll
+                    }
                 }
                 Err(e) => {
                     failures += 1;

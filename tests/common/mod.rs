@@ -1,6 +1,8 @@
 //! Shared test support: real `spool` processes on temp dirs, real HTTP on 127.0.0.1.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+pub mod sse;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

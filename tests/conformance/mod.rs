@@ -30,6 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod admission;
+pub use admission::*;
+
 /// A fixed "now" every test starts from.
 pub const T0: i64 = 1_800_000_000_000;
 /// The lease length the tests claim with.
@@ -79,6 +82,7 @@ macro_rules! suite {
             a_claim_without_rescue_leaves_expired_leases_alone,
             a_finish_with_another_owner_or_attempt_changes_nothing,
             heartbeat_extends_the_leases_held_and_reports_cancel_requests,
+            a_lease_the_heartbeat_leaves_out_runs_out_and_is_rescued,
             failure_retries_on_the_backoff_schedule_then_fails,
             backoff_caps_and_retry_after_replaces_it_through_finish,
             permanent_failure_fails_at_once,
@@ -116,6 +120,18 @@ macro_rules! suite {
             workers_heartbeat_and_are_removed,
             schema_version_and_ping_write,
             a_closed_store_refuses_writes,
+            a_wait_frees_the_lease_spends_no_attempt_and_an_owner_message_wakes_it,
+            a_wait_times_out_at_the_rescue_and_the_next_attempt_knows_why,
+            a_waiting_task_is_canceled_at_once_and_counted_in_queue_stats,
+            a_checkpoint_is_fenced_by_attempt_and_kept_until_a_reset_retry,
+            the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait,
+            messages_record_their_author_and_are_read_by_author,
+            stream_tokens_name_one_task_until_they_expire,
+            per_key_limit_skips_a_full_key_without_blocking_others,
+            per_key_claims_go_round_robin_by_key_within_a_priority,
+            global_concurrency_counts_every_stores_running_tasks,
+            rate_limit_is_one_bucket_shared_by_every_store,
+            racing_claims_never_over_admit,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -145,6 +161,7 @@ pub fn task(queue: &str, max_attempts: u32, priority: i32, run_at: i64) -> NewTa
         timeout_ms: 1000,
         idempotency_key: None,
         request_hash: None,
+        concurrency_key: None,
     }
 }
 
@@ -168,6 +185,7 @@ async fn claim_in(s: &dyn Store, owner: &str, queue: &str, n: u32, now: i64) -> 
         queues: vec![QueueClaim {
             queue: queue.into(),
             limit: n,
+            admission: None,
         }],
         total: n,
         lease_ms: LEASE,
@@ -207,6 +225,7 @@ async fn finish(
         error: (status != TaskStatus::Completed).then(|| "boom".to_string()),
         run_at,
         uncount: false,
+        wait_until: None,
         now,
     })
     .await
@@ -224,6 +243,7 @@ async fn finish_tr(s: &dyn Store, t: &Task, owner: &str, tr: Transition, now: i6
         error: tr.error,
         run_at: tr.run_at,
         uncount: false,
+        wait_until: None,
         now,
     })
     .await
@@ -339,10 +359,12 @@ pub async fn per_queue_claims_share_one_total<B: Backend>(b: &B) {
                 QueueClaim {
                     queue: "a".into(),
                     limit: 2,
+                    admission: None,
                 },
                 QueueClaim {
                     queue: "b".into(),
                     limit: 5,
+                    admission: None,
                 },
             ],
             total: 4,
@@ -446,6 +468,7 @@ pub async fn a_claim_without_rescue_leaves_expired_leases_alone<B: Backend>(b: &
             queues: vec![QueueClaim {
                 queue: "default".into(),
                 limit: 1,
+                admission: None,
             }],
             total: 1,
             lease_ms: LEASE,
@@ -506,7 +529,10 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
     let bt = claim_one(s, "B", T0).await;
     assert_eq!(bt.id, t3.id);
     let now = T0 + LEASE as i64 - 100;
-    let mut held = s.lease_extend("A".into(), LEASE, now).await.unwrap();
+    let mut held = s
+        .lease_extend("A".into(), vec![t1.id, t2.id], LEASE, now)
+        .await
+        .unwrap();
     held.sort_by_key(|h| h.id);
     let mut want = vec![
         HeldLease {
@@ -532,7 +558,7 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
     assert_eq!(c.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t3.id]);
     // B's heartbeat now holds nothing: its lease was taken over.
     assert!(s
-        .lease_extend("B".into(), LEASE, now)
+        .lease_extend("B".into(), vec![t3.id], LEASE, now)
         .await
         .unwrap()
         .is_empty());
@@ -542,7 +568,10 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
         (canceled.status, canceled.cancel_requested),
         (TaskStatus::Running, true)
     );
-    let held = s.lease_extend("A".into(), LEASE, now).await.unwrap();
+    let held = s
+        .lease_extend("A".into(), vec![t1.id, t2.id], LEASE, now)
+        .await
+        .unwrap();
     let by_id: HashMap<TaskId, bool> = held.iter().map(|h| (h.id, h.cancel_requested)).collect();
     assert_eq!(by_id.get(&t1.id), Some(&true));
     assert_eq!(by_id.get(&t2.id), Some(&false));
@@ -551,8 +580,48 @@ pub async fn heartbeat_extends_the_leases_held_and_reports_cancel_requests<B: Ba
     finish(s, a2, "A", TaskStatus::Completed, None, now)
         .await
         .unwrap();
-    let held = s.lease_extend("A".into(), LEASE, now).await.unwrap();
+    let held = s
+        .lease_extend("A".into(), vec![t1.id, t2.id], LEASE, now)
+        .await
+        .unwrap();
     assert_eq!(held.iter().map(|h| h.id).collect::<Vec<_>>(), vec![t1.id]);
+}
+
+/// A worker that dropped an attempt (its lease guard stopped it, or a claim's answer never
+/// reached it) leaves that task out of its heartbeat: the lease runs out and another worker
+/// takes the task, rather than it staying held, extended and never run.
+pub async fn a_lease_the_heartbeat_leaves_out_runs_out_and_is_rescued<B: Backend>(b: &B) {
+    let f = b.fresh(Limits::default()).await;
+    let s = &*f.store;
+    let t1 = add(s, task("default", 3, 0, T0), T0).await;
+    let t2 = add(s, task("default", 3, 0, T0), T0).await;
+    let a = claim(s, "A", 2, T0).await;
+    assert_eq!(a.len(), 2);
+    let now = T0 + LEASE as i64 - 100;
+    let held = s
+        .lease_extend("A".into(), vec![t1.id], LEASE, now)
+        .await
+        .unwrap();
+    assert_eq!(held.iter().map(|h| h.id).collect::<Vec<_>>(), vec![t1.id]);
+    assert_eq!(
+        get(s, t1.id).await.lease_expires_at,
+        Some(now + LEASE as i64)
+    );
+    assert_eq!(
+        get(s, t2.id).await.lease_expires_at,
+        Some(T0 + LEASE as i64)
+    );
+    // Naming nothing extends nothing.
+    assert!(s
+        .lease_extend("A".into(), vec![], LEASE, now)
+        .await
+        .unwrap()
+        .is_empty());
+    // Past t2's lease, within t1's: B rescues and takes t2 only.
+    let later = T0 + LEASE as i64 + 1;
+    let taken = claim(s, "B", 2, later).await;
+    assert_eq!(taken.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t2.id]);
+    assert_eq!(taken[0].attempts, 2);
 }
 
 // ---- the end of an attempt ----------------------------------------------------------------
@@ -688,17 +757,17 @@ pub async fn cancel_and_retry_transitions_and_refusals<B: Backend>(b: &B) {
     // canceled → cancel again is refused
     assert!(is_conflict(s.task_cancel(p.id, None, T0).await));
     // canceled → retry → pending with attempts 0
-    let r = s.task_retry(p.id, None, T0 + 2).await.unwrap();
+    let r = s.task_retry(p.id, None, false, T0 + 2).await.unwrap();
     assert_eq!(
         (r.status, r.attempts, r.completed_at),
         (TaskStatus::Pending, 0, None)
     );
     assert!(r.run_at <= T0 + 2, "a retried task is runnable at once");
     // pending → retry is refused
-    assert!(is_conflict(s.task_retry(p.id, None, T0).await));
+    assert!(is_conflict(s.task_retry(p.id, None, false, T0).await));
     // running → retry refused; cancel requested; the worker's canceled finish ends it
     let run = claim_one(s, "A", T0 + 2).await;
-    assert!(is_conflict(s.task_retry(run.id, None, T0).await));
+    assert!(is_conflict(s.task_retry(run.id, None, false, T0).await));
     let req = s.task_cancel(run.id, None, T0).await.unwrap();
     assert_eq!(
         (req.status, req.cancel_requested),
@@ -711,7 +780,7 @@ pub async fn cancel_and_retry_transitions_and_refusals<B: Backend>(b: &B) {
     // completed → cancel refused, retry refused
     let q = ended_completed(s).await;
     assert!(is_conflict(s.task_cancel(q.id, None, T0).await));
-    assert!(is_conflict(s.task_retry(q.id, None, T0).await));
+    assert!(is_conflict(s.task_retry(q.id, None, false, T0).await));
     // another user's task is not found, for cancel and retry alike
     let mine = add(s, task("default", 3, 0, T0), T0).await;
     assert!(matches!(
@@ -719,7 +788,7 @@ pub async fn cancel_and_retry_transitions_and_refusals<B: Backend>(b: &B) {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.task_retry(p.id, Some("v".into()), T0).await,
+        s.task_retry(p.id, Some("v".into()), false, T0).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
@@ -741,7 +810,7 @@ pub async fn retry_of_a_failed_task_starts_a_fresh_count<B: Backend>(b: &B) {
     let failed = ended(s, TaskStatus::Failed, T0).await;
     assert_eq!((failed.status, failed.attempts), (TaskStatus::Failed, 1));
     let r = s
-        .task_retry(failed.id, Some("u".into()), T0 + 10)
+        .task_retry(failed.id, Some("u".into()), false, T0 + 10)
         .await
         .unwrap();
     assert_eq!(
@@ -789,6 +858,7 @@ pub async fn released_lease_gives_the_attempt_back<B: Backend>(b: &B) {
             error: None,
             run_at: Some(T0),
             uncount: true,
+            wait_until: None,
             now: T0,
         })
         .await
@@ -872,7 +942,8 @@ pub async fn tasks_are_read_only_by_their_owner_and_listed_newest_first<B: Backe
         Err(StoreError::NotFound(x)) if x == vid
     ));
     assert!(matches!(
-        s.task_with_messages(vid, Some("u".into()), 0, 10).await,
+        s.task_with_messages(vid, Some("u".into()), 0, 10, None)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     // Newest first (ids sort by creation), with a cursor, and every filter.
@@ -1200,7 +1271,7 @@ pub async fn pending_tasks_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
     s.task_cancel(pending.id, None, T0).await.unwrap();
     add(s, task("default", 3, 0, T0), T0).await;
     assert!(is_limit(
-        s.task_retry(pending.id, None, T0).await,
+        s.task_retry(pending.id, None, false, T0).await,
         "pending tasks per user",
         3
     ));
@@ -1321,7 +1392,7 @@ pub async fn messages_quota_refuses_a_user_and_truncates_the_task_once<B: Backen
         "messages per task",
         3
     ));
-    assert_eq!(s.message_list(t.id, 0, 100).await.unwrap().len(), 3);
+    assert_eq!(s.message_list(t.id, 0, 100, None).await.unwrap().len(), 3);
     // The task's own: the first past the cap becomes one `truncated`, later ones are dropped.
     let t2 = add(s, task("m2", 3, 0, T0), T0).await;
     let c = claim_in(s, "A", "m2", 1, T0).await.remove(0);
@@ -1341,7 +1412,7 @@ pub async fn messages_quota_refuses_a_user_and_truncates_the_task_once<B: Backen
         .await
         .unwrap()
         .is_none());
-    let all = s.message_list(t2.id, 0, 100).await.unwrap();
+    let all = s.message_list(t2.id, 0, 100, None).await.unwrap();
     assert_eq!(
         all.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>(),
         vec!["log", "log", "log", "truncated"]
@@ -1397,7 +1468,7 @@ pub async fn task_prune_removes_only_that_status_before_the_time_up_to_the_limit
     );
     for id in &old_completed {
         assert!(gone(s, *id).await);
-        assert!(s.message_list(*id, 0, 10).await.unwrap().is_empty());
+        assert!(s.message_list(*id, 0, 10, None).await.unwrap().is_empty());
     }
     for id in [new_completed.id, old_failed.id, old_canceled.id, pending.id] {
         assert!(!gone(s, id).await, "only old completed tasks go");
@@ -1464,7 +1535,11 @@ pub async fn pruner_deletes_finished_tasks_past_retention_with_their_messages<B:
         1
     );
     assert!(gone(s, old.id).await);
-    assert!(s.message_list(old.id, 0, 10).await.unwrap().is_empty());
+    assert!(s
+        .message_list(old.id, 0, 10, None)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(get(s, keep.id).await.status, TaskStatus::Pending);
 }
 
@@ -1514,6 +1589,7 @@ pub async fn two_stores_on_one_database_never_claim_the_same_task<B: Backend>(b:
                     queues: vec![QueueClaim {
                         queue: "default".into(),
                         limit: 7,
+                        admission: None,
                     }],
                     total: 7,
                     lease_ms: 60_000,
@@ -1592,7 +1668,7 @@ pub async fn concurrent_messages_are_read_page_by_page_once_in_order<B: Backend>
         let end = tokio::time::Instant::now() + DEADLINE;
         while (seen.len() as u64) < WRITERS * EACH {
             assert!(tokio::time::Instant::now() < end, "reader timed out");
-            let page = reader.message_list(t.id, after, 7).await.unwrap();
+            let page = reader.message_list(t.id, after, 7, None).await.unwrap();
             assert!(page.len() <= 7);
             if let Some(last) = page.last() {
                 after = last.id;
@@ -1623,14 +1699,14 @@ pub async fn concurrent_messages_are_read_page_by_page_once_in_order<B: Backend>
     let last = seen.last().unwrap().id;
     assert!(f
         .store
-        .message_list(t.id, last, 10)
+        .message_list(t.id, last, 10, None)
         .await
         .unwrap()
         .is_empty());
     let mut again = vec![];
     let mut after = 0;
     loop {
-        let page = other.message_list(t.id, after, 64).await.unwrap();
+        let page = other.message_list(t.id, after, 64, None).await.unwrap();
         let Some(l) = page.last() else { break };
         after = l.id;
         again.extend(page);
@@ -1639,14 +1715,14 @@ pub async fn concurrent_messages_are_read_page_by_page_once_in_order<B: Backend>
     // task_with_messages reads the task and the same pages.
     let (task_now, first) = f
         .store
-        .task_with_messages(t.id, Some("u".into()), 0, 5)
+        .task_with_messages(t.id, Some("u".into()), 0, 5, None)
         .await
         .unwrap();
     assert_eq!(task_now.id, t.id);
     assert_eq!(first, seen[..5].to_vec());
     let (_, rest) = f
         .store
-        .task_with_messages(t.id, None, seen[194].id, 100)
+        .task_with_messages(t.id, None, seen[194].id, 100, None)
         .await
         .unwrap();
     assert_eq!(rest, seen[195..].to_vec());
@@ -1667,7 +1743,7 @@ pub async fn a_message_page_is_bounded_by_bytes_but_holds_at_least_one<B: Backen
         .await
         .unwrap();
     }
-    let page = s.message_list(t.id, 0, 100).await.unwrap();
+    let page = s.message_list(t.id, 0, 100, None).await.unwrap();
     assert!(
         !page.is_empty() && page.len() <= 3,
         "a page of about {MESSAGE_PAGE_BYTES} bytes, got {} messages of {big}",
@@ -1677,7 +1753,7 @@ pub async fn a_message_page_is_bounded_by_bytes_but_holds_at_least_one<B: Backen
     let mut n = 0;
     let mut after = 0;
     for _ in 0..10 {
-        let page = s.message_list(t.id, after, 100).await.unwrap();
+        let page = s.message_list(t.id, after, 100, None).await.unwrap();
         let Some(last) = page.last() else { break };
         for m in &page {
             assert!(m.content.as_str().unwrap().starts_with(&n.to_string()));
@@ -1695,10 +1771,10 @@ pub async fn a_message_page_is_bounded_by_bytes_but_holds_at_least_one<B: Backen
     msg(s, t2.id, json!("small"), MessageCheck::Worker)
         .await
         .unwrap();
-    let page = s.message_list(t2.id, 0, 100).await.unwrap();
+    let page = s.message_list(t2.id, 0, 100, None).await.unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].content, huge);
-    let page = s.message_list(t2.id, page[0].id, 100).await.unwrap();
+    let page = s.message_list(t2.id, page[0].id, 100, None).await.unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].content, json!("small"));
 }
@@ -1796,7 +1872,10 @@ pub async fn changes_from_another_store_are_read_with_filters_and_a_cursor<B: Ba
     // A cancel request is a change; a heartbeat is not.
     let c2 = claim_in(&*other, "W", "q2", 1, T0).await.remove(0);
     let mark = page(after_finish.next, 100, None, None).await.unwrap().next;
-    other.lease_extend("W".into(), LEASE, T0 + 2).await.unwrap();
+    other
+        .lease_extend("W".into(), vec![c2.id], LEASE, T0 + 2)
+        .await
+        .unwrap();
     assert!(page(mark, 100, None, None)
         .await
         .unwrap()
@@ -2219,7 +2298,9 @@ pub async fn task_tokens_live_only_while_their_attempt_runs<B: Backend>(b: &B) {
         TaskTokenCheck::Expired
     );
     // A heartbeat brings it back.
-    s.lease_extend("A".into(), LEASE, late).await.unwrap();
+    s.lease_extend("A".into(), vec![t.id], LEASE, late)
+        .await
+        .unwrap();
     assert_eq!(
         s.task_token_lookup(hash(1), late).await.unwrap(),
         TaskTokenCheck::Valid(t.id, 1)
@@ -2327,7 +2408,7 @@ pub async fn message_insert_checks_scope_attempt_and_lease<B: Backend>(b: &B) {
         ));
     }
     let kept: Vec<Value> = s
-        .message_list(t.id, 0, 100)
+        .message_list(t.id, 0, 100, None)
         .await
         .unwrap()
         .into_iter()
@@ -2466,4 +2547,364 @@ pub async fn a_closed_store_refuses_writes<B: Backend>(b: &B) {
     // What was committed before is there for another store.
     let other = b.another(&f).await;
     assert_eq!(other.task_get(t.id, None).await.unwrap().id, t.id);
+}
+
+// ---- interactive tasks ---------------------------------------------------------------------
+
+/// Ends `t`'s attempt as a wait until `until` (as the worker does: the attempt is given back).
+async fn park(s: &dyn Store, t: &Task, owner: &str, until: i64, now: i64) -> Option<Task> {
+    s.task_finish_wait(FinishParams {
+        task: Arc::new(t.clone()),
+        owner: owner.into(),
+        status: TaskStatus::Waiting,
+        result: None,
+        error: None,
+        run_at: Some(until),
+        uncount: true,
+        wait_until: Some(until),
+        now,
+    })
+    .await
+    .unwrap()
+    .map(Arc::unwrap_or_clone)
+}
+
+async fn owner_says(s: &dyn Store, id: TaskId, text: &str, now: i64) -> Message {
+    s.message_insert(
+        id,
+        "answer".into(),
+        json!(text),
+        MessageCheck::User(Some("u".into())),
+        now,
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+pub async fn a_wait_frees_the_lease_spends_no_attempt_and_an_owner_message_wakes_it(
+    b: &impl Backend,
+) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 2, 0, T0), T0).await;
+    let c = claim_one(s, "A", T0).await;
+    assert_eq!(c.attempts, 1);
+    let w = park(s, &c, "A", T0 + 3_600_000, T0 + 1).await.unwrap();
+    assert_eq!(w.status, TaskStatus::Waiting);
+    assert_eq!(w.attempts, 0, "a wait spends no attempt");
+    assert_eq!(w.wait_until, Some(T0 + 3_600_000));
+    let stored = get(s, t.id).await;
+    assert_eq!(stored, w, "the finish returns the row as stored");
+    assert_eq!(stored.lease_owner, None);
+    assert!(stored.to_json()["wait"]["until"].is_string());
+    assert!(
+        claim(s, "B", 1, T0 + 2).await.is_empty(),
+        "a waiting task is not claimable"
+    );
+    // A worker's own progress does not wake it; the owner's message does, at once.
+    s.message_insert(t.id, "log".into(), json!("x"), MessageCheck::Worker, T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(get(s, t.id).await.status, TaskStatus::Waiting);
+    owner_says(s, t.id, "yes", T0 + 4).await;
+    let woken = get(s, t.id).await;
+    assert_eq!(woken.status, TaskStatus::Pending);
+    assert_eq!(woken.wake_reason, Some(spool::task::WakeReason::Message));
+    assert_eq!(woken.wait_until, None);
+    assert!(woken.to_json()["wait"].is_null());
+    let again = claim_one(s, "B", T0 + 5).await;
+    assert_eq!(again.id, t.id);
+    assert_eq!(
+        again.attempts, 1,
+        "the wake-up's attempt is the first failure-counting one"
+    );
+    assert_eq!(again.wake_reason, Some(spool::task::WakeReason::Message));
+    // Its end spends the wake reason.
+    let done = finish(s, &again, "B", TaskStatus::Completed, None, T0 + 6)
+        .await
+        .unwrap();
+    assert_eq!(done.wake_reason, None);
+    // The change log has every status, in order.
+    let page = s
+        .changes(ChangeParams {
+            after: 0,
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let statuses: Vec<TaskStatus> = page
+        .changes
+        .iter()
+        .filter(|c| c.task.id == t.id)
+        .map(|c| c.task.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            TaskStatus::Pending,
+            TaskStatus::Running,
+            TaskStatus::Waiting,
+            TaskStatus::Pending,
+            TaskStatus::Running,
+            TaskStatus::Completed
+        ]
+    );
+}
+
+pub async fn a_wait_times_out_at_the_rescue_and_the_next_attempt_knows_why(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 1, 0, T0), T0).await;
+    let c = claim_one(s, "A", T0).await;
+    park(s, &c, "A", T0 + 100, T0 + 1).await.unwrap();
+    assert!(
+        claim(s, "A", 1, T0 + 99).await.is_empty(),
+        "not before its timeout"
+    );
+    let again = claim_one(s, "A", T0 + 100).await;
+    assert_eq!(again.id, t.id);
+    assert_eq!(again.wake_reason, Some(spool::task::WakeReason::Timeout));
+    assert_eq!(
+        again.attempts, 1,
+        "max_attempts 1 still has its one attempt after a wait"
+    );
+}
+
+pub async fn a_waiting_task_is_canceled_at_once_and_counted_in_queue_stats(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 3, 0, T0), T0).await;
+    let c = claim_one(s, "A", T0).await;
+    park(s, &c, "A", T0 + 3_600_000, T0 + 1).await.unwrap();
+    let q = s.queue_stats(vec![], T0 + 2).await.unwrap();
+    let d = q.iter().find(|q| q.name == "default").unwrap();
+    assert_eq!((d.waiting, d.pending, d.running), (1, 0, 0));
+    let canceled = s.task_cancel(t.id, None, T0 + 3).await.unwrap();
+    assert_eq!(canceled.status, TaskStatus::Canceled);
+    assert_eq!(canceled.wait_until, None);
+    assert!(is_conflict(
+        s.message_insert(
+            t.id,
+            "answer".into(),
+            json!("late"),
+            MessageCheck::User(Some("u".into())),
+            T0 + 4
+        )
+        .await
+    ));
+    // A cancel asked for while it ran ends a wait as canceled, not waiting.
+    let t2 = add(s, task("default", 3, 0, T0), T0).await;
+    let c2 = claim_one(s, "A", T0 + 5).await;
+    assert_eq!(c2.id, t2.id);
+    s.task_cancel(t2.id, None, T0 + 6).await.unwrap();
+    let ended = park(s, &c2, "A", T0 + 3_600_000, T0 + 7).await.unwrap();
+    assert_eq!(ended.status, TaskStatus::Canceled);
+}
+
+pub async fn a_checkpoint_is_fenced_by_attempt_and_kept_until_a_reset_retry(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 2, 0, T0), T0).await;
+    let c = claim_one(s, "A", T0).await;
+    let fence = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: 1,
+    };
+    let saved = s
+        .task_checkpoint(t.id, json!({"step": 1}), fence.clone(), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(saved.checkpoint, Some(json!({"step": 1})));
+    assert_eq!(get(s, t.id).await.checkpoint, Some(json!({"step": 1})));
+    // Another worker, or another attempt, cannot write it.
+    let wrong = MessageCheck::Lease {
+        owner: "B".into(),
+        attempt: 1,
+    };
+    assert!(is_conflict(
+        s.task_checkpoint(t.id, json!(0), wrong, T0 + 2).await
+    ));
+    assert!(is_conflict(
+        s.task_checkpoint(t.id, json!(0), MessageCheck::Attempt(2), T0 + 2)
+            .await
+    ));
+    assert!(matches!(
+        s.task_checkpoint(TaskId::new(), json!(0), MessageCheck::Attempt(1), T0)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // The next attempt (after a failure) starts with it.
+    finish(s, &c, "A", TaskStatus::Pending, Some(T0 + 10), T0 + 3).await;
+    let c2 = claim_one(s, "A", T0 + 10).await;
+    assert_eq!(c2.checkpoint, Some(json!({"step": 1})));
+    s.task_checkpoint(t.id, json!({"step": 2}), MessageCheck::Attempt(2), T0 + 11)
+        .await
+        .unwrap();
+    let failed = finish(s, &c2, "A", TaskStatus::Failed, None, T0 + 12)
+        .await
+        .unwrap();
+    assert_eq!(failed.checkpoint, Some(json!({"step": 2})));
+    // A retry keeps it; a reset retry forgets it.
+    let kept = s.task_retry(t.id, None, false, T0 + 13).await.unwrap();
+    assert_eq!(kept.checkpoint, Some(json!({"step": 2})));
+    s.task_cancel(t.id, None, T0 + 14).await.unwrap();
+    let reset = s.task_retry(t.id, None, true, T0 + 15).await.unwrap();
+    assert_eq!(reset.checkpoint, None);
+    assert_eq!(get(s, t.id).await.checkpoint, None);
+}
+
+pub async fn the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 5, 0, T0), T0).await;
+    let m1 = owner_says(s, t.id, "one", T0 + 1).await;
+    let m2 = owner_says(s, t.id, "two", T0 + 2).await;
+    let c = claim_one(s, "A", T0 + 3).await;
+    assert_eq!(c.inbox_cursor, 0, "nothing is behind a new task");
+    let fence = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: c.attempts,
+    };
+    // Read m1, then checkpoint: m1 is behind the task. Read m2, then crash: m2 is not.
+    s.inbox_read(t.id, fence.clone(), m1.id, T0 + 4)
+        .await
+        .unwrap();
+    s.task_checkpoint(t.id, json!("after one"), fence.clone(), T0 + 5)
+        .await
+        .unwrap();
+    s.inbox_read(t.id, fence.clone(), m2.id, T0 + 6)
+        .await
+        .unwrap();
+    finish(s, &c, "A", TaskStatus::Pending, Some(T0 + 7), T0 + 7).await;
+    let c2 = claim_one(s, "A", T0 + 7).await;
+    assert_eq!(c2.inbox_cursor, m1.id);
+    let ahead = s
+        .message_list(t.id, c2.inbox_cursor, 10, Some(spool::task::Author::User))
+        .await
+        .unwrap();
+    assert_eq!(
+        ahead.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![m2.id],
+        "the next attempt is handed what the checkpoint did not take in"
+    );
+    // A stale attempt's read changes nothing.
+    s.inbox_read(t.id, fence, m2.id, T0 + 8).await.unwrap();
+    // Reading m2 and then waiting takes m2 in.
+    let fence2 = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: c2.attempts,
+    };
+    s.inbox_read(t.id, fence2, m2.id, T0 + 9).await.unwrap();
+    let w = park(s, &c2, "A", T0 + 1000, T0 + 10).await.unwrap();
+    assert_eq!(w.inbox_cursor, m2.id);
+    let m3 = owner_says(s, t.id, "three", T0 + 11).await;
+    let c3 = claim_one(s, "A", T0 + 12).await;
+    assert_eq!(c3.inbox_cursor, m2.id);
+    let ahead = s
+        .message_list(t.id, c3.inbox_cursor, 10, Some(spool::task::Author::User))
+        .await
+        .unwrap();
+    assert_eq!(ahead.iter().map(|m| m.id).collect::<Vec<_>>(), vec![m3.id]);
+}
+
+pub async fn messages_record_their_author_and_are_read_by_author(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 3, 0, T0), T0).await;
+    let c = claim_one(s, "A", T0).await;
+    let lease = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: c.attempts,
+    };
+    let a = s
+        .message_insert(t.id, "log".into(), json!(1), lease, T0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let u = owner_says(s, t.id, "hi", T0 + 2).await;
+    let admin = s
+        .message_insert(
+            t.id,
+            "note".into(),
+            json!(3),
+            MessageCheck::User(None),
+            T0 + 3,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let tok = s
+        .message_insert(
+            t.id,
+            "log".into(),
+            json!(4),
+            MessageCheck::Attempt(1),
+            T0 + 4,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    use spool::task::Author;
+    assert_eq!(
+        (a.author, u.author, admin.author, tok.author),
+        (Author::Task, Author::User, Author::User, Author::Task)
+    );
+    let all = s.message_list(t.id, 0, 10, None).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.author).collect::<Vec<_>>(),
+        vec![Author::Task, Author::User, Author::User, Author::Task]
+    );
+    let users = s
+        .message_list(t.id, 0, 10, Some(Author::User))
+        .await
+        .unwrap();
+    assert_eq!(
+        users.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![u.id, admin.id]
+    );
+    let tasks = s
+        .task_with_messages(t.id, None, 0, 10, Some(Author::Task))
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(
+        tasks.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![a.id, tok.id]
+    );
+    assert_eq!(all[1].to_json()["author"], "user");
+}
+
+pub async fn stream_tokens_name_one_task_until_they_expire(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 3, 0, T0), T0).await;
+    s.stream_token_create(hash(1), t.id, T0 + 100, T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.stream_token_task(hash(1), T0 + 99).await.unwrap(),
+        Some(t.id)
+    );
+    assert_eq!(s.stream_token_task(hash(1), T0 + 100).await.unwrap(), None);
+    assert_eq!(s.stream_token_task(hash(2), T0).await.unwrap(), None);
+    assert!(matches!(
+        s.stream_token_create(hash(3), TaskId::new(), T0 + 100, T0)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A new token clears expired ones.
+    s.stream_token_create(hash(4), t.id, T0 + 1000, T0 + 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.stream_token_task(hash(1), T0).await.unwrap(),
+        None,
+        "pruned"
+    );
+    assert_eq!(
+        s.stream_token_task(hash(4), T0 + 200).await.unwrap(),
+        Some(t.id)
+    );
 }

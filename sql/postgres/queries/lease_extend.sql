@@ -1,8 +1,9 @@
--- Heartbeat: extend every lease $1 holds to $2. A task missing from the answer is no longer
--- ours. Rows are locked in id order, as the rescue takes them, so the two never deadlock.
+-- Heartbeat: extend the leases $1 holds on the tasks $3 names, to $2. A task missing from the
+-- answer is no longer ours; a lease held but not named runs out. Rows are locked in id order,
+-- as the rescue takes them, so the two never deadlock.
 UPDATE tasks AS t
 SET lease_expires_at = $2
-FROM (SELECT id FROM tasks WHERE lease_owner = $1 AND status = 'running'
+FROM (SELECT id FROM tasks WHERE lease_owner = $1 AND status = 'running' AND id = ANY($3)
       ORDER BY id FOR UPDATE) AS mine
 WHERE t.id = mine.id
 RETURNING t.id, t.attempts, t.cancel_requested

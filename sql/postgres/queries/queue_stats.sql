@@ -11,6 +11,10 @@ SELECT queue, 'running', count(*), NULL, NULL
 FROM tasks WHERE status = 'running'
 GROUP BY queue
 UNION ALL
+SELECT queue, 'waiting', count(*), NULL, NULL
+FROM tasks WHERE status = 'waiting'
+GROUP BY queue
+UNION ALL
 SELECT queue, status, count(*), NULL, NULL
 FROM tasks WHERE completed_at IS NOT NULL AND status NOT IN ('pending', 'running')
 GROUP BY status, queue

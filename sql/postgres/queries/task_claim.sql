@@ -21,6 +21,8 @@ SET status = 'running',
     lease_owner = $1,
     lease_expires_at = $2 + $3,
     started_at = $2,
+    inbox_read = t.inbox_cursor,
+    wait_until = NULL,
     updated_at = $2
 FROM picked
 WHERE t.id = picked.id

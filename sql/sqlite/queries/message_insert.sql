@@ -1,3 +1,3 @@
-INSERT INTO messages (task_id, kind, content, created_at)
-VALUES (:task_id, :kind, :content, :now)
+INSERT INTO messages (task_id, kind, content, created_at, author)
+VALUES (:task_id, :kind, :content, :now, :author)
 RETURNING id

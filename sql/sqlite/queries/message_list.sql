@@ -1,2 +1,5 @@
 -- A task's messages after a cursor, oldest first.
-SELECT * FROM messages WHERE task_id = :task_id AND id > :after ORDER BY id LIMIT (SELECT :limit)
+-- :author NULL: every author.
+SELECT * FROM messages
+WHERE task_id = :task_id AND id > :after AND (:author IS NULL OR author = :author)
+ORDER BY id LIMIT (SELECT :limit)

@@ -10,6 +10,10 @@ SELECT queue, 'running', count(*), NULL, NULL
 FROM tasks WHERE status = 'running'
 GROUP BY queue
 UNION ALL
+SELECT queue, 'waiting', count(*), NULL, NULL
+FROM tasks WHERE status = 'waiting'
+GROUP BY queue
+UNION ALL
 SELECT queue, status, count(*), NULL, NULL
 FROM tasks WHERE completed_at IS NOT NULL AND status <> 'pending' AND status <> 'running'
 GROUP BY status, queue

@@ -8,6 +8,8 @@ SET status = 'running',
     lease_owner = :owner,
     lease_expires_at = :now + :lease_ms,
     started_at = :now,
+    inbox_read = inbox_cursor,
+    wait_until = NULL,
     updated_at = :now
 WHERE rowid IN (
     -- INDEXED BY: the claim must walk tasks_claim in order, never sort the due rows. The

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::events::{Event, EventHub};
 use crate::store::FinishParams;
-use crate::task::{Task, TaskStatus};
+use crate::task::{Task, TaskStatus, WakeReason};
 use deadpool_postgres::Pool;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -86,14 +86,25 @@ impl Completer {
 async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, hub: Arc<EventHub>) {
     let mut carried: Vec<Job> = Vec::new();
     loop {
-        let mut jobs = std::mem::take(&mut carried);
+        let mut jobs = Vec::new();
+        let mut ids: HashSet<Uuid> = HashSet::new();
+        // What an earlier batch held back goes first, still one outcome per task.
+        for j in std::mem::take(&mut carried) {
+            if ids.insert(j.p.task.id.0) {
+                jobs.push(j);
+            } else {
+                carried.push(j);
+            }
+        }
         if jobs.is_empty() {
             match rx.recv().await {
-                Some(j) => jobs.push(j),
+                Some(j) => {
+                    ids.insert(j.p.task.id.0);
+                    jobs.push(j);
+                }
                 None => return,
             }
         }
-        let mut ids: HashSet<Uuid> = jobs.iter().map(|j| j.p.task.id.0).collect();
         let mut yielded = false;
         while jobs.len() < MAX {
             match rx.try_recv() {
@@ -151,6 +162,10 @@ struct EndedRow {
     run_at: i64,
     completed_at: Option<i64>,
     cancel_requested: bool,
+    wait_until: Option<i64>,
+    wake_reason: Option<String>,
+    inbox_cursor: i64,
+    checkpoint: Option<serde_json::Value>,
 }
 
 /// Writes the outcomes in one transaction; returns the rows it ended, by task id.
@@ -165,6 +180,7 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
     let mut run_ats = Vec::with_capacity(n);
     let mut uncounts = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
+    let mut wait_untils = Vec::with_capacity(n);
     for j in jobs {
         ids.push(j.p.task.id.0);
         owners.push(j.p.owner.as_str());
@@ -175,6 +191,7 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         run_ats.push(j.p.run_at);
         uncounts.push(i64::from(j.p.uncount));
         nows.push(j.p.now);
+        wait_untils.push(j.p.wait_until);
     }
     let mut c = pool.get().await.map_err(pool_err)?;
     let tx = c.transaction().await.map_err(pg_err)?;
@@ -183,7 +200,16 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         &tx,
         sql::TASK_FINISH_MANY,
         &[
-            &ids, &owners, &attempts, &statuses, &results, &errors, &run_ats, &uncounts, &nows,
+            &ids,
+            &owners,
+            &attempts,
+            &statuses,
+            &results,
+            &errors,
+            &run_ats,
+            &uncounts,
+            &nows,
+            &wait_untils,
         ],
     )
     .await?;
@@ -205,6 +231,10 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
                 run_at: r.try_get("run_at").map_err(pg_err)?,
                 completed_at: r.try_get("completed_at").map_err(pg_err)?,
                 cancel_requested: r.try_get("cancel_requested").map_err(pg_err)?,
+                wait_until: r.try_get("wait_until").map_err(pg_err)?,
+                wake_reason: r.try_get("wake_reason").map_err(pg_err)?,
+                inbox_cursor: r.try_get("inbox_cursor").map_err(pg_err)?,
+                checkpoint: r.try_get("checkpoint").map_err(pg_err)?,
             },
         );
     }
@@ -229,6 +259,11 @@ fn ended(p: FinishParams, r: EndedRow) -> Result<Task> {
         lease_owner: None,
         lease_expires_at: None,
         updated_at: p.now,
+        wait_until: r.wait_until,
+        wake_reason: r.wake_reason.as_deref().and_then(WakeReason::parse),
+        inbox_cursor: r.inbox_cursor,
+        // The attempt may have saved one since its claim.
+        checkpoint: r.checkpoint,
         ..Task::clone(&p.task)
     })
 }

@@ -6,10 +6,24 @@ use super::pg_err;
 use crate::store::{Result, StoreError};
 
 /// Every migration: its version and SQL. Versions are contiguous from 1.
-pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    include_str!("../../../sql/postgres/migrations/0001_init.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        include_str!("../../../sql/postgres/migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../sql/postgres/migrations/0002_views.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../sql/postgres/migrations/0003_interactive.sql"),
+    ),
+    (
+        4,
+        include_str!("../../../sql/postgres/migrations/0004_admission.sql"),
+    ),
+];
 
 /// The PostgreSQL schema version this build of spool writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

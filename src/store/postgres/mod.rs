@@ -15,12 +15,13 @@
 //! `sql/postgres/migrations/0001_init.sql`): the change log is in commit order, and spool never
 //! waits for that lock while holding a row lock, so its writers cannot deadlock on it.
 
+mod admission;
 mod batch;
 mod complete;
 pub(crate) mod migrate;
 mod rows;
 mod session;
-mod sql;
+pub(crate) mod sql;
 pub mod url;
 
 pub use migrate::LATEST_VERSION;
@@ -34,7 +35,7 @@ use super::{
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::queue::{self, CancelAction};
-use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -151,7 +152,10 @@ fn uuid(id: TaskId) -> Uuid {
 }
 
 /// Connects once, outside the pool, on the current runtime (for migrations).
-async fn connect_direct(url: &PostgresUrl, timeout: Duration) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect_direct(
+    url: &PostgresUrl,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client> {
     let mut cfg = url.config().map_err(StoreError::Unavailable)?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(timeout);
@@ -180,7 +184,7 @@ async fn connect_direct(url: &PostgresUrl, timeout: Duration) -> Result<tokio_po
 }
 
 /// An error's text with its database message, if it has one.
-fn describe_err(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe_err(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => match std::error::Error::source(e) {
@@ -347,7 +351,8 @@ async fn lock_changes<C: GenericClient>(c: &C) -> Result<()> {
     query(c, sql::LOCK_CHANGES, &[]).await.map(|_| ())
 }
 
-/// A task, locked until the transaction ends; with `user`, only that user's.
+/// A task, locked until the transaction ends, and how many messages it holds; with `user`,
+/// only that user's.
 async fn get_owned_locked<C: GenericClient>(
     c: &C,
     id: TaskId,
@@ -360,8 +365,11 @@ async fn get_owned_locked<C: GenericClient>(
             if user.is_some_and(|u| u != t.user_id) {
                 return Err(StoreError::NotFound(id));
             }
+            // Messages are never deleted apart from their task: the count is the last position
+            // less the positions a task copied from SQLite skipped (schema version 2).
             let seq: i64 = r.try_get("message_seq").map_err(pg_err)?;
-            Ok((t, seq))
+            let skipped: i64 = r.try_get("message_seq_skipped").map_err(pg_err)?;
+            Ok((t, seq.saturating_sub(skipped)))
         }
         None => Err(StoreError::NotFound(id)),
     }
@@ -385,11 +393,13 @@ async fn messages_after<C: GenericClient>(
     task_id: TaskId,
     after: i64,
     limit: u32,
+    author: Option<Author>,
 ) -> Result<Vec<Message>> {
+    let author = author.map(Author::as_str);
     let rows = query(
         c,
         sql::MESSAGE_LIST,
-        &[&uuid(task_id), &after, &i64::from(limit)],
+        &[&uuid(task_id), &after, &i64::from(limit), &author],
     )
     .await?;
     let mut out = Vec::new();
@@ -474,6 +484,7 @@ async fn write_rows<C: GenericClient>(
     let mut timeouts = Vec::with_capacity(n);
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut hashes: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut ckeys: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
     for (t, payload, now) in waiting.iter() {
         nows.push(*now);
@@ -488,6 +499,7 @@ async fn write_rows<C: GenericClient>(
         timeouts.push(i64::try_from(t.timeout_ms).unwrap_or(i64::MAX));
         keys.push(t.idempotency_key.as_deref());
         hashes.push(t.request_hash.as_deref());
+        ckeys.push(t.concurrency_key.as_deref());
     }
     execute(
         c,
@@ -505,6 +517,7 @@ async fn write_rows<C: GenericClient>(
             &keys,
             &hashes,
             &nows,
+            &ckeys,
         ],
     )
     .await?;
@@ -579,6 +592,7 @@ async fn insert_tasks_at<C: GenericClient>(
                     &t.idempotency_key,
                     &t.request_hash,
                     &now,
+                    &t.concurrency_key,
                 ],
             )
             .await?;
@@ -723,6 +737,7 @@ impl Store for PostgresStore {
         user: Option<String>,
         after: i64,
         limit: u32,
+        author: Option<Author>,
     ) -> Result<(Task, Vec<Message>)> {
         let mut c = self.conn().await?;
         // One snapshot: the task and the messages agree.
@@ -734,7 +749,7 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         let t = get_owned(&tx, id, user.as_deref()).await?;
-        let m = messages_after(&tx, id, after, limit).await?;
+        let m = messages_after(&tx, id, after, limit, author).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok((t, m))
     }
@@ -757,7 +772,13 @@ impl Store for PostgresStore {
         Ok(t)
     }
 
-    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
+    async fn task_retry(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        reset_checkpoint: bool,
+        now: UnixMillis,
+    ) -> Result<Task> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         lock_changes(&tx).await?;
@@ -767,7 +788,7 @@ impl Store for PostgresStore {
         if self.limits.pending_tasks_per_user != u64::MAX {
             check_usage(&tx, &task.user_id, 1, 0, &self.limits).await?;
         }
-        let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now])
+        let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now, &reset_checkpoint])
             .await?
             .ok_or(StoreError::NotFound(id))?;
         let t = rows::task(&row)?;
@@ -805,14 +826,45 @@ impl Store for PostgresStore {
         lock_changes(&tx).await?;
         let mut events = Vec::new();
         if p.rescue {
+            let mut woken = std::collections::BTreeSet::new();
             for t in rescue(&tx, p.now).await? {
+                if t.status == TaskStatus::Pending {
+                    woken.insert(t.queue.clone());
+                }
                 events.push(Event::Task(Arc::new(t)));
             }
+            // Waits that timed out are runnable again, and claimed below like any other.
+            for r in query(&tx, sql::WAIT_EXPIRED, &[&p.now]).await? {
+                let t = rows::task(&r)?;
+                tracing::info!(task.id = %t.id, task.queue = %t.queue, "wait timed out");
+                woken.insert(t.queue.clone());
+                events.push(Event::Task(Arc::new(t)));
+            }
+            // Idle workers of other processes may take what this claim leaves.
+            if !woken.is_empty() {
+                notify_work(&tx, woken.into_iter().collect()).await?;
+            }
         }
-        let names: Vec<&str> = p.queues.iter().map(|q| q.queue.as_str()).collect();
-        let limits: Vec<i64> = p.queues.iter().map(|q| i64::from(q.limit)).collect();
         let mut claimed = Vec::new();
-        if p.total > 0 && !names.is_empty() {
+        // Limited queues first, each under its admission lock; the rest in one statement.
+        let mut remaining = p.total;
+        for q in &p.queues {
+            if let Some(adm) = q.admission.as_ref().filter(|a| a.is_limited()) {
+                let limit = q.limit.min(remaining);
+                for t in admission::claim_admitted(&tx, &p, &q.queue, limit, adm).await? {
+                    claimed.push(t);
+                    remaining = remaining.saturating_sub(1);
+                }
+            }
+        }
+        let free: Vec<&crate::store::QueueClaim> = p
+            .queues
+            .iter()
+            .filter(|q| !q.admission.as_ref().is_some_and(|a| a.is_limited()))
+            .collect();
+        let names: Vec<&str> = free.iter().map(|q| q.queue.as_str()).collect();
+        let limits: Vec<i64> = free.iter().map(|q| i64::from(q.limit)).collect();
+        if remaining > 0 && !names.is_empty() {
             let rows = query(
                 &tx,
                 sql::TASK_CLAIM,
@@ -822,7 +874,7 @@ impl Store for PostgresStore {
                     &i64::try_from(p.lease_ms).unwrap_or(i64::MAX),
                     &names,
                     &limits,
-                    &i64::from(p.total),
+                    &i64::from(remaining),
                 ],
             )
             .await?;
@@ -840,12 +892,17 @@ impl Store for PostgresStore {
     async fn lease_extend(
         &self,
         owner: String,
+        tasks: Vec<TaskId>,
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
         let c = self.conn().await?;
         let expires = now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
-        let rows = query(&c, sql::LEASE_EXTEND, &[&owner, &expires]).await?;
+        let ids: Vec<Uuid> = tasks.iter().map(|t| uuid(*t)).collect();
+        let rows = query(&c, sql::LEASE_EXTEND, &[&owner, &expires, &ids]).await?;
         let mut held = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: Uuid = r.try_get("id").map_err(pg_err)?;
@@ -934,9 +991,14 @@ impl Store for PostgresStore {
             MessageCheck::User(u) => u.as_deref(),
             _ => None,
         };
+        let author = rules::author(&check);
+        if author == Author::User {
+            // The owner's message may wake a waiting task, a state change: those take the
+            // change log's lock first, before any row lock (a worker's progress never does).
+            lock_changes(&tx).await?;
+        }
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
         rules::message_allowed(&t, &check)?;
-        // Messages are never deleted apart from their task: the count is the last position.
         let Some((kind, content)) =
             rules::capped_message(count.max(0) as u64, cap, &check, kind, content)?
         else {
@@ -950,24 +1012,128 @@ impl Store for PostgresStore {
         execute(
             &tx,
             sql::MESSAGE_INSERT,
-            &[&uuid(task_id), &seq, &kind, &text, &now],
+            &[&uuid(task_id), &seq, &kind, &text, &now, &author.as_str()],
         )
         .await?;
+        let mut woken = None;
+        if t.status == TaskStatus::Waiting && author == Author::User {
+            // The owner's message wakes a waiting task: pending at once, told why (the changes
+            // lock was taken first, as every state change takes it).
+            if let Some(r) = query_opt(&tx, sql::TASK_WAKE, &[&uuid(task_id), &now]).await? {
+                let t = rows::task(&r)?;
+                notify_work(&tx, vec![t.queue.clone()]).await?;
+                woken = Some(t);
+            }
+        }
         tx.commit().await.map_err(pg_err)?;
         let m = Message {
             id: seq,
             task_id,
             kind,
+            author,
             content,
             created_at: now,
         };
-        self.publish(vec![Event::Message(Arc::new(m.clone()))]);
+        let mut events = vec![Event::Message(Arc::new(m.clone()))];
+        events.extend(woken.map(|t| Event::Task(Arc::new(t))));
+        self.publish(events);
         Ok(Some(m))
     }
 
-    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>> {
+    async fn message_list(
+        &self,
+        task_id: TaskId,
+        after: i64,
+        limit: u32,
+        author: Option<Author>,
+    ) -> Result<Vec<Message>> {
         let c = self.conn().await?;
-        messages_after(&c, task_id, after, limit).await
+        messages_after(&c, task_id, after, limit, author).await
+    }
+
+    async fn task_checkpoint(
+        &self,
+        id: TaskId,
+        checkpoint: Value,
+        fence: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Task> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let text = serde_json::to_string(&checkpoint).map_err(json_err)?;
+        let c = self.conn().await?;
+        let row = query_opt(
+            &c,
+            sql::TASK_CHECKPOINT,
+            &[&uuid(id), &text, &i64::from(attempt), &owner, &now],
+        )
+        .await?;
+        match row {
+            Some(r) => rows::task(&r),
+            None => {
+                get_owned(&c, id, None).await?;
+                Err(StoreError::Conflict(format!(
+                    "attempt {attempt} of task {id} has ended"
+                )))
+            }
+        }
+    }
+
+    async fn inbox_read(
+        &self,
+        id: TaskId,
+        fence: MessageCheck,
+        upto: i64,
+        _now: UnixMillis,
+    ) -> Result<()> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let c = self.conn().await?;
+        execute(
+            &c,
+            sql::TASK_INBOX_READ,
+            &[&uuid(id), &upto, &i64::from(attempt), &owner],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn stream_token_create(
+        &self,
+        token_hash: String,
+        task_id: TaskId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        execute(&tx, sql::STREAM_TOKEN_PRUNE, &[&now]).await?;
+        let n = tx
+            .execute(
+                sql::STREAM_TOKEN_INSERT,
+                &[&token_hash, &uuid(task_id), &expires_at],
+            )
+            .await;
+        match n {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                return Err(StoreError::NotFound(task_id))
+            }
+            Err(e) => return Err(pg_err(e)),
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn stream_token_task(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<Option<TaskId>> {
+        let c = self.conn().await?;
+        Ok(query_opt(&c, sql::STREAM_TOKEN_GET, &[&token_hash, &now])
+            .await?
+            .map(|r| r.try_get::<_, Uuid>("task_id").map(TaskId))
+            .transpose()
+            .map_err(pg_err)?)
     }
 
     // ---- queues -----------------------------------------------------------------------------
@@ -1020,6 +1186,7 @@ impl Store for PostgresStore {
                     q.scheduled += n.saturating_sub(due);
                 }
                 "running" => q.running += n,
+                "waiting" => q.waiting += n,
                 "completed" => q.completed += n,
                 "failed" => q.failed += n,
                 "canceled" => q.canceled += n,
@@ -1031,6 +1198,22 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(by.into_values().collect())
+    }
+
+    async fn queue_buckets(&self) -> Result<Vec<(String, super::Bucket)>> {
+        let c = self.conn().await?;
+        let rows = query(&c, admission::TOKENS_LIST, &[]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((
+                r.try_get::<_, String>(0).map_err(pg_err)?,
+                super::Bucket {
+                    tokens: r.try_get(1).map_err(pg_err)?,
+                    updated_at: r.try_get(2).map_err(pg_err)?,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     async fn queue_paused(&self) -> Result<Vec<String>> {

@@ -2,7 +2,7 @@
 
 use super::pg_err;
 use crate::store::{Result, User};
-use crate::task::{Message, Task, TaskId};
+use crate::task::{Author, Message, Task, TaskId, WakeReason};
 use serde_json::Value;
 use tokio_postgres::Row;
 
@@ -33,6 +33,17 @@ pub(super) fn task(r: &Row) -> Result<Task> {
         started_at: r.try_get("started_at").map_err(pg_err)?,
         completed_at: r.try_get("completed_at").map_err(pg_err)?,
         updated_at: r.try_get("updated_at").map_err(pg_err)?,
+        checkpoint: r
+            .try_get::<_, Option<Value>>("checkpoint")
+            .map_err(pg_err)?,
+        wait_until: r.try_get("wait_until").map_err(pg_err)?,
+        wake_reason: r
+            .try_get::<_, Option<String>>("wake_reason")
+            .map_err(pg_err)?
+            .as_deref()
+            .and_then(WakeReason::parse),
+        inbox_cursor: r.try_get("inbox_cursor").map_err(pg_err)?,
+        concurrency_key: r.try_get("concurrency_key").map_err(pg_err)?,
     })
 }
 
@@ -50,8 +61,11 @@ pub(super) fn parse_json_lenient(s: String) -> Value {
 pub(super) fn message(task_id: TaskId, r: &Row) -> Result<(Message, usize)> {
     let content: String = r.try_get("content").map_err(pg_err)?;
     let size = content.len();
+    let author: String = r.try_get("author").map_err(pg_err)?;
     Ok((
         Message {
+            // Anything else an operator wrote by hand reads as the task's.
+            author: author.parse().unwrap_or(Author::Task),
             id: r.try_get("seq").map_err(pg_err)?,
             task_id,
             kind: r.try_get("kind").map_err(pg_err)?,

@@ -86,3 +86,19 @@ pub(crate) const WORKER_UPSERT: &str =
     include_str!("../../../sql/postgres/queries/worker_upsert.sql");
 pub(crate) const WORK_LISTEN: &str = include_str!("../../../sql/postgres/queries/work_listen.sql");
 pub(crate) const WORK_NOTIFY: &str = include_str!("../../../sql/postgres/queries/work_notify.sql");
+pub(crate) const WAIT_EXPIRED: &str =
+    include_str!("../../../sql/postgres/queries/wait_expired.sql");
+pub(crate) const TASK_WAKE: &str = include_str!("../../../sql/postgres/queries/task_wake.sql");
+pub(crate) const TASK_CHECKPOINT: &str =
+    include_str!("../../../sql/postgres/queries/task_checkpoint.sql");
+pub(crate) const TASK_INBOX_READ: &str =
+    include_str!("../../../sql/postgres/queries/task_inbox_read.sql");
+pub(crate) const STREAM_TOKEN_INSERT: &str =
+    include_str!("../../../sql/postgres/queries/stream_token_insert.sql");
+pub(crate) const STREAM_TOKEN_PRUNE: &str =
+    include_str!("../../../sql/postgres/queries/stream_token_prune.sql");
+pub(crate) const STREAM_TOKEN_GET: &str =
+    include_str!("../../../sql/postgres/queries/stream_token_get.sql");
+pub(crate) const MOVE_BEGIN: &str = include_str!("../../../sql/postgres/queries/move_begin.sql");
+pub(crate) const MOVE_SEAL: &str = include_str!("../../../sql/postgres/queries/move_seal.sql");
+pub(crate) const MOVE_TABLES: &str = include_str!("../../../sql/postgres/queries/move_tables.sql");

@@ -30,6 +30,14 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
             events.push(Event::Task(Arc::new(t)));
         }
     }
+    if p.rescue {
+        // Waits that timed out are runnable again, and claimed below like any other.
+        let params = named_params! {":now": p.now};
+        for t in rows::tasks(&mut *conn.prepare_cached(sql::WAIT_EXPIRED)?, params)? {
+            tracing::info!(task.id = %t.id, task.queue = %t.queue, "wait timed out");
+            events.push(Event::Task(Arc::new(t)));
+        }
+    }
     let mut claimed = Vec::new();
     let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
     let cols = rows::TaskColumns::of(&st)?;
@@ -37,6 +45,13 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
     for q in &p.queues {
         let limit = q.limit.min(remaining);
         if limit == 0 {
+            continue;
+        }
+        if let Some(adm) = q.admission.as_ref().filter(|a| a.is_limited()) {
+            for t in super::admission::claim_admitted(conn, p, &q.queue, limit, adm)? {
+                claimed.push(t);
+                remaining -= 1;
+            }
             continue;
         }
         let rows = st.query_map(

@@ -163,7 +163,7 @@ pub(super) fn write_rows(
         // lookup per parameter showed in profiles.
         let mut i = 0;
         for (t, payload) in group {
-            let values: [&dyn rusqlite::ToSql; 12] = [
+            let values: [&dyn rusqlite::ToSql; 13] = [
                 &t.id.to_string(),
                 &t.user_id,
                 &t.queue,
@@ -176,6 +176,7 @@ pub(super) fn write_rows(
                 &t.idempotency_key,
                 &t.request_hash,
                 &now,
+                &t.concurrency_key,
             ];
             for v in values {
                 i += 1;
@@ -196,7 +197,7 @@ pub(super) fn write_rows(
 }
 
 /// The parameters of `TASK_INSERT` in the order `write_rows` binds them.
-pub(crate) const TASK_INSERT_PARAMS: [&str; 12] = [
+pub(crate) const TASK_INSERT_PARAMS: [&str; 13] = [
     ":id",
     ":user_id",
     ":queue",
@@ -209,4 +210,5 @@ pub(crate) const TASK_INSERT_PARAMS: [&str; 12] = [
     ":idempotency_key",
     ":request_hash",
     ":now",
+    ":concurrency_key",
 ];

@@ -3,7 +3,7 @@
 use super::{rows, sql};
 use crate::clock::UnixMillis;
 use crate::store::{Message, Result, StoreError, User, MESSAGE_PAGE_BYTES};
-use crate::task::{Task, TaskId};
+use crate::task::{Author, Task, TaskId};
 use rusqlite::{named_params, Connection, OptionalExtension};
 
 pub(super) fn messages_after(
@@ -11,10 +11,13 @@ pub(super) fn messages_after(
     task_id: TaskId,
     after: i64,
     limit: u32,
+    author: Option<Author>,
 ) -> Result<Vec<Message>> {
     let mut st = conn.prepare_cached(sql::MESSAGE_LIST)?;
-    let mut rows = st
-        .query(named_params! {":task_id": task_id.to_string(), ":after": after, ":limit": limit})?;
+    let mut rows = st.query(named_params! {
+        ":task_id": task_id.to_string(), ":after": after, ":limit": limit,
+        ":author": author.map(Author::as_str),
+    })?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     while let Some(r) = rows.next()? {

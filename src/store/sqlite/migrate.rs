@@ -45,6 +45,14 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         10,
         include_str!("../../../sql/sqlite/migrations/0010_task_changes.sql"),
     ),
+    (
+        11,
+        include_str!("../../../sql/sqlite/migrations/0011_interactive.sql"),
+    ),
+    (
+        12,
+        include_str!("../../../sql/sqlite/migrations/0012_admission.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.

@@ -12,6 +12,7 @@
 //! | [`migrate`] | the schema versions |
 //! | `sql` | every statement, from `sql/sqlite/queries/` |
 
+mod admission;
 mod claim;
 mod insert;
 mod lookup;
@@ -34,7 +35,7 @@ use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::queue::{self, CancelAction};
 use crate::store::rules;
-use crate::task::{Message, NewTask, Task, TaskId, TaskStatus};
+use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus, WakeReason};
 pub use migrate::LATEST_VERSION;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension};
@@ -274,20 +275,22 @@ impl Store for SqliteStore {
         self.write(true, move |conn| claim(conn, &p)).await
     }
 
-    /// Extends every lease `owner` holds to `now + lease_ms`; returns those still held.
-    ///
-    /// # Errors
-    /// `Unavailable` or a database error.
     async fn lease_extend(
         &self,
         owner: String,
+        tasks: Vec<TaskId>,
         lease_ms: u64,
         now: UnixMillis,
     ) -> Result<Vec<HeldLease>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&tasks.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".into());
         self.write_one(true, move |conn| {
             let mut st = conn.prepare_cached(sql::LEASE_EXTEND)?;
             let rows = st.query_map(
-                named_params! {":owner": owner, ":expires_at": now + lease_ms as i64},
+                named_params! {":owner": owner, ":ids": ids, ":expires_at": now + lease_ms as i64},
                 |r| {
                     Ok((
                         r.get::<_, String>("id")?,
@@ -333,20 +336,32 @@ impl Store for SqliteStore {
                         ":attempt": claimed.attempts, ":status": p.status.as_str(),
                         ":result": result_text, ":error": p.error, ":run_at": p.run_at,
                         ":uncount": p.uncount as i64, ":now": p.now,
+                        ":wait_until": p.wait_until,
                     },
                     |r| {
                         Ok((
-                            r.get::<_, String>("status")?,
-                            r.get::<_, i64>("attempts")?,
-                            r.get::<_, Option<String>>("last_error")?,
-                            r.get::<_, i64>("run_at")?,
-                            r.get::<_, Option<i64>>("completed_at")?,
-                            r.get::<_, bool>("cancel_requested")?,
+                            (
+                                r.get::<_, String>("status")?,
+                                r.get::<_, i64>("attempts")?,
+                                r.get::<_, Option<String>>("last_error")?,
+                                r.get::<_, i64>("run_at")?,
+                                r.get::<_, Option<i64>>("completed_at")?,
+                                r.get::<_, bool>("cancel_requested")?,
+                            ),
+                            (
+                                r.get::<_, Option<i64>>("wait_until")?,
+                                r.get::<_, Option<String>>("wake_reason")?,
+                                r.get::<_, i64>("inbox_cursor")?,
+                                r.get::<_, Option<String>>("checkpoint")?,
+                            ),
                         ))
                     },
                 )
                 .optional()?;
-            let Some((status, attempts, last_error, run_at, completed_at, cancel_requested)) = row
+            let Some((
+                (status, attempts, last_error, run_at, completed_at, cancel_requested),
+                (wait_until, wake_reason, inbox_cursor, checkpoint),
+            )) = row
             else {
                 return Ok((None, Vec::new()));
             };
@@ -363,6 +378,11 @@ impl Store for SqliteStore {
                 lease_owner: None,
                 lease_expires_at: None,
                 updated_at: p.now,
+                wait_until,
+                wake_reason: wake_reason.as_deref().and_then(WakeReason::parse),
+                inbox_cursor,
+                // The attempt may have saved one since its claim.
+                checkpoint: checkpoint.map(rows::parse_json_lenient),
                 ..Task::clone(claimed)
             });
             Ok((Some(task.clone()), vec![Event::Task(task)]))
@@ -396,7 +416,13 @@ impl Store for SqliteStore {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for other states, `Unavailable`.
-    async fn task_retry(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
+    async fn task_retry(
+        &self,
+        id: TaskId,
+        user: Option<String>,
+        reset_checkpoint: bool,
+        now: UnixMillis,
+    ) -> Result<Task> {
         let limits = self.limits;
         self.write_one(false, move |conn| {
             let task = get_owned(conn, id, user.as_deref())?;
@@ -408,7 +434,7 @@ impl Store for SqliteStore {
             }
             let t = rows::task(
                 &mut *conn.prepare_cached(sql::TASK_RETRY)?,
-                named_params! {":id": id.to_string(), ":now": now},
+                named_params! {":id": id.to_string(), ":now": now, ":reset": reset_checkpoint},
             )?
             .ok_or(StoreError::NotFound(id))?;
             Ok((t.clone(), vec![Event::Task(Arc::new(t))]))
@@ -440,9 +466,13 @@ impl Store for SqliteStore {
                 MessageCheck::User(u) => u.as_deref(),
                 _ => None,
             };
+            let mut waiting = false;
             if !matches!(check, MessageCheck::Worker) {
-                rules::message_allowed(&get_owned(conn, task_id, scope)?, &check)?;
+                let t = get_owned(conn, task_id, scope)?;
+                rules::message_allowed(&t, &check)?;
+                waiting = t.status == TaskStatus::Waiting;
             }
+            let author = rules::author(&check);
             let (kind, content) = if cap == u64::MAX {
                 (kind, content)
             } else {
@@ -463,7 +493,7 @@ impl Store for SqliteStore {
                 .prepare_cached(sql::MESSAGE_INSERT)?
                 .query_row(
                     named_params! {":task_id": task_id.to_string(), ":kind": kind,
-                    ":content": text, ":now": now},
+                    ":content": text, ":now": now, ":author": author.as_str()},
                     |r| r.get(0),
                 )
                 .map_err(|e| match e {
@@ -478,10 +508,113 @@ impl Store for SqliteStore {
                 id,
                 task_id,
                 kind,
+                author,
                 content,
                 created_at: now,
             };
-            Ok((Some(m.clone()), vec![Event::Message(Arc::new(m))]))
+            let mut events = vec![Event::Message(Arc::new(m.clone()))];
+            // The owner's message wakes a waiting task: pending at once, told why.
+            if waiting && author == Author::User {
+                if let Some(t) = rows::task(
+                    &mut *conn.prepare_cached(sql::TASK_WAKE)?,
+                    named_params! {":id": task_id.to_string(), ":now": now},
+                )? {
+                    events.push(Event::Task(Arc::new(t)));
+                }
+            }
+            Ok((Some(m), events))
+        })
+        .await
+    }
+
+    async fn task_checkpoint(
+        &self,
+        id: TaskId,
+        checkpoint: Value,
+        fence: MessageCheck,
+        now: UnixMillis,
+    ) -> Result<Task> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let text = serde_json::to_string(&checkpoint).map_err(json_err)?;
+        self.write_one(true, move |conn| {
+            let t = rows::task(
+                &mut *conn.prepare_cached(sql::TASK_CHECKPOINT)?,
+                named_params! {":id": id.to_string(), ":checkpoint": text, ":attempt": attempt,
+                ":owner": owner, ":now": now},
+            )?;
+            match t {
+                Some(t) => Ok((t, Vec::new())),
+                None => {
+                    // Why not: no such task, or the attempt has ended.
+                    get_owned(conn, id, None)?;
+                    Err(StoreError::Conflict(format!(
+                        "attempt {attempt} of task {id} has ended"
+                    )))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn inbox_read(
+        &self,
+        id: TaskId,
+        fence: MessageCheck,
+        upto: i64,
+        _now: UnixMillis,
+    ) -> Result<()> {
+        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        self.write_one(true, move |conn| {
+            conn.prepare_cached(sql::TASK_INBOX_READ)?
+                .execute(named_params! {
+                    ":id": id.to_string(), ":upto": upto, ":attempt": attempt, ":owner": owner,
+                })?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    async fn stream_token_create(
+        &self,
+        token_hash: String,
+        task_id: TaskId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<()> {
+        self.write_one(false, move |conn| {
+            conn.prepare_cached(sql::STREAM_TOKEN_PRUNE)?
+                .execute(named_params! {":now": now})?;
+            conn.prepare_cached(sql::STREAM_TOKEN_INSERT)?
+                .execute(
+                    named_params! {":hash": token_hash, ":task_id": task_id.to_string(),
+                    ":expires_at": expires_at},
+                )
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        StoreError::NotFound(task_id)
+                    }
+                    e => e.into(),
+                })?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    async fn stream_token_task(
+        &self,
+        token_hash: String,
+        now: UnixMillis,
+    ) -> Result<Option<TaskId>> {
+        self.read(move |conn| {
+            let id: Option<String> = conn
+                .prepare_cached(sql::STREAM_TOKEN_GET)?
+                .query_row(named_params! {":hash": token_hash, ":now": now}, |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(id.and_then(|s| s.parse().ok()))
         })
         .await
     }
@@ -780,8 +913,14 @@ impl Store for SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    async fn message_list(&self, task_id: TaskId, after: i64, limit: u32) -> Result<Vec<Message>> {
-        self.read(move |conn| messages_after(conn, task_id, after, limit))
+    async fn message_list(
+        &self,
+        task_id: TaskId,
+        after: i64,
+        limit: u32,
+        author: Option<Author>,
+    ) -> Result<Vec<Message>> {
+        self.read(move |conn| messages_after(conn, task_id, after, limit, author))
             .await
     }
 
@@ -797,13 +936,14 @@ impl Store for SqliteStore {
         user: Option<String>,
         after: i64,
         limit: u32,
+        author: Option<Author>,
     ) -> Result<(Task, Vec<Message>)> {
         self.read(move |conn| {
             // A short read transaction so the task and the messages agree; it ends at once.
             conn.execute_batch("BEGIN")?;
             let out = (|| {
                 let t = get_owned(conn, id, user.as_deref())?;
-                let m = messages_after(conn, id, after, limit)?;
+                let m = messages_after(conn, id, after, limit, author)?;
                 Ok((t, m))
             })();
             let _ = conn.execute_batch("COMMIT");
@@ -866,6 +1006,7 @@ impl Store for SqliteStore {
                         q.scheduled += n.saturating_sub(due);
                     }
                     "running" => q.running += n,
+                    "waiting" => q.waiting += n,
                     "completed" => q.completed += n,
                     "failed" => q.failed += n,
                     "canceled" => q.canceled += n,
@@ -884,6 +1025,23 @@ impl Store for SqliteStore {
     ///
     /// # Errors
     /// A database error.
+    async fn queue_buckets(&self) -> Result<Vec<(String, super::Bucket)>> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(admission::TOKENS_LIST)?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    super::Bucket {
+                        tokens: r.get(1)?,
+                        updated_at: r.get(2)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn queue_paused(&self) -> Result<Vec<String>> {
         self.read(|conn| {
             let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
@@ -1293,6 +1451,7 @@ mod tests {
                     timeout_ms: 60_000,
                     request_hash: key.as_ref().map(|_| "h".to_string()),
                     idempotency_key: key,
+                    concurrency_key: (i % 7 == 0).then(|| format!("c{i}")),
                 };
                 let text = serde_json::to_string(&t.payload).unwrap();
                 (t, text)

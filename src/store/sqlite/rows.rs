@@ -3,7 +3,7 @@
 //! order of the table's columns and no row pays for a name lookup per column.
 
 use super::super::{Message, Result, User};
-use crate::task::Task;
+use crate::task::{Author, Task, WakeReason};
 use rusqlite::{Row, Statement};
 use serde_json::Value;
 
@@ -32,6 +32,11 @@ pub(crate) struct TaskColumns {
     started_at: usize,
     completed_at: usize,
     updated_at: usize,
+    checkpoint: usize,
+    wait_until: usize,
+    wake_reason: usize,
+    inbox_cursor: usize,
+    concurrency_key: usize,
 }
 
 impl TaskColumns {
@@ -61,6 +66,11 @@ impl TaskColumns {
             started_at: c("started_at")?,
             completed_at: c("completed_at")?,
             updated_at: c("updated_at")?,
+            checkpoint: c("checkpoint")?,
+            wait_until: c("wait_until")?,
+            wake_reason: c("wake_reason")?,
+            inbox_cursor: c("inbox_cursor")?,
+            concurrency_key: c("concurrency_key")?,
         })
     }
 
@@ -73,6 +83,8 @@ impl TaskColumns {
         let status: String = r.get(self.status)?;
         let payload: String = r.get(self.payload)?;
         let result: Option<String> = r.get(self.result)?;
+        let checkpoint: Option<String> = r.get(self.checkpoint)?;
+        let wake: Option<String> = r.get(self.wake_reason)?;
         Ok(Task {
             id: id.parse().map_err(|e| conv(self.id, e))?,
             user_id: r.get(self.user_id)?,
@@ -95,6 +107,11 @@ impl TaskColumns {
             started_at: r.get(self.started_at)?,
             completed_at: r.get(self.completed_at)?,
             updated_at: r.get(self.updated_at)?,
+            checkpoint: checkpoint.map(parse_json_lenient),
+            wait_until: r.get(self.wait_until)?,
+            wake_reason: wake.as_deref().and_then(WakeReason::parse),
+            inbox_cursor: r.get(self.inbox_cursor)?,
+            concurrency_key: r.get(self.concurrency_key)?,
         })
     }
 
@@ -131,7 +148,10 @@ pub(crate) fn parse_json_lenient(s: String) -> Value {
 pub(crate) fn message(r: &Row<'_>) -> rusqlite::Result<Message> {
     let task_id: String = r.get("task_id")?;
     let content: String = r.get("content")?;
+    let author: String = r.get("author")?;
     Ok(Message {
+        // Anything else an operator wrote by hand reads as the task's.
+        author: author.parse().unwrap_or(Author::Task),
         id: r.get("id")?,
         task_id: task_id.parse().map_err(|e: String| {
             rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())

@@ -68,3 +68,15 @@ pub(crate) const CHANGE_LIST: &str = include_str!("../../../sql/sqlite/queries/c
 pub(crate) const CHANGE_BOUNDS: &str =
     include_str!("../../../sql/sqlite/queries/change_bounds.sql");
 pub(crate) const CHANGE_PRUNE: &str = include_str!("../../../sql/sqlite/queries/change_prune.sql");
+pub(crate) const WAIT_EXPIRED: &str = include_str!("../../../sql/sqlite/queries/wait_expired.sql");
+pub(crate) const TASK_WAKE: &str = include_str!("../../../sql/sqlite/queries/task_wake.sql");
+pub(crate) const TASK_CHECKPOINT: &str =
+    include_str!("../../../sql/sqlite/queries/task_checkpoint.sql");
+pub(crate) const TASK_INBOX_READ: &str =
+    include_str!("../../../sql/sqlite/queries/task_inbox_read.sql");
+pub(crate) const STREAM_TOKEN_INSERT: &str =
+    include_str!("../../../sql/sqlite/queries/stream_token_insert.sql");
+pub(crate) const STREAM_TOKEN_PRUNE: &str =
+    include_str!("../../../sql/sqlite/queries/stream_token_prune.sql");
+pub(crate) const STREAM_TOKEN_GET: &str =
+    include_str!("../../../sql/sqlite/queries/stream_token_get.sql");
