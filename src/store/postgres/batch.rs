@@ -12,16 +12,12 @@
 //! is rolled back and each request is written alone, in order, with its own answer: exactly
 //! what the requests would have got one by one.
 
-use super::{
-    insert_tasks_at, json_err, lock_changes, notify_work, pg_err, pool_err, Conn, Limits, Result,
-    StoreError,
-};
+use super::{insert_committed, json_err, pool_err, Conn, Limits, Result, StoreError};
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::store::Inserted;
 use crate::task::NewTask;
 use deadpool_postgres::Pool;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -173,12 +169,7 @@ async fn together(
     tasks: Vec<(NewTask, String, UnixMillis)>,
 ) -> Result<Vec<Inserted>> {
     let mut c = conn(pool).await?;
-    let tx = c.transaction().await.map_err(pg_err)?;
-    lock_changes(&tx).await?;
-    let out = insert_tasks_at(&tx, tasks, limits).await?;
-    notify_created(&tx, &out).await?;
-    tx.commit().await.map_err(pg_err)?;
-    Ok(out)
+    insert_committed(&mut c, tasks, limits).await
 }
 
 /// One request in a transaction of its own (as [`super::PostgresStore`] writes a large one).
@@ -190,26 +181,10 @@ async fn alone(
     now: UnixMillis,
 ) -> Result<Vec<Inserted>> {
     let mut c = conn(pool).await?;
-    let tx = c.transaction().await.map_err(pg_err)?;
-    lock_changes(&tx).await?;
     let tasks = tasks.into_iter().map(|(t, p)| (t, p, now)).collect();
-    let out = insert_tasks_at(&tx, tasks, limits).await?;
-    notify_created(&tx, &out).await?;
-    tx.commit().await.map_err(pg_err)?;
+    let out = insert_committed(&mut c, tasks, limits).await?;
     publish(hub, &out);
     Ok(out)
-}
-
-async fn notify_created<C: deadpool_postgres::GenericClient>(
-    c: &C,
-    out: &[Inserted],
-) -> Result<()> {
-    let queues: BTreeSet<String> = out
-        .iter()
-        .filter(|i| i.created)
-        .map(|i| i.task.queue.clone())
-        .collect();
-    notify_work(c, queues.into_iter().collect()).await
 }
 
 fn publish(hub: &Arc<EventHub>, out: &[Inserted]) {

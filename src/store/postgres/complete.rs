@@ -9,14 +9,12 @@
 //! holds; a task that appears twice waits for the next batch. `task_finish` returns after the
 //! commit, as before, so the store's ordering contract holds unchanged.
 
-use super::{
-    json_err, lock_changes, notify_work, pg_err, pool_err, query, sql, Result, StoreError,
-};
+use super::{json_err, lock_changes, pg_err, pool_err, query, sql, Result, StoreError};
 use crate::events::{Event, EventHub};
 use crate::store::FinishParams;
-use crate::task::{Task, TaskStatus, WakeReason};
+use crate::task::{Task, WakeReason};
 use deadpool_postgres::Pool;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -194,8 +192,13 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         wait_untils.push(j.p.wait_until);
     }
     let mut c = pool.get().await.map_err(pool_err)?;
+    // Not one pipeline (see locked_pipeline): a worker killed after sending one would still have
+    // its outcomes committed, maybe long after its death when the lock is contended, while
+    // what a dead worker held is expected to be rescued after one lease. Round trips: the
+    // outcomes of a worker that dies before its COMMIT left are rolled back.
     let tx = c.transaction().await.map_err(pg_err)?;
     lock_changes(&tx).await?;
+    // The NOTIFY of tasks pending again is inside the statement.
     let rows = query(
         &tx,
         sql::TASK_FINISH_MANY,
@@ -213,15 +216,11 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         ],
     )
     .await?;
+    tx.commit().await.map_err(pg_err)?;
     let mut out = HashMap::with_capacity(rows.len());
-    let mut again = BTreeSet::new();
     for r in &rows {
         let id: Uuid = r.try_get("id").map_err(pg_err)?;
         let status: String = r.try_get("status").map_err(pg_err)?;
-        if status == TaskStatus::Pending.as_str() {
-            // Another attempt: any idle worker may take it.
-            again.insert(r.try_get::<_, String>("queue").map_err(pg_err)?);
-        }
         out.insert(
             id,
             EndedRow {
@@ -238,8 +237,6 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
             },
         );
     }
-    notify_work(&tx, again.into_iter().collect()).await?;
-    tx.commit().await.map_err(pg_err)?;
     Ok(out)
 }
 

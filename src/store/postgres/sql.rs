@@ -1,5 +1,9 @@
 //! Every SQL statement of the PostgreSQL store, pulled in from `sql/postgres/queries/`.
 
+/// Opens a transaction (the first statement of [`super::locked_pipeline`]).
+pub(crate) const BEGIN: &str = "BEGIN";
+/// Ends it; the server rolls back instead when a statement of it failed.
+pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const CHANGE_BOUNDS: &str =
     include_str!("../../../sql/postgres/queries/change_bounds.sql");
 pub(crate) const CHANGE_LIST: &str = include_str!("../../../sql/postgres/queries/change_list.sql");
