@@ -5,7 +5,7 @@
 //! One batcher task per store takes the requests in arrival order. It writes whatever waited
 //! while the previous transaction committed (never waiting for more when nothing else is
 //! queued, so a lone enqueue is not delayed), up to [`MAX_TASKS`] tasks, through the same
-//! [`insert_tasks`] a single request uses: rows keep their order, a repeated idempotency key
+//! [`insert_committed`] a single request uses: rows keep their order, a repeated idempotency key
 //! sees its twin, and the quota check of the batch's rows per user passes only if each
 //! request's own check would have passed in turn. When the batch as a whole is refused for a
 //! reason that belongs to one request (a quota, an idempotency key used with another body), it
