@@ -7,6 +7,8 @@
 //! clients; 1,000-task batches; end-to-end no-op work; enqueue-to-start latency with an idle
 //! pool; SSE write-to-client latency over S streams; and the server's memory.
 
+mod postgres;
+
 use crate::clock::{Clock, SystemClock};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -48,6 +50,9 @@ pub struct BenchOptions {
     pub idle_streams: usize,
     /// Where the temporary data dir goes (default: the system temp dir).
     pub dir: Option<PathBuf>,
+    /// A PostgreSQL database (`postgres://...`) to measure instead of SQLite: `spool serve` and
+    /// two `spool work` processes on it, against a PostgreSQL floor (see `bench/postgres.rs`).
+    pub database: Option<String>,
 }
 
 /// One measured figure.
@@ -431,6 +436,9 @@ async fn raw_load(
 /// The server could not be started or a phase failed outright.
 pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     raise_fd_limit();
+    if let Some(url) = opts.database.clone() {
+        return postgres::run(opts, url).await;
+    }
     let mut figures = Vec::new();
     let server = match &opts.url {
         Some(_) => None,

@@ -147,6 +147,10 @@ enum Command {
         /// Directory for the temporary data dir and the floor (default: the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Measure PostgreSQL instead: `spool serve` and two `spool work` on this database
+        /// (postgres://..., holding no tasks), against a PostgreSQL floor.
+        #[arg(long)]
+        database: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -347,10 +351,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             messages,
             idle_streams,
             dir,
+            database,
             json,
         } => {
             if !matches!(synchronous.as_str(), "full" | "normal") {
                 return Err(usage("--synchronous must be full or normal"));
+            }
+            if let Some(d) = &database {
+                if !(d.starts_with("postgres://") || d.starts_with("postgresql://")) {
+                    return Err(usage("--database must be a postgres:// URL"));
+                }
+                if url.is_some() {
+                    return Err(usage(
+                        "--database starts its own processes: leave out --url",
+                    ));
+                }
             }
             if clients == 0 || n == 0 || concurrency == 0 {
                 return Err(usage("--clients, --n and --concurrency must be at least 1"));
@@ -380,6 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 messages_per_stream: messages,
                 idle_streams,
                 dir,
+                database,
             };
             let report = spool::bench::run(opts)
                 .await

@@ -325,3 +325,360 @@ async fn tables(c: &tokio_postgres::Client) -> i64 {
     .unwrap()
     .get(0)
 }
+
+// ---- group commit ---------------------------------------------------------------------------
+
+/// How many transactions wrote the given tasks' rows as they are now (`xmin`).
+async fn writers(c: &tokio_postgres::Client, ids: &[uuid::Uuid]) -> i64 {
+    c.query_one(
+        "SELECT count(DISTINCT xmin::text) FROM tasks WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// 64 single enqueues at once go in a few transactions, each task with its own request's time;
+/// 64 outcomes at once likewise, each fenced on its own (a stale one among them is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_and_outcomes_share_commits_and_each_keeps_its_own_answer() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let db = server.client(&url).await;
+    let mut hs = Vec::new();
+    for i in 0..64 {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            s.task_insert(vec![conformance::task("default", 3, 0, T0)], T0 + i)
+                .await
+                .unwrap()
+                .remove(0)
+        }));
+    }
+    let mut ids = Vec::new();
+    for (i, h) in hs.into_iter().enumerate() {
+        let ins = h.await.unwrap();
+        assert!(ins.created);
+        assert_eq!(ins.task.created_at, T0 + i as i64);
+        let row: i64 = db
+            .query_one(
+                "SELECT created_at FROM tasks WHERE id = $1",
+                &[&ins.task.id.0],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(row, T0 + i as i64, "each row has its own request's time");
+        ids.push(ins.task.id.0);
+    }
+    let n = writers(&db, &ids).await;
+    assert!(n < 64, "64 enqueues took {n} transactions");
+
+    let claimed = store
+        .task_claim(spool::store::ClaimParams {
+            owner: "w".into(),
+            queues: vec![spool::store::QueueClaim {
+                queue: "default".into(),
+                limit: 64,
+                admission: None,
+            }],
+            total: 64,
+            rescue: false,
+            lease_ms: 60_000,
+            now: T0 + 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 64);
+    let mut hs = Vec::new();
+    for (i, t) in claimed.into_iter().enumerate() {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            let p = spool::store::FinishParams {
+                task: t,
+                // One outcome from a worker that does not hold the lease.
+                owner: if i == 7 { "not-w".into() } else { "w".into() },
+                status: spool::task::TaskStatus::Completed,
+                result: Some(json!({ "i": i })),
+                error: None,
+                run_at: None,
+                uncount: false,
+                wait_until: None,
+                now: T0 + 200,
+            };
+            (i, s.task_finish_wait(p).await.unwrap())
+        }));
+    }
+    for h in hs {
+        let (i, done) = h.await.unwrap();
+        match done {
+            Some(t) => {
+                assert_ne!(i, 7);
+                assert_eq!(t.status, spool::task::TaskStatus::Completed);
+                assert_eq!(t.result, Some(json!({ "i": i })));
+            }
+            None => assert_eq!(i, 7, "only the stale outcome is refused"),
+        }
+    }
+    let completed: i64 = db
+        .query_one("SELECT count(*) FROM tasks WHERE status = 'completed'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(completed, 63);
+    let done: Vec<uuid::Uuid> = db
+        .query("SELECT id FROM tasks WHERE status = 'completed'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let n = writers(&db, &done).await;
+    assert!(n < 63, "63 outcomes took {n} transactions");
+}
+
+/// A quota reached inside a group commit refuses exactly the requests past it, and an
+/// idempotency key reused with another body refuses that request alone; the others of the
+/// same group are written as they would have been one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_group_commit_is_that_requests_alone() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let limits = Limits {
+        pending_tasks_per_user: 5,
+        ..Limits::default()
+    };
+    let store = open(&url, limits).await;
+    let mut hs = Vec::new();
+    for _ in 0..12 {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            s.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+                .await
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for h in hs {
+        match h.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::LimitReached { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, refused), (5, 7));
+
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let keyed = |hash: &str| spool::task::NewTask {
+        idempotency_key: Some("k1".into()),
+        request_hash: Some(hash.into()),
+        ..conformance::task("default", 3, 0, T0)
+    };
+    let mut hs = Vec::new();
+    for i in 0..16 {
+        let s = store.clone();
+        let t = if i == 5 { keyed("other") } else { keyed("h") };
+        hs.push(tokio::spawn(async move {
+            (i, s.task_insert(vec![t], T0).await)
+        }));
+    }
+    let mut made = std::collections::HashSet::new();
+    let mut created = 0;
+    for h in hs {
+        match h.await.unwrap() {
+            (5, r) => {
+                // The first of the key decides: "h" nearly always came first; if "other" did,
+                // every "h" request is the one refused instead.
+                if let Ok(v) = r {
+                    made.insert(v[0].task.id);
+                    created += usize::from(v[0].created);
+                }
+            }
+            (_, Ok(v)) => {
+                made.insert(v[0].task.id);
+                created += usize::from(v[0].created);
+            }
+            (_, Err(StoreError::IdempotencyMismatch { .. })) => {}
+            (_, Err(e)) => panic!("{e}"),
+        }
+    }
+    assert_eq!(made.len(), 1, "one key, one task");
+    assert_eq!(created, 1);
+    let db = server.client(&url).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+/// Outcomes of every kind ending together (a completion, a retry, a wait with a read inbox, a
+/// wait whose cancel was asked for, an attempt given back, a completion after a checkpoint)
+/// come back exactly as stored, with every column the single-row finish sets: wait_until, the
+/// inbox cursor, the checkpoint, canceled for a cancel asked for; and enqueues grouped together
+/// keep their concurrency keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_of_mixed_outcomes_keeps_every_column_of_each() {
+    use spool::store::{ClaimParams, FinishParams, QueueClaim};
+    use spool::task::TaskStatus;
+    const N: usize = 48;
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let db = server.client(&url).await;
+    let mut hs = Vec::new();
+    for i in 0..N {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            let t = spool::task::NewTask {
+                concurrency_key: Some(format!("key-{i}")),
+                ..conformance::task("default", 3, 0, T0)
+            };
+            s.task_insert(vec![t], T0).await.unwrap().remove(0)
+        }));
+    }
+    for (i, h) in hs.into_iter().enumerate() {
+        let ins = h.await.unwrap();
+        let key = Some(format!("key-{i}"));
+        assert_eq!(ins.task.concurrency_key, key);
+        let stored = store.task_get(ins.task.id, None).await.unwrap();
+        assert_eq!(
+            stored.concurrency_key, key,
+            "the grouped insert stores the key"
+        );
+    }
+    let claimed = store
+        .task_claim(ClaimParams {
+            owner: "A".into(),
+            queues: vec![QueueClaim {
+                queue: "default".into(),
+                limit: N as u32,
+                admission: None,
+            }],
+            total: N as u32,
+            rescue: false,
+            lease_ms: 60_000,
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), N);
+    let fence = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: 1,
+    };
+    // Before the outcomes: inboxes read, checkpoints saved, cancels asked for.
+    let mut read = std::collections::HashMap::new();
+    for (i, t) in claimed.iter().enumerate() {
+        match i % 6 {
+            1 => {
+                let m = store
+                    .message_insert(
+                        t.id,
+                        "answer".into(),
+                        json!("yes"),
+                        MessageCheck::User(Some("u".into())),
+                        T0 + 2,
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                store
+                    .inbox_read(t.id, fence.clone(), m.id, T0 + 3)
+                    .await
+                    .unwrap();
+                read.insert(t.id, m.id);
+            }
+            3 => {
+                store.task_cancel(t.id, None, T0 + 3).await.unwrap();
+            }
+            5 => {
+                store
+                    .task_checkpoint(t.id, json!({ "step": i }), fence.clone(), T0 + 3)
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    let until = T0 + 3_600_000;
+    let mut hs = Vec::new();
+    for (i, t) in claimed.into_iter().enumerate() {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            let base = FinishParams {
+                task: t,
+                owner: "A".into(),
+                status: TaskStatus::Completed,
+                result: Some(json!({ "i": i })),
+                error: None,
+                run_at: None,
+                uncount: false,
+                wait_until: None,
+                now: T0 + 10,
+            };
+            let wait = FinishParams {
+                status: TaskStatus::Waiting,
+                result: None,
+                run_at: Some(until),
+                uncount: true,
+                wait_until: Some(until),
+                ..base.clone()
+            };
+            let p = match i % 6 {
+                0 | 5 => base,
+                1 | 3 => wait,
+                2 => FinishParams {
+                    status: TaskStatus::Pending,
+                    result: None,
+                    error: Some("boom".into()),
+                    run_at: Some(T0 + 5000),
+                    ..base
+                },
+                _ => FinishParams {
+                    status: TaskStatus::Pending,
+                    result: None,
+                    uncount: true,
+                    ..base
+                },
+            };
+            (i, s.task_finish_wait(p).await.unwrap().unwrap())
+        }));
+    }
+    let mut ids = Vec::new();
+    for h in hs {
+        let (i, done) = h.await.unwrap();
+        ids.push(done.id.0);
+        let stored = store.task_get(done.id, None).await.unwrap();
+        assert_eq!(*done, stored, "outcome {i} comes back as stored");
+        match i % 6 {
+            0 => assert_eq!(done.status, TaskStatus::Completed),
+            1 => {
+                assert_eq!(done.status, TaskStatus::Waiting);
+                assert_eq!(done.wait_until, Some(until));
+                assert_eq!(done.attempts, 0, "a wait spends no attempt");
+                assert_eq!(Some(&done.inbox_cursor), read.get(&done.id));
+            }
+            2 => {
+                assert_eq!(done.status, TaskStatus::Pending);
+                assert_eq!(done.last_error.as_deref(), Some("boom"));
+                assert_eq!(done.run_at, T0 + 5000);
+            }
+            3 => {
+                assert_eq!(done.status, TaskStatus::Canceled);
+                assert_eq!(done.wait_until, None);
+                assert_eq!(done.completed_at, Some(T0 + 10));
+            }
+            4 => {
+                assert_eq!(done.status, TaskStatus::Pending);
+                assert_eq!(done.attempts, 0, "given back, not spent");
+            }
+            _ => assert_eq!(done.checkpoint, Some(json!({ "step": i }))),
+        }
+    }
+    let n = writers(&db, &ids).await;
+    assert!(n < N as i64, "{N} outcomes took {n} transactions");
+}

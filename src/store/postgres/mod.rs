@@ -16,6 +16,8 @@
 //! waits for that lock while holding a row lock, so its writers cannot deadlock on it.
 
 mod admission;
+mod batch;
+mod complete;
 pub(crate) mod migrate;
 mod rows;
 mod schedules;
@@ -34,7 +36,7 @@ use super::{
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::queue::{self, CancelAction};
-use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus, WakeReason};
+use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -83,6 +85,10 @@ pub struct PostgresStore {
     /// The wake-up listener (see [`listen`]), started on first use of the pool.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     listening: AtomicBool,
+    /// Group commit of small enqueues (see [`batch`]).
+    batcher: batch::Batcher,
+    /// Group commit of outcomes (see [`complete`]).
+    completer: complete::Completer,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -273,10 +279,18 @@ impl PostgresStore {
             timeout,
             listener: std::sync::Mutex::new(None),
             listening: AtomicBool::new(false),
+            batcher: batch::Batcher::new(),
+            completer: complete::Completer::new(),
         })
     }
 
     async fn conn(&self) -> Result<Conn> {
+        self.open_for_use()?;
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// `Unavailable` once closed; starts the wake-up listener on first use.
+    fn open_for_use(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
@@ -286,7 +300,7 @@ impl PostgresStore {
                 *l = Some(task);
             }
         }
-        self.pool.get().await.map_err(pool_err)
+        Ok(())
     }
 
     fn stop_listener(&self) {
@@ -336,6 +350,185 @@ async fn execute<C: GenericClient>(
 /// task's state.
 async fn lock_changes<C: GenericClient>(c: &C) -> Result<()> {
     query(c, sql::LOCK_CHANGES, &[]).await.map(|_| ())
+}
+
+/// The columns of `task_insert.sql`, one array each.
+struct InsertRows<'a> {
+    ids: Vec<Uuid>,
+    users: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+    priorities: Vec<i32>,
+    run_ats: Vec<i64>,
+    max_attempts: Vec<i64>,
+    timeouts: Vec<i64>,
+    keys: Vec<Option<&'a str>>,
+    hashes: Vec<Option<&'a str>>,
+    nows: Vec<i64>,
+    ckeys: Vec<Option<&'a str>>,
+}
+
+impl<'a> InsertRows<'a> {
+    fn new(rows: &'a [(NewTask, String, UnixMillis)]) -> Self {
+        let n = rows.len();
+        let mut r = InsertRows {
+            ids: Vec::with_capacity(n),
+            users: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            priorities: Vec::with_capacity(n),
+            run_ats: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+            timeouts: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+            nows: Vec::with_capacity(n),
+            ckeys: Vec::with_capacity(n),
+        };
+        for (t, payload, now) in rows {
+            r.ids.push(t.id.0);
+            r.users.push(t.user_id.as_str());
+            r.queues.push(t.queue.as_str());
+            r.kinds.push(t.kind.as_str());
+            r.payloads.push(payload.as_str());
+            r.priorities.push(t.priority);
+            r.run_ats.push(t.run_at);
+            r.max_attempts.push(i64::from(t.max_attempts));
+            r.timeouts
+                .push(i64::try_from(t.timeout_ms).unwrap_or(i64::MAX));
+            r.keys.push(t.idempotency_key.as_deref());
+            r.hashes.push(t.request_hash.as_deref());
+            r.nows.push(*now);
+            r.ckeys.push(t.concurrency_key.as_deref());
+        }
+        r
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        [
+            &self.ids,
+            &self.users,
+            &self.queues,
+            &self.kinds,
+            &self.payloads,
+            &self.priorities,
+            &self.run_ats,
+            &self.max_attempts,
+            &self.timeouts,
+            &self.keys,
+            &self.hashes,
+            &self.nows,
+            &self.ckeys,
+        ]
+    }
+}
+
+/// Enqueues `tasks` in one transaction sent as one pipeline (see [`locked_pipeline`]): the
+/// INSERT and the NOTIFY of their queues. Only for tasks without an idempotency key and with
+/// quotas off (a key may find its twin, a quota reads usage first: those take
+/// [`insert_tasks_at`] in a transaction of their own); `None` for others, untouched.
+async fn insert_pipelined(
+    c: &Conn,
+    tasks: Vec<(NewTask, String, UnixMillis)>,
+    limits: &Limits,
+) -> Result<std::result::Result<Vec<Inserted>, Vec<(NewTask, String, UnixMillis)>>> {
+    if rules::quotas_on(limits) || tasks.iter().any(|(t, _, _)| t.idempotency_key.is_some()) {
+        return Ok(Err(tasks));
+    }
+    let queues: Vec<String> = tasks
+        .iter()
+        .map(|(t, _, _)| t.queue.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    {
+        let rows = InsertRows::new(&tasks);
+        let insert = rows.params();
+        let notify: [&(dyn ToSql + Sync); 1] = [&queues];
+        locked_pipeline(
+            c,
+            &[(sql::TASK_INSERT, &insert), (sql::WORK_NOTIFY, &notify)],
+        )
+        .await?;
+    }
+    Ok(Ok(tasks
+        .into_iter()
+        .map(|(t, _, now)| Inserted {
+            task: Arc::new(rules::inserted_task(t, now)),
+            created: true,
+        })
+        .collect()))
+}
+
+/// Enqueues `tasks` (each with its request's time) in one committed transaction: one pipeline
+/// when [`insert_pipelined`] can take them, else the general path (the change log's lock first,
+/// keys and quotas checked in order); the NOTIFY of the queues it created tasks in goes with it.
+async fn insert_committed(
+    c: &mut Conn,
+    tasks: Vec<(NewTask, String, UnixMillis)>,
+    limits: &Limits,
+) -> Result<Vec<Inserted>> {
+    let tasks = match insert_pipelined(c, tasks, limits).await? {
+        Ok(out) => return Ok(out),
+        Err(tasks) => tasks,
+    };
+    let tx = c.transaction().await.map_err(pg_err)?;
+    lock_changes(&tx).await?;
+    let out = insert_tasks_at(&tx, tasks, limits).await?;
+    let queues: std::collections::BTreeSet<String> = out
+        .iter()
+        .filter(|i| i.created)
+        .map(|i| i.task.queue.clone())
+        .collect();
+    notify_work(&tx, queues.into_iter().collect()).await?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(out)
+}
+
+/// A transaction that changes task states, sent as one pipeline: `BEGIN`, the change log's lock,
+/// `statements` in order, then `COMMIT`, written to the server back to back without waiting for
+/// the answers in between. The lock is held from its statement to the commit, and every other
+/// process's state changes wait for it; sent this way, that time holds no round trip to this
+/// process and no wait for it to be scheduled again (on a busy host, most of the time the lock
+/// was held), only the server's own work. So each statement must not depend on the rows of an
+/// earlier one (a NOTIFY that does goes inside the statement, see `task_finish_many.sql`).
+///
+/// Returns each statement's rows. On any error, a statement's or the commit's, nothing is
+/// committed: a failed statement aborts the transaction, and the server answers the `COMMIT` of
+/// an aborted transaction by rolling it back.
+async fn locked_pipeline(
+    c: &Conn,
+    statements: &[(&str, &[&(dyn ToSql + Sync)])],
+) -> Result<Vec<Vec<tokio_postgres::Row>>> {
+    let lock = c.prepare_cached(sql::LOCK_CHANGES).await.map_err(pg_err)?;
+    let mut prepared = Vec::with_capacity(statements.len());
+    for (text, _) in statements {
+        prepared.push(c.prepare_cached(text).await.map_err(pg_err)?);
+    }
+    let client: &tokio_postgres::Client = c;
+    // tokio-postgres writes a request when its future is first polled, and join! polls in
+    // order: the server receives them in this order, without waiting for this process.
+    let (begin, locked, rows, commit) = tokio::join!(
+        client.batch_execute(sql::BEGIN),
+        client.query(&lock, &[]),
+        futures::future::join_all(
+            prepared
+                .iter()
+                .zip(statements)
+                .map(|(st, (_, params))| client.query(st, params))
+        ),
+        client.batch_execute(sql::COMMIT),
+    );
+    begin.map_err(pg_err)?;
+    locked.map_err(pg_err)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(r.map_err(pg_err)?);
+    }
+    commit.map_err(pg_err)?;
+    Ok(out)
 }
 
 /// A task, locked until the transaction ends, and how many messages it holds; with `user`,
@@ -445,63 +638,23 @@ async fn check_user_quotas<C: GenericClient>(
 /// are, to `out`.
 async fn write_rows<C: GenericClient>(
     c: &C,
-    waiting: &mut Vec<(NewTask, String)>,
+    waiting: &mut Vec<(NewTask, String, UnixMillis)>,
     limits: &Limits,
-    now: UnixMillis,
     out: &mut Vec<Inserted>,
 ) -> Result<()> {
     if waiting.is_empty() {
         return Ok(());
     }
-    check_user_quotas(c, waiting, limits).await?;
-    let n = waiting.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut users = Vec::with_capacity(n);
-    let mut queues = Vec::with_capacity(n);
-    let mut kinds = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut priorities = Vec::with_capacity(n);
-    let mut run_ats = Vec::with_capacity(n);
-    let mut max_attempts = Vec::with_capacity(n);
-    let mut timeouts = Vec::with_capacity(n);
-    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut hashes: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut ckeys: Vec<Option<&str>> = Vec::with_capacity(n);
-    for (t, payload) in waiting.iter() {
-        ids.push(t.id.0);
-        users.push(t.user_id.as_str());
-        queues.push(t.queue.as_str());
-        kinds.push(t.kind.as_str());
-        payloads.push(payload.as_str());
-        priorities.push(t.priority);
-        run_ats.push(t.run_at);
-        max_attempts.push(i64::from(t.max_attempts));
-        timeouts.push(i64::try_from(t.timeout_ms).unwrap_or(i64::MAX));
-        keys.push(t.idempotency_key.as_deref());
-        hashes.push(t.request_hash.as_deref());
-        ckeys.push(t.concurrency_key.as_deref());
+    if rules::quotas_on(limits) {
+        let rows: Vec<(NewTask, String)> = waiting
+            .iter()
+            .map(|(t, p, _)| (t.clone(), p.clone()))
+            .collect();
+        check_user_quotas(c, &rows, limits).await?;
     }
-    execute(
-        c,
-        sql::TASK_INSERT,
-        &[
-            &ids,
-            &users,
-            &queues,
-            &kinds,
-            &payloads,
-            &priorities,
-            &run_ats,
-            &max_attempts,
-            &timeouts,
-            &keys,
-            &hashes,
-            &now,
-            &ckeys,
-        ],
-    )
-    .await?;
-    for (t, _) in waiting.drain(..) {
+    let rows = InsertRows::new(waiting);
+    execute(c, sql::TASK_INSERT, &rows.params()).await?;
+    for (t, _, now) in waiting.drain(..) {
         out.push(Inserted {
             task: Arc::new(rules::inserted_task(t, now)),
             created: true,
@@ -525,23 +678,23 @@ async fn task_by_key<C: GenericClient>(
     }
 }
 
-/// Enqueues `tasks` in the open transaction `c` (see [`Store::task_insert`]).
-async fn insert_tasks<C: GenericClient>(
+/// Enqueues `tasks` in the open transaction `c` (see [`Store::task_insert`]), each with its own
+/// `now` (a group commit writes several requests).
+async fn insert_tasks_at<C: GenericClient>(
     c: &C,
-    tasks: Vec<(NewTask, String)>,
+    tasks: Vec<(NewTask, String, UnixMillis)>,
     limits: &Limits,
-    now: UnixMillis,
 ) -> Result<Vec<Inserted>> {
     let mut out = Vec::with_capacity(tasks.len());
     // Unkeyed tasks wait and are written together; a keyed task first writes what waits, so
     // rows keep their order and a repeated key sees its twin.
-    let mut waiting: Vec<(NewTask, String)> = Vec::new();
-    for (index, (t, payload)) in tasks.into_iter().enumerate() {
+    let mut waiting: Vec<(NewTask, String, UnixMillis)> = Vec::new();
+    for (index, (t, payload, now)) in tasks.into_iter().enumerate() {
         let Some(key) = t.idempotency_key.clone() else {
-            waiting.push((t, payload));
+            waiting.push((t, payload, now));
             continue;
         };
-        write_rows(c, &mut waiting, limits, now, &mut out).await?;
+        write_rows(c, &mut waiting, limits, &mut out).await?;
         let mut existing = task_by_key(c, &t.user_id, &key).await?;
         if existing.is_none() {
             let one = [(t.clone(), payload.clone())];
@@ -589,7 +742,7 @@ async fn insert_tasks<C: GenericClient>(
             created: false,
         });
     }
-    write_rows(c, &mut waiting, limits, now, &mut out).await?;
+    write_rows(c, &mut waiting, limits, &mut out).await?;
     Ok(out)
 }
 
@@ -636,6 +789,13 @@ impl Store for PostgresStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        if tasks.len() <= batch::SMALL {
+            self.open_for_use()?;
+            return self
+                .batcher
+                .insert(&self.pool, &self.hub, &self.limits, tasks, now)
+                .await;
+        }
         let prepared = tasks
             .into_iter()
             .map(|t| {
@@ -645,16 +805,8 @@ impl Store for PostgresStore {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut c = self.conn().await?;
-        let tx = c.transaction().await.map_err(pg_err)?;
-        lock_changes(&tx).await?;
-        let out = insert_tasks(&tx, prepared, &self.limits, now).await?;
-        let queues: std::collections::BTreeSet<String> = out
-            .iter()
-            .filter(|i| i.created)
-            .map(|i| i.task.queue.clone())
-            .collect();
-        notify_work(&tx, queues.into_iter().collect()).await?;
-        tx.commit().await.map_err(pg_err)?;
+        let prepared = prepared.into_iter().map(|(t, p)| (t, p, now)).collect();
+        let out = insert_committed(&mut c, prepared, &self.limits).await?;
         self.publish(
             out.iter()
                 .filter(|i| i.created)
@@ -784,6 +936,33 @@ impl Store for PostgresStore {
     // ---- leases -----------------------------------------------------------------------------
 
     async fn task_claim(&self, p: ClaimParams) -> Result<Vec<Arc<Task>>> {
+        let limited = p
+            .queues
+            .iter()
+            .any(|q| q.admission.as_ref().is_some_and(|a| a.is_limited()));
+        if !p.rescue && !limited {
+            // The usual claim, one statement: one pipeline (see locked_pipeline).
+            if p.total == 0 || p.queues.is_empty() {
+                return Ok(Vec::new());
+            }
+            let names: Vec<&str> = p.queues.iter().map(|q| q.queue.as_str()).collect();
+            let limits: Vec<i64> = p.queues.iter().map(|q| i64::from(q.limit)).collect();
+            let c = self.conn().await?;
+            let lease = i64::try_from(p.lease_ms).unwrap_or(i64::MAX);
+            let total = i64::from(p.total);
+            let params: [&(dyn ToSql + Sync); 6] =
+                [&p.owner, &p.now, &lease, &names, &limits, &total];
+            let rows = locked_pipeline(&c, &[(sql::TASK_CLAIM, &params)])
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let mut claimed: Vec<Arc<Task>> =
+                rows::tasks(&rows)?.into_iter().map(Arc::new).collect();
+            rules::sort_claimed(&mut claimed);
+            self.publish(claimed.iter().map(|t| Event::Task(t.clone())).collect());
+            return Ok(claimed);
+        }
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         lock_changes(&tx).await?;
@@ -881,7 +1060,9 @@ impl Store for PostgresStore {
 
     /// Commits before it returns: the answer is [`Queued::ready`].
     async fn task_finish(&self, p: FinishParams) -> Result<Queued<Option<Arc<Task>>>> {
-        Ok(Queued::ready(self.finish(p).await))
+        self.open_for_use()?;
+        let done = self.completer.finish(&self.pool, &self.hub, p).await;
+        Ok(Queued::ready(done))
     }
 
     async fn task_token_create(&self, task: &Task, hash: String, now: UnixMillis) -> Result<()> {
@@ -1491,73 +1672,6 @@ impl Store for PostgresStore {
             more: next < newest,
             changes,
         })
-    }
-}
-
-impl PostgresStore {
-    /// Ends an attempt (see [`Store::task_finish`]), committed when it returns.
-    async fn finish(&self, p: FinishParams) -> Result<Option<Arc<Task>>> {
-        let result_text = match &p.result {
-            Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
-            None => None,
-        };
-        let claimed = &p.task;
-        let mut c = self.conn().await?;
-        let tx = c.transaction().await.map_err(pg_err)?;
-        lock_changes(&tx).await?;
-        let row = query_opt(
-            &tx,
-            sql::TASK_FINISH,
-            &[
-                &uuid(claimed.id),
-                &p.owner,
-                &i64::from(claimed.attempts),
-                &p.status.as_str(),
-                &result_text,
-                &p.error,
-                &p.run_at,
-                &i64::from(p.uncount),
-                &p.now,
-                &p.wait_until,
-            ],
-        )
-        .await?;
-        let Some(r) = row else {
-            return Ok(None);
-        };
-        let status: String = r.try_get("status").map_err(pg_err)?;
-        if status == TaskStatus::Pending.as_str() {
-            // Another attempt: any idle worker may take it.
-            notify_work(&tx, vec![claimed.queue.clone()]).await?;
-        }
-        tx.commit().await.map_err(pg_err)?;
-        let attempts: i64 = r.try_get("attempts").map_err(pg_err)?;
-        let task = Arc::new(Task {
-            status: status
-                .parse()
-                .map_err(|e: String| StoreError::Backend(e.into()))?,
-            attempts: attempts.max(0) as u32,
-            last_error: r.try_get("last_error").map_err(pg_err)?,
-            run_at: r.try_get("run_at").map_err(pg_err)?,
-            completed_at: r.try_get("completed_at").map_err(pg_err)?,
-            cancel_requested: r.try_get("cancel_requested").map_err(pg_err)?,
-            result: p.result,
-            lease_owner: None,
-            lease_expires_at: None,
-            updated_at: p.now,
-            wait_until: r.try_get("wait_until").map_err(pg_err)?,
-            wake_reason: r
-                .try_get::<_, Option<String>>("wake_reason")
-                .map_err(pg_err)?
-                .as_deref()
-                .and_then(WakeReason::parse),
-            inbox_cursor: r.try_get("inbox_cursor").map_err(pg_err)?,
-            // The attempt may have saved one since its claim.
-            checkpoint: r.try_get("checkpoint").map_err(pg_err)?,
-            ..Task::clone(claimed)
-        });
-        self.publish(vec![Event::Task(task.clone())]);
-        Ok(Some(task))
     }
 }
 

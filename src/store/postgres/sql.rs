@@ -1,5 +1,9 @@
 //! Every SQL statement of the PostgreSQL store, pulled in from `sql/postgres/queries/`.
 
+/// Opens a transaction (the first statement of [`super::locked_pipeline`]).
+pub(crate) const BEGIN: &str = "BEGIN";
+/// Ends it; the server rolls back instead when a statement of it failed.
+pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const CHANGE_BOUNDS: &str =
     include_str!("../../../sql/postgres/queries/change_bounds.sql");
 pub(crate) const CHANGE_LIST: &str = include_str!("../../../sql/postgres/queries/change_list.sql");
@@ -36,7 +40,8 @@ pub(crate) const TASK_CANCEL_PENDING: &str =
 pub(crate) const TASK_CANCEL_RUNNING: &str =
     include_str!("../../../sql/postgres/queries/task_cancel_running.sql");
 pub(crate) const TASK_CLAIM: &str = include_str!("../../../sql/postgres/queries/task_claim.sql");
-pub(crate) const TASK_FINISH: &str = include_str!("../../../sql/postgres/queries/task_finish.sql");
+pub(crate) const TASK_FINISH_MANY: &str =
+    include_str!("../../../sql/postgres/queries/task_finish_many.sql");
 pub(crate) const TASK_GET: &str = include_str!("../../../sql/postgres/queries/task_get.sql");
 pub(crate) const TASK_GET_BY_KEY: &str =
     include_str!("../../../sql/postgres/queries/task_get_by_key.sql");

@@ -1,0 +1,46 @@
+-- End several attempts in one statement (a group commit of outcomes), each fenced by owner and
+-- attempt number as on SQLite: a worker that lost its lease matches no row and changes nothing.
+-- One row of the arrays per attempt, no task twice: $1 id, $2 owner, $3 attempt, $4 the status
+-- decided, $5 result (JSON text), $6 error, $7 run_at (a retry), $8 1 when the attempt is given
+-- back (shutdown) rather than spent, $9 now, $10 wait_until (a wait). NULL where not given.
+-- Each row does what one attempt's end does alone: a task whose cancel was asked for never goes
+-- back to pending or to waiting, it ends canceled (crate::queue::finish_status, applied against
+-- the cancel request as it is at this write). A 'waiting' outcome parks the task until its
+-- wait_until (run_at is that too) and takes the owner's messages this attempt read as behind
+-- the task; the wake reason of the wait before is spent, unless the attempt is given back unrun
+-- (shutdown). Returns the rows it ended, as they are now.
+--
+-- A task that is pending again (a retry, an attempt given back) wakes the idle workers of its
+-- queue at commit: one NOTIFY per queue, sent from this statement (`woken`, evaluated once, when
+-- a row comes back), so the transaction needs no second statement, and no second round trip
+-- while it holds the change log's lock.
+WITH done AS (
+    UPDATE tasks AS t
+    SET status = CASE WHEN t.cancel_requested AND x.status IN ('pending', 'waiting')
+                      THEN 'canceled' ELSE x.status END,
+        result = x.result::json,
+        last_error = coalesce(x.error, t.last_error),
+        run_at = coalesce(x.run_at, t.run_at),
+        attempts = t.attempts - x.uncount,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        completed_at = CASE WHEN x.status NOT IN ('pending', 'waiting') OR t.cancel_requested
+                            THEN x.now END,
+        wait_until = CASE WHEN x.status = 'waiting' AND NOT t.cancel_requested
+                          THEN x.wait_until END,
+        wake_reason = CASE WHEN x.uncount = 1 AND x.status = 'pending' THEN t.wake_reason END,
+        inbox_cursor = CASE WHEN x.status = 'waiting' THEN t.inbox_read ELSE t.inbox_cursor END,
+        updated_at = x.now
+    FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[],
+                $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+         AS x(id, owner, attempt, status, result, error, run_at, uncount, now, wait_until)
+    WHERE t.id = x.id AND t.lease_owner = x.owner AND t.attempts = x.attempt
+      AND t.status = 'running'
+    RETURNING t.id, t.queue, t.status, t.attempts, t.last_error, t.run_at, t.completed_at,
+              t.cancel_requested, t.wait_until, t.wake_reason, t.inbox_cursor, t.checkpoint
+),
+woken AS (
+    SELECT pg_notify('spool_work', q.queue)
+    FROM (SELECT DISTINCT queue FROM done WHERE status = 'pending') AS q
+)
+SELECT done.*, (SELECT count(*) FROM woken) AS woken FROM done

@@ -1,0 +1,194 @@
+//! Group commit of small enqueues: requests of one to [`SMALL`] tasks that arrive together are
+//! written in one transaction (their unkeyed rows in one multi-row INSERT) with one commit, so
+//! 64 clients enqueueing one task each cost a handful of commits, not 64.
+//!
+//! One batcher task per store takes the requests in arrival order. It writes whatever waited
+//! while the previous transaction committed (never waiting for more when nothing else is
+//! queued, so a lone enqueue is not delayed), up to [`MAX_TASKS`] tasks, through the same
+//! [`insert_committed`] a single request uses: rows keep their order, a repeated idempotency key
+//! sees its twin, and the quota check of the batch's rows per user passes only if each
+//! request's own check would have passed in turn. When the batch as a whole is refused for a
+//! reason that belongs to one request (a quota, an idempotency key used with another body), it
+//! is rolled back and each request is written alone, in order, with its own answer: exactly
+//! what the requests would have got one by one.
+
+use super::{insert_committed, json_err, pool_err, Conn, Limits, Result, StoreError};
+use crate::clock::UnixMillis;
+use crate::events::{Event, EventHub};
+use crate::store::Inserted;
+use crate::task::NewTask;
+use deadpool_postgres::Pool;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests of at most this many tasks go through the batcher; larger ones are one
+/// transaction of their own already.
+pub(super) const SMALL: usize = 16;
+
+/// The most tasks one group commit writes.
+const MAX_TASKS: usize = 1000;
+
+/// Requests waiting for the batcher, at most.
+const QUEUE: usize = 4096;
+
+/// One request: its tasks (with their payloads as JSON text), its time, and where its answer
+/// goes.
+struct Job {
+    tasks: Vec<(NewTask, String)>,
+    now: UnixMillis,
+    reply: oneshot::Sender<Result<Vec<Inserted>>>,
+}
+
+/// The handle of a store's batcher task (started on first use, on the caller's runtime; it
+/// ends when the store, holding the only sender, is dropped).
+pub(super) struct Batcher {
+    tx: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Batcher {
+    pub(super) fn new() -> Self {
+        Self {
+            tx: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Enqueues `tasks` (one small request) in the next group commit.
+    pub(super) async fn insert(
+        &self,
+        pool: &Pool,
+        hub: &Arc<EventHub>,
+        limits: &Limits,
+        tasks: Vec<NewTask>,
+        now: UnixMillis,
+    ) -> Result<Vec<Inserted>> {
+        let tasks = tasks
+            .into_iter()
+            .map(|t| {
+                serde_json::to_string(&t.payload)
+                    .map(|p| (t, p))
+                    .map_err(json_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sender = {
+            let mut guard = self
+                .tx
+                .lock()
+                .map_err(|_| StoreError::Unavailable("the enqueue batcher failed".into()))?;
+            match guard.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(run(rx, pool.clone(), hub.clone(), *limits));
+                    *guard = Some(tx.clone());
+                    tx
+                }
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Job { tasks, now, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the enqueue batcher has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the enqueue batcher has stopped".into()))?
+    }
+}
+
+/// The batcher task: one group commit after another until the store is gone.
+async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, hub: Arc<EventHub>, limits: Limits) {
+    while let Some(first) = rx.recv().await {
+        let mut size = first.tasks.len();
+        let mut jobs = vec![first];
+        let mut yielded = false;
+        while size < MAX_TASKS {
+            match rx.try_recv() {
+                Ok(j) => {
+                    size += j.tasks.len();
+                    jobs.push(j);
+                }
+                // Requests whose handlers are running right now get one chance to join.
+                Err(mpsc::error::TryRecvError::Empty) if !yielded => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("spool_enqueue_group_commit_requests").record(jobs.len() as f64);
+        write(&pool, &hub, &limits, jobs).await;
+    }
+}
+
+/// Writes `jobs` in one transaction, or each alone when one of them refuses the batch.
+async fn write(pool: &Pool, hub: &Arc<EventHub>, limits: &Limits, jobs: Vec<Job>) {
+    if jobs.len() == 1 {
+        for j in jobs {
+            let out = alone(pool, hub, limits, j.tasks, j.now).await;
+            let _ = j.reply.send(out);
+        }
+        return;
+    }
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.tasks.len()).collect();
+    let all: Vec<(NewTask, String, UnixMillis)> = jobs
+        .iter()
+        .flat_map(|j| j.tasks.iter().map(|(t, p)| (t.clone(), p.clone(), j.now)))
+        .collect();
+    match together(pool, limits, all).await {
+        Ok(out) => {
+            publish(hub, &out);
+            let mut out = out.into_iter();
+            for (j, n) in jobs.into_iter().zip(sizes) {
+                let _ = j.reply.send(Ok(out.by_ref().take(n).collect()));
+            }
+        }
+        // The database is out of reach: every request gets that answer.
+        Err(StoreError::Unavailable(e)) => {
+            for j in jobs {
+                let _ = j.reply.send(Err(StoreError::Unavailable(e.clone())));
+            }
+        }
+        // One request's own refusal (or an error of one of them): each alone, in order.
+        Err(_) => {
+            for j in jobs {
+                let out = alone(pool, hub, limits, j.tasks, j.now).await;
+                let _ = j.reply.send(out);
+            }
+        }
+    }
+}
+
+async fn conn(pool: &Pool) -> Result<Conn> {
+    pool.get().await.map_err(pool_err)
+}
+
+/// The batch's rows (each with its request's `now`) in one transaction.
+async fn together(
+    pool: &Pool,
+    limits: &Limits,
+    tasks: Vec<(NewTask, String, UnixMillis)>,
+) -> Result<Vec<Inserted>> {
+    let mut c = conn(pool).await?;
+    insert_committed(&mut c, tasks, limits).await
+}
+
+/// One request in a transaction of its own (as [`super::PostgresStore`] writes a large one).
+async fn alone(
+    pool: &Pool,
+    hub: &Arc<EventHub>,
+    limits: &Limits,
+    tasks: Vec<(NewTask, String)>,
+    now: UnixMillis,
+) -> Result<Vec<Inserted>> {
+    let mut c = conn(pool).await?;
+    let tasks = tasks.into_iter().map(|(t, p)| (t, p, now)).collect();
+    let out = insert_committed(&mut c, tasks, limits).await?;
+    publish(hub, &out);
+    Ok(out)
+}
+
+fn publish(hub: &Arc<EventHub>, out: &[Inserted]) {
+    for i in out.iter().filter(|i| i.created) {
+        hub.publish(Event::Task(i.task.clone()));
+    }
+}
