@@ -7,6 +7,7 @@
 mod common;
 mod pg;
 
+use common::sse::{Stream, EVENT_LIMIT};
 use common::{client, eventually, serve, spawn, write_config, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -75,89 +76,6 @@ async fn create(c: &Client, s: &Server, body: Value) -> String {
     let (st, t) = post(c, s, "/v1/tasks", body).await;
     assert_eq!(st, StatusCode::CREATED, "{t}");
     t["id"].as_str().unwrap().to_string()
-}
-
-/// One event of a text/event-stream.
-#[derive(Debug, Default)]
-struct Ev {
-    event: Option<String>,
-    id: Option<String>,
-    data: Option<String>,
-}
-
-impl Ev {
-    fn name(&self) -> &str {
-        self.event.as_deref().unwrap_or("message")
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(self.data.as_deref().unwrap_or("null")).unwrap()
-    }
-}
-
-/// A text/event-stream read block by block.
-struct Stream {
-    resp: reqwest::Response,
-    buf: Vec<u8>,
-}
-
-impl Stream {
-    async fn open(c: &Client, s: &Server, path: &str, last_event_id: Option<&str>) -> Stream {
-        let mut rb = c.get(s.url(path)).bearer_auth(&s.token);
-        if let Some(id) = last_event_id {
-            rb = rb.header("Last-Event-ID", id);
-        }
-        let resp = tokio::time::timeout(Duration::from_secs(10), rb.send())
-            .await
-            .expect("no response headers within 10 s")
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        Stream {
-            resp,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next event with data (keep-alives and `retry:` skipped); None at the end.
-    async fn next(&mut self) -> Option<Ev> {
-        let fut = async {
-            loop {
-                if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                    let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                    let mut ev = Ev::default();
-                    for line in String::from_utf8(block).unwrap().lines() {
-                        let (f, v) = match line.split_once(':') {
-                            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                            None => (line, ""),
-                        };
-                        match f {
-                            "event" => ev.event = Some(v.to_string()),
-                            "id" => ev.id = Some(v.to_string()),
-                            "data" => ev.data = Some(v.to_string()),
-                            _ => {}
-                        }
-                    }
-                    if ev.data.is_some() {
-                        return Some(ev);
-                    }
-                    continue;
-                }
-                match self.resp.chunk().await.unwrap() {
-                    Some(b) => self.buf.extend(b.iter().filter(|b| **b != b'\r')),
-                    None => return None,
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), fut)
-            .await
-            .expect("no SSE event within 15 s")
-    }
-
-    /// The next event, which must be named `name`.
-    async fn expect(&mut self, name: &str) -> Ev {
-        let ev = self.next().await.expect("the stream ended");
-        assert_eq!(ev.name(), name, "{ev:?}");
-        ev
-    }
 }
 
 // ---- the API -------------------------------------------------------------------------------
@@ -296,7 +214,7 @@ async fn task_streams_resume_after_last_event_id_with_messages_from_the_other_se
 
     // On server A: the status, then the three messages written through B.
     let events = format!("/v1/tasks/{id}/events");
-    let mut s = Stream::open(&c, &a, &events, None).await;
+    let mut s = Stream::open(&c, &a.url(&events), &a.token, None).await;
     assert_eq!(s.expect("status").await.json()["status"], "pending");
     let mut seen = Vec::new();
     let mut last_id = String::new();
@@ -311,7 +229,7 @@ async fn task_streams_resume_after_last_event_id_with_messages_from_the_other_se
     for i in 4..=6 {
         say(i).await;
     }
-    let mut s = Stream::open(&c, &a, &events, Some(&last_id)).await;
+    let mut s = Stream::open(&c, &a.url(&events), &a.token, Some(&last_id)).await;
     assert_eq!(s.expect("status").await.json()["status"], "pending");
     for _ in 0..4 {
         seen.push(
@@ -329,7 +247,10 @@ async fn task_streams_resume_after_last_event_id_with_messages_from_the_other_se
     let (st, _) = post(&c, &b, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
     assert_eq!(st, StatusCode::OK);
     loop {
-        let ev = s.next().await.expect("the stream ended without `end`");
+        let ev = s
+            .next(EVENT_LIMIT)
+            .await
+            .expect("the stream ended without `end`");
         match ev.name() {
             "status" => continue,
             "end" => {
@@ -350,7 +271,7 @@ async fn task_streams_resume_after_last_event_id_with_messages_from_the_other_se
 async fn the_events_stream_resumes_after_last_event_id_with_the_other_servers_changes() {
     let (a, b) = two_servers("[worker]\nconcurrency = 0").await;
     let c = client();
-    let mut s = Stream::open(&c, &a, "/v1/events", None).await;
+    let mut s = Stream::open(&c, &a.url("/v1/events"), &a.token, None).await;
     let t1 = create(&c, &b, json!({"kind": "spool.noop"})).await;
     let ev = s.expect("status").await;
     assert_eq!(
@@ -363,7 +284,7 @@ async fn the_events_stream_resumes_after_last_event_id_with_the_other_servers_ch
     let (st, _) = post(&c, &b, &format!("/v1/tasks/{t1}/cancel"), json!({})).await;
     assert_eq!(st, StatusCode::OK);
     let t2 = create(&c, &b, json!({"kind": "spool.noop"})).await;
-    let mut s = Stream::open(&c, &a, "/v1/events", Some(&seen.to_string())).await;
+    let mut s = Stream::open(&c, &a.url("/v1/events"), &a.token, Some(&seen.to_string())).await;
     let mut got = Vec::new();
     let mut last = seen;
     for _ in 0..2 {

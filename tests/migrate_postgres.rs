@@ -9,6 +9,7 @@
 mod common;
 mod pg;
 
+use common::sse::{Ev, Stream, EVENT_LIMIT};
 use common::{client, eventually, serve, spawn, spool_bin, write_config, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -147,108 +148,12 @@ async fn queues(c: &Client, s: &Server, token: &str) -> Vec<Value> {
         .collect()
 }
 
-/// One event of a text/event-stream.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Ev {
-    event: Option<String>,
-    id: Option<String>,
-    data: Option<String>,
-}
-
-impl Ev {
-    fn name(&self) -> &str {
-        self.event.as_deref().unwrap_or("message")
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(self.data.as_deref().unwrap_or("null")).unwrap()
-    }
-}
-
-/// A text/event-stream read block by block.
-struct Stream {
-    resp: reqwest::Response,
-    buf: Vec<u8>,
-}
-
-impl Stream {
-    async fn open(c: &Client, s: &Server, token: &str, path: &str, last: Option<&str>) -> Stream {
-        let mut rb = c.get(s.url(path)).bearer_auth(token);
-        if let Some(id) = last {
-            rb = rb.header("Last-Event-ID", id);
-        }
-        let resp = tokio::time::timeout(Duration::from_secs(10), rb.send())
-            .await
-            .expect("no response headers within 10 s")
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        Stream {
-            resp,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next event with data; None at the end of the stream.
-    async fn next(&mut self) -> Option<Ev> {
-        let fut = async {
-            loop {
-                if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                    let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                    let mut ev = Ev::default();
-                    for line in String::from_utf8(block).unwrap().lines() {
-                        let (f, v) = match line.split_once(':') {
-                            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                            None => (line, ""),
-                        };
-                        match f {
-                            "event" => ev.event = Some(v.to_string()),
-                            "id" => ev.id = Some(v.to_string()),
-                            "data" => ev.data = Some(v.to_string()),
-                            _ => {}
-                        }
-                    }
-                    if ev.data.is_some() {
-                        return Some(ev);
-                    }
-                    continue;
-                }
-                match self.resp.chunk().await.unwrap() {
-                    Some(b) => self.buf.extend(b.iter().filter(|b| **b != b'\r')),
-                    None => return None,
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), fut)
-            .await
-            .expect("no SSE event within 15 s")
-    }
-
-    /// Every event up to and including `end` (the stream must end with it).
-    async fn until_end(&mut self) -> Vec<Ev> {
-        let mut out = Vec::new();
-        loop {
-            let ev = self.next().await.expect("the stream ended before `end`");
-            let end = ev.name() == "end";
-            out.push(ev);
-            if end {
-                return out;
-            }
-        }
-    }
-}
-
 /// `psql` (PostgreSQL 15's, from the package tests/run.sh installs) on the database at `url`, as
 /// the `postgres` user when this is root, as the operator would run it: one `|`-separated line
 /// per row.
 fn psql(url: &str, sql: &str) -> Vec<String> {
     let bin = format!("{}/psql", pg::PG_BIN);
-    let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", &bin]);
-        c
-    } else {
-        Command::new(&bin)
-    };
-    let out = cmd
+    let out = pg::as_postgres(&bin)
         .args([
             "-X",
             "-A",
@@ -574,9 +479,8 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
     // A task's stream resumes on B with the Last-Event-ID seen on A.
     let mut on_a = Stream::open(
         &c,
-        &a,
+        &a.url(&format!("/v1/tasks/{completed}/events")),
         &admin,
-        &format!("/v1/tasks/{completed}/events"),
         None,
     )
     .await;
@@ -586,9 +490,8 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
     let first = msgs_a[0].id.clone().unwrap();
     let mut on_b = Stream::open(
         &c,
-        &b,
+        &b.url(&format!("/v1/tasks/{completed}/events")),
         &admin,
-        &format!("/v1/tasks/{completed}/events"),
         Some(&first),
     )
     .await;
@@ -597,19 +500,19 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
     assert_eq!(msgs_b, vec![msgs_a[1]], "exactly the message after {first}");
 
     // The change feed resumes on B with a Last-Event-ID seen on A: the same changes after it.
-    let mut feed_a = Stream::open(&c, &a, &admin, "/v1/events?after=0", None).await;
+    let mut feed_a = Stream::open(&c, &a.url("/v1/events?after=0"), &admin, None).await;
     let mut seen_a = Vec::new();
     let total: i64 = common::open_db(dir_a.path())
         .query_row("SELECT count(*) FROM task_changes", [], |r| r.get(0))
         .unwrap();
     for _ in 0..total {
-        seen_a.push(feed_a.next().await.unwrap());
+        seen_a.push(feed_a.next(EVENT_LIMIT).await.unwrap());
     }
     let mid = seen_a[seen_a.len() / 2].id.clone().unwrap();
-    let mut feed_b = Stream::open(&c, &b, &admin, "/v1/events", Some(&mid)).await;
+    let mut feed_b = Stream::open(&c, &b.url("/v1/events"), &admin, Some(&mid)).await;
     let mut seen_b = Vec::new();
     for _ in 0..(total as usize - seen_a.len() / 2 - 1) {
-        seen_b.push(feed_b.next().await.unwrap());
+        seen_b.push(feed_b.next(EVENT_LIMIT).await.unwrap());
     }
     let ids = |v: &[Ev]| -> Vec<(String, String)> {
         v.iter()
@@ -664,8 +567,14 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{m}");
     let carol = b.user_token("carol", false);
     let fresh = create(&c, &b, &carol, json!({"kind": "ok", "queue": "held"})).await;
-    let mut feed = Stream::open(&c, &b, &admin, "/v1/events", Some(&last_change.to_string())).await;
-    let ev = feed.next().await.unwrap();
+    let mut feed = Stream::open(
+        &c,
+        &b.url("/v1/events"),
+        &admin,
+        Some(&last_change.to_string()),
+    )
+    .await;
+    let ev = feed.next(EVENT_LIMIT).await.unwrap();
     assert_eq!(ev.json()["id"], fresh.as_str());
     assert!(ev.id.unwrap().parse::<i64>().unwrap() > last_change);
     drop(feed);

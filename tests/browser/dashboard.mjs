@@ -14,12 +14,10 @@
 // {"kind":"progress","step":N}, one per 0.3 s, then exits 0 (and the built-in `spool.sleep`).
 // Exit code 0 on success; on failure it prints `FAIL: <what>` and exits 1 (2 on the global timeout).
 
-import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.PLAYWRIGHT_CORE || "playwright-core");
+import { assert, launch, log, run, until as untilWithin } from "./lib.mjs";
 
 const [base, adminToken, userToken, shotDir] = process.argv.slice(2);
 if (!base || !adminToken || !userToken || !shotDir) {
@@ -32,29 +30,8 @@ const OVERALL = 180_000;
 
 mkdirSync(shotDir, { recursive: true });
 
-const started = Date.now();
-function log(msg) {
-  console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
-
-/** Polls `fn` until it returns a truthy value; throws `what` after `ms`. */
-async function until(what, fn, ms = T, every = 50) {
-  const end = Date.now() + ms;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
-    await new Promise((r) => setTimeout(r, every));
-  }
+function until(what, fn, ms = T, every = 50) {
+  return untilWithin(what, fn, ms, every);
 }
 
 async function apiPost(path, body) {
@@ -70,12 +47,7 @@ async function apiPost(path, body) {
 }
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: T,
-  });
+  const browser = await launch(T);
   const pageErrors = [];
   let page = null;
   try {
@@ -242,21 +214,4 @@ async function main() {
   }
 }
 
-const timer = setTimeout(() => {
-  console.error(`FAIL: the whole test took more than ${OVERALL / 1000} s`);
-  process.exit(2);
-}, OVERALL);
-
-main().then(
-  () => {
-    clearTimeout(timer);
-    log("PASS: dashboard end-to-end");
-    process.exit(0);
-  },
-  (e) => {
-    clearTimeout(timer);
-    // Playwright's messages carry terminal colour codes: drop them for a readable log.
-    console.error(`FAIL: ${String(e && e.stack ? e.stack : e).replace(/\x1b\[[0-9;]*m/g, "")}`);
-    process.exit(1);
-  },
-);
+run(main, OVERALL, "dashboard end-to-end");

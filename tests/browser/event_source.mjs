@@ -14,10 +14,7 @@
 // Last-Event-ID = the id of the last message before the drop, that message ids arrived once each,
 // in order, and that `end` came. Exit 0 on success; `FAIL: <what>` and 1 otherwise (2: timeout).
 
-import { createRequire } from "node:module";
-
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.PLAYWRIGHT_CORE || "playwright-core");
+import { assert, launch, log, logToStderr, run, until as untilWithin } from "./lib.mjs";
 
 const [base, taskId, streamToken] = process.argv.slice(2);
 if (!base || !taskId || !streamToken) {
@@ -29,38 +26,15 @@ const T = 30_000; // every wait is bounded by this
 const OVERALL = 120_000;
 const DROP_AFTER = 5;
 
-const started = Date.now();
-function log(msg) {
-  // Progress goes to stderr; stdout carries only the lines the Rust test reads.
-  console.error(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
-}
+// Progress goes to stderr; stdout carries only the lines the Rust test reads.
+logToStderr();
 
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
-
-async function until(what, fn, ms = T, every = 50) {
-  const end = Date.now() + ms;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
-    await new Promise((r) => setTimeout(r, every));
-  }
+function until(what, fn, ms = T, every = 50) {
+  return untilWithin(what, fn, ms, every);
 }
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: T,
-  });
+  const browser = await launch(T);
   try {
     const context = await browser.newContext();
     const page = await context.newPage();
@@ -143,20 +117,4 @@ async function main() {
   }
 }
 
-const timer = setTimeout(() => {
-  console.error(`FAIL: the whole test took more than ${OVERALL / 1000} s`);
-  process.exit(2);
-}, OVERALL);
-
-main().then(
-  () => {
-    clearTimeout(timer);
-    console.log("PASS: EventSource resumed with Last-Event-ID");
-    process.exit(0);
-  },
-  (e) => {
-    clearTimeout(timer);
-    console.error(`FAIL: ${String(e && e.stack ? e.stack : e).replace(/\x1b\[[0-9;]*m/g, "")}`);
-    process.exit(1);
-  },
-);
+run(main, OVERALL, "EventSource resumed with Last-Event-ID");

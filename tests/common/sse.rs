@@ -5,8 +5,11 @@ use reqwest::{Client, StatusCode};
 use serde_json::Value;
 use std::time::Duration;
 
+/// How long a test waits for the next event by default.
+pub const EVENT_LIMIT: Duration = Duration::from_secs(15);
+
 /// One event of a text/event-stream, parsed by hand.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Ev {
     pub event: Option<String>,
     pub id: Option<String>,
@@ -122,5 +125,28 @@ impl Stream {
         tokio::time::timeout(limit, fut)
             .await
             .unwrap_or_else(|_| panic!("no SSE event within {limit:?}"))
+    }
+
+    /// The next event, which must be named `name` (within [`EVENT_LIMIT`]).
+    pub async fn expect(&mut self, name: &str) -> Ev {
+        let ev = self.next(EVENT_LIMIT).await.expect("the stream ended");
+        assert_eq!(ev.name(), name, "{ev:?}");
+        ev
+    }
+
+    /// Every event up to and including `end` (the stream must end with it).
+    pub async fn until_end(&mut self) -> Vec<Ev> {
+        let mut out = Vec::new();
+        loop {
+            let ev = self
+                .next(EVENT_LIMIT)
+                .await
+                .expect("the stream ended before `end`");
+            let end = ev.name() == "end";
+            out.push(ev);
+            if end {
+                return out;
+            }
+        }
     }
 }

@@ -45,7 +45,7 @@ fn is_root() -> bool {
 
 /// A command run as the `postgres` user when this process is root (initdb and postgres refuse
 /// root), as this user otherwise.
-fn as_postgres(program: &str) -> Command {
+pub fn as_postgres(program: &str) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", program]);
