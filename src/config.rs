@@ -1045,14 +1045,16 @@ impl Config {
             }
             let handler = match (&k.command, &k.webhook) {
                 _ if k.container.is_some() => {
-                    if k.env.is_some()
-                        || k.user.is_some()
-                        || k.keep_workdir.is_some()
-                        || k.stdin.is_some()
-                    {
+                    if k.env.is_some() || k.user.is_some() || k.keep_workdir.is_some() {
                         return Err(invalid(
                             field,
-                            "env, user, keep_workdir and stdin of a container kind go inside container = {..} (keep_workdir is keep_workspace_s there)",
+                            "env and user of a container kind go inside container = {..}, and keep_workdir is keep_workspace_s there",
+                        ));
+                    }
+                    if k.stdin.is_some() {
+                        return Err(invalid(
+                            format!("{field}.stdin"),
+                            "a container kind gets the payload on stdin; its owner's messages are read over HTTP with SPOOL_TASK_TOKEN",
                         ));
                     }
                     let c = k.container.clone().unwrap_or_default();
@@ -1450,6 +1452,14 @@ fn container_spec(field: &str, c: RawContainer) -> Result<ContainerSpec, ConfigE
         return Err(invalid(
             format!("{field}.network"),
             "must be \"none\", \"bridge\" or the name of a network",
+        ));
+    }
+    // A task is hostile code: the host's network namespace (loopback services, the engine on
+    // tcp://127.0.0.1) or another container's is not a network it may join.
+    if network == "host" || network.starts_with("container:") || network.starts_with("ns:") {
+        return Err(invalid(
+            format!("{field}.network"),
+            "host, container:<id> and ns:<path> would share another namespace with the task; use \"none\", \"bridge\" or the name of a network",
         ));
     }
     let cpus = c.cpus.unwrap_or(DEFAULT_CONTAINER_CPUS);
@@ -2050,6 +2060,18 @@ mod tests {
             (
                 "container = { image = \"i\" }\ncommand = [\"sh\"]",
                 "kinds.k",
+            ),
+            (
+                "container = { image = \"i\", network = \"host\" }",
+                "kinds.k.container.network",
+            ),
+            (
+                "container = { image = \"i\", network = \"container:abc\" }",
+                "kinds.k.container.network",
+            ),
+            (
+                "container = { image = \"i\" }\nstdin = \"messages\"",
+                "kinds.k.stdin",
             ),
         ] {
             let e = parse(&format!("[kinds.k]\n{bad}\n"))

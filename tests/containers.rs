@@ -325,6 +325,7 @@ async fn container_env_holds_only_the_granted_variables() {
         spool_vars,
         [
             "SPOOL_ATTEMPT",
+            "SPOOL_INBOX_AFTER",
             "SPOOL_TASK_ID",
             "SPOOL_TASK_TOKEN",
             "SPOOL_URL",

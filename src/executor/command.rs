@@ -336,23 +336,8 @@ impl CommandHandler {
         cmd.args(args)
             .env_clear()
             .envs(self.base_env.iter())
-            .env("SPOOL_TASK_ID", ctx.id().to_string())
-            .env("SPOOL_ATTEMPT", ctx.attempt().to_string())
-            .env("SPOOL_USER", ctx.owner_name().await?)
-            .env("SPOOL_INBOX_AFTER", ctx.task().inbox_cursor.to_string())
+            .envs(attempt_env(&ctx, self.api_url.as_deref()).await?)
             .current_dir(&dir);
-        if let Some(url) = &self.api_url {
-            // The attempt's own token: it posts progress and reads its owner's messages with it,
-            // and it dies with the attempt.
-            let token = ctx
-                .task_token()
-                .await
-                .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
-            cmd.env("SPOOL_URL", url).env("SPOOL_TASK_TOKEN", token);
-        }
-        if let Some(why) = ctx.wake_reason() {
-            cmd.env("SPOOL_WAKE", why.as_str());
-        }
         let owner = self.spec.run_as.as_ref().map(|u| (u.uid, u.gid));
         let checkpoint = ctx.last_checkpoint();
         let file = dir.join(".spool").join("checkpoint.json");
@@ -637,4 +622,32 @@ pub(crate) fn tail(stderr: &str) -> String {
         let cut: String = stderr.chars().take(500).collect();
         format!(": {cut}")
     }
+}
+
+/// What every attempt of a command or container kind is told, as environment variables: which
+/// task and attempt it is, whose, where its inbox starts, why it woke (after a wait), and, when
+/// spool's API is reachable, the URL and the attempt's own task token (it posts progress and
+/// reads its owner's messages with it; it dies with the attempt). Nothing else of spool's.
+pub(crate) async fn attempt_env(
+    ctx: &TaskContext,
+    api_url: Option<&str>,
+) -> Result<Vec<(&'static str, String)>, TaskError> {
+    let mut env = vec![
+        ("SPOOL_TASK_ID", ctx.id().to_string()),
+        ("SPOOL_ATTEMPT", ctx.attempt().to_string()),
+        ("SPOOL_USER", ctx.owner_name().await?),
+        ("SPOOL_INBOX_AFTER", ctx.task().inbox_cursor.to_string()),
+    ];
+    if let Some(url) = api_url {
+        let token = ctx
+            .task_token()
+            .await
+            .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
+        env.push(("SPOOL_URL", url.to_string()));
+        env.push(("SPOOL_TASK_TOKEN", token));
+    }
+    if let Some(why) = ctx.wake_reason() {
+        env.push(("SPOOL_WAKE", why.as_str().to_string()));
+    }
+    Ok(env)
 }

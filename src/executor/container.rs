@@ -26,7 +26,9 @@ use crate::config::ContainerSpec;
 use crate::store::Store;
 use crate::task::{Task, TaskId, TaskStatus};
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -329,17 +331,12 @@ impl ContainerHandler {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        env.push(format!("SPOOL_TASK_ID={id}"));
-        env.push(format!("SPOOL_ATTEMPT={attempt}"));
-        env.push(format!("SPOOL_USER={}", ctx.owner_name().await?));
-        if let Some(url) = &self.api_url {
-            let token = ctx
-                .task_token()
-                .await
-                .map_err(|e| TaskError::retry(format!("cannot create the task token: {e}")))?;
-            env.push(format!("SPOOL_URL={url}"));
-            env.push(format!("SPOOL_TASK_TOKEN={token}"));
-        }
+        env.extend(
+            super::command::attempt_env(&ctx, self.api_url.as_deref())
+                .await?
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), id.to_string()),
             (LABEL_ATTEMPT.to_string(), attempt.to_string()),
@@ -379,7 +376,6 @@ impl ContainerHandler {
             .stdout(true)
             .stderr(true)
             .stream(true)
-            .logs(true)
             .build();
         let attached = engine
             .docker
@@ -533,6 +529,15 @@ impl ContainerHandler {
                 .read_only_root
                 .then(|| HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev".to_string())])),
             auto_remove: Some(false),
+            // A task is hostile code: no capabilities, and no setuid way back to more.
+            cap_drop: Some(vec!["ALL".to_string()]),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            // Its output reaches spool over the attach stream (cut at the message cap); the
+            // engine keeps no copy of its own that a chatty task could grow without bound.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".to_string()),
+                config: None,
+            }),
             ..Default::default()
         };
         ContainerCreateBody {
