@@ -370,3 +370,56 @@ pub async fn a_flood_of_a_full_key_longer_than_a_short_look_does_not_hide_anothe
     );
     assert!(claim_adm(s, "w", 5, PER_KEY_1, T0 + 6002).await.is_empty());
 }
+
+/// A claim through admission starts the attempt's inbox where the task's state stands, as the
+/// plain claim does: an attempt that read messages and ended without a checkpoint hands them to
+/// the next attempt, whose checkpoint before reading anything loses none of them.
+pub async fn an_admitted_claim_starts_the_inbox_at_the_tasks_cursor<B: Backend>(b: &B) {
+    let global = Admission {
+        global_concurrency: Some(5),
+        ..Admission::default()
+    };
+    for (adm, what) in [(PER_KEY_1, "per-key"), (global, "global")] {
+        let f = b.fresh(Default::default()).await;
+        let s = f.store.as_ref();
+        let t = s
+            .task_insert(vec![with_key(Some("a"), T0)], T0)
+            .await
+            .unwrap()
+            .remove(0)
+            .task;
+        let m1 = super::owner_says(s, t.id, "one", T0 + 1).await;
+        let m2 = super::owner_says(s, t.id, "two", T0 + 2).await;
+        let c = claim_adm(s, "A", 1, adm, T0 + 3).await.remove(0);
+        let fence = |a: &Task| spool::store::MessageCheck::Lease {
+            owner: "A".into(),
+            attempt: a.attempts,
+        };
+        s.inbox_read(t.id, fence(&c), m2.id, T0 + 4).await.unwrap();
+        // The attempt ends without a checkpoint: what it read is not behind the task.
+        super::finish(s, &c, "A", TaskStatus::Pending, Some(T0 + 5), T0 + 5).await;
+        let c2 = claim_adm(s, "A", 1, adm, T0 + 6).await.remove(0);
+        let saved = s
+            .task_checkpoint(t.id, serde_json::json!("fresh"), fence(&c2), T0 + 7)
+            .await
+            .unwrap();
+        assert_eq!(
+            saved.inbox_cursor, 0,
+            "{what}: the new attempt read nothing"
+        );
+        let ahead = s
+            .message_list(
+                t.id,
+                saved.inbox_cursor,
+                10,
+                Some(spool::task::Author::User),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            ahead.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![m1.id, m2.id],
+            "{what}: both messages still reach an attempt"
+        );
+    }
+}

@@ -1,7 +1,7 @@
-//! Admission control in the claim (see the SQLite store's `admission.rs` for the rules): a
-//! limited queue is claimed under its own transaction-scoped advisory lock, so claims of one
-//! limited queue take turns across every process and each sees what the one before it
-//! committed. Unlimited queues never take it.
+//! Admission control in the claim (see the SQLite store's `admission.rs` for the rules). A
+//! claim that reaches a limited queue holds the change log's lock (every state change takes it
+//! first), so claims take turns across every process and each sees what the one before it
+//! committed: no process can over-admit.
 
 use super::{execute, pg_err, query, rows};
 use crate::store::rules::{self, Candidate};
@@ -11,11 +11,9 @@ use deadpool_postgres::GenericClient;
 use std::sync::Arc;
 use uuid::Uuid;
 
-const LOCK: &str = include_str!("../../../sql/postgres/queries/admission_lock.sql");
 const STATE: &str = include_str!("../../../sql/postgres/queries/admission_state.sql");
 const CANDIDATES: &str = include_str!("../../../sql/postgres/queries/admission_candidates.sql");
 const CLAIM_IDS: &str = include_str!("../../../sql/postgres/queries/admission_claim_ids.sql");
-const CLAIM_PLAIN: &str = include_str!("../../../sql/postgres/queries/admission_claim_plain.sql");
 const TOKENS_PUT: &str = include_str!("../../../sql/postgres/queries/queue_tokens_put.sql");
 pub(super) const TOKENS_LIST: &str =
     include_str!("../../../sql/postgres/queries/queue_tokens_list.sql");
@@ -32,7 +30,6 @@ pub(super) async fn claim_admitted<C: GenericClient>(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    query(c, LOCK, &[&queue]).await?;
     let rows = query(c, STATE, &[&queue]).await?;
     let Some(state) = rows.first() else {
         return Ok(Vec::new());
@@ -81,15 +78,18 @@ pub(super) async fn claim_admitted<C: GenericClient>(
             rows::tasks(&rows)?
         }
     } else {
+        let (names, limits, total) = (vec![queue], vec![i64::from(room)], i64::from(room));
         let rows = query(
             c,
-            CLAIM_PLAIN,
-            &[&p.owner, &p.now, &lease, &queue, &i64::from(room)],
+            super::sql::TASK_CLAIM,
+            &[&p.owner, &p.now, &lease, &names, &limits, &total],
         )
         .await?;
         rows::tasks(&rows)?
     };
-    if let Some(mut b) = bucket {
+    // A claim that started nothing leaves the bucket as stored: refilled later from there, it
+    // holds what it would have held (the refill is linear up to the burst).
+    if let Some(mut b) = bucket.filter(|_| !claimed.is_empty()) {
         b.tokens -= claimed.len() as f64;
         execute(c, TOKENS_PUT, &[&queue, &b.tokens, &b.updated_at]).await?;
     }

@@ -39,8 +39,6 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
         }
     }
     let mut claimed = Vec::new();
-    let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
-    let cols = rows::TaskColumns::of(&st)?;
     let mut remaining = p.total;
     for q in &p.queues {
         let limit = q.limit.min(remaining);
@@ -54,17 +52,31 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
             }
             continue;
         }
-        let rows = st.query_map(
-            named_params! {":owner": p.owner, ":now": p.now, ":lease_ms": p.lease_ms as i64,
-            ":queue": q.queue, ":limit": limit},
-            |r| cols.task(r),
-        )?;
-        for t in rows {
-            claimed.push(Arc::new(t?));
+        for t in claim_plain(conn, p, &q.queue, limit)? {
+            claimed.push(t);
             remaining -= 1;
         }
     }
     crate::store::rules::sort_claimed(&mut claimed);
     events.extend(claimed.iter().map(|t| Event::Task(t.clone())));
     Ok((claimed, events))
+}
+
+/// The plain claim of one queue: its best `limit` runnable tasks (task_claim.sql).
+pub(super) fn claim_plain(
+    conn: &Connection,
+    p: &ClaimParams,
+    queue: &str,
+    limit: u32,
+) -> crate::store::Result<Vec<Arc<Task>>> {
+    let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
+    let cols = rows::TaskColumns::of(&st)?;
+    let rows = st.query_map(
+        named_params! {":owner": p.owner, ":now": p.now, ":lease_ms": p.lease_ms as i64,
+        ":queue": queue, ":limit": limit},
+        |r| cols.task(r),
+    )?;
+    Ok(rows
+        .map(|t| t.map(Arc::new))
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }

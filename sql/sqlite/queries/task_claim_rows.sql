@@ -1,0 +1,13 @@
+-- Claim the admitted tasks :rowids (a JSON array), those still pending, for worker :owner: the
+-- same new attempt as task_claim.sql starts, in one statement.
+UPDATE OR FAIL tasks
+SET status = 'running',
+    attempts = attempts + 1,
+    lease_owner = :owner,
+    lease_expires_at = :now + :lease_ms,
+    started_at = :now,
+    inbox_read = inbox_cursor,
+    wait_until = NULL,
+    updated_at = :now
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND status = 'pending'
+RETURNING *
