@@ -682,3 +682,101 @@ async fn a_group_commit_of_mixed_outcomes_keeps_every_column_of_each() {
     let n = writers(&db, &ids).await;
     assert!(n < N as i64, "{N} outcomes took {n} transactions");
 }
+
+/// PostgreSQL cannot hold U+0000 in `jsonb` or `text`: a NUL in a payload, a task's result,
+/// message, checkpoint or error text is stored as U+FFFD instead of failing the write, and an
+/// outcome holding one ends in the same group commit as others without costing them theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_anywhere_a_task_writes_is_stored_as_the_replacement_character() {
+    use spool::store::{ClaimParams, FinishParams, QueueClaim};
+    use spool::task::TaskStatus;
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let t = spool::task::NewTask {
+            payload: json!({ "a\u{0}": format!("x\u{0}{i}") }),
+            ..conformance::task("default", 3, 0, T0)
+        };
+        ids.push(
+            store
+                .task_insert(vec![t], T0)
+                .await
+                .unwrap()
+                .remove(0)
+                .task
+                .id,
+        );
+    }
+    let stored = store.task_get(ids[0], None).await.unwrap();
+    assert_eq!(stored.payload, json!({ "a\u{FFFD}": "x\u{FFFD}0" }));
+    let claimed = store
+        .task_claim(ClaimParams {
+            owner: "A".into(),
+            queues: vec![QueueClaim {
+                queue: "default".into(),
+                limit: 4,
+                admission: None,
+            }],
+            total: 4,
+            rescue: false,
+            lease_ms: 60_000,
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    let fence = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: 1,
+    };
+    let t0 = claimed[0].id;
+    store
+        .message_insert(t0, "log".into(), json!("m\u{0}"), fence.clone(), T0 + 2)
+        .await
+        .unwrap()
+        .unwrap();
+    let saved = store
+        .task_checkpoint(t0, json!(["c\u{0}"]), fence, T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(saved.checkpoint, Some(json!(["c\u{FFFD}"])));
+    let mut hs = Vec::new();
+    for (i, t) in claimed.into_iter().enumerate() {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            let p = FinishParams {
+                task: t,
+                owner: "A".into(),
+                status: if i % 2 == 0 {
+                    TaskStatus::Completed
+                } else {
+                    TaskStatus::Pending
+                },
+                result: (i % 2 == 0).then(|| json!({ "out": "r\u{0}" })),
+                error: (i % 2 == 1).then(|| "stderr: bad\u{0}byte".to_string()),
+                run_at: (i % 2 == 1).then_some(T0 + 5000),
+                uncount: false,
+                wait_until: None,
+                now: T0 + 10,
+            };
+            s.task_finish_wait(p).await
+        }));
+    }
+    for h in hs {
+        let done = h.await.unwrap().unwrap().unwrap();
+        let stored = store.task_get(done.id, None).await.unwrap();
+        match stored.status {
+            TaskStatus::Completed => {
+                assert_eq!(stored.result, Some(json!({ "out": "r\u{FFFD}" })))
+            }
+            _ => assert_eq!(
+                stored.last_error.as_deref(),
+                Some("stderr: bad\u{FFFD}byte")
+            ),
+        }
+    }
+    let msgs = store.message_list(t0, 0, 10, None).await.unwrap();
+    assert_eq!(msgs[0].content, json!("m\u{FFFD}"));
+}

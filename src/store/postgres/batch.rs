@@ -12,7 +12,7 @@
 //! is rolled back and each request is written alone, in order, with its own answer: exactly
 //! what the requests would have got one by one.
 
-use super::{insert_committed, json_err, pool_err, Conn, Limits, Result, StoreError};
+use super::{insert_committed, pool_err, Conn, Limits, Result, StoreError};
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::store::Inserted;
@@ -63,11 +63,7 @@ impl Batcher {
     ) -> Result<Vec<Inserted>> {
         let tasks = tasks
             .into_iter()
-            .map(|t| {
-                serde_json::to_string(&t.payload)
-                    .map(|p| (t, p))
-                    .map_err(json_err)
-            })
+            .map(|t| super::rows::jsonb_text(&t.payload).map(|p| (t, p)))
             .collect::<Result<Vec<_>>>()?;
         let sender = {
             let mut guard = self

@@ -9,7 +9,7 @@
 //! holds; a task that appears twice waits for the next batch. `task_finish` returns after the
 //! commit, as before, so the store's ordering contract holds unchanged.
 
-use super::{json_err, lock_changes, pg_err, pool_err, query, sql, Result, StoreError};
+use super::{lock_changes, pg_err, pool_err, query, sql, Result, StoreError};
 use crate::events::{Event, EventHub};
 use crate::store::FinishParams;
 use crate::task::{Task, WakeReason};
@@ -52,7 +52,7 @@ impl Completer {
         p: FinishParams,
     ) -> Result<Option<Arc<Task>>> {
         let result = match &p.result {
-            Some(v) => Some(serde_json::to_string(v).map_err(json_err)?),
+            Some(v) => Some(super::rows::jsonb_text(v)?),
             None => None,
         };
         let sender = {
@@ -122,31 +122,45 @@ async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, hub: Arc<EventHub>) {
         }
         metrics::histogram!("spool_finish_group_commit_outcomes").record(jobs.len() as f64);
         match write(&pool, &jobs).await {
-            Ok(mut done) => {
+            Err(e) if !matches!(e, StoreError::Unavailable(_)) && jobs.len() > 1 => {
+                // Refused for what one outcome holds: that must not cost the others theirs.
+                // Each is written alone, and only the one at fault gets the error.
                 for j in jobs {
-                    let out = done.remove(&j.p.task.id.0).map(|r| ended(j.p, r));
-                    let out = match out {
-                        Some(Ok(t)) => {
-                            let t = Arc::new(t);
-                            hub.publish(Event::Task(t.clone()));
-                            Ok(Some(t))
-                        }
-                        Some(Err(e)) => Err(e),
-                        None => Ok(None),
-                    };
-                    let _ = j.reply.send(out);
+                    let out = write(&pool, std::slice::from_ref(&j)).await;
+                    answer(&hub, vec![j], out);
                 }
             }
-            Err(e) => {
-                let text = e.to_string();
-                let unavailable = matches!(e, StoreError::Unavailable(_));
-                for j in jobs {
-                    let _ = j.reply.send(Err(if unavailable {
-                        StoreError::Unavailable(text.clone())
-                    } else {
-                        StoreError::Backend(text.clone().into())
-                    }));
-                }
+            written => answer(&hub, jobs, written),
+        }
+    }
+}
+
+/// Gives each job of a written group its answer (and publishes the tasks it ended).
+fn answer(hub: &EventHub, jobs: Vec<Job>, written: Result<HashMap<Uuid, EndedRow>>) {
+    match written {
+        Ok(mut done) => {
+            for j in jobs {
+                let out = match done.remove(&j.p.task.id.0).map(|r| ended(j.p, r)) {
+                    Some(Ok(t)) => {
+                        let t = Arc::new(t);
+                        hub.publish(Event::Task(t.clone()));
+                        Ok(Some(t))
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => Ok(None),
+                };
+                let _ = j.reply.send(out);
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let unavailable = matches!(e, StoreError::Unavailable(_));
+            for j in jobs {
+                let _ = j.reply.send(Err(if unavailable {
+                    StoreError::Unavailable(text.clone())
+                } else {
+                    StoreError::Backend(text.clone().into())
+                }));
             }
         }
     }
@@ -185,7 +199,7 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         attempts.push(i64::from(j.p.task.attempts));
         statuses.push(j.p.status.as_str());
         results.push(j.result.as_deref());
-        errors.push(j.p.error.as_deref());
+        errors.push(j.p.error.as_deref().map(super::rows::pg_text));
         run_ats.push(j.p.run_at);
         uncounts.push(i64::from(j.p.uncount));
         nows.push(j.p.now);
@@ -216,7 +230,7 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         ],
     )
     .await?;
-    tx.commit().await.map_err(pg_err)?;
+    // Decoded before the commit: an answer that cannot be read is an outcome not written.
     let mut out = HashMap::with_capacity(rows.len());
     for r in &rows {
         let id: Uuid = r.try_get("id").map_err(pg_err)?;
@@ -237,6 +251,7 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
             },
         );
     }
+    tx.commit().await.map_err(pg_err)?;
     Ok(out)
 }
 

@@ -798,11 +798,7 @@ impl Store for PostgresStore {
         }
         let prepared = tasks
             .into_iter()
-            .map(|t| {
-                serde_json::to_string(&t.payload)
-                    .map(|p| (t, p))
-                    .map_err(json_err)
-            })
+            .map(|t| rows::jsonb_text(&t.payload).map(|p| (t, p)))
             .collect::<Result<Vec<_>>>()?;
         let mut c = self.conn().await?;
         let prepared = prepared.into_iter().map(|(t, p)| (t, p, now)).collect();
@@ -1146,7 +1142,7 @@ impl Store for PostgresStore {
         else {
             return Ok(None);
         };
-        let text = serde_json::to_string(&content).map_err(json_err)?;
+        let text = rows::jsonb_text(&content)?;
         let row = query_opt(&tx, sql::MESSAGE_SEQ_NEXT, &[&uuid(task_id), &1i64])
             .await?
             .ok_or(StoreError::NotFound(task_id))?;
@@ -1201,7 +1197,7 @@ impl Store for PostgresStore {
         now: UnixMillis,
     ) -> Result<Task> {
         let (attempt, owner) = rules::attempt_fence(&fence)?;
-        let text = serde_json::to_string(&checkpoint).map_err(json_err)?;
+        let text = rows::jsonb_text(&checkpoint)?;
         let c = self.conn().await?;
         let row = query_opt(
             &c,

@@ -85,3 +85,41 @@ pub(super) fn user(r: &Row) -> Result<User> {
         jwt: false,
     })
 }
+
+/// JSON text for a `jsonb` column. PostgreSQL's `jsonb` cannot hold U+0000, so a NUL in a string
+/// or a key is stored as U+FFFD (the replacement character) rather than refused: a task's output
+/// or a client's payload is never lost to it (SQLite keeps it as it came).
+pub(super) fn jsonb_text(v: &serde_json::Value) -> Result<String> {
+    let text = serde_json::to_string(v).map_err(super::json_err)?;
+    if !text.contains("\\u0000") {
+        return Ok(text);
+    }
+    let mut v = v.clone();
+    scrub_nul(&mut v);
+    serde_json::to_string(&v).map_err(super::json_err)
+}
+
+fn scrub_nul(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => *s = pg_text(s).into_owned(),
+        Value::Array(a) => a.iter_mut().for_each(scrub_nul),
+        Value::Object(m) => {
+            let old = std::mem::take(m);
+            for (k, mut v) in old {
+                scrub_nul(&mut v);
+                m.insert(pg_text(&k).into_owned(), v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Text for a `text` column: PostgreSQL refuses U+0000 there too; it becomes U+FFFD.
+pub(super) fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
