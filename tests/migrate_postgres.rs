@@ -195,6 +195,9 @@ async fn pg_fingerprint(url: &str) -> Vec<(String, String)> {
         "task_tokens",
         "task_changes",
         "user_usage",
+        "stream_tokens",
+        "schedules",
+        "queue_tokens",
         "workers",
         "health",
         "spool_schema_versions",
@@ -232,6 +235,19 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
 
     let (st, _) = post(&c, &a, &admin, "/v1/queues/held/pause", json!({})).await;
     assert_eq!(st, StatusCode::OK);
+    // An API schedule (a row only the database has) moves with the rest.
+    let (st, schedule) = req(
+        &c,
+        reqwest::Method::PUT,
+        &a,
+        &admin,
+        "/v1/schedules/nightly",
+        Some(json!({"cron": "0 3 * * *", "timezone": "Europe/Berlin",
+            "task": {"kind": "ok", "queue": "held"}, "catch_up": "skip"})),
+        &[],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{schedule}");
     let completed = create(&c, &a, &admin, json!({"kind": "ok", "payload": {"x": 1}})).await;
     wait_status(&c, &a, &admin, &completed, "completed").await;
     let failed = create(&c, &a, &admin, json!({"kind": "bad", "max_attempts": 1})).await;
@@ -614,6 +630,12 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
     assert_eq!(st, StatusCode::OK);
     wait_status(&c, &b, &admin, &pending, "completed").await;
     wait_status(&c, &b, &admin, &fresh, "completed").await;
+    let schedules = get(&c, &b, &admin, "/v1/schedules").await;
+    assert_eq!(
+        schedules["schedules"],
+        json!([schedule]),
+        "the schedule moved as it was"
+    );
     let s = get(&c, &b, &admin, &format!("/v1/tasks/{scheduled}")).await;
     assert_eq!(s["status"], "pending", "still waiting for its run_at: {s}");
 }
