@@ -1,6 +1,7 @@
 //! Shared test support: real `spool` processes on temp dirs, real HTTP on 127.0.0.1.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+pub mod agent;
 pub mod sse;
 
 use std::io::{BufRead, BufReader};
