@@ -92,11 +92,7 @@ fn start_engine() -> Engine {
         found,
         "podman is needed for the container tests: tests/run.sh installs podman, runc and busybox-static"
     );
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("Debian's busybox-static is needed for the test image (tests/run.sh installs it)");
+    let busybox = busybox();
     // Podman refuses a run root longer than 50 characters: a short directory in the temp dir.
     let dir = tempfile::Builder::new()
         .prefix("spool-pm")
@@ -183,6 +179,22 @@ fn start_engine() -> Engine {
 
     // The image: busybox and a link per applet, imported from a tar (no registry).
     let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs, busybox);
+    e.import(&rootfs, "ENV=PATH=/bin", IMAGE);
+    e
+}
+
+/// Debian's static busybox on this machine.
+fn busybox() -> &'static Path {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("Debian's busybox-static is needed for the test image (tests/run.sh installs it)")
+}
+
+/// A root file system at `rootfs` of Debian's static busybox and a link per applet.
+fn busybox_rootfs(rootfs: &Path, busybox: &Path) {
     for d in ["bin", "tmp", "etc", "workspace"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
@@ -194,24 +206,23 @@ fn start_engine() -> Engine {
         }
     }
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-    let tar = dir.join("rootfs.tar");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success(), "tar of the test root file system failed");
-    e.podman_out(&[
-        "import",
-        "--change",
-        "ENV=PATH=/bin",
-        tar.to_str().unwrap(),
-        IMAGE,
-    ]);
-    e
+}
+
+impl Engine {
+    /// Imports the tar of `rootfs` as image `name` with the image change `env` (no registry).
+    fn import(&self, rootfs: &Path, env: &str, name: &str) {
+        let tar = rootfs.with_extension("tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "tar of {} failed", rootfs.display());
+        self.podman_out(&["import", "--change", env, tar.to_str().unwrap(), name]);
+    }
 }
 
 /// A `spool serve` with container kinds (`kinds` is TOML appended to the config).
@@ -606,4 +617,134 @@ async fn container_workspace_is_kept_for_keep_workspace_s_then_swept() {
         || async { (!engine().volume_exists(&volume)).then_some(()) },
     )
     .await;
+}
+
+/// The agent's image: busybox, git (with what it loads) and the agent example (with what it
+/// loads), imported once per run.
+fn agent_image() -> &'static str {
+    static I: OnceLock<()> = OnceLock::new();
+    const AGENT_IMAGE: &str = "localhost/spool-test-agent:latest";
+    I.get_or_init(|| {
+        let e = engine();
+        let rootfs = e.dir.join("agent-rootfs");
+        busybox_rootfs(&rootfs, busybox());
+        let git = Path::new("/usr/bin/git");
+        assert!(git.exists(), "git is needed for the agent's image");
+        with_libraries(&rootfs, git, "usr/bin/git");
+        with_libraries(&rootfs, &common::agent::agent_bin(), "agent");
+        // A clone runs git-upload-pack, one of git's own names.
+        std::fs::create_dir_all(rootfs.join("usr/lib/git-core")).unwrap();
+        std::os::unix::fs::symlink(
+            "/usr/bin/git",
+            rootfs.join("usr/lib/git-core/git-upload-pack"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(rootfs.join("usr/share/git-core/templates")).unwrap();
+        e.import(&rootfs, "ENV=PATH=/usr/bin:/bin", AGENT_IMAGE);
+    });
+    AGENT_IMAGE
+}
+
+/// Copies `bin` to `rootfs/at` and every shared library it loads (as `ldd` names them) to the
+/// same path inside `rootfs`.
+fn with_libraries(rootfs: &Path, bin: &Path, at: &str) {
+    let target = rootfs.join(at);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(bin, &target).unwrap();
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    assert!(out.status.success(), "ldd {}", bin.display());
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            let inside = rootfs.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+            std::fs::copy(p, &inside).unwrap();
+        }
+    }
+}
+
+/// A port free on 127.0.0.1 now (spool takes it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `spool serve` with the agent as container kind `agent`. slirp4netns with the host's loopback
+/// (10.0.2.2 inside) lets the container reach the scripted model and spool on 127.0.0.1.
+fn agent_server(dir: &Path, model: &common::agent::ScriptedModel, src: &Path) -> Server {
+    let port = free_port();
+    let kind = format!(
+        "[kinds.agent]\ncontainer = {{ image = {image:?}, command = [\"/agent\"], \
+         network = \"slirp4netns:allow_host_loopback=true\", mounts = [{mount:?}], \
+         stop_grace_s = 1, env = {{ ANTHROPIC_API_KEY = {key:?}, \
+         ANTHROPIC_BASE_URL = \"http://10.0.2.2:{mport}\", AGENT_MODEL = {m:?} }} }}\n",
+        image = agent_image(),
+        mount = format!("{}:/src:ro", src.display()),
+        key = common::agent::API_KEY,
+        mport = model.port(),
+        m = common::agent::MODEL,
+    );
+    server(
+        dir,
+        &kind,
+        &[
+            ("SPOOL_LISTEN", &format!("127.0.0.1:{port}")),
+            ("SPOOL_WORKER_API_URL", &format!("http://10.0.2.2:{port}")),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_in_a_container_clones_edits_streams_every_step_and_returns_the_diff() {
+    use common::agent;
+    let dir = tempfile::tempdir().unwrap();
+    let src = agent::repo(dir.path());
+    let expected = agent::expected_diff(dir.path(), &src);
+    let model = agent::ScriptedModel::start(agent::script(), Some(1)).await;
+    let s = agent_server(dir.path(), &model, &src);
+    let id = enqueue(&s, "agent", agent::payload("/src"), json!({})).await;
+    agent::check_conversation(&s, &model, &id, &expected).await;
+    eventually(Duration::from_secs(10), "the container removed", || async {
+        engine().containers_of(&id).is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_in_a_container_canceled_mid_loop_stops_with_its_container() {
+    use common::agent;
+    let dir = tempfile::tempdir().unwrap();
+    let src = agent::repo(dir.path());
+    let model = agent::ScriptedModel::start(agent::script(), Some(1)).await;
+    let s = agent_server(dir.path(), &model, &src);
+    let id = enqueue(&s, "agent", agent::payload("/src"), json!({})).await;
+    model.wait_requests(2, Duration::from_secs(60)).await;
+    assert!(
+        !engine().containers_of(&id).is_empty(),
+        "the agent's container runs"
+    );
+    let r = s
+        .post_json(&s.token, &format!("/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    eventually(Duration::from_secs(10), "the container removed", || async {
+        engine().containers_of(&id).is_empty().then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the held request dropped",
+        || async { model.abandoned().then_some(()) },
+    )
+    .await;
+    assert_eq!(s.wait_terminal(&id).await["status"], "canceled");
+    assert_eq!(model.requests().len(), 2, "no model call after the cancel");
 }

@@ -28,13 +28,15 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
 fi
 
 # Podman (its Docker-compatible service is the container engine of tests/containers.rs, which
-# starts a throw-away one per run), runc (crun fails on these machines), and Debian's static
-# busybox, the root file system of the test image (imported, no registry).
-if ! command -v podman >/dev/null || ! command -v runc >/dev/null || [ ! -x /bin/busybox ]; then
+# starts a throw-away one per run), runc (crun fails on these machines), slirp4netns (the agent's
+# container reaches 127.0.0.1 through it), Debian's static busybox, the root file system of the
+# test images (imported, no registry), and git, which the coding agent's tests clone with.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v slirp4netns >/dev/null \
+    || ! command -v git >/dev/null || [ ! -x /bin/busybox ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc busybox-static
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc slirp4netns busybox-static git
   else
-    echo "error: the container tests need Debian's podman, runc and busybox-static: apt-get install podman runc busybox-static" >&2
+    echo "error: the container tests need Debian's podman, runc, slirp4netns, busybox-static and git: apt-get install podman runc slirp4netns busybox-static git" >&2
     exit 1
   fi
 fi
