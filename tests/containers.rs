@@ -748,3 +748,72 @@ async fn agent_in_a_container_canceled_mid_loop_stops_with_its_container() {
     assert_eq!(s.wait_terminal(&id).await["status"], "canceled");
     assert_eq!(model.requests().len(), 2, "no model call after the cancel");
 }
+
+#[tokio::test]
+async fn container_of_a_lost_lease_is_removed_and_the_task_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(
+        dir.path(),
+        &format!(
+            "[worker]\nlease_ms = 1000\n{}",
+            kind("long", "sleep 120", "")
+        ),
+        &[],
+    );
+    let id = enqueue(&s, "long", json!({}), json!({})).await;
+    let first = wait_running_container(&s, &id).await;
+    let of_attempt = |n: u32| {
+        engine().podman_out(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("label=spool.task={id}"),
+            "--filter",
+            &format!("label=spool.attempt={n}"),
+        ])
+    };
+    assert!(!of_attempt(1).trim().is_empty());
+
+    // Another process holds SQLite's write lock past the lease: no heartbeat can extend it, so
+    // the worker must give the attempt up and stop its container.
+    let db = dir.path().join("data/spool.db");
+    let mut sq = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sqlite3 must be installed");
+    let mut stdin = sq.stdin.take().unwrap();
+    stdin.write_all(b"BEGIN IMMEDIATE;\n").unwrap();
+    stdin.flush().unwrap();
+    eventually(Duration::from_secs(15), "the lease lost", || async {
+        s.proc.stderr().contains("lease lost").then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the first attempt's container removed",
+        || async { of_attempt(1).trim().is_empty().then_some(()) },
+    )
+    .await;
+    stdin.write_all(b"COMMIT;\n").unwrap();
+    drop(stdin);
+    let _ = sq.wait();
+
+    // Rescued once the lease ran out: attempt 2 runs in a container of its own.
+    eventually(Duration::from_secs(30), "attempt 2's container", || async {
+        (!of_attempt(2).trim().is_empty()).then_some(())
+    })
+    .await;
+    assert!(!engine().containers_of(&id).contains(&first));
+    let r = s
+        .post_json(&s.token, &format!("/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    eventually(Duration::from_secs(10), "the container removed", || async {
+        engine().containers_of(&id).is_empty().then_some(())
+    })
+    .await;
+}
