@@ -817,3 +817,32 @@ async fn container_of_a_lost_lease_is_removed_and_the_task_runs_again() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn container_attempt_starts_from_the_last_checkpoint_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Attempt 1 saves a checkpoint and fails; attempt 2 returns what its file holds, and who
+    // owns it (the kind's user).
+    let script = "if [ -n \"$SPOOL_CHECKPOINT\" ]; then \
+                    echo \"{\\\"result\\\": {\\\"saved\\\": $(cat \"$SPOOL_CHECKPOINT\"), \\\"owner\\\": \\\"$(stat -c %u:%g \"$SPOOL_CHECKPOINT\")\\\", \\\"at\\\": \\\"$SPOOL_CHECKPOINT\\\"}}\"; exit 0; \
+                  fi; echo '{\"checkpoint\": {\"step\": 3, \"from\": 1}}'; exit 1";
+    let s = server(
+        dir.path(),
+        &kind(
+            "cp",
+            script,
+            ", user = \"1000:1000\", read_only_root = true",
+        ),
+        &[],
+    );
+    let id = enqueue(&s, "cp", json!({}), json!({"max_attempts": 2})).await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempts"], 2, "{t}");
+    assert_eq!(
+        t["result"],
+        json!({"saved": {"step": 3, "from": 1}, "owner": "1000:1000",
+               "at": "/workspace/.spool/checkpoint.json"}),
+        "{t}"
+    );
+}

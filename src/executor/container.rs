@@ -33,7 +33,7 @@ use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
     RemoveVolumeOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
-    WaitContainerOptions,
+    UploadToContainerOptionsBuilder, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -304,6 +304,42 @@ fn engine_error(engine: &Engine, what: &str, e: impl std::fmt::Display) -> TaskE
     ))
 }
 
+/// Where an attempt finds the task's last checkpoint, relative to the workspace.
+const CHECKPOINT_FILE: &str = ".spool/checkpoint.json";
+
+/// A tar of `.spool/checkpoint.json` holding `value`, for the engine to unpack into the
+/// workspace before the container starts. Owned by `user` when it is numeric (`uid[:gid]`), else
+/// by root and readable by everyone: the container is the task's own.
+fn checkpoint_tar(value: &serde_json::Value, user: Option<&str>) -> std::io::Result<Vec<u8>> {
+    let (uid, gid) = user
+        .and_then(|u| {
+            let mut parts = u.splitn(2, ':');
+            let uid = parts.next()?.parse::<u64>().ok()?;
+            let gid = match parts.next() {
+                Some(g) => g.parse::<u64>().ok()?,
+                None => uid,
+            };
+            Some((uid, gid))
+        })
+        .unwrap_or((0, 0));
+    let data = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_size(0);
+    dir.set_mode(0o755);
+    dir.set_uid(uid);
+    dir.set_gid(gid);
+    tar.append_data(&mut dir, ".spool/", std::io::empty())?;
+    let mut file = tar::Header::new_gnu();
+    file.set_size(data.len() as u64);
+    file.set_mode(0o644);
+    file.set_uid(uid);
+    file.set_gid(gid);
+    tar.append_data(&mut file, CHECKPOINT_FILE, data.as_slice())?;
+    tar.into_inner()
+}
+
 impl ContainerHandler {
     async fn run_container(&self, ctx: TaskContext) -> Result<Outcome, TaskError> {
         let engine = &self.engine;
@@ -337,6 +373,20 @@ impl ContainerHandler {
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}")),
         );
+        // The last checkpoint as a file in the workspace, as a command kind gets it.
+        let checkpoint = match ctx.last_checkpoint() {
+            Some(v) => {
+                let tar = checkpoint_tar(&v, self.spec.user.as_deref()).map_err(|e| {
+                    TaskError::retry(format!("cannot pack the checkpoint file: {e}"))
+                })?;
+                env.push(format!(
+                    "SPOOL_CHECKPOINT={}/{CHECKPOINT_FILE}",
+                    self.spec.workdir.trim_end_matches('/')
+                ));
+                Some(tar)
+            }
+            None => None,
+        };
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), id.to_string()),
             (LABEL_ATTEMPT.to_string(), attempt.to_string()),
@@ -370,6 +420,20 @@ impl ContainerHandler {
             id: Some(cid.clone()),
             grace_s: self.spec.stop_grace_s,
         };
+        if let Some(tar) = checkpoint {
+            let opts = UploadToContainerOptionsBuilder::new()
+                .path(&self.spec.workdir)
+                .build();
+            tokio::time::timeout(
+                ENGINE_TIMEOUT,
+                engine
+                    .docker
+                    .upload_to_container(&cid, Some(opts), bollard::body_full(tar.into())),
+            )
+            .await
+            .map_err(|_| engine_error(engine, "writing the checkpoint file", "timed out"))?
+            .map_err(|e| engine_error(engine, "writing the checkpoint file", e))?;
+        }
 
         let attach = AttachContainerOptionsBuilder::new()
             .stdin(true)
