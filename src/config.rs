@@ -1219,8 +1219,10 @@ impl Config {
             queues: queues_cfg,
             kinds,
         };
+        // A schedule must fire at some time after the config is loaded.
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
         for spec in &cfg.schedules {
-            spec.validate(&cfg)
+            spec.validate(&cfg, now)
                 .map_err(|e| invalid(format!("schedules.{}", spec.name), e))?;
         }
         Ok(cfg)

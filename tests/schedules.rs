@@ -82,6 +82,35 @@ fn three_processes_fire_each_time_once() {
     );
 }
 
+#[test]
+fn a_schedule_whose_task_is_refused_does_not_stop_the_others_firing() {
+    // The admin's payload quota refuses every firing of `a-big` (listed first); `b-small`
+    // fires all the same, every second.
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(4000);
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[worker]\nconcurrency = 1\n[limits]\npayload_bytes_per_user = 1000\n\
+             [schedules.a-big]\ncron = \"* * * * * *\"\ntask = {{ kind = \"spool.noop\", payload = \"{big}\" }}\n\
+             [schedules.b-small]\ncron = \"* * * * * *\"\ntask = {{ kind = \"spool.noop\" }}\n"
+        ),
+    );
+    let mut p = spawn(&["work"], &cfg, &[]);
+    wait_until(Duration::from_secs(30), "b-small fires twice", || {
+        dir.path().join("data/spool.db").exists() && scheduled_keys(dir.path(), "b-small").len() >= 2
+    });
+    assert!(scheduled_keys(dir.path(), "a-big").is_empty());
+    assert_eq!(
+        p.terminate(Duration::from_secs(30)).map(|s| s.code()),
+        Some(Some(0))
+    );
+    assert!(
+        p.stderr().contains("a-big"),
+        "the refused firing is logged naming its schedule"
+    );
+}
+
 fn hour_ms() -> i64 {
     3_600_000
 }

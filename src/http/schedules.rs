@@ -75,8 +75,8 @@ pub(super) async fn put(
             .map_err(ApiError::Invalid)?,
         catch_up_max: req.catch_up_max.unwrap_or(schedule::DEFAULT_CATCH_UP_MAX),
     };
-    spec.validate(&st.cfg).map_err(ApiError::Invalid)?;
     let now = st.clock.now();
+    spec.validate(&st.cfg, now).map_err(ApiError::Invalid)?;
     let row = st.store.schedule_put(spec.row("api"), false, now).await?;
     Ok(Json(schedule::to_json(&row, now)))
 }
