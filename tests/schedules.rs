@@ -202,6 +202,8 @@ fn a_bad_cron_or_time_zone_is_a_config_error_naming_the_schedule() {
             "cron = \"0 3 * * *\"\ncatch_up = \"sometimes\"\ntask = { kind = \"k\" }",
             "catch_up",
         ),
+        // February 30th never comes.
+        ("cron = \"0 0 30 2 *\"\ntask = { kind = \"k\" }", "never fires"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &format!("[schedules.nightly]\n{body}\n"));
@@ -258,10 +260,15 @@ async fn schedule_routes_create_list_trigger_and_delete() {
             json!({"cron": "0 3 * * *", "task": {"kind": "k", "idempotency_key": "x"}}),
             "idempotency_key",
         ),
+        (
+            json!({"cron": "0 0 30 2 *", "task": {"kind": "k"}}),
+            "never fires",
+        ),
     ] {
         let r = put("bad", bad, s.token.clone()).await;
         assert_eq!(r.status(), 400, "{what}");
         let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_request", "{e}");
         assert!(
             e["error"]["message"].as_str().unwrap().contains(what),
             "{e}"
