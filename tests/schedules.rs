@@ -13,6 +13,7 @@ use common::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> i64 {
@@ -362,4 +363,70 @@ async fn schedule_routes_create_list_trigger_and_delete() {
     assert_eq!(del("from-config").await, 409);
     assert_eq!(del("mine").await, 204);
     assert_eq!(del("mine").await, 404);
+}
+
+/// `POST /v1/schedules/{name}/trigger` on a stopped clock: the first is `201` with the task
+/// (with `user`, as every route's task JSON), the second in the same millisecond replays it
+/// with `200`, as `POST /v1/tasks` does; a millisecond later is a new task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_shows_the_user_and_a_replayed_firing_is_200() {
+    use spool::{ManualClock, Spool};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[schedules.monthly]\ncron = \"0 3 1 * *\"\ntask = {{ kind = \"spool.noop\", payload = {{ a = 1 }} }}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = spool::Config::load(Some(&path)).unwrap();
+    let clock = Arc::new(ManualClock::new(
+        spool::clock::parse_rfc3339("2027-01-15T12:00:00.123Z").unwrap(),
+    ));
+    let spool = Arc::new(
+        Spool::builder()
+            .config(cfg)
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    let token_file = spool.bootstrap_admin().await.unwrap().unwrap();
+    let token = std::fs::read_to_string(token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/v1/schedules/monthly/trigger",
+        listener.local_addr().unwrap()
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = {
+        let (s, stop) = (spool.clone(), stop.clone());
+        tokio::spawn(async move { s.serve(listener, stop).await.unwrap() })
+    };
+    let c = client();
+    let trigger = || async {
+        let r = c.post(&url).bearer_auth(&token).send().await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (code, first) = trigger().await;
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(first["user"], "admin", "{first}");
+    assert_eq!(
+        first["idempotency_key"],
+        "schedule:monthly:2027-01-15T12:00:00.123Z"
+    );
+    let (code, again) = trigger().await;
+    assert_eq!(code, 200, "{again}");
+    assert_eq!((&again["id"], &again["user"]), (&first["id"], &first["user"]));
+    clock.advance(1);
+    let (code, next) = trigger().await;
+    assert_eq!(code, 201, "{next}");
+    assert_ne!(next["id"], first["id"]);
+    stop.cancel();
+    server.await.unwrap();
 }
