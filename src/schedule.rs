@@ -699,9 +699,16 @@ mod tests {
         assert_eq!(newest, Some(now));
         let missed: Vec<UnixMillis> = (0..3).map(|i| now - ON_TIME_MS - 3000 + i * 1000).collect();
         assert_eq!(&f[..3], &missed[..]);
-        assert_eq!(f.len(), 3 + 61, "three missed, then every second of the last minute");
+        assert_eq!(
+            f.len(),
+            3 + 61,
+            "three missed, then every second of the last minute"
+        );
         let (f, newest) = c.due(since, now, CatchUp::Latest, 3);
-        assert_eq!((f[0], f.len(), newest), (now - ON_TIME_MS - 1000, 62, Some(now)));
+        assert_eq!(
+            (f[0], f.len(), newest),
+            (now - ON_TIME_MS - 1000, 62, Some(now))
+        );
     }
 
     #[test]

@@ -99,7 +99,8 @@ fn a_schedule_whose_task_is_refused_does_not_stop_the_others_firing() {
     );
     let mut p = spawn(&["work"], &cfg, &[]);
     wait_until(Duration::from_secs(30), "b-small fires twice", || {
-        dir.path().join("data/spool.db").exists() && scheduled_keys(dir.path(), "b-small").len() >= 2
+        dir.path().join("data/spool.db").exists()
+            && scheduled_keys(dir.path(), "b-small").len() >= 2
     });
     assert!(scheduled_keys(dir.path(), "a-big").is_empty());
     assert_eq!(
@@ -204,7 +205,10 @@ fn a_bad_cron_or_time_zone_is_a_config_error_naming_the_schedule() {
             "catch_up",
         ),
         // February 30th never comes.
-        ("cron = \"0 0 30 2 *\"\ntask = { kind = \"k\" }", "never fires"),
+        (
+            "cron = \"0 0 30 2 *\"\ntask = { kind = \"k\" }",
+            "never fires",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &format!("[schedules.nightly]\n{body}\n"));
@@ -422,7 +426,10 @@ async fn trigger_shows_the_user_and_a_replayed_firing_is_200() {
     );
     let (code, again) = trigger().await;
     assert_eq!(code, 200, "{again}");
-    assert_eq!((&again["id"], &again["user"]), (&first["id"], &first["user"]));
+    assert_eq!(
+        (&again["id"], &again["user"]),
+        (&first["id"], &first["user"])
+    );
     clock.advance(1);
     let (code, next) = trigger().await;
     assert_eq!(code, 201, "{next}");

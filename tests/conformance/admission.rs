@@ -325,7 +325,10 @@ pub async fn schedules_keep_config_rows_and_their_firing_never_moves_back<B: Bac
     let mut utc = schedule("b", "*/5 * * * *");
     utc.timezone = "UTC".into();
     let b = s.schedule_put(utc, false, T0 + 40).await.unwrap();
-    assert_eq!((b.timezone.as_str(), b.last_fire_at), ("UTC", Some(T0 + 40)));
+    assert_eq!(
+        (b.timezone.as_str(), b.last_fire_at),
+        ("UTC", Some(T0 + 40))
+    );
     let mut same = schedule("b", "*/5 * * * *");
     same.timezone = "UTC".into();
     let b = s.schedule_put(same, false, T0 + 50).await.unwrap();
