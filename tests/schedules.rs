@@ -411,6 +411,15 @@ async fn trigger_shows_the_user_and_a_replayed_firing_is_200() {
         let (s, stop) = (spool.clone(), stop.clone());
         tokio::spawn(async move { s.serve(listener, stop).await.unwrap() })
     };
+    // The scheduler writes the config's schedules to the database as it starts.
+    let end = Instant::now() + Duration::from_secs(30);
+    while spool.store().schedule_list().await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for the schedule stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let c = client();
     let trigger = || async {
         let r = c.post(&url).bearer_auth(&token).send().await.unwrap();
