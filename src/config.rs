@@ -1219,11 +1219,43 @@ impl Config {
             queues: queues_cfg,
             kinds,
         };
+        // A schedule must fire at some time after the config is loaded.
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
         for spec in &cfg.schedules {
-            spec.validate(&cfg)
+            spec.validate(&cfg, now)
                 .map_err(|e| invalid(format!("schedules.{}", spec.name), e))?;
         }
         Ok(cfg)
+    }
+
+    /// Whether any queue has a `rate`: only then is there a token bucket worth reading.
+    pub fn any_rate(&self) -> bool {
+        self.queues.values().any(|q| q.rate.is_some())
+    }
+
+    /// A queue's `limits` as `GET /v1/queues` and `spool inspect --json` show them (API.md
+    /// "Admission control and schedules"): each `null` when not set; `tokens` is the queue's
+    /// stored `bucket` refilled to `now` (a full one when none is stored yet).
+    pub fn queue_limits(
+        &self,
+        queue: &str,
+        bucket: Option<crate::store::Bucket>,
+        now: crate::clock::UnixMillis,
+    ) -> serde_json::Value {
+        let cfg = self.queues.get(queue);
+        let rate = cfg.and_then(|c| c.rate);
+        let tokens = rate.map(|r| {
+            let b = crate::store::rules::bucket_at(bucket, &r, now);
+            (b.tokens.max(0.0) * 1000.0).floor() / 1000.0
+        });
+        serde_json::json!({
+            "concurrency": cfg.and_then(|c| c.concurrency),
+            "global_concurrency": cfg.and_then(|c| c.global_concurrency),
+            "per_key_concurrency": cfg.and_then(|c| c.per_key_concurrency),
+            "rate": cfg.and_then(|c| c.rate_text.clone()),
+            "burst": rate.map(|r| r.burst),
+            "tokens": tokens,
+        })
     }
 
     /// The database file of the SQLite store. With PostgreSQL there is none: this is where

@@ -9,6 +9,7 @@ use spool::config::Secrets;
 use spool::http::{configured_queues, hash_token, new_token};
 use spool::store::{ExistingUser, TokenCreate, TokenRevoke};
 use spool::Config;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -817,6 +818,12 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
     loop {
         let now = SystemClock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
+        // Token buckets are read only when some queue has a rate, as `GET /v1/queues` does.
+        let buckets: HashMap<String, spool::store::Bucket> = if cfg.any_rate() {
+            store.queue_buckets().await?.into_iter().collect()
+        } else {
+            HashMap::new()
+        };
         let (running, failed) = store.inspect_lists(20).await?;
         let schedules: Vec<Value> = store
             .schedule_list()
@@ -836,6 +843,15 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                 })
                 .collect();
             let failed: Vec<Value> = failed.iter().map(|t| t.to_json()).collect();
+            // Each queue as `GET /v1/queues` shows it, with its `limits`.
+            let queues: Vec<Value> = queues
+                .iter()
+                .map(|q| {
+                    let mut v = json!(q);
+                    v["limits"] = cfg.queue_limits(&q.name, buckets.get(&q.name).copied(), now);
+                    v
+                })
+                .collect();
             let out = json!({"queues": queues, "running": running, "recent_failures": failed, "schedules": schedules, "last_drill": last_drill});
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {

@@ -15,6 +15,7 @@ use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -133,10 +134,37 @@ impl Cron {
             .map(|d| d.timestamp_millis())
     }
 
+    /// The newest firing strictly before `t`, by the cron crate's backward search (which may
+    /// pick the other instant of a repeated wall clock time than the forward one does: it
+    /// only serves to find where a forward walk may start).
+    fn prev_before(&self, t: UnixMillis) -> Option<UnixMillis> {
+        let from = self.at(t)?;
+        self.cron
+            .find_previous_occurrence(&from, false)
+            .ok()
+            .map(|d| d.timestamp_millis())
+    }
+
+    /// Whether `t`'s wall clock time happens twice (a fall-back's repeated hour).
+    fn in_fold(&self, t: UnixMillis) -> bool {
+        self.at(t).is_none_or(|d| {
+            self.tz
+                .from_local_datetime(&d.naive_local())
+                .single()
+                .is_none()
+        })
+    }
+
     /// The firings due at `now` for a schedule last handled at `since` (exclusive), in order:
     /// every firing at most [`ON_TIME_MS`] old, and of the older (missed) ones what `catch_up`
     /// says (`All`: the newest `max`). The second value is the newest firing due (fired or
     /// skipped), to record as handled; `None` when nothing is due.
+    ///
+    /// The work is bounded by what is kept, not by how long ago `since` is: a forward walk
+    /// from `since` would take a step per firing (a year of a per-second schedule is 31
+    /// million), so the walk starts instead a few firings before the newest missed ones that
+    /// are kept, found by walking backwards from now; it starts further back (doubling the
+    /// distance) until it has seen as many missed firings as it keeps, or `since` itself.
     pub fn due(
         &self,
         since: UnixMillis,
@@ -144,13 +172,62 @@ impl Cron {
         catch_up: CatchUp,
         max: u32,
     ) -> (Vec<UnixMillis>, Option<UnixMillis>) {
+        // Missed firings to keep: at least one, which tells the newest when none is on time.
+        let keep = match catch_up {
+            CatchUp::All => max.max(1) as usize,
+            CatchUp::Latest | CatchUp::Skip => 1,
+        };
+        let mut back = keep + 2;
+        loop {
+            let start = self.walk_start(since, now, back);
+            let (missed, fires, newest) = self.walk(start, now, keep);
+            if start == since || missed.len() >= keep {
+                let mut out: Vec<UnixMillis> = match catch_up {
+                    CatchUp::Skip => Vec::new(),
+                    CatchUp::Latest => missed.back().copied().into_iter().collect(),
+                    CatchUp::All => missed.into_iter().collect(),
+                };
+                out.extend(fires);
+                return (out, newest);
+            }
+            back = back.saturating_mul(2);
+        }
+    }
+
+    /// Where a forward walk that must see the `back` newest missed firings starts: `back`
+    /// firings before the on-time window (by the backward search), never before `since`, and
+    /// never inside a repeated hour (where the forward walk would see the other instant of a
+    /// wall clock time than a walk from before it does).
+    fn walk_start(&self, since: UnixMillis, now: UnixMillis, back: usize) -> UnixMillis {
+        let mut t = now.saturating_sub(ON_TIME_MS);
+        for _ in 0..back {
+            match self.prev_before(t) {
+                Some(p) if p > since => t = p,
+                _ => return since,
+            }
+        }
+        // Two hours back leaves any repeated hour (none is longer than one).
+        if self.in_fold(t) {
+            t = t.saturating_sub(2 * 3_600_000);
+        }
+        t.max(since)
+    }
+
+    /// Walks forward from `start` (exclusive) to `now`: the newest `keep` missed firings, the
+    /// on-time ones and the newest of all.
+    fn walk(
+        &self,
+        start: UnixMillis,
+        now: UnixMillis,
+        keep: usize,
+    ) -> (VecDeque<UnixMillis>, Vec<UnixMillis>, Option<UnixMillis>) {
         let mut fires = Vec::new();
-        let mut missed = Vec::new();
+        let mut missed = VecDeque::with_capacity(keep + 1);
         let mut newest = None;
-        let mut t = since;
-        // Bounded: every step moves forward; past the on-time window only the newest `max`
-        // missed firings are kept, and the walk stops at a hard cap of steps.
-        for _ in 0..1_000_000 {
+        let mut t = start;
+        // Bounded: every step moves forward, and a walk that did not start at `since` starts
+        // a bounded number of firings back; the cap guards against anything else.
+        for _ in 0..WALK_CAP {
             let Some(f) = self.next_after(t) else { break };
             if f > now {
                 break;
@@ -159,22 +236,19 @@ impl Cron {
             if now - f <= ON_TIME_MS {
                 fires.push(f);
             } else {
-                missed.push(f);
-                if missed.len() > max as usize {
-                    missed.remove(0);
+                missed.push_back(f);
+                if missed.len() > keep {
+                    missed.pop_front();
                 }
             }
             t = f;
         }
-        let mut out = match catch_up {
-            CatchUp::Skip => Vec::new(),
-            CatchUp::Latest => missed.last().copied().into_iter().collect(),
-            CatchUp::All => missed,
-        };
-        out.extend(fires);
-        (out, newest)
+        (missed, fires, newest)
     }
 }
+
+/// Steps of one forward walk at most (each moves forward by at least one firing).
+const WALK_CAP: usize = 1_000_000;
 
 /// A schedule definition, validated (from config or the API).
 #[derive(Debug, Clone, PartialEq)]
@@ -194,19 +268,24 @@ pub struct ScheduleSpec {
 }
 
 impl ScheduleSpec {
-    /// Checks the expression, the zone, the task (by the enqueue rules of `cfg`) and the bound.
+    /// Checks the expression, the zone, the task (by the enqueue rules of `cfg`, as a firing
+    /// at `now` would build it) and the bound. An expression that never fires after `now` (`0 0 30 2 *`,
+    /// February 30th) is refused.
     ///
     /// # Errors
     /// A message naming the field.
-    pub fn validate(&self, cfg: &Config) -> Result<(), String> {
+    pub fn validate(&self, cfg: &Config, now: UnixMillis) -> Result<(), String> {
         if !crate::task::valid_name(&self.name) {
             return Err("a schedule name must be 1 to 128 characters of [A-Za-z0-9._:-]".into());
         }
-        Cron::parse(&self.cron, &self.timezone)?;
+        let cron = Cron::parse(&self.cron, &self.timezone)?;
+        if cron.next_after(now).is_none() {
+            return Err(format!("cron {:?} never fires", self.cron));
+        }
         if !(1..=10_000).contains(&self.catch_up_max) {
             return Err("catch_up_max must be 1..=10000".into());
         }
-        task_for(cfg, self, 0, String::new()).map(|_| ())
+        task_for(cfg, self, now, String::new()).map(|_| ())
     }
 
     /// The row the store keeps.
@@ -369,7 +448,14 @@ pub async fn tick(
                 // Another process fired it with another definition (a config being rolled
                 // out): its task stands.
                 Err(crate::store::StoreError::IdempotencyMismatch { .. }) => {}
-                Err(e) => return Err(e),
+                // The database is gone: the next tick tries again (firings are idempotent).
+                Err(e @ crate::store::StoreError::Unavailable(_)) => return Err(e),
+                // The store refused this schedule's task (a quota, a constraint): its firing
+                // is skipped like one whose task breaks an enqueue rule, and the other
+                // schedules still fire.
+                Err(e) => {
+                    tracing::warn!(schedule = %row.name, error = %e, "firing skipped: the task was refused");
+                }
             }
         }
         store
@@ -535,6 +621,124 @@ mod tests {
         assert_eq!(f, vec![utc("2026-05-01T10:00:00Z")]);
         let (f, newest) = c.due(now, now + 1000, CatchUp::All, 100);
         assert!(f.is_empty() && newest.is_none());
+    }
+
+    /// The walk as it was: step by step from `since`, keeping everything.
+    fn due_by_walking_every_firing(
+        c: &Cron,
+        since: UnixMillis,
+        now: UnixMillis,
+        catch_up: CatchUp,
+        max: u32,
+    ) -> (Vec<UnixMillis>, Option<UnixMillis>) {
+        let (mut fires, mut missed, mut newest, mut t) = (Vec::new(), Vec::new(), None, since);
+        while let Some(f) = c.next_after(t).filter(|f| *f <= now) {
+            newest = Some(f);
+            if now - f <= ON_TIME_MS {
+                fires.push(f);
+            } else {
+                missed.push(f);
+            }
+            t = f;
+        }
+        let keep = missed.len().saturating_sub(max as usize);
+        let mut out = match catch_up {
+            CatchUp::Skip => Vec::new(),
+            CatchUp::Latest => missed.last().copied().into_iter().collect(),
+            CatchUp::All => missed.split_off(keep),
+        };
+        out.extend(fires);
+        (out, newest)
+    }
+
+    #[test]
+    fn due_starting_near_now_finds_what_a_walk_from_the_last_firing_finds() {
+        // Across both DST changes of a year, in zones with and without DST, with policies and
+        // bounds that make the walk start far after `since`.
+        let cases = [
+            ("30 2 * * *", "Europe/Berlin"),
+            ("30,45 2 * * *", "Europe/Berlin"),
+            ("0 * * * *", "Europe/Berlin"),
+            ("*/20 1-3 * * *", "America/New_York"),
+            ("0 0 29 2 *", "UTC"),
+            ("15 */6 * * 1-5", "Australia/Lord_Howe"),
+        ];
+        let since = utc("2026-01-01T00:00:00Z");
+        for (expr, tz) in cases {
+            let c = Cron::parse(expr, tz).unwrap();
+            for now in [
+                utc("2026-03-29T01:00:30Z"),
+                utc("2026-03-30T00:00:00Z"),
+                utc("2026-10-25T00:30:10Z"),
+                utc("2026-10-25T02:00:00Z"),
+                utc("2026-11-02T07:00:00Z"),
+                utc("2029-03-01T00:00:30Z"),
+            ] {
+                for catch_up in [CatchUp::Skip, CatchUp::Latest, CatchUp::All] {
+                    for max in [1, 2, 3, 7, 100] {
+                        assert_eq!(
+                            c.due(since, now, catch_up, max),
+                            due_by_walking_every_firing(&c, since, now, catch_up, max),
+                            "{expr} {tz} at {} {catch_up:?} {max}",
+                            rfc3339(now)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_year_of_a_per_second_schedule_missed_keeps_the_newest_and_records_now() {
+        // 31 million missed firings: the newest recorded is the last one due, not wherever a
+        // bounded walk from the last firing gave up.
+        let c = Cron::parse("* * * * * *", "UTC").unwrap();
+        let since = utc("2025-01-01T00:00:00Z");
+        let now = utc("2026-01-01T00:00:00Z");
+        let (f, newest) = c.due(since, now, CatchUp::All, 3);
+        assert_eq!(newest, Some(now));
+        let missed: Vec<UnixMillis> = (0..3).map(|i| now - ON_TIME_MS - 3000 + i * 1000).collect();
+        assert_eq!(&f[..3], &missed[..]);
+        assert_eq!(
+            f.len(),
+            3 + 61,
+            "three missed, then every second of the last minute"
+        );
+        let (f, newest) = c.due(since, now, CatchUp::Latest, 3);
+        assert_eq!(
+            (f[0], f.len(), newest),
+            (now - ON_TIME_MS - 1000, 62, Some(now))
+        );
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused_and_one_that_fires_is_checked_at_now() {
+        let cfg = Config::defaults();
+        let spec = |cron: &str| ScheduleSpec {
+            name: "s".into(),
+            cron: cron.into(),
+            timezone: "Europe/Berlin".into(),
+            task: ScheduleTask {
+                kind: "spool.noop".into(),
+                payload: Value::Null,
+                queue: None,
+                priority: None,
+                delay_ms: None,
+                max_attempts: None,
+                timeout_ms: None,
+                concurrency_key: None,
+            },
+            catch_up: CatchUp::Latest,
+            catch_up_max: 100,
+        };
+        let now = utc("2026-06-01T00:00:00Z");
+        let e = spec("0 0 30 2 *").validate(&cfg, now).unwrap_err();
+        assert!(e.contains("cron") && e.contains("never fires"), "{e}");
+        let e = spec("0 0 31 4 *").validate(&cfg, now).unwrap_err();
+        assert!(e.contains("never fires"), "{e}");
+        // Rare is not never: the next February 29th is in 2028.
+        spec("0 0 29 2 *").validate(&cfg, now).unwrap();
+        spec("0 3 * * *").validate(&cfg, now).unwrap();
     }
 
     #[test]

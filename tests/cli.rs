@@ -203,6 +203,51 @@ fn enqueue_prints_the_id_and_inspect_shows_it() {
 }
 
 #[test]
+fn inspect_json_shows_each_queues_limits_as_the_queues_route_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "data_dir = \"d\"\n[queues.agents]\nconcurrency = 2\nglobal_concurrency = 3\n\
+         per_key_concurrency = 1\nrate = \"10/s\"\nburst = 5\n",
+    )
+    .unwrap();
+    let out = run(
+        dir.path(),
+        &["--config", "c.toml", "enqueue", "echo", "--queue", "agents"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(dir.path(), &["--config", "c.toml", "inspect", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let queue = |name: &str| {
+        v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("no queue {name}: {v}"))
+            .clone()
+    };
+    let agents = queue("agents");
+    assert_eq!(agents["pending"], 1);
+    // No claim has taken a token yet: the bucket is full.
+    assert_eq!(
+        agents["limits"],
+        serde_json::json!({"concurrency": 2, "global_concurrency": 3, "per_key_concurrency": 1,
+            "rate": "10/s", "burst": 5, "tokens": 5.0})
+    );
+    assert_eq!(
+        queue("default")["limits"],
+        serde_json::json!({"concurrency": null, "global_concurrency": null,
+            "per_key_concurrency": null, "rate": null, "burst": null, "tokens": null})
+    );
+}
+
+#[test]
 fn inspect_without_a_database_says_so() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").unwrap();

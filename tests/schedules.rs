@@ -13,6 +13,7 @@ use common::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> i64 {
@@ -79,6 +80,36 @@ fn three_processes_fire_each_time_once() {
         (last - first + 1) as usize,
         secs.len(),
         "every second between the first and the last firing fired once: {keys:?}"
+    );
+}
+
+#[test]
+fn a_schedule_whose_task_is_refused_does_not_stop_the_others_firing() {
+    // The admin's payload quota refuses every firing of `a-big` (listed first); `b-small`
+    // fires all the same, every second.
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(4000);
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[worker]\nconcurrency = 1\n[limits]\npayload_bytes_per_user = 1000\n\
+             [schedules.a-big]\ncron = \"* * * * * *\"\ntask = {{ kind = \"spool.noop\", payload = \"{big}\" }}\n\
+             [schedules.b-small]\ncron = \"* * * * * *\"\ntask = {{ kind = \"spool.noop\" }}\n"
+        ),
+    );
+    let mut p = spawn(&["work"], &cfg, &[]);
+    wait_until(Duration::from_secs(30), "b-small fires twice", || {
+        dir.path().join("data/spool.db").exists()
+            && scheduled_keys(dir.path(), "b-small").len() >= 2
+    });
+    assert!(scheduled_keys(dir.path(), "a-big").is_empty());
+    assert_eq!(
+        p.terminate(Duration::from_secs(30)).map(|s| s.code()),
+        Some(Some(0))
+    );
+    assert!(
+        p.stderr().contains("a-big"),
+        "the refused firing is logged naming its schedule"
     );
 }
 
@@ -173,6 +204,11 @@ fn a_bad_cron_or_time_zone_is_a_config_error_naming_the_schedule() {
             "cron = \"0 3 * * *\"\ncatch_up = \"sometimes\"\ntask = { kind = \"k\" }",
             "catch_up",
         ),
+        // February 30th never comes.
+        (
+            "cron = \"0 0 30 2 *\"\ntask = { kind = \"k\" }",
+            "never fires",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &format!("[schedules.nightly]\n{body}\n"));
@@ -229,10 +265,15 @@ async fn schedule_routes_create_list_trigger_and_delete() {
             json!({"cron": "0 3 * * *", "task": {"kind": "k", "idempotency_key": "x"}}),
             "idempotency_key",
         ),
+        (
+            json!({"cron": "0 0 30 2 *", "task": {"kind": "k"}}),
+            "never fires",
+        ),
     ] {
         let r = put("bad", bad, s.token.clone()).await;
         assert_eq!(r.status(), 400, "{what}");
         let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_request", "{e}");
         assert!(
             e["error"]["message"].as_str().unwrap().contains(what),
             "{e}"
@@ -326,4 +367,82 @@ async fn schedule_routes_create_list_trigger_and_delete() {
     assert_eq!(del("from-config").await, 409);
     assert_eq!(del("mine").await, 204);
     assert_eq!(del("mine").await, 404);
+}
+
+/// `POST /v1/schedules/{name}/trigger` on a stopped clock: the first is `201` with the task
+/// (with `user`, as every route's task JSON), the second in the same millisecond replays it
+/// with `200`, as `POST /v1/tasks` does; a millisecond later is a new task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_shows_the_user_and_a_replayed_firing_is_200() {
+    use spool::{ManualClock, Spool};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[schedules.monthly]\ncron = \"0 3 1 * *\"\ntask = {{ kind = \"spool.noop\", payload = {{ a = 1 }} }}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = spool::Config::load(Some(&path)).unwrap();
+    let clock = Arc::new(ManualClock::new(
+        spool::clock::parse_rfc3339("2027-01-15T12:00:00.123Z").unwrap(),
+    ));
+    let spool = Arc::new(
+        Spool::builder()
+            .config(cfg)
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    let token_file = spool.bootstrap_admin().await.unwrap().unwrap();
+    let token = std::fs::read_to_string(token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/v1/schedules/monthly/trigger",
+        listener.local_addr().unwrap()
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = {
+        let (s, stop) = (spool.clone(), stop.clone());
+        tokio::spawn(async move { s.serve(listener, stop).await.unwrap() })
+    };
+    // The scheduler writes the config's schedules to the database as it starts.
+    let end = Instant::now() + Duration::from_secs(30);
+    while spool.store().schedule_list().await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for the schedule stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = client();
+    let trigger = || async {
+        let r = c.post(&url).bearer_auth(&token).send().await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (code, first) = trigger().await;
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(first["user"], "admin", "{first}");
+    assert_eq!(
+        first["idempotency_key"],
+        "schedule:monthly:2027-01-15T12:00:00.123Z"
+    );
+    let (code, again) = trigger().await;
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(
+        (&again["id"], &again["user"]),
+        (&first["id"], &first["user"])
+    );
+    clock.advance(1);
+    let (code, next) = trigger().await;
+    assert_eq!(code, 201, "{next}");
+    assert_ne!(next["id"], first["id"]);
+    stop.cancel();
+    server.await.unwrap();
 }

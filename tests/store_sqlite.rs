@@ -134,3 +134,74 @@ async fn the_change_log_triggers_exist_at_the_newest_schema_and_fire() {
     assert_eq!(statuses, ["pending", "canceled"]);
     store.close();
 }
+
+/// An owner's message to a waiting task is written with the task's wake, both or neither, also
+/// when the writer commits it in one transaction with other jobs: here the wake is refused (a
+/// trigger), in a batch the writer assembles while another connection holds the write lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_wake_fails_in_a_group_commit_is_not_written_half() {
+    use conformance::{add, claim_one, park, task, T0};
+    use serde_json::json;
+    use spool::store::MessageCheck;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.db");
+    let s = open(&path, Limits::default()).await;
+    let t = add(&*s, task("default", 2, 0, T0), T0).await;
+    let c = claim_one(&*s, "A", T0).await;
+    park(&*s, &c, "A", T0 + 3_600_000, T0 + 1).await.unwrap();
+    let mut other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER wake_refused BEFORE UPDATE OF status ON tasks \
+             WHEN OLD.status = 'waiting' AND NEW.status = 'pending' \
+             BEGIN SELECT RAISE(ABORT, 'wake refused'); END;",
+        )
+        .unwrap();
+    // Hold the write lock so that the jobs below wait for the writer together and go into one
+    // transaction (the writer takes every job waiting when it starts one).
+    let lock = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let spawn_pause = |q: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move { s.queue_set_paused(q.into(), true, T0 + 2).await })
+    };
+    let before = spawn_pause("a");
+    let says = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.message_insert(
+                t.id,
+                "answer".into(),
+                json!("yes"),
+                MessageCheck::User(Some("u".into())),
+                T0 + 2,
+            )
+            .await
+        })
+    };
+    let after = spawn_pause("b");
+    // No condition shows a job queued for the writer: give the three a moment to be sent
+    // (well under the writer's 5 s busy timeout).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    lock.commit().unwrap();
+    assert!(says.await.unwrap().is_err(), "the wake was refused");
+    before.await.unwrap().unwrap();
+    after.await.unwrap().unwrap();
+    let n: i64 = other
+        .query_row(
+            "SELECT count(*) FROM messages WHERE task_id = ?1",
+            [t.id.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0, "the message was kept without its wake");
+    let status: String = other
+        .query_row(
+            "SELECT status FROM tasks WHERE id = ?1",
+            [t.id.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "waiting");
+}

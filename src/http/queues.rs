@@ -29,30 +29,19 @@ pub(super) async fn list(State(st): State<AppState>, _admin: Admin) -> ApiResult
 
 /// Every stored token bucket, when any queue has a rate (none is read otherwise).
 async fn buckets(st: &AppState) -> ApiResult<HashMap<String, Bucket>> {
-    if st.cfg.queues.values().all(|q| q.rate.is_none()) {
+    if !st.cfg.any_rate() {
         return Ok(HashMap::new());
     }
     Ok(st.store.queue_buckets().await?.into_iter().collect())
 }
 
-/// A queue's JSON with its `limits` (API.md "Admission control and schedules"); `tokens` is
-/// the bucket refilled to `now`.
+/// A queue's JSON with its `limits` ([`crate::config::Config::queue_limits`]).
 fn with_limits(st: &AppState, q: QueueStats, buckets: &HashMap<String, Bucket>, now: i64) -> Value {
-    let cfg = st.cfg.queues.get(&q.name);
-    let rate = cfg.and_then(|c| c.rate);
-    let tokens = rate.map(|r| {
-        let b = crate::store::rules::bucket_at(buckets.get(&q.name).copied(), &r, now);
-        (b.tokens.max(0.0) * 1000.0).floor() / 1000.0
-    });
+    let limits = st
+        .cfg
+        .queue_limits(&q.name, buckets.get(&q.name).copied(), now);
     let mut v = json!(q);
-    v["limits"] = json!({
-        "concurrency": cfg.and_then(|c| c.concurrency),
-        "global_concurrency": cfg.and_then(|c| c.global_concurrency),
-        "per_key_concurrency": cfg.and_then(|c| c.per_key_concurrency),
-        "rate": cfg.and_then(|c| c.rate_text.clone()),
-        "burst": rate.map(|r| r.burst),
-        "tokens": tokens,
-    });
+    v["limits"] = limits;
     v
 }
 

@@ -6,6 +6,7 @@ use super::openapi::{ErrorBody, ScheduleList, ScheduleView, TaskView};
 use super::{ApiError, ApiResult, AppState};
 use crate::schedule::{self, CatchUp, ScheduleSpec, ScheduleTask};
 use crate::store::ADMIN_NAME;
+use crate::task::TaskOf;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -75,8 +76,8 @@ pub(super) async fn put(
             .map_err(ApiError::Invalid)?,
         catch_up_max: req.catch_up_max.unwrap_or(schedule::DEFAULT_CATCH_UP_MAX),
     };
-    spec.validate(&st.cfg).map_err(ApiError::Invalid)?;
     let now = st.clock.now();
+    spec.validate(&st.cfg, now).map_err(ApiError::Invalid)?;
     let row = st.store.schedule_put(spec.row("api"), false, now).await?;
     Ok(Json(schedule::to_json(&row, now)))
 }
@@ -102,8 +103,8 @@ pub(super) async fn delete(
 }
 
 /// Fire a schedule now (admin): `201` with the task it enqueued, keyed
-/// `schedule:<name>:<now RFC 3339>`.
-#[utoipa::path(post, path = "/v1/schedules/{name}/trigger", tag = "schedules", params(("name" = String, Path, description = "schedule name")), responses((status = 201, description = "the task enqueued", body = TaskView), (status = 404, description = "no such schedule", body = ErrorBody), (status = 403, description = "not an admin token", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
+/// `schedule:<name>:<now RFC 3339>`; `200` with the task already enqueued under that key.
+#[utoipa::path(post, path = "/v1/schedules/{name}/trigger", tag = "schedules", params(("name" = String, Path, description = "schedule name")), responses((status = 201, description = "the task enqueued", body = TaskView), (status = 200, description = "a firing of this time was already enqueued: that task", body = TaskView), (status = 422, description = "a firing of this time was enqueued from another definition", body = ErrorBody), (status = 404, description = "no such schedule", body = ErrorBody), (status = 403, description = "not an admin token", body = ErrorBody), (status = 400, description = "invalid request", body = ErrorBody), (status = 401, description = "missing or unknown token", body = ErrorBody), (status = 503, description = "database unavailable; nothing written", body = ErrorBody)))]
 pub(super) async fn trigger(
     State(st): State<AppState>,
     _admin: Admin,
@@ -127,5 +128,12 @@ pub(super) async fn trigger(
     let ins = out
         .pop()
         .ok_or_else(|| ApiError::Internal("insert returned nothing".into()))?;
-    Ok((StatusCode::CREATED, Json(&*ins.task)).into_response())
+    // As `POST /v1/tasks`: a firing already enqueued under this key (this very millisecond) is
+    // `200` with that task.
+    let code = if ins.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(TaskOf(&ins.task, ADMIN_NAME))).into_response())
 }

@@ -742,8 +742,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A database error.
     async fn schedule_list(&self) -> Result<Vec<ScheduleRow>>;
 
-    /// Creates or replaces a schedule's definition, keeping its last firing. With `config`
-    /// false (the API) a config schedule of that name is not touched: `Conflict`.
+    /// Creates or replaces a schedule's definition, keeping its last firing, unless the cron
+    /// expression or the time zone changes: then the last firing becomes `now`, so nothing from
+    /// before the change is due (a catch-up would fire the new expression's times from when
+    /// the old one held). With `config` false (the API) a config schedule of that name is not
+    /// touched: `Conflict`.
     ///
     /// # Errors
     /// `Conflict`, `Unavailable` or a database error.

@@ -257,7 +257,9 @@ fn schedule(name: &str, cron: &str) -> spool::store::ScheduleRow {
 }
 
 /// Schedules: config rows are replaced only by config and never deleted through the API (only
-/// pruned when the config drops them); a put keeps the last firing; a firing never moves back.
+/// pruned when the config drops them); a put keeps the last firing unless it changes the cron
+/// expression or the time zone (then the last firing is the put's `now`); a firing never moves
+/// back.
 pub async fn schedules_keep_config_rows_and_their_firing_never_moves_back<B: Backend>(b: &B) {
     let f = b.fresh(spool::store::Limits::default()).await;
     let s = &*f.store;
@@ -284,10 +286,11 @@ pub async fn schedules_keep_config_rows_and_their_firing_never_moves_back<B: Bac
     s.schedule_fired("a".into(), T0 + 5, Some("t-5".into()))
         .await
         .unwrap();
-    // Config replaces its own row, keeping the last firing.
-    s.schedule_put(schedule("a", "0 4 * * *"), true, T0 + 20)
-        .await
-        .unwrap();
+    // Config replaces its own row; a new task (same cron and zone) keeps the last firing.
+    let mut new_task = schedule("a", "0 3 * * *");
+    new_task.task = serde_json::json!({"kind": "k", "payload": {"n": 2}});
+    new_task.catch_up = "all".into();
+    s.schedule_put(new_task, true, T0 + 20).await.unwrap();
     let list = s.schedule_list().await.unwrap();
     assert_eq!(
         list.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
@@ -297,17 +300,39 @@ pub async fn schedules_keep_config_rows_and_their_firing_never_moves_back<B: Bac
     assert_eq!(
         (
             a.cron.as_str(),
+            a.catch_up.as_str(),
             a.last_fire_at,
             a.last_task_id.as_deref(),
             a.created_at,
             a.updated_at
         ),
-        ("0 4 * * *", Some(T0 + 10), Some("t-10"), T0, T0 + 20)
+        ("0 3 * * *", "all", Some(T0 + 10), Some("t-10"), T0, T0 + 20)
     );
     assert_eq!(
         a.task,
-        serde_json::json!({"kind": "k", "payload": {"n": 1}})
+        serde_json::json!({"kind": "k", "payload": {"n": 2}})
     );
+    // A new cron expression: nothing before the change is due, the last firing is now.
+    let a = s
+        .schedule_put(schedule("a", "0 4 * * *"), true, T0 + 30)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.cron.as_str(), a.last_fire_at, a.last_task_id.as_deref()),
+        ("0 4 * * *", Some(T0 + 30), Some("t-10"))
+    );
+    // So does a new time zone, for the API's own schedules too; a schedule never fired gets it.
+    let mut utc = schedule("b", "*/5 * * * *");
+    utc.timezone = "UTC".into();
+    let b = s.schedule_put(utc, false, T0 + 40).await.unwrap();
+    assert_eq!(
+        (b.timezone.as_str(), b.last_fire_at),
+        ("UTC", Some(T0 + 40))
+    );
+    let mut same = schedule("b", "*/5 * * * *");
+    same.timezone = "UTC".into();
+    let b = s.schedule_put(same, false, T0 + 50).await.unwrap();
+    assert_eq!(b.last_fire_at, Some(T0 + 40));
     // Delete: only API rows, once.
     assert!(!s.schedule_delete("a".into()).await.unwrap());
     assert!(s.schedule_delete("b".into()).await.unwrap());

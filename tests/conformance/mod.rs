@@ -177,7 +177,7 @@ fn keyed(key: &str, hash: &str) -> NewTask {
     }
 }
 
-async fn add(s: &dyn Store, t: NewTask, now: i64) -> Task {
+pub async fn add(s: &dyn Store, t: NewTask, now: i64) -> Task {
     let mut got = s.task_insert(vec![t], now).await.unwrap();
     assert_eq!(got.len(), 1);
     got.remove(0).task.as_ref().clone()
@@ -207,7 +207,7 @@ async fn claim(s: &dyn Store, owner: &str, n: u32, now: i64) -> Vec<Task> {
     claim_in(s, owner, "default", n, now).await
 }
 
-async fn claim_one(s: &dyn Store, owner: &str, now: i64) -> Task {
+pub async fn claim_one(s: &dyn Store, owner: &str, now: i64) -> Task {
     let mut c = claim(s, owner, 1, now).await;
     assert_eq!(c.len(), 1, "one task should be claimable at {now}");
     c.remove(0)
@@ -2556,7 +2556,7 @@ pub async fn a_closed_store_refuses_writes<B: Backend>(b: &B) {
 // ---- interactive tasks ---------------------------------------------------------------------
 
 /// Ends `t`'s attempt as a wait until `until` (as the worker does: the attempt is given back).
-async fn park(s: &dyn Store, t: &Task, owner: &str, until: i64, now: i64) -> Option<Task> {
+pub async fn park(s: &dyn Store, t: &Task, owner: &str, until: i64, now: i64) -> Option<Task> {
     s.task_finish_wait(FinishParams {
         task: Arc::new(t.clone()),
         owner: owner.into(),

@@ -462,7 +462,9 @@ impl Store for SqliteStore {
     ) -> Result<Option<Message>> {
         let wait = matches!(check, MessageCheck::Worker | MessageCheck::Lease { .. });
         let cap = self.limits.messages_per_task;
-        self.write_one(wait, move |conn| {
+        // Two writes (the message, then the wake of a waiting task): a savepoint of its own,
+        // so in a group commit a failed wake takes its message back with it.
+        self.write(wait, move |conn| {
             let scope = match &check {
                 MessageCheck::User(u) => u.as_deref(),
                 _ => None,
@@ -1022,10 +1024,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    /// Names of paused queues.
-    ///
-    /// # Errors
-    /// A database error.
     async fn schedule_list(&self) -> Result<Vec<super::ScheduleRow>> {
         self.read(schedules::list).await
     }
@@ -1088,6 +1086,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// Names of paused queues.
+    ///
+    /// # Errors
+    /// A database error.
     async fn queue_paused(&self) -> Result<Vec<String>> {
         self.read(|conn| {
             let mut st = conn.prepare_cached(sql::QUEUE_LIST)?;
