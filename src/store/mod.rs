@@ -107,6 +107,10 @@ pub const MESSAGE_PAGE_BYTES: usize = 1 << 20;
 /// Changes [`Store::changes_prune`] removes per call, at most.
 pub const CHANGES_PRUNE_BATCH: usize = 10_000;
 
+/// The stream tokens a task keeps (the newest by expiry): minting one more forgets the oldest,
+/// so the table stays bounded whatever a client does.
+pub const STREAM_TOKENS_PER_TASK: i64 = 16;
+
 /// Short for a store result.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -568,7 +572,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<()>;
 
     /// Stores a read token (its hash) for one task's events and messages until `expires_at`,
-    /// and forgets some expired ones.
+    /// and forgets some expired ones and the task's tokens beyond its
+    /// [`STREAM_TOKENS_PER_TASK`] newest (by expiry).
     ///
     /// # Errors
     /// `NotFound` when the task is gone; `Unavailable` or a database error.

@@ -127,6 +127,7 @@ macro_rules! suite {
             the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait,
             messages_record_their_author_and_are_read_by_author,
             stream_tokens_name_one_task_until_they_expire,
+            a_task_keeps_only_its_newest_stream_tokens,
             per_key_limit_skips_a_full_key_without_blocking_others,
             per_key_claims_go_round_robin_by_key_within_a_priority,
             global_concurrency_counts_every_stores_running_tasks,
@@ -2878,6 +2879,36 @@ pub async fn messages_record_their_author_and_are_read_by_author(b: &impl Backen
         vec![a.id, tok.id]
     );
     assert_eq!(all[1].to_json()["author"], "user");
+}
+
+pub async fn a_task_keeps_only_its_newest_stream_tokens(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 3, 0, T0), T0).await;
+    let other = add(s, task("default", 3, 0, T0), T0).await;
+    s.stream_token_create(hash(999), other.id, T0 + 10_000, T0)
+        .await
+        .unwrap();
+    let keep = spool::store::STREAM_TOKENS_PER_TASK as u32;
+    let minted = keep + 4;
+    for i in 0..minted {
+        s.stream_token_create(hash(100 + i), t.id, T0 + 10_000 + i64::from(i), T0)
+            .await
+            .unwrap();
+    }
+    for i in 0..minted {
+        let want = (i >= minted - keep).then_some(t.id);
+        assert_eq!(
+            s.stream_token_task(hash(100 + i), T0).await.unwrap(),
+            want,
+            "token {i} of {minted}: the newest {keep} are kept"
+        );
+    }
+    assert_eq!(
+        s.stream_token_task(hash(999), T0).await.unwrap(),
+        Some(other.id),
+        "another task's token is not touched"
+    );
 }
 
 pub async fn stream_tokens_name_one_task_until_they_expire(b: &impl Backend) {

@@ -1257,6 +1257,12 @@ impl Store for PostgresStore {
             }
             Err(e) => return Err(pg_err(e)),
         }
+        execute(
+            &tx,
+            sql::STREAM_TOKEN_CAP,
+            &[&uuid(task_id), &super::STREAM_TOKENS_PER_TASK],
+        )
+        .await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(())
     }

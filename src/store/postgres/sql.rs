@@ -101,6 +101,8 @@ pub(crate) const STREAM_TOKEN_INSERT: &str =
     include_str!("../../../sql/postgres/queries/stream_token_insert.sql");
 pub(crate) const STREAM_TOKEN_PRUNE: &str =
     include_str!("../../../sql/postgres/queries/stream_token_prune.sql");
+pub(crate) const STREAM_TOKEN_CAP: &str =
+    include_str!("../../../sql/postgres/queries/stream_token_cap.sql");
 pub(crate) const STREAM_TOKEN_GET: &str =
     include_str!("../../../sql/postgres/queries/stream_token_get.sql");
 pub(crate) const MOVE_BEGIN: &str = include_str!("../../../sql/postgres/queries/move_begin.sql");

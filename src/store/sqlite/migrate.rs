@@ -53,6 +53,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         12,
         include_str!("../../../sql/sqlite/migrations/0012_admission.sql"),
     ),
+    (
+        13,
+        include_str!("../../../sql/sqlite/migrations/0013_stream_tokens_task.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.

@@ -600,6 +600,11 @@ impl Store for SqliteStore {
                     }
                     e => e.into(),
                 })?;
+            conn.prepare_cached(sql::STREAM_TOKEN_CAP)?
+                .execute(named_params! {
+                    ":task_id": task_id.to_string(),
+                    ":keep": super::STREAM_TOKENS_PER_TASK,
+                })?;
             Ok(((), Vec::new()))
         })
         .await
@@ -1428,6 +1433,12 @@ mod tests {
         assert!(
             p.contains("tasks_finished (status=? AND queue=? AND completed_at<?)"),
             "the pruner does not range over each queue's old tasks:\n{p}"
+        );
+        // A task's stream tokens are found by task (the cap, and the cascade when it is deleted).
+        let p = plan(sql::STREAM_TOKEN_CAP);
+        assert!(
+            p.contains("stream_tokens_task (task_id=?)") && !p.contains("SCAN stream_tokens"),
+            "the stream token cap scans the tokens:\n{p}"
         );
     }
 

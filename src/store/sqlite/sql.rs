@@ -78,5 +78,7 @@ pub(crate) const STREAM_TOKEN_INSERT: &str =
     include_str!("../../../sql/sqlite/queries/stream_token_insert.sql");
 pub(crate) const STREAM_TOKEN_PRUNE: &str =
     include_str!("../../../sql/sqlite/queries/stream_token_prune.sql");
+pub(crate) const STREAM_TOKEN_CAP: &str =
+    include_str!("../../../sql/sqlite/queries/stream_token_cap.sql");
 pub(crate) const STREAM_TOKEN_GET: &str =
     include_str!("../../../sql/sqlite/queries/stream_token_get.sql");
