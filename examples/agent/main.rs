@@ -20,7 +20,7 @@
 //!
 //! ```toml
 //! [kinds.agent]
-//! command = ["target/release/examples/agent"]
+//! command = ["/usr/local/bin/spool-agent"]   # installed from target/release/examples/agent
 //! env = { ANTHROPIC_API_KEY = "sk-ant-…" }
 //! timeout_ms = 3600000
 //! ```
