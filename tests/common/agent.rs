@@ -164,7 +164,8 @@ fn answer(n: usize, content: Vec<Value>, stop: &str) -> Value {
         "usage": {"input_tokens": 10, "output_tokens": 10}})
 }
 
-/// The conversation: look, read (one path inside, one trying to leave), write, run, done.
+/// The conversation: look, read (one path inside, one trying to leave by `..`, one through a
+/// symbolic link out of the clone), write, run, done.
 pub fn script() -> Vec<Value> {
     vec![
         answer(
@@ -180,6 +181,7 @@ pub fn script() -> Vec<Value> {
             vec![
                 tool_use("toolu_2", "read_file", json!({"path": "greet.sh"})),
                 tool_use("toolu_3", "read_file", json!({"path": "../outside.txt"})),
+                tool_use("toolu_6", "read_file", json!({"path": "escape/passwd"})),
             ],
             "tool_use",
         ),
@@ -224,13 +226,16 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A git repository at `dir/src` with `greet.sh` and `README.md`, one commit.
+/// A git repository at `dir/src` with `greet.sh`, `README.md` and `escape` (a symbolic link to
+/// `/etc`), one commit.
 pub fn repo(dir: &Path) -> PathBuf {
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     git(&src, &["init", "--quiet"]);
     std::fs::write(src.join("greet.sh"), "#!/bin/sh\necho hi\n").unwrap();
     std::fs::write(src.join("README.md"), "# greet\n").unwrap();
+    // A link out of the clone: reading through it must be refused.
+    std::os::unix::fs::symlink("/etc", src.join("escape")).unwrap();
     git(&src, &["add", "--all"]);
     git(&src, &["commit", "--quiet", "-m", "first"]);
     src
@@ -304,6 +309,8 @@ pub async fn check_conversation(s: &Server, model: &ScriptedModel, id: &str, exp
         ("tool_result", "list_files"),
         ("tool_call", "read_file"),
         ("tool_call", "read_file"),
+        ("tool_call", "read_file"),
+        ("tool_result", "read_file"),
         ("tool_result", "read_file"),
         ("tool_result", "read_file"),
         ("tool_call", "write_file"),
@@ -331,6 +338,18 @@ pub async fn check_conversation(s: &Server, model: &ScriptedModel, id: &str, exp
         result_of("toolu_3")["is_error"],
         true,
         "a path out of the clone is refused"
+    );
+    let escape = result_of("toolu_6");
+    assert_eq!(
+        escape["is_error"], true,
+        "a link out of the clone is refused: {escape}"
+    );
+    assert!(
+        escape["output"]
+            .as_str()
+            .unwrap()
+            .contains("leads out of the repository"),
+        "{escape}"
     );
     assert_eq!(result_of("toolu_4")["is_error"], false);
 
@@ -374,11 +393,12 @@ pub async fn check_conversation(s: &Server, model: &ScriptedModel, id: &str, exp
     files.sort();
     assert_eq!(
         files,
-        ["README.md", "greet.sh"],
-        "the listing leaves .git out"
+        ["README.md", "escape", "greet.sh"],
+        "the listing leaves .git out and lists a link without following it"
     );
     assert_eq!(tool_result(2, "toolu_2")["content"], "#!/bin/sh\necho hi\n");
     assert_eq!(tool_result(2, "toolu_3")["is_error"], true);
+    assert_eq!(tool_result(2, "toolu_6")["is_error"], true);
     let texts: Vec<Value> = last_turn(2)
         .into_iter()
         .filter(|b| b["type"] == "text")
