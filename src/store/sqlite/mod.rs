@@ -25,7 +25,7 @@ mod writer;
 use claim::claim;
 use insert::{check_usage, insert_tasks};
 use lookup::{get_owned, insert_user, messages_after, user_by_jwt, user_by_name};
-use writer::{writer_loop, WriteJob};
+use writer::Writer;
 
 use super::{
     ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, ListParams,
@@ -45,7 +45,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -105,8 +104,8 @@ impl StoreOptions {
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
-    tx: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Arc<Writer>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     hub: Arc<EventHub>,
     path: PathBuf,
@@ -200,16 +199,12 @@ impl SqliteStore {
             .connection_timeout(Duration::from_millis(opts.busy_timeout_ms.max(1000)))
             .build(manager)?;
 
-        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(opts.write_queue.max(1));
-        let writer_hub = hub.clone();
-        let writer = std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || writer_loop(conn, rx, &writer_hub))
+        let (writer, writer_thread) = Writer::start(conn, opts.write_queue, hub.clone())
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
 
         Ok(Self {
-            tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
             readers,
             hub,
             path: opts.path,
@@ -224,10 +219,8 @@ impl SqliteStore {
 
     /// Stops the writer after it finished what it was given, closing the write connection.
     fn stop(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        self.writer.close();
+        let handle = self.writer_thread.lock().ok().and_then(|mut w| w.take());
         if let Some(h) = handle {
             let _ = h.join();
         }
