@@ -157,9 +157,8 @@ async fn a_message_whose_wake_fails_in_a_group_commit_is_not_written_half() {
              BEGIN SELECT RAISE(ABORT, 'wake refused'); END;",
         )
         .unwrap();
-    // Hold the write lock: the first job below starts a transaction and waits for the lock
-    // (alone: nobody else was writing), and the two sent while it waits go into one transaction
-    // after it (the writer thread takes every job waiting when it starts one).
+    // Hold the write lock so that the jobs below wait for the writer together and go into one
+    // transaction (the writer takes every job waiting when it starts one).
     let lock = other
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .unwrap();
@@ -167,8 +166,6 @@ async fn a_message_whose_wake_fails_in_a_group_commit_is_not_written_half() {
         let s = s.clone();
         tokio::spawn(async move { s.queue_set_paused(q.into(), true, T0 + 2).await })
     };
-    let first = spawn_pause("first");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let before = spawn_pause("a");
     let says = {
         let s = s.clone();
@@ -184,11 +181,10 @@ async fn a_message_whose_wake_fails_in_a_group_commit_is_not_written_half() {
         })
     };
     let after = spawn_pause("b");
-    // No condition shows a job queued for the writer: give the two a moment to be sent
+    // No condition shows a job queued for the writer: give the three a moment to be sent
     // (well under the writer's 5 s busy timeout).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     lock.commit().unwrap();
-    first.await.unwrap().unwrap();
     assert!(says.await.unwrap().is_err(), "the wake was refused");
     before.await.unwrap().unwrap();
     after.await.unwrap().unwrap();

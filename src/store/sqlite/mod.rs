@@ -25,7 +25,7 @@ mod writer;
 use claim::claim;
 use insert::{check_usage, insert_tasks};
 use lookup::{get_owned, insert_user, messages_after, user_by_jwt, user_by_name};
-use writer::Writer;
+use writer::{writer_loop, WriteJob};
 
 use super::{
     ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, ListParams,
@@ -45,6 +45,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -104,8 +105,8 @@ impl StoreOptions {
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
-    writer: Arc<Writer>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tx: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     hub: Arc<EventHub>,
     path: PathBuf,
@@ -199,12 +200,16 @@ impl SqliteStore {
             .connection_timeout(Duration::from_millis(opts.busy_timeout_ms.max(1000)))
             .build(manager)?;
 
-        let (writer, writer_thread) = Writer::start(conn, opts.write_queue, hub.clone())
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(opts.write_queue.max(1));
+        let writer_hub = hub.clone();
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer_loop(conn, rx, &writer_hub))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
 
         Ok(Self {
-            writer,
-            writer_thread: Mutex::new(Some(writer_thread)),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
             readers,
             hub,
             path: opts.path,
@@ -219,8 +224,10 @@ impl SqliteStore {
 
     /// Stops the writer after it finished what it was given, closing the write connection.
     fn stop(&self) {
-        self.writer.close();
-        let handle = self.writer_thread.lock().ok().and_then(|mut w| w.take());
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(h) = handle {
             let _ = h.join();
         }

@@ -1,17 +1,15 @@
-//! The writer: one write connection for the life of the process (Litestream needs the WAL to
-//! stay put), used by one thread at a time. A lone job commits at once on its caller's thread;
-//! jobs that arrive while another commits wait in a bounded line, and the writer thread runs all
-//! that wait inside one `BEGIN IMMEDIATE`, each job in its own savepoint, commits once, and only
-//! then answers each caller and publishes events. Under load thousands of small commits become a
-//! few large ones.
+//! The writer: one thread owns the write connection for the life of the process (Litestream
+//! needs the WAL to stay put). Callers send it jobs on a bounded channel. The thread blocks for
+//! the first job, drains what else is waiting (up to [`MAX_BATCH`]), runs it all inside one
+//! `BEGIN IMMEDIATE`, each job in its own savepoint, commits once, and only then answers each
+//! caller and publishes events. Under load thousands of small commits become a few large ones;
+//! alone, a job commits at once.
 
 use super::{SqliteStore, MAX_BATCH};
 use crate::events::{Event, EventHub};
 use crate::store::{Queued, Result, StoreError};
 use rusqlite::Connection;
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{mpsc, oneshot};
 
 /// A unit of work for the writer thread.
 pub(super) trait WriteJob: Send {
@@ -69,185 +67,24 @@ where
     }
 }
 
-/// A job waiting for the writer thread, holding its place in the bounded line.
-struct Waiting {
-    job: Box<dyn WriteJob>,
-    _place: OwnedSemaphorePermit,
-}
-
-/// Who writes next. At most one thread runs a transaction at a time: the one that set `busy`.
-#[derive(Default)]
-struct Line {
-    waiting: VecDeque<Waiting>,
-    busy: bool,
-    closed: bool,
-}
-
-/// The write connection and the line of jobs waiting for it.
-///
-/// A job that finds the line empty and nobody writing runs at once on its caller's thread (the
-/// caller becomes the leader, inside `block_in_place`): a lone request commits without waking
-/// another thread and being woken back, which on a virtual machine cost more than a commit at
-/// `synchronous=NORMAL`. Jobs that arrive while somebody writes wait in the line; the writer
-/// thread takes all of them (up to [`MAX_BATCH`]) into its next transaction, so under load
-/// thousands of small commits still become a few large ones. The connection stays open for the
-/// life of the process (Litestream needs the WAL to stay put), whichever thread uses it.
-pub(super) struct Writer {
-    conn: Mutex<Option<Connection>>,
-    line: Mutex<Line>,
-    work: Condvar,
-    places: Arc<Semaphore>,
-    hub: Arc<EventHub>,
-}
-
-impl Writer {
-    /// Starts the writer thread on `conn`; at most `capacity` jobs wait in the line.
-    pub(super) fn start(
-        conn: Connection,
-        capacity: usize,
-        hub: Arc<EventHub>,
-    ) -> std::io::Result<(Arc<Self>, std::thread::JoinHandle<()>)> {
-        let writer = Arc::new(Self {
-            conn: Mutex::new(Some(conn)),
-            line: Mutex::new(Line::default()),
-            work: Condvar::new(),
-            places: Arc::new(Semaphore::new(capacity.clamp(1, Semaphore::MAX_PERMITS))),
-            hub,
-        });
-        let thread = {
-            let writer = writer.clone();
-            std::thread::Builder::new()
-                .name("spool-writer".into())
-                .spawn(move || writer.thread_loop())?
-        };
-        Ok((writer, thread))
-    }
-
-    /// A panic in a job (a bug) poisons the locks; what they guard stays consistent, because
-    /// every change to it is a single assignment.
-    fn line(&self) -> MutexGuard<'_, Line> {
-        self.line.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Stops taking jobs; the thread finishes those waiting, closes the connection and ends.
-    pub(super) fn close(&self) {
-        self.line().closed = true;
-        self.places.close();
-        self.work.notify_all();
-    }
-
-    fn is_closed(&self) -> bool {
-        self.line().closed
-    }
-
-    fn thread_loop(&self) {
-        let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
-        let mut line = self.line();
-        loop {
-            if line.busy || line.waiting.is_empty() {
-                if line.closed && !line.busy && line.waiting.is_empty() {
-                    break;
-                }
-                line = self.work.wait(line).unwrap_or_else(PoisonError::into_inner);
-                continue;
+pub(super) fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    hub: &EventHub,
+) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-            line.busy = true;
-            let n = line.waiting.len().min(MAX_BATCH);
-            batch.extend(line.waiting.drain(..n).map(|w| w.job));
-            drop(line);
-            self.run(&mut batch);
-            line = self.line();
-            line.busy = false;
         }
-        drop(line);
-        // The process is stopping and nothing waits: the connection closes here, last.
-        drop(self.conn.lock().unwrap_or_else(PoisonError::into_inner).take());
-    }
-
-    /// Runs one transaction; the caller has set `busy`.
-    fn run(&self, batch: &mut Vec<Box<dyn WriteJob>>) {
         metrics::histogram!("spool_writer_batch_size").record(batch.len() as f64);
-        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        match conn.as_ref() {
-            Some(conn) => {
-                if !conn.is_autocommit() {
-                    // A job panicked mid-transaction (a bug): what it left is not ours to commit.
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                run_batch(conn, batch, &self.hub);
-            }
-            None => {
-                for job in batch.drain(..) {
-                    job.finish(
-                        Err(StoreError::Unavailable("the store is closed".into())),
-                        &self.hub,
-                    );
-                }
-            }
-        }
+        run_batch(&conn, &mut batch, hub);
     }
-
-    /// Runs `job` here and now when nobody is writing and nothing waits, and gives it back
-    /// otherwise (or where this thread may not block: a current-thread runtime).
-    fn lead(&self, job: Box<dyn WriteJob>) -> std::result::Result<(), Box<dyn WriteJob>> {
-        let may_block = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !may_block {
-            return Err(job);
-        }
-        {
-            let mut line = self.line();
-            if line.closed || line.busy || !line.waiting.is_empty() {
-                return Err(job);
-            }
-            line.busy = true;
-        }
-        // Hands the writing on, also when a job panics.
-        struct Leading<'a>(&'a Writer);
-        impl Drop for Leading<'_> {
-            fn drop(&mut self) {
-                let mut line = self.0.line();
-                line.busy = false;
-                if !line.waiting.is_empty() || line.closed {
-                    self.0.work.notify_one();
-                }
-            }
-        }
-        let _leading = Leading(self);
-        tokio::task::block_in_place(|| self.run(&mut vec![job]));
-        Ok(())
-    }
-
-    /// Puts `job` in the line, waiting for a place when `wait` and the line is full.
-    async fn push(&self, job: Box<dyn WriteJob>, wait: bool) -> Result<()> {
-        let place = if wait {
-            self.places.clone().acquire_owned().await.map_err(|_| stopped())?
-        } else {
-            self.places
-                .clone()
-                .try_acquire_owned()
-                .map_err(|e| match e {
-                    TryAcquireError::NoPermits => {
-                        StoreError::Unavailable("too many writes waiting".into())
-                    }
-                    TryAcquireError::Closed => stopped(),
-                })?
-        };
-        let mut line = self.line();
-        if line.closed {
-            return Err(stopped());
-        }
-        line.waiting.push_back(Waiting { job, _place: place });
-        // The thread wakes for the first job of an idle line; a leader wakes it when it is done.
-        if !line.busy && line.waiting.len() == 1 {
-            self.work.notify_one();
-        }
-        Ok(())
-    }
-}
-
-fn stopped() -> StoreError {
-    StoreError::Unavailable("the writer has stopped".into())
+    // All senders are gone: the process is stopping. The connection closes here, last.
 }
 
 pub(super) fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventHub) {
@@ -332,6 +169,14 @@ pub(super) fn clone_err(e: &StoreError) -> StoreError {
 }
 
 impl SqliteStore {
+    pub(super) fn sender(&self) -> Result<mpsc::Sender<Box<dyn WriteJob>>> {
+        self.tx
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))
+    }
+
     /// Runs `f` on the writer inside the next group commit and answers after the commit.
     /// When the writer's queue is full this fails at once with `Unavailable` (backpressure);
     /// with `wait` it waits for room instead (for workers, whose writes must not be dropped).
@@ -363,9 +208,8 @@ impl SqliteStore {
             .await
     }
 
-    /// Runs `f` at once when nobody writes, or puts it in the writer's line, and returns once
-    /// it committed or is in the line: anything queued later commits in the same transaction or
-    /// a later one, never before it.
+    /// Puts `f` on the writer's queue and returns once it is there: anything queued later
+    /// commits in the same transaction or a later one, never before it.
     pub(super) async fn enqueue<T, F>(
         &self,
         wait: bool,
@@ -383,11 +227,20 @@ impl SqliteStore {
             reply,
             single_statement,
         });
-        if self.writer.is_closed() {
-            return Err(StoreError::Unavailable("the store is closed".into()));
-        }
-        if let Err(job) = self.writer.lead(job) {
-            self.writer.push(job, wait).await?;
+        let tx = self.sender()?;
+        if wait {
+            tx.send(job)
+                .await
+                .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        } else {
+            tx.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Unavailable("too many writes waiting".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("the writer has stopped".into())
+                }
+            })?;
         }
         Ok(Queued::new(rx))
     }
@@ -405,103 +258,5 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::super::{SqliteStore, StoreOptions};
-    use std::time::{Duration, Instant};
-
-    fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(StoreOptions::new(dir.path().join("w.db"))).unwrap();
-        (dir, store)
-    }
-
-    /// The name of the thread that ran a write, as the write itself saw it.
-    async fn thread_of_write(store: &SqliteStore) -> String {
-        store
-            .write(false, |_| {
-                let name = std::thread::current().name().unwrap_or("").to_string();
-                Ok((name, Vec::new()))
-            })
-            .await
-            .unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lone_write_commits_on_its_callers_thread() {
-        let (_dir, store) = open();
-        let name = thread_of_write(&store).await;
-        assert_ne!(name, "spool-writer", "a lone write was handed to the writer thread");
-    }
-
-    #[tokio::test]
-    async fn on_a_current_thread_runtime_the_writer_thread_commits() {
-        let (_dir, store) = open();
-        // Blocking here would stall the only thread the runtime has.
-        assert_eq!(thread_of_write(&store).await, "spool-writer");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_that_arrive_while_one_commits_wait_for_the_writer_thread() {
-        let (_dir, store) = open();
-        let store = std::sync::Arc::new(store);
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let leader = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .write(false, move |conn| {
-                        conn.execute_batch("CREATE TABLE t (x INTEGER)")?;
-                        let _ = started_tx.send(());
-                        let _ = release_rx.recv_timeout(Duration::from_secs(10));
-                        Ok((std::thread::current().name().map(str::to_string), Vec::new()))
-                    })
-                    .await
-            })
-        };
-        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        let followers: Vec<_> = (0..10)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .write(false, move |conn| {
-                            conn.execute("INSERT INTO t (x) VALUES (?1)", [i])?;
-                            Ok((std::thread::current().name().map(str::to_string), Vec::new()))
-                        })
-                        .await
-                })
-            })
-            .collect();
-        let give_up = Instant::now() + Duration::from_secs(10);
-        while store.writer.line().waiting.len() < 10 {
-            assert!(Instant::now() < give_up, "the writes never reached the line");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        release_tx.send(()).unwrap();
-        let led = leader.await.unwrap().unwrap();
-        assert_ne!(led.as_deref(), Some("spool-writer"));
-        for f in followers {
-            let ran_on = f.await.unwrap().unwrap();
-            assert_eq!(ran_on.as_deref(), Some("spool-writer"));
-        }
-        let n: i64 = rusqlite::Connection::open(store.path())
-            .unwrap()
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 10, "every queued write committed");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_write_after_close_is_refused() {
-        let (_dir, store) = open();
-        store.stop();
-        let err = store.write(false, |_| Ok(((), Vec::new()))).await;
-        assert!(err.is_err(), "a closed store took a write");
     }
 }
