@@ -615,35 +615,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let pb = bar(opts.e2e_n as u64, "end to end: work (no-op)");
     let t = Instant::now();
     let _ = api.post("/v1/queues/bench-e2e/resume", &json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    // Counting the queue's finished tasks reads an index of them all, which would load the
-    // server being measured: until the last task enqueued (claimed about last) has ended, look
-    // only at it; then count, until every task is done.
-    if let Some(id) = &last_id {
-        while Instant::now() < deadline {
-            let t = api
-                .get(&format!("/v1/tasks/{id}"))
-                .await
-                .unwrap_or_default();
-            if matches!(
-                t["status"].as_str(),
-                Some("completed" | "failed" | "canceled")
-            ) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    loop {
-        let done = api.queue("bench-e2e").await["completed"]
-            .as_u64()
-            .unwrap_or(0);
-        pb.set_position(done);
-        if done as usize >= opts.e2e_n || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_all_done(&api, "bench-e2e", last_id.as_deref(), opts.e2e_n, &pb).await;
     let e2e = opts.e2e_n as f64 / t.elapsed().as_secs_f64();
     pb.finish_and_clear();
     figures.push(fig(
@@ -775,10 +747,43 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
 /// End to end through the per-key limited queue `bench-keyed`: `n` no-op tasks over `keys`
 /// concurrency keys enqueued into the paused queue, then resumed; tasks per second until all
 /// are completed.
+/// Waits (up to 10 minutes) until `n` tasks of `queue` have completed. Counting a queue's
+/// finished tasks reads an index of every task, which would load the server being measured
+/// (polled every 50 ms during the per-key run, those reads took as much of the server's CPU as
+/// its writer, by `perf`): until the last task enqueued, claimed about last, has ended, look
+/// only at it; then count, until every task is done.
+async fn wait_all_done(api: &Api, queue: &str, last_id: Option<&str>, n: usize, pb: &ProgressBar) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    if let Some(id) = last_id {
+        while Instant::now() < deadline {
+            let t = api
+                .get(&format!("/v1/tasks/{id}"))
+                .await
+                .unwrap_or_default();
+            if matches!(
+                t["status"].as_str(),
+                Some("completed" | "failed" | "canceled")
+            ) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    loop {
+        let done = api.queue(queue).await["completed"].as_u64().unwrap_or(0);
+        pb.set_position(done);
+        if done as usize >= n || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn e2e_keyed(api: &Api, n: usize, keys: usize) -> Result<f64, String> {
     let _ = api.post("/v1/queues/bench-keyed/pause", &json!({})).await;
     let pb = bar(n as u64, "end to end, per-key limit: enqueue (paused)");
     let mut i = 0usize;
+    let mut last_id = None;
     while i < n {
         let k = (n - i).min(1000);
         let tasks: Vec<Value> = (i..i + k)
@@ -787,8 +792,10 @@ async fn e2e_keyed(api: &Api, n: usize, keys: usize) -> Result<f64, String> {
                     "concurrency_key": format!("k{}", j % keys.max(1))})
             })
             .collect();
-        api.post("/v1/tasks/batch", &json!({ "tasks": tasks }))
+        let (_, v) = api
+            .post("/v1/tasks/batch", &json!({ "tasks": tasks }))
             .await?;
+        last_id = v["tasks"][k - 1]["id"].as_str().map(str::to_string);
         i += k;
         pb.inc(k as u64);
     }
@@ -796,17 +803,7 @@ async fn e2e_keyed(api: &Api, n: usize, keys: usize) -> Result<f64, String> {
     let pb = bar(n as u64, "end to end, per-key limit: work (no-op)");
     let t = Instant::now();
     let _ = api.post("/v1/queues/bench-keyed/resume", &json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let done = api.queue("bench-keyed").await["completed"]
-            .as_u64()
-            .unwrap_or(0);
-        pb.set_position(done);
-        if done as usize >= n || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_all_done(api, "bench-keyed", last_id.as_deref(), n, &pb).await;
     pb.finish_and_clear();
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
