@@ -412,3 +412,90 @@ fn database_url_puts_the_database_where_it_says_and_an_unknown_scheme_is_refused
         "nothing but the config written"
     );
 }
+
+/// `spool bench` is how every speed figure in the README is measured: a small run at 8 slots
+/// reports each figure issue 17 asks for (the lone producer's rate and request latency, the
+/// embedded rate, worked/s at the given concurrency, enqueue→start), each finite, with the
+/// ratio to the floor measured in the same run.
+#[test]
+fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "bench",
+            "--concurrency",
+            "8",
+            "--prefetch",
+            "4",
+            "--synchronous",
+            "normal",
+            "--n",
+            "300",
+            "--batch-n",
+            "2000",
+            "--e2e-n",
+            "500",
+            "--streams",
+            "5",
+            "--messages",
+            "5",
+            "--latency-samples",
+            "20",
+            "--dir",
+            d,
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["synchronous"], "normal");
+    let figures = report["figures"].as_array().unwrap();
+    let value = |name: &str| -> f64 {
+        let f = figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no figure {name:?} in {figures:?}"));
+        let v = f["value"].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{name}: {v}");
+        v
+    };
+    let floor = value("floor: SQLite, 1 row per commit");
+    value("floor: SQLite, 1,000 rows per commit");
+    value("HTTP enqueue, 1 task/request, 64 clients");
+    let one = value("HTTP enqueue, 1 producer, sequential");
+    let p50 = value("  its request p50");
+    assert!(p50 <= value("  its request p99"));
+    value("embedded enqueue (Spool::enqueue), 1 caller");
+    value("HTTP batch enqueue, 1,000 tasks/request");
+    value("end to end, no-op, 8 slots");
+    value("end to end, no-op, 8 slots, per_key_concurrency = 1 over 1,000 keys");
+    // Whole milliseconds: a start within the same millisecond is 0.
+    for name in [
+        "enqueue → start p50 (ms resolution)",
+        "enqueue → start p99 (ms resolution)",
+    ] {
+        let f = figures.iter().find(|f| f["name"] == name).unwrap();
+        assert!(f["value"].as_f64().unwrap() >= 0.0, "{name}");
+    }
+    let ratio = figures
+        .iter()
+        .find(|f| f["name"] == "HTTP enqueue, 1 producer, sequential")
+        .and_then(|f| f["ratio"].as_f64())
+        .unwrap();
+    assert!(
+        (ratio - one / floor).abs() < 1e-9 * ratio.max(1.0),
+        "ratio {ratio}"
+    );
+    // The run cleans up after itself: no data directory or floor file is left.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
