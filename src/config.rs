@@ -1219,6 +1219,32 @@ impl Config {
             queues: queues_cfg,
             kinds,
         };
+        // The sweep removes a kept workspace volume only while its task is in the database (a
+        // volume of a task it does not know may be another spool's on the same engine): the
+        // task must outlive the keeping, and one sweep period (a lease) after it.
+        let kept_tasks = [cfg.retention.completed, cfg.retention.failed]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(kept_tasks) = kept_tasks {
+            for (name, kind) in &cfg.kinds {
+                let KindHandler::Container(c) = &kind.handler else {
+                    continue;
+                };
+                let keep = Duration::from_secs(c.keep_workspace_s)
+                    .saturating_add(Duration::from_millis(cfg.worker.lease_ms));
+                if keep >= kept_tasks {
+                    return Err(invalid(
+                        format!("kinds.{name}.container.keep_workspace_s"),
+                        format!(
+                            "must be less than the retention of finished tasks ({} s) less one lease ({} ms): a workspace is swept only while its task is in the database",
+                            kept_tasks.as_secs(),
+                            cfg.worker.lease_ms
+                        ),
+                    ));
+                }
+            }
+        }
         // A schedule must fire at some time after the config is loaded.
         let now = crate::clock::Clock::now(&crate::clock::SystemClock);
         for spec in &cfg.schedules {

@@ -48,6 +48,8 @@ fn unknown_key_and_bad_values_name_the_field() {
         ("[retention]\ncompleted = \"a while\"\n", "retention.completed"),
         ("[worker]\nconcurrency = \"eight\"\n", "concurrency"),
         ("[kinds.hook]\nwebhook = \"http://127.0.0.1:9/h\"\nsecret_env = \"SPOOL_TEST_UNSET_SECRET\"\n", "SPOOL_TEST_UNSET_SECRET"),
+        // A workspace kept longer than its task: the sweep could not tell it was ours.
+        ("[retention]\ncompleted = \"1h\"\n[kinds.agent]\ncontainer = { image = \"x\", keep_workspace_s = 3600 }\n", "kinds.agent.container.keep_workspace_s"),
     ] {
         std::fs::write(&cfg, format!("data_dir = \"d\"\n{text}")).unwrap();
         let out = run(dir.path(), &["--config", "c.toml", "serve"]);
