@@ -105,8 +105,13 @@ pub(super) async fn task_events(
     // Watch before the first read so nothing committed in between is missed.
     let watch = st.store.hub().watch(id);
     let first = st.store.task_get(id, scope.clone()).await?;
-    // The owner of one task does not change: its name is read once.
-    let user = st.names.name(&*st.store, None, &first.user_id).await;
+    // The owner of one task does not change: its name is read once (and not at all when the
+    // owner is the one reading).
+    let viewer = match &reader {
+        Reader::User(auth) => Some(&auth.0),
+        Reader::Task(..) | Reader::Stream(_) => None,
+    };
+    let user = st.names.name(&*st.store, viewer, &first.user_id).await;
     // Held by the stream: freed when it ends, the client goes away, or the server stops. A
     // task's own tokens count against its owner.
     let slot = st.limits.stream_slot(&owner)?;
