@@ -553,10 +553,13 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
     let mut conn = RawConn::connect(&api.base).await?;
     let mut took = Vec::with_capacity(one_n);
+    let mut refused = 0usize;
     let t = Instant::now();
     for _ in 0..one_n {
         let sent = Instant::now();
-        conn.send(&request).await?;
+        if conn.send(&request).await? != 201 {
+            refused += 1;
+        }
         took.push(sent.elapsed().as_secs_f64() * 1000.0);
         pb.inc(1);
     }
@@ -584,6 +587,15 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         None,
         "",
     ));
+    if refused > 0 {
+        figures.push(fig(
+            "  its enqueue errors (non-201)",
+            refused as f64,
+            "requests",
+            None,
+            "0",
+        ));
+    }
 
     // 2c. The embedded API (`Spool::enqueue`) in this process, one caller: the library's cost
     // without HTTP, on its own database at the same `synchronous`.
@@ -766,10 +778,6 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     })
 }
 
-/// Sequential `Spool::enqueue` calls on a fresh database in `dir`; tasks a second.
-/// End to end through the per-key limited queue `bench-keyed`: `n` no-op tasks over `keys`
-/// concurrency keys enqueued into the paused queue, then resumed; tasks per second until all
-/// are completed.
 /// Waits (up to 10 minutes) until `n` tasks of `queue` have completed. Counting a queue's
 /// finished tasks reads an index of every task, which would load the server being measured
 /// (polled every 50 ms during the per-key run, those reads took as much of the server's CPU as
@@ -802,6 +810,9 @@ async fn wait_all_done(api: &Api, queue: &str, last_id: Option<&str>, n: usize, 
     }
 }
 
+/// End to end through the per-key limited queue `bench-keyed`: `n` no-op tasks over `keys`
+/// concurrency keys enqueued into the paused queue, then resumed; tasks per second until all
+/// are completed.
 async fn e2e_keyed(api: &Api, n: usize, keys: usize) -> Result<f64, String> {
     let _ = api.post("/v1/queues/bench-keyed/pause", &json!({})).await;
     let pb = bar(n as u64, "end to end, per-key limit: enqueue (paused)");
@@ -831,6 +842,7 @@ async fn e2e_keyed(api: &Api, n: usize, keys: usize) -> Result<f64, String> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Sequential `Spool::enqueue` calls on a fresh database in `dir`; tasks a second.
 async fn embedded_enqueue(dir: &Path, synchronous: &str, n: usize) -> Result<f64, String> {
     let tmp = tempfile::Builder::new()
         .prefix("spool-embedded-")

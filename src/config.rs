@@ -1221,7 +1221,8 @@ impl Config {
         };
         // The sweep removes a kept workspace volume only while its task is in the database (a
         // volume of a task it does not know may be another spool's on the same engine): the
-        // task must outlive the keeping, and one sweep period (a lease) after it.
+        // task must outlive the keeping, and one sweep period (a lease) after it. A workspace
+        // not kept is removed by the attempt that ends the task.
         let kept_tasks = [cfg.retention.completed, cfg.retention.failed]
             .into_iter()
             .flatten()
@@ -1231,6 +1232,9 @@ impl Config {
                 let KindHandler::Container(c) = &kind.handler else {
                     continue;
                 };
+                if c.keep_workspace_s == 0 {
+                    continue;
+                }
                 let keep = Duration::from_secs(c.keep_workspace_s)
                     .saturating_add(Duration::from_millis(cfg.worker.lease_ms));
                 if keep >= kept_tasks {

@@ -423,33 +423,11 @@ fn database_url_puts_the_database_where_it_says_and_an_unknown_scheme_is_refused
 fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = run(
-        dir.path(),
-        &[
-            "bench",
-            "--concurrency",
-            "8",
-            "--prefetch",
-            "4",
-            "--synchronous",
-            "normal",
-            "--n",
-            "300",
-            "--batch-n",
-            "2000",
-            "--e2e-n",
-            "500",
-            "--streams",
-            "5",
-            "--messages",
-            "5",
-            "--latency-samples",
-            "20",
-            "--dir",
-            d,
-            "--json",
-        ],
-    );
+    let args = "bench --concurrency 8 --prefetch 4 --synchronous normal --n 300 --batch-n 2000 \
+                --e2e-n 500 --streams 5 --messages 5 --latency-samples 20 --json --dir";
+    let mut args: Vec<&str> = args.split_whitespace().collect();
+    args.push(d);
+    let out = run(dir.path(), &args);
     assert!(
         out.status.success(),
         "{}",
@@ -458,12 +436,14 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["synchronous"], "normal");
     let figures = report["figures"].as_array().unwrap();
-    let value = |name: &str| -> f64 {
-        let f = figures
+    let figure = |name: &str| -> &serde_json::Value {
+        figures
             .iter()
             .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("no figure {name:?} in {figures:?}"));
-        let v = f["value"].as_f64().unwrap();
+            .unwrap_or_else(|| panic!("no figure {name:?} in {figures:?}"))
+    };
+    let value = |name: &str| -> f64 {
+        let v = figure(name)["value"].as_f64().unwrap();
         assert!(v.is_finite() && v > 0.0, "{name}: {v}");
         v
     };
@@ -482,13 +462,10 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
         "enqueue → start p50 (ms resolution)",
         "enqueue → start p99 (ms resolution)",
     ] {
-        let f = figures.iter().find(|f| f["name"] == name).unwrap();
-        assert!(f["value"].as_f64().unwrap() >= 0.0, "{name}");
+        assert!(figure(name)["value"].as_f64().unwrap() >= 0.0, "{name}");
     }
-    let ratio = figures
-        .iter()
-        .find(|f| f["name"] == "HTTP enqueue, 1 producer, sequential")
-        .and_then(|f| f["ratio"].as_f64())
+    let ratio = figure("HTTP enqueue, 1 producer, sequential")["ratio"]
+        .as_f64()
         .unwrap();
     assert!(
         (ratio - one / floor).abs() < 1e-9 * ratio.max(1.0),
