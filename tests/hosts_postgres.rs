@@ -229,6 +229,10 @@ async fn rescued_after_lease(db: &tokio_postgres::Client, leases: &BTreeMap<Stri
         },
     )
     .await;
+    // Changes get their positions in the log after commit, when it is read (migration 0005).
+    db.execute("SELECT spool_number_changes(1000000)", &[])
+        .await
+        .unwrap();
     let rescues: BTreeMap<String, i64> = db
         .query(
             "SELECT task_id::text, max(at) FROM task_changes \
@@ -471,8 +475,17 @@ async fn three_workers_complete_20000_tasks_once_each_through_a_kill_9_and_a_sto
     until_completed(&db, TASKS as i64, Duration::from_secs(600)).await;
     let ran = started.elapsed();
 
-    // Every task completed, and its completion was written once.
+    // Every task completed, and its completion was written once (every change numbered first).
     assert_eq!(count(&db, "completed").await, TASKS as i64);
+    db.execute("SELECT spool_number_changes(1000000)", &[])
+        .await
+        .unwrap();
+    let unnumbered: i64 = db
+        .query_one("SELECT count(*) FROM task_changes_unnumbered", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unnumbered, 0);
     let twice: i64 = db
         .query_one(
             "SELECT count(*) FROM (SELECT task_id FROM task_changes WHERE status = 'completed' \

@@ -13,6 +13,7 @@ use spool::store::postgres::LATEST_VERSION;
 use spool::store::{
     Limits, MessageCheck, PostgresOptions, PostgresStore, PostgresUrl, Store, StoreError,
 };
+use spool::task::TaskStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,11 +152,11 @@ async fn a_message_numbered_first_but_committed_last_is_never_skipped() {
     );
 }
 
-/// Change positions are commit order: a transaction that recorded a change and has not
-/// committed holds the change log's lock, so a later change waits for it, and a reader never
-/// sees a position after one that is not committed yet.
+/// Writers of task changes do not take turns: a transaction that changed a task and has not
+/// committed holds up no other writer. Its change gets a position only once it committed, after
+/// the changes that committed before it, so a reader already past those still reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_recorded_first_commits_first() {
+async fn a_change_that_commits_late_is_read_after_those_that_committed_first() {
     let server = pg::server();
     let url = server.fresh_db().await;
     let store = open(&url, Limits::default()).await;
@@ -173,41 +174,101 @@ async fn a_change_recorded_first_commits_first() {
     )
     .await
     .unwrap();
+    // Commits while the first transaction is open.
+    let b = tokio::time::timeout(
+        DEADLINE,
+        store.task_insert(vec![conformance::task("default", 3, 0, T0)], T0),
+    )
+    .await
+    .expect("an enqueue waited for another transaction's commit")
+    .unwrap()
+    .remove(0)
+    .task;
+    let read = |after: i64| {
+        let store = store.clone();
+        async move {
+            let page = store
+                .changes(spool::store::ChangeParams {
+                    after,
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            page.changes
+                .iter()
+                .map(|c| (c.seq, c.task.id, c.task.status))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(read(1).await, vec![(2, b.id, TaskStatus::Pending)]);
+    tx.commit().await.unwrap();
+    assert_eq!(read(2).await, vec![(3, a.id, TaskStatus::Canceled)]);
+    assert_eq!(
+        read(0).await.iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+/// A quota check sees what a concurrent enqueue of the same user added once that commits: an
+/// enqueue that took the user's usage row, then inserted, holds the next check of that user
+/// until its commit, and the check then counts its task. Usage changes are appended and folded
+/// in later, so this proves the check reads after the lock, not from before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(
+        &url,
+        Limits {
+            pending_tasks_per_user: 2,
+            ..Limits::default()
+        },
+    )
+    .await;
+    store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap();
+    // Another process's enqueue, as spool makes it: the usage row locked, then the insert.
+    let mut other = server.client(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        include_str!("../sql/postgres/queries/user_usage_lock.sql"),
+        &[&"u"],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "INSERT INTO tasks (id, user_id, queue, kind, payload, status, priority, run_at, \
+         attempts, max_attempts, timeout_ms, created_at, updated_at) \
+         VALUES ($1, 'u', 'default', 'k', '{}', 'pending', 0, 0, 0, 3, 1000, 0, 0)",
+        &[&uuid::Uuid::now_v7()],
+    )
+    .await
+    .unwrap();
     let s2 = store.clone();
-    let second = tokio::spawn(async move {
+    let third = tokio::spawn(async move {
         s2.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
             .await
-            .unwrap()
     });
     let watcher = server.client(&url).await;
     until_lock_waiters(&watcher, &db_name(&url), 1).await;
-    let page = store
-        .changes(spool::store::ChangeParams {
-            after: 1,
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert!(page.changes.is_empty(), "{:?}", page.changes);
     tx.commit().await.unwrap();
-    let b = tokio::time::timeout(DEADLINE, second)
+    match tokio::time::timeout(DEADLINE, third)
         .await
         .unwrap()
         .unwrap()
-        .remove(0)
-        .task;
-    let page = store
-        .changes(spool::store::ChangeParams {
-            after: 1,
-            limit: 100,
-            ..Default::default()
-        })
+    {
+        Err(StoreError::LimitReached { limit: 2, .. }) => {}
+        other => panic!("a third unfinished task was let in: {other:?}"),
+    }
+    let n: i64 = watcher
+        .query_one("SELECT count(*) FROM tasks WHERE user_id = 'u'", &[])
         .await
-        .unwrap();
-    let got: Vec<(i64, spool::task::TaskId)> =
-        page.changes.iter().map(|c| (c.seq, c.task.id)).collect();
-    assert_eq!(got, vec![(2, a.id), (3, b.id)]);
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
 }
 
 /// Several processes starting at once on a new database apply each migration once; a database

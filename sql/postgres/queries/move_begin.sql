@@ -4,6 +4,7 @@
 -- triggers of `tasks` are off while it copies, since the change log and the usage rows are
 -- copied as they are on SQLite instead of being made again. All of it is undone by a rollback.
 SELECT pg_advisory_xact_lock(7306996425318424323);
-LOCK TABLE users, tokens, queues, tasks, messages, task_tokens, task_changes, user_usage,
+LOCK TABLE users, tokens, queues, tasks, messages, task_tokens, task_changes,
+    task_changes_unnumbered, user_usage,
     stream_tokens, schedules, queue_tokens IN EXCLUSIVE MODE;
 ALTER TABLE tasks DISABLE TRIGGER USER;

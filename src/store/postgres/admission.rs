@@ -1,7 +1,8 @@
 //! Admission control in the claim (see the SQLite store's `admission.rs` for the rules). A
-//! claim that reaches a limited queue holds the change log's lock (every state change takes it
-//! first), so claims take turns across every process and each sees what the one before it
-//! committed: no process can over-admit.
+//! claim that reaches a limited queue holds that queue's advisory lock (`admission_lock.sql`,
+//! taken by the caller before anything else), so the queue's claims take turns across every
+//! process and each sees what the one before it committed: no process can over-admit. What
+//! runs concurrently with it (finishes, rescues) only lowers the counts it reads.
 
 use super::{execute, pg_err, query, rows};
 use crate::store::rules::{self, Candidate};

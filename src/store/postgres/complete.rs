@@ -9,7 +9,7 @@
 //! holds; a task that appears twice waits for the next batch. `task_finish` returns after the
 //! commit, as before, so the store's ordering contract holds unchanged.
 
-use super::{lock_changes, pg_err, pool_err, query, sql, Result, StoreError};
+use super::{pg_err, pool_err, query, sql, Result, StoreError};
 use crate::events::{Event, EventHub};
 use crate::store::FinishParams;
 use crate::task::{Task, WakeReason};
@@ -193,7 +193,11 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
     let mut uncounts = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
     let mut wait_untils = Vec::with_capacity(n);
-    for j in jobs {
+    // In id order, the order heartbeats and rescues lock tasks in, so that the statement (whose
+    // plan walks the arrays in order) takes them in that order too.
+    let mut sorted: Vec<&Job> = jobs.iter().collect();
+    sorted.sort_unstable_by_key(|j| j.p.task.id.0);
+    for j in sorted {
         ids.push(j.p.task.id.0);
         owners.push(j.p.owner.as_str());
         attempts.push(i64::from(j.p.task.attempts));
@@ -206,12 +210,11 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         wait_untils.push(j.p.wait_until);
     }
     let mut c = pool.get().await.map_err(pool_err)?;
-    // Not one pipeline (see locked_pipeline): a worker killed after sending one would still have
-    // its outcomes committed, maybe long after its death when the lock is contended, while
+    // Not one pipeline (see `pipeline`): a worker killed after sending one would still have
+    // its outcomes committed, maybe long after its death when rows it needs are locked, while
     // what a dead worker held is expected to be rescued after one lease. Round trips: the
     // outcomes of a worker that dies before its COMMIT left are rolled back.
     let tx = c.transaction().await.map_err(pg_err)?;
-    lock_changes(&tx).await?;
     // The NOTIFY of tasks pending again is inside the statement.
     let rows = query(
         &tx,

@@ -23,6 +23,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         4,
         include_str!("../../../sql/postgres/migrations/0004_admission.sql"),
     ),
+    (
+        5,
+        include_str!("../../../sql/postgres/migrations/0005_change_log_unlocked.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema version this build of spool writes.

@@ -10,10 +10,10 @@
 //! | [`url`] | `database.url`: parsing, the redacted form, TLS |
 //!
 //! Every write commits before its method returns (so [`Store::task_finish`] hands out a
-//! [`Queued::ready`]), and its events are published on the hub after the commit. Transactions
-//! that change a task's state take the change log's advisory lock first (see
-//! `sql/postgres/migrations/0001_init.sql`): the change log is in commit order, and spool never
-//! waits for that lock while holding a row lock, so its writers cannot deadlock on it.
+//! [`Queued::ready`]), and its events are published on the hub after the commit. Writers do
+//! not take turns: the change log behind `/v1/events` is numbered after commit, by its readers
+//! (see `sql/postgres/migrations/0005_change_log_unlocked.sql`, which also gives the order in
+//! which writers lock rows so that they never deadlock).
 
 mod admission;
 mod batch;
@@ -346,12 +346,6 @@ async fn execute<C: GenericClient>(
     c.execute(&st, params).await.map_err(pg_err)
 }
 
-/// Takes the change log's writer lock: the first statement of a transaction that changes a
-/// task's state.
-async fn lock_changes<C: GenericClient>(c: &C) -> Result<()> {
-    query(c, sql::LOCK_CHANGES, &[]).await.map(|_| ())
-}
-
 /// The columns of `task_insert.sql`, one array each.
 struct InsertRows<'a> {
     ids: Vec<Uuid>,
@@ -425,7 +419,7 @@ impl<'a> InsertRows<'a> {
     }
 }
 
-/// Enqueues `tasks` in one transaction sent as one pipeline (see [`locked_pipeline`]): the
+/// Enqueues `tasks` in one transaction sent as one pipeline (see [`pipeline`]): the
 /// INSERT and the NOTIFY of their queues. Only for tasks without an idempotency key and with
 /// quotas off (a key may find its twin, a quota reads usage first: those take
 /// [`insert_tasks_at`] in a transaction of their own); `None` for others, untouched.
@@ -447,7 +441,7 @@ async fn insert_pipelined(
         let rows = InsertRows::new(&tasks);
         let insert = rows.params();
         let notify: [&(dyn ToSql + Sync); 1] = [&queues];
-        locked_pipeline(
+        pipeline(
             c,
             &[(sql::TASK_INSERT, &insert), (sql::WORK_NOTIFY, &notify)],
         )
@@ -463,8 +457,8 @@ async fn insert_pipelined(
 }
 
 /// Enqueues `tasks` (each with its request's time) in one committed transaction: one pipeline
-/// when [`insert_pipelined`] can take them, else the general path (the change log's lock first,
-/// keys and quotas checked in order); the NOTIFY of the queues it created tasks in goes with it.
+/// when [`insert_pipelined`] can take them, else the general path (keys and quotas checked in
+/// order); the NOTIFY of the queues it created tasks in goes with it.
 async fn insert_committed(
     c: &mut Conn,
     tasks: Vec<(NewTask, String, UnixMillis)>,
@@ -475,7 +469,6 @@ async fn insert_committed(
         Err(tasks) => tasks,
     };
     let tx = c.transaction().await.map_err(pg_err)?;
-    lock_changes(&tx).await?;
     let out = insert_tasks_at(&tx, tasks, limits).await?;
     let queues: std::collections::BTreeSet<String> = out
         .iter()
@@ -487,22 +480,18 @@ async fn insert_committed(
     Ok(out)
 }
 
-/// A transaction that changes task states, sent as one pipeline: `BEGIN`, the change log's lock,
-/// `statements` in order, then `COMMIT`, written to the server back to back without waiting for
-/// the answers in between. The lock is held from its statement to the commit, and every other
-/// process's state changes wait for it; sent this way, that time holds no round trip to this
-/// process and no wait for it to be scheduled again (on a busy host, most of the time the lock
-/// was held), only the server's own work. So each statement must not depend on the rows of an
-/// earlier one (a NOTIFY that does goes inside the statement, see `task_finish_many.sql`).
+/// A transaction sent as one pipeline: `BEGIN`, `statements` in order, then `COMMIT`, written
+/// to the server back to back without waiting for the answers in between (one round trip
+/// instead of one per statement). So each statement must not depend on the rows of an earlier
+/// one.
 ///
 /// Returns each statement's rows. On any error, a statement's or the commit's, nothing is
 /// committed: a failed statement aborts the transaction, and the server answers the `COMMIT` of
 /// an aborted transaction by rolling it back.
-async fn locked_pipeline(
+async fn pipeline(
     c: &Conn,
     statements: &[(&str, &[&(dyn ToSql + Sync)])],
 ) -> Result<Vec<Vec<tokio_postgres::Row>>> {
-    let lock = c.prepare_cached(sql::LOCK_CHANGES).await.map_err(pg_err)?;
     let mut prepared = Vec::with_capacity(statements.len());
     for (text, _) in statements {
         prepared.push(c.prepare_cached(text).await.map_err(pg_err)?);
@@ -510,9 +499,8 @@ async fn locked_pipeline(
     let client: &tokio_postgres::Client = c;
     // tokio-postgres writes a request when its future is first polled, and join! polls in
     // order: the server receives them in this order, without waiting for this process.
-    let (begin, locked, rows, commit) = tokio::join!(
+    let (begin, rows, commit) = tokio::join!(
         client.batch_execute(sql::BEGIN),
-        client.query(&lock, &[]),
         futures::future::join_all(
             prepared
                 .iter()
@@ -522,7 +510,6 @@ async fn locked_pipeline(
         client.batch_execute(sql::COMMIT),
     );
     begin.map_err(pg_err)?;
-    locked.map_err(pg_err)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(r.map_err(pg_err)?);
@@ -868,7 +855,6 @@ impl Store for PostgresStore {
     async fn task_cancel(&self, id: TaskId, user: Option<String>, now: UnixMillis) -> Result<Task> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
-        lock_changes(&tx).await?;
         let (task, _) = get_owned_locked(&tx, id, user.as_deref()).await?;
         let q = match queue::cancel(id, task.status).map_err(StoreError::Conflict)? {
             CancelAction::EndNow => sql::TASK_CANCEL_PENDING,
@@ -892,7 +878,6 @@ impl Store for PostgresStore {
     ) -> Result<Task> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
-        lock_changes(&tx).await?;
         let (task, _) = get_owned_locked(&tx, id, user.as_deref()).await?;
         queue::retry(id, task.status).map_err(StoreError::Conflict)?;
         // A retried task is unfinished again: it counts against its owner's quota.
@@ -917,8 +902,6 @@ impl Store for PostgresStore {
     ) -> Result<usize> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
-        // Deleting changes per-user usage rows that enqueues lock under this lock.
-        lock_changes(&tx).await?;
         let n = execute(
             &tx,
             sql::TASK_PRUNE,
@@ -937,7 +920,7 @@ impl Store for PostgresStore {
             .iter()
             .any(|q| q.admission.as_ref().is_some_and(|a| a.is_limited()));
         if !p.rescue && !limited {
-            // The usual claim, one statement: one pipeline (see locked_pipeline).
+            // The usual claim: one statement, its own transaction.
             if p.total == 0 || p.queues.is_empty() {
                 return Ok(Vec::new());
             }
@@ -948,11 +931,7 @@ impl Store for PostgresStore {
             let total = i64::from(p.total);
             let params: [&(dyn ToSql + Sync); 6] =
                 [&p.owner, &p.now, &lease, &names, &limits, &total];
-            let rows = locked_pipeline(&c, &[(sql::TASK_CLAIM, &params)])
-                .await?
-                .into_iter()
-                .next()
-                .unwrap_or_default();
+            let rows = query(&c, sql::TASK_CLAIM, &params).await?;
             let mut claimed: Vec<Arc<Task>> =
                 rows::tasks(&rows)?.into_iter().map(Arc::new).collect();
             rules::sort_claimed(&mut claimed);
@@ -961,7 +940,19 @@ impl Store for PostgresStore {
         }
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
-        lock_changes(&tx).await?;
+        // Limited queues' claims take turns, each queue's under its own lock, taken first and
+        // in name order (so two claims never wait for each other in a circle).
+        let mut limited: Vec<&str> = p
+            .queues
+            .iter()
+            .filter(|q| q.admission.as_ref().is_some_and(|a| a.is_limited()))
+            .map(|q| q.queue.as_str())
+            .collect();
+        limited.sort_unstable();
+        limited.dedup();
+        for q in limited {
+            query(&tx, sql::ADMISSION_LOCK, &[&q]).await?;
+        }
         let mut events = Vec::new();
         if p.rescue {
             let mut woken = std::collections::BTreeSet::new();
@@ -984,7 +975,7 @@ impl Store for PostgresStore {
             }
         }
         let mut claimed = Vec::new();
-        // Limited queues first, each under its admission lock; the rest in one statement.
+        // Limited queues first (their locks are held); the rest in one statement.
         let mut remaining = p.total;
         for q in &p.queues {
             if let Some(adm) = q.admission.as_ref().filter(|a| a.is_limited()) {
@@ -1130,11 +1121,6 @@ impl Store for PostgresStore {
             _ => None,
         };
         let author = rules::author(&check);
-        if author == Author::User {
-            // The owner's message may wake a waiting task, a state change: those take the
-            // change log's lock first, before any row lock (a worker's progress never does).
-            lock_changes(&tx).await?;
-        }
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
         rules::message_allowed(&t, &check)?;
         let Some((kind, content)) =
@@ -1155,8 +1141,7 @@ impl Store for PostgresStore {
         .await?;
         let mut woken = None;
         if t.status == TaskStatus::Waiting && author == Author::User {
-            // The owner's message wakes a waiting task: pending at once, told why (the changes
-            // lock was taken first, as every state change takes it).
+            // The owner's message wakes a waiting task: pending at once, told why.
             if let Some(r) = query_opt(&tx, sql::TASK_WAKE, &[&uuid(task_id), &now]).await? {
                 let t = rows::task(&r)?;
                 notify_work(&tx, vec![t.queue.clone()]).await?;
@@ -1597,6 +1582,15 @@ impl Store for PostgresStore {
         // The newest change always stays: `changes` tells a gap by the oldest change kept.
         let keep = keep.clamp(1, i64::MAX as u64) as i64;
         let c = self.conn().await?;
+        // What committed since the last reader is numbered first, so the table of unnumbered
+        // changes stays small even while nobody reads the log; usage changes are folded with it
+        // (both tables only grow between these calls; see migration 0005).
+        while number_changes(&c).await? >= CHANGES_NUMBER_BATCH {
+            tokio::task::yield_now().await;
+        }
+        while fold_usage(&c).await? >= CHANGES_NUMBER_BATCH {
+            tokio::task::yield_now().await;
+        }
         let n = execute(
             &c,
             sql::CHANGE_PRUNE,
@@ -1624,6 +1618,9 @@ impl Store for PostgresStore {
 
     async fn changes(&self, p: ChangeParams) -> Result<ChangePage> {
         let mut c = self.conn().await?;
+        // Changes committed so far get their positions (in a transaction of their own), then
+        // the page is read. A page of a log longer than one numbering says `more`.
+        number_changes(&c).await?;
         // One snapshot: the bounds and the page agree.
         let tx = c
             .build_transaction()
@@ -1675,6 +1672,29 @@ impl Store for PostgresStore {
             changes,
         })
     }
+}
+
+/// Folds the usage changes committed so far (at most [`CHANGES_NUMBER_BATCH`]) into the users'
+/// rows, in a transaction of its own; returns how many it folded.
+async fn fold_usage(c: &Conn) -> Result<i64> {
+    let row = query_opt(c, sql::USAGE_FOLD, &[&CHANGES_NUMBER_BATCH])
+        .await?
+        .ok_or_else(|| StoreError::Backend("folding usage returned no row".into()))?;
+    let n: Option<i64> = row.try_get(0).map_err(pg_err)?;
+    Ok(n.unwrap_or(0))
+}
+
+/// Changes numbered per call of `spool_number_changes`, at most.
+const CHANGES_NUMBER_BATCH: i64 = 50_000;
+
+/// Gives positions in the change log to changes committed so far (at most
+/// [`CHANGES_NUMBER_BATCH`]), in a transaction of its own; returns how many it numbered.
+async fn number_changes(c: &Conn) -> Result<i64> {
+    let row = query_opt(c, sql::CHANGE_NUMBER, &[&CHANGES_NUMBER_BATCH])
+        .await?
+        .ok_or_else(|| StoreError::Backend("numbering the change log returned no row".into()))?;
+    let n: Option<i64> = row.try_get(0).map_err(pg_err)?;
+    Ok(n.unwrap_or(0))
 }
 
 async fn user_by_name<C: GenericClient>(c: &C, name: &str) -> Result<Option<User>> {

@@ -6,10 +6,11 @@
 //!   `Unavailable`, the caller retries on a new connection) rather than hang for the kernel's
 //!   quarter of an hour of retransmissions.
 //! - `idle_in_transaction_session_timeout`: PostgreSQL ends a session that sits inside an open
-//!   transaction this long. Every state change takes the change log's lock first, so a frozen
-//!   or cut-off process holding an open transaction would otherwise stop every other writer
-//!   until its connection is found dead; now it holds them up for the timeout at most, and its
-//!   transaction is rolled back (its commit, if it ever comes, fails).
+//!   transaction this long. A frozen or cut-off process holding an open transaction holds its
+//!   row locks (its tasks, its users' usage rows, a limited queue's claim lock), and other
+//!   writers that need them would otherwise wait until its connection is found dead; now they
+//!   wait for the timeout at most, and its transaction is rolled back (its commit, if it ever
+//!   comes, fails).
 //!
 //! Both are the pool's connect timeout (`database.busy_timeout_ms`), at least one second.
 

@@ -1,12 +1,16 @@
 //! Every SQL statement of the PostgreSQL store, pulled in from `sql/postgres/queries/`.
 
-/// Opens a transaction (the first statement of [`super::locked_pipeline`]).
+/// Opens a transaction (the first statement of [`super::pipeline`]).
 pub(crate) const BEGIN: &str = "BEGIN";
 /// Ends it; the server rolls back instead when a statement of it failed.
 pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const CHANGE_BOUNDS: &str =
     include_str!("../../../sql/postgres/queries/change_bounds.sql");
 pub(crate) const CHANGE_LIST: &str = include_str!("../../../sql/postgres/queries/change_list.sql");
+pub(crate) const ADMISSION_LOCK: &str =
+    include_str!("../../../sql/postgres/queries/admission_lock.sql");
+pub(crate) const CHANGE_NUMBER: &str =
+    include_str!("../../../sql/postgres/queries/change_number.sql");
 pub(crate) const CHANGE_PRUNE: &str =
     include_str!("../../../sql/postgres/queries/change_prune.sql");
 pub(crate) const FAILURES_LIST: &str =
@@ -21,8 +25,6 @@ pub(crate) const LEASE_RESCUE: &str =
     include_str!("../../../sql/postgres/queries/lease_rescue.sql");
 pub(crate) const LOCK_BOOTSTRAP: &str =
     include_str!("../../../sql/postgres/queries/lock_bootstrap.sql");
-pub(crate) const LOCK_CHANGES: &str =
-    include_str!("../../../sql/postgres/queries/lock_changes.sql");
 pub(crate) const MESSAGE_INSERT: &str =
     include_str!("../../../sql/postgres/queries/message_insert.sql");
 pub(crate) const MESSAGE_LIST: &str =
@@ -82,6 +84,7 @@ pub(crate) const USER_SET_ADMIN: &str =
     include_str!("../../../sql/postgres/queries/user_set_admin.sql");
 pub(crate) const USER_USAGE_GET: &str =
     include_str!("../../../sql/postgres/queries/user_usage_get.sql");
+pub(crate) const USAGE_FOLD: &str = include_str!("../../../sql/postgres/queries/usage_fold.sql");
 pub(crate) const USER_USAGE_LOCK: &str =
     include_str!("../../../sql/postgres/queries/user_usage_lock.sql");
 pub(crate) const WORKER_DELETE: &str =

@@ -1,0 +1,146 @@
+-- Writers no longer take turns (issue 13).
+--
+-- Until now every transaction that changed a task's state took one advisory lock and held it
+-- through its commit (see 0001), so such transactions committed one at a time, cluster-wide,
+-- each waiting for the fsync of the one before; and each one that moved a task in or out of
+-- the unfinished set updated its owner's user_usage row, which also stays locked to commit.
+-- Now neither is on a writer's way:
+--
+-- The change log behind /v1/events
+-- * Writers append their changes to task_changes_unnumbered, without a lock. Nothing there
+--   has a position yet: identity values are handed out before commit, in no useful order.
+-- * spool_number_changes() hands out positions after commit: under the lock the writers used
+--   to take (now taken only here), it moves committed changes into task_changes, numbered
+--   max(seq) + 1, + 2, ... Numberings take turns and each sees what the one before it
+--   committed, so positions still become visible in order and stay contiguous: a reader past
+--   position N never finds a change at or below N later. A change that commits late is
+--   numbered after it commits, later than changes that committed before it.
+-- * spool numbers before every read of the log (/v1/events) and before pruning it, so the
+--   unnumbered table holds at most what committed since the last of those.
+--
+-- Per-user usage (the quotas of [limits])
+-- * Triggers append each statement's change of a user's usage to user_usage_changes, without
+--   touching user_usage. A user's usage is their user_usage row plus their changes.
+-- * A quota check locks the user's row first (user_usage_lock.sql), then folds their committed
+--   changes into it and reads it (user_usage_get.sql), in a statement that starts after the
+--   lock is held. Every write that adds to a user's usage under a quota checks it first, so it
+--   holds that lock until it commits: the next check of the user, on any host, waits for it and
+--   then sees what it added. A change that takes from usage (a finish, a delete) takes no lock;
+--   a check that misses one not yet committed sees more usage than there is, never less.
+-- * spool_fold_usage() folds everyone's committed changes (the pruner calls it), so the table
+--   stays small while quotas are off and nothing checks.
+-- * A change row is folded once: folds delete the rows they add, and a row two folds find is
+--   deleted by the first, skipped by the second.
+
+CREATE TABLE task_changes_unnumbered (
+    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id uuid   NOT NULL,
+    status  text   NOT NULL,
+    at      bigint NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION spool_task_changes_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO task_changes_unnumbered (task_id, status, at)
+    SELECT n.id, n.status, n.updated_at FROM new_rows n ORDER BY n.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION spool_task_changes_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO task_changes_unnumbered (task_id, status, at)
+    VALUES (NEW.id, NEW.status, NEW.updated_at);
+    RETURN NULL;
+END
+$$;
+
+-- Numbers up to max_rows committed changes (oldest recorded first); returns how many. Must run
+-- in a transaction of its own (READ COMMITTED: each statement sees what committed before it).
+CREATE FUNCTION spool_number_changes(max_rows bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM task_changes_unnumbered) THEN
+        RETURN 0;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7306996425318424321);
+    WITH moved AS (
+        DELETE FROM task_changes_unnumbered
+        WHERE id IN (SELECT id FROM task_changes_unnumbered ORDER BY id LIMIT max_rows)
+        RETURNING id, task_id, status, at)
+    INSERT INTO task_changes (seq, task_id, status, at)
+    SELECT b.base + row_number() OVER (ORDER BY m.id), m.task_id, m.status, m.at
+    FROM moved m, (SELECT coalesce(max(seq), 0) AS base FROM task_changes) AS b;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE TABLE user_usage_changes (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id       text   NOT NULL,
+    unfinished    bigint NOT NULL,
+    payload_bytes bigint NOT NULL
+);
+CREATE INDEX user_usage_changes_user ON user_usage_changes (user_id);
+
+CREATE OR REPLACE FUNCTION spool_usage_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO user_usage_changes (user_id, unfinished, payload_bytes)
+    SELECT n.user_id,
+           count(*) FILTER (WHERE n.status IN ('pending', 'running', 'waiting')),
+           coalesce(sum(octet_length(n.payload::text)), 0)
+    FROM new_rows n GROUP BY n.user_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION spool_usage_status() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO user_usage_changes (user_id, unfinished, payload_bytes)
+    VALUES (NEW.user_id,
+            CASE WHEN NEW.status IN ('pending', 'running', 'waiting') THEN 1 ELSE -1 END,
+            0);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION spool_usage_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO user_usage_changes (user_id, unfinished, payload_bytes)
+    SELECT o.user_id,
+           -count(*) FILTER (WHERE o.status IN ('pending', 'running', 'waiting')),
+           -coalesce(sum(octet_length(o.payload::text)), 0)
+    FROM old_rows o GROUP BY o.user_id;
+    RETURN NULL;
+END
+$$;
+
+-- Folds up to max_rows committed usage changes (oldest first) into user_usage, whoever's they
+-- are; returns how many. Rows are updated in user order, as quota checks lock them.
+CREATE FUNCTION spool_fold_usage(max_rows bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    WITH folded AS (
+        DELETE FROM user_usage_changes
+        WHERE id IN (SELECT id FROM user_usage_changes ORDER BY id LIMIT max_rows)
+        RETURNING user_id, unfinished, payload_bytes),
+    sums AS (
+        SELECT user_id, sum(unfinished) AS unfinished, sum(payload_bytes) AS payload_bytes,
+               count(*) AS rows
+        FROM folded GROUP BY user_id),
+    applied AS (
+        INSERT INTO user_usage AS u (user_id, unfinished, payload_bytes)
+        SELECT user_id, unfinished, payload_bytes FROM sums ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE
+            SET unfinished = u.unfinished + excluded.unfinished,
+                payload_bytes = u.payload_bytes + excluded.payload_bytes)
+    -- (a data-modifying WITH runs to completion whether or not it is read)
+    SELECT coalesce(sum(rows), 0) INTO n FROM sums;
+    RETURN n;
+END
+$$;
+
+-- What the user_usage rows held before is kept: they were exact, and the changes start from them.
