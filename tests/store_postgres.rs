@@ -271,6 +271,74 @@ async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
     assert_eq!(n, 2);
 }
 
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Usage kept by sessions that have ended is moved into the users' rows by the pruner, whole:
+/// a process that enqueued and went away leaves its user's usage as it was, and the quota
+/// still counts every unfinished task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_of_ended_sessions_is_folded_in_whole() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let limits = Limits {
+        pending_tasks_per_user: 3,
+        ..Limits::default()
+    };
+    let gone = open(&url, limits.clone()).await;
+    for _ in 0..2 {
+        gone.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+            .await
+            .unwrap();
+    }
+    gone.close();
+    drop(gone);
+    let db = server.client(&url).await;
+    // Only the watching session is left.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while count(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+    )
+    .await
+        > 1
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the closed store's sessions stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM user_usage_shards").await,
+        1
+    );
+    let store = open(&url, limits).await;
+    store.changes_prune(0, 1).await.unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM user_usage_shards").await,
+        0
+    );
+    let kept: i64 = db
+        .query_one("SELECT unfinished FROM user_usage WHERE user_id = 'u'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2);
+    store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap();
+    match store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+    {
+        Err(StoreError::LimitReached { limit: 3, .. }) => {}
+        other => panic!("a fourth unfinished task was let in: {other:?}"),
+    }
+}
+
 /// Several processes starting at once on a new database apply each migration once; a database
 /// of a newer spool is refused and left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,18 +19,18 @@
 --   unnumbered table holds at most what committed since the last of those.
 --
 -- Per-user usage (the quotas of [limits])
--- * Triggers append each statement's change of a user's usage to user_usage_changes, without
---   touching user_usage. A user's usage is their user_usage row plus their changes.
--- * A quota check locks the user's row first (user_usage_lock.sql), then folds their committed
---   changes into it and reads it (user_usage_get.sql), in a statement that starts after the
---   lock is held. Every write that adds to a user's usage under a quota checks it first, so it
---   holds that lock until it commits: the next check of the user, on any host, waits for it and
---   then sees what it added. A change that takes from usage (a finish, a delete) takes no lock;
---   a check that misses one not yet committed sees more usage than there is, never less.
--- * spool_fold_usage() folds everyone's committed changes (the pruner calls it), so the table
---   stays small while quotas are off and nothing checks.
--- * A change row is folded once: folds delete the rows they add, and a row two folds find is
---   deleted by the first, skipped by the second.
+-- * Triggers add each statement's change of a user's usage to the user's row in
+--   user_usage_shards for the session that runs it (pg_backend_pid()), not to user_usage. A
+--   session runs one transaction at a time, so no two transactions ever wait for one such row.
+--   A user's usage is their user_usage row plus all their shards.
+-- * A quota check locks the user's user_usage row first (user_usage_lock.sql), then reads it
+--   with the shards (user_usage_get.sql), in a statement that starts after the lock is held.
+--   Every write that adds to a user's usage under a quota checks it first, so it holds that
+--   lock until it commits: the next check of the user, on any host, waits for it and then sees
+--   what it added. A change that takes from usage (a finish, a delete) takes no such lock; a
+--   check that misses one not yet committed sees more usage than there is, never less.
+-- * spool_fold_usage() moves the shards of sessions that have ended into user_usage (the
+--   pruner calls it), so there are only as many shards as sessions that are connected.
 
 CREATE TABLE task_changes_unnumbered (
     id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -77,60 +77,75 @@ BEGIN
 END
 $$;
 
-CREATE TABLE user_usage_changes (
-    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    user_id       text   NOT NULL,
-    unfinished    bigint NOT NULL,
-    payload_bytes bigint NOT NULL
+CREATE TABLE user_usage_shards (
+    user_id       text    NOT NULL,
+    backend       integer NOT NULL,            -- pg_backend_pid() of the session that wrote it
+    unfinished    bigint  NOT NULL,
+    payload_bytes bigint  NOT NULL,
+    PRIMARY KEY (user_id, backend)
 );
-CREATE INDEX user_usage_changes_user ON user_usage_changes (user_id);
 
 CREATE OR REPLACE FUNCTION spool_usage_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO user_usage_changes (user_id, unfinished, payload_bytes)
-    SELECT n.user_id,
+    INSERT INTO user_usage_shards AS s (user_id, backend, unfinished, payload_bytes)
+    SELECT n.user_id, pg_backend_pid(),
            count(*) FILTER (WHERE n.status IN ('pending', 'running', 'waiting')),
            coalesce(sum(octet_length(n.payload::text)), 0)
-    FROM new_rows n GROUP BY n.user_id;
+    FROM new_rows n GROUP BY n.user_id
+    ON CONFLICT (user_id, backend) DO UPDATE
+        SET unfinished = s.unfinished + excluded.unfinished,
+            payload_bytes = s.payload_bytes + excluded.payload_bytes;
     RETURN NULL;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION spool_usage_status() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO user_usage_changes (user_id, unfinished, payload_bytes)
-    VALUES (NEW.user_id,
-            CASE WHEN NEW.status IN ('pending', 'running', 'waiting') THEN 1 ELSE -1 END,
-            0);
+    INSERT INTO user_usage_shards AS s (user_id, backend, unfinished, payload_bytes)
+    VALUES (NEW.user_id, pg_backend_pid(),
+            CASE WHEN NEW.status IN ('pending', 'running', 'waiting') THEN 1 ELSE -1 END, 0)
+    ON CONFLICT (user_id, backend) DO UPDATE
+        SET unfinished = s.unfinished + excluded.unfinished;
     RETURN NULL;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION spool_usage_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO user_usage_changes (user_id, unfinished, payload_bytes)
-    SELECT o.user_id,
+    INSERT INTO user_usage_shards AS s (user_id, backend, unfinished, payload_bytes)
+    SELECT o.user_id, pg_backend_pid(),
            -count(*) FILTER (WHERE o.status IN ('pending', 'running', 'waiting')),
            -coalesce(sum(octet_length(o.payload::text)), 0)
-    FROM old_rows o GROUP BY o.user_id;
+    FROM old_rows o GROUP BY o.user_id
+    ON CONFLICT (user_id, backend) DO UPDATE
+        SET unfinished = s.unfinished + excluded.unfinished,
+            payload_bytes = s.payload_bytes + excluded.payload_bytes;
     RETURN NULL;
 END
 $$;
 
--- Folds up to max_rows committed usage changes (oldest first) into user_usage, whoever's they
--- are; returns how many. Rows are updated in user order, as quota checks lock them.
-CREATE FUNCTION spool_fold_usage(max_rows bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+-- Moves the shards of sessions that are no longer connected into user_usage; returns how many.
+-- user_usage rows are locked in user order, as quota checks lock them. A session that starts
+-- with the pid of an ended one meanwhile just goes on adding: what the delete takes is the
+-- row as it is when deleted.
+CREATE FUNCTION spool_fold_usage() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     n bigint;
 BEGIN
-    WITH folded AS (
-        DELETE FROM user_usage_changes
-        WHERE id IN (SELECT id FROM user_usage_changes ORDER BY id LIMIT max_rows)
+    PERFORM 1 FROM user_usage
+    WHERE user_id IN (SELECT s.user_id FROM user_usage_shards s
+                      WHERE s.backend NOT IN (SELECT pid FROM pg_stat_activity
+                                              WHERE pid IS NOT NULL))
+    ORDER BY user_id
+    FOR UPDATE;
+    WITH moved AS (
+        DELETE FROM user_usage_shards
+        WHERE backend NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)
         RETURNING user_id, unfinished, payload_bytes),
     sums AS (
         SELECT user_id, sum(unfinished) AS unfinished, sum(payload_bytes) AS payload_bytes,
-               count(*) AS rows
-        FROM folded GROUP BY user_id),
+               count(*) AS shards
+        FROM moved GROUP BY user_id),
     applied AS (
         INSERT INTO user_usage AS u (user_id, unfinished, payload_bytes)
         SELECT user_id, unfinished, payload_bytes FROM sums ORDER BY user_id
@@ -138,9 +153,9 @@ BEGIN
             SET unfinished = u.unfinished + excluded.unfinished,
                 payload_bytes = u.payload_bytes + excluded.payload_bytes)
     -- (a data-modifying WITH runs to completion whether or not it is read)
-    SELECT coalesce(sum(rows), 0) INTO n FROM sums;
+    SELECT coalesce(sum(shards), 0) INTO n FROM sums;
     RETURN n;
 END
 $$;
 
--- What the user_usage rows held before is kept: they were exact, and the changes start from them.
+-- What the user_usage rows held before is kept: they were exact, and the shards start from them.

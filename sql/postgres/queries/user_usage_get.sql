@@ -1,10 +1,8 @@
--- A user's usage for the quotas, with the row locked (user_usage_lock.sql): the user's
--- committed usage changes are folded into it, and it is read (migration 0005).
-WITH folded AS (
-    DELETE FROM user_usage_changes WHERE user_id = $1
-    RETURNING unfinished, payload_bytes)
-UPDATE user_usage
-SET unfinished = unfinished + coalesce((SELECT sum(unfinished) FROM folded), 0),
-    payload_bytes = payload_bytes + coalesce((SELECT sum(payload_bytes) FROM folded), 0)
-WHERE user_id = $1
-RETURNING unfinished, payload_bytes
+-- A user's usage for the quotas: their row, locked before this statement
+-- (user_usage_lock.sql), plus their shards (migration 0005).
+SELECT (u.unfinished + coalesce(s.unfinished, 0))::int8 AS unfinished,
+       (u.payload_bytes + coalesce(s.payload_bytes, 0))::int8 AS payload_bytes
+FROM user_usage AS u
+CROSS JOIN (SELECT sum(unfinished) AS unfinished, sum(payload_bytes) AS payload_bytes
+            FROM user_usage_shards WHERE user_id = $1) AS s
+WHERE u.user_id = $1

@@ -1583,14 +1583,12 @@ impl Store for PostgresStore {
         let keep = keep.clamp(1, i64::MAX as u64) as i64;
         let c = self.conn().await?;
         // What committed since the last reader is numbered first, so the table of unnumbered
-        // changes stays small even while nobody reads the log; usage changes are folded with it
-        // (both tables only grow between these calls; see migration 0005).
+        // changes stays small even while nobody reads the log; with it, the usage shards of
+        // sessions that ended are folded (see migration 0005).
         while number_changes(&c).await? >= CHANGES_NUMBER_BATCH {
             tokio::task::yield_now().await;
         }
-        while fold_usage(&c).await? >= CHANGES_NUMBER_BATCH {
-            tokio::task::yield_now().await;
-        }
+        fold_usage(&c).await?;
         let n = execute(
             &c,
             sql::CHANGE_PRUNE,
@@ -1674,10 +1672,10 @@ impl Store for PostgresStore {
     }
 }
 
-/// Folds the usage changes committed so far (at most [`CHANGES_NUMBER_BATCH`]) into the users'
-/// rows, in a transaction of its own; returns how many it folded.
+/// Moves the usage shards of ended sessions into the users' rows, in a transaction of its own;
+/// returns how many it moved.
 async fn fold_usage(c: &Conn) -> Result<i64> {
-    let row = query_opt(c, sql::USAGE_FOLD, &[&CHANGES_NUMBER_BATCH])
+    let row = query_opt(c, sql::USAGE_FOLD, &[])
         .await?
         .ok_or_else(|| StoreError::Backend("folding usage returned no row".into()))?;
     let n: Option<i64> = row.try_get(0).map_err(pg_err)?;
