@@ -286,7 +286,7 @@ async fn usage_of_ended_sessions_is_folded_in_whole() {
         pending_tasks_per_user: 3,
         ..Limits::default()
     };
-    let gone = open(&url, limits.clone()).await;
+    let gone = open(&url, limits).await;
     for _ in 0..2 {
         gone.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
             .await
