@@ -621,6 +621,22 @@ async fn check_user_quotas<C: GenericClient>(
     Ok(())
 }
 
+/// Quotas of rows this transaction has just written: their users' usage, read after their
+/// rows are locked, already holds them (the transaction sees its own changes).
+async fn check_written_quotas<C: GenericClient>(
+    c: &C,
+    written: &[(NewTask, String, UnixMillis)],
+    limits: &Limits,
+) -> Result<()> {
+    // One order for every transaction: usage rows are locked by user id.
+    let users: std::collections::BTreeSet<&str> =
+        written.iter().map(|(t, _, _)| t.user_id.as_str()).collect();
+    for user in users {
+        check_usage(c, user, 0, 0, limits).await?;
+    }
+    Ok(())
+}
+
 /// Writes the waiting (unkeyed) rows in one statement and moves them, as the tasks they now
 /// are, to `out`.
 async fn write_rows<C: GenericClient>(
@@ -632,15 +648,14 @@ async fn write_rows<C: GenericClient>(
     if waiting.is_empty() {
         return Ok(());
     }
-    if rules::quotas_on(limits) {
-        let rows: Vec<(NewTask, String)> = waiting
-            .iter()
-            .map(|(t, p, _)| (t.clone(), p.clone()))
-            .collect();
-        check_user_quotas(c, &rows, limits).await?;
-    }
     let rows = InsertRows::new(waiting);
     execute(c, sql::TASK_INSERT, &rows.params()).await?;
+    // Checked after the insert: the users' usage rows are locked (to commit) only now, so
+    // enqueues of one user insert side by side and take turns only to check and commit. The
+    // check sees what this transaction wrote; refused, the caller rolls it all back.
+    if rules::quotas_on(limits) {
+        check_written_quotas(c, waiting, limits).await?;
+    }
     for (t, _, now) in waiting.drain(..) {
         out.push(Inserted {
             task: Arc::new(rules::inserted_task(t, now)),
