@@ -159,3 +159,36 @@ END
 $$;
 
 -- What the user_usage rows held before is kept: they were exact, and the shards start from them.
+
+-- The quota check of an enqueue, after its rows are inserted, as one statement of a pipeline:
+-- for each of `users` (in user order) the usage row is locked until commit (made on a user's
+-- first task), then read with the shards in a statement that starts after the lock is held (a
+-- plpgsql statement sees what committed before it), and held against the limits. Over a limit,
+-- it raises SQLSTATE SPQ01 (unfinished tasks) or SPQ02 (payload bytes), so the transaction
+-- rolls back. The same steps as user_usage_lock.sql and user_usage_get.sql.
+CREATE FUNCTION spool_check_usage(users text[], max_unfinished bigint, max_bytes bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    who  text;
+    used bigint;
+    kept bigint;
+BEGIN
+    FOR who IN SELECT DISTINCT x FROM unnest(users) AS x ORDER BY x LOOP
+        INSERT INTO user_usage (user_id) VALUES (who)
+        ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+        SELECT (u.unfinished + coalesce(s.unfinished, 0))::int8,
+               (u.payload_bytes + coalesce(s.payload_bytes, 0))::int8
+        INTO used, kept
+        FROM user_usage AS u
+        CROSS JOIN (SELECT sum(unfinished) AS unfinished, sum(payload_bytes) AS payload_bytes
+                    FROM user_usage_shards WHERE user_id = who) AS s
+        WHERE u.user_id = who;
+        IF used > max_unfinished THEN
+            RAISE EXCEPTION 'pending tasks per user' USING ERRCODE = 'SPQ01';
+        END IF;
+        IF kept > max_bytes THEN
+            RAISE EXCEPTION 'payload bytes per user' USING ERRCODE = 'SPQ02';
+        END IF;
+    END LOOP;
+END
+$$;

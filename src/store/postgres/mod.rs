@@ -419,16 +419,16 @@ impl<'a> InsertRows<'a> {
     }
 }
 
-/// Enqueues `tasks` in one transaction sent as one pipeline (see [`pipeline`]): the
-/// INSERT and the NOTIFY of their queues. Only for tasks without an idempotency key and with
-/// quotas off (a key may find its twin, a quota reads usage first: those take
-/// [`insert_tasks_at`] in a transaction of their own); `None` for others, untouched.
+/// Enqueues `tasks` in one transaction sent as one pipeline (see [`pipeline`]): the INSERT,
+/// the quota check of their users (when quotas are on) and the NOTIFY of their queues. Only for
+/// tasks without an idempotency key (a key may find its twin: those take [`insert_tasks_at`] in
+/// a transaction of their own); `Err` with the tasks, untouched, for others.
 async fn insert_pipelined(
     c: &Conn,
     tasks: Vec<(NewTask, String, UnixMillis)>,
     limits: &Limits,
 ) -> Result<std::result::Result<Vec<Inserted>, Vec<(NewTask, String, UnixMillis)>>> {
-    if rules::quotas_on(limits) || tasks.iter().any(|(t, _, _)| t.idempotency_key.is_some()) {
+    if tasks.iter().any(|(t, _, _)| t.idempotency_key.is_some()) {
         return Ok(Err(tasks));
     }
     let queues: Vec<String> = tasks
@@ -441,11 +441,22 @@ async fn insert_pipelined(
         let rows = InsertRows::new(&tasks);
         let insert = rows.params();
         let notify: [&(dyn ToSql + Sync); 1] = [&queues];
-        pipeline(
-            c,
-            &[(sql::TASK_INSERT, &insert), (sql::WORK_NOTIFY, &notify)],
-        )
-        .await?;
+        let cap = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (max_unfinished, max_bytes) = (
+            cap(limits.pending_tasks_per_user),
+            cap(limits.payload_bytes_per_user),
+        );
+        let check: [&(dyn ToSql + Sync); 3] = [&rows.users, &max_unfinished, &max_bytes];
+        let mut statements: Vec<(&str, &[&(dyn ToSql + Sync)])> = vec![(sql::TASK_INSERT, &insert)];
+        // Checked after the insert (see `write_rows`), in the same pipeline: over a quota, the
+        // check raises and the COMMIT behind it rolls everything back.
+        if rules::quotas_on(limits) {
+            statements.push((sql::USAGE_CHECK, &check));
+        }
+        statements.push((sql::WORK_NOTIFY, &notify));
+        pipeline(c, &statements)
+            .await
+            .map_err(|e| quota_refusal(e, limits))?;
     }
     Ok(Ok(tasks
         .into_iter()
@@ -456,9 +467,32 @@ async fn insert_pipelined(
         .collect()))
 }
 
+/// A refusal of `spool_check_usage` (SQLSTATE SPQ01 or SPQ02) as the quota it names; any other
+/// error as it is.
+fn quota_refusal(e: StoreError, limits: &Limits) -> StoreError {
+    let code = match &e {
+        StoreError::Backend(b) => b
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(|p| p.code())
+            .map(|c| c.code().to_string()),
+        _ => None,
+    };
+    match code.as_deref() {
+        Some("SPQ01") => StoreError::LimitReached {
+            what: "pending tasks per user",
+            limit: limits.pending_tasks_per_user,
+        },
+        Some("SPQ02") => StoreError::LimitReached {
+            what: "payload bytes per user",
+            limit: limits.payload_bytes_per_user,
+        },
+        _ => e,
+    }
+}
+
 /// Enqueues `tasks` (each with its request's time) in one committed transaction: one pipeline
-/// when [`insert_pipelined`] can take them, else the general path (keys and quotas checked in
-/// order); the NOTIFY of the queues it created tasks in goes with it.
+/// when [`insert_pipelined`] can take them (no idempotency keys), else the general path (keys
+/// and quotas checked in order); the NOTIFY of the queues it created tasks in goes with it.
 async fn insert_committed(
     c: &mut Conn,
     tasks: Vec<(NewTask, String, UnixMillis)>,

@@ -84,6 +84,7 @@ pub(crate) const USER_SET_ADMIN: &str =
     include_str!("../../../sql/postgres/queries/user_set_admin.sql");
 pub(crate) const USER_USAGE_GET: &str =
     include_str!("../../../sql/postgres/queries/user_usage_get.sql");
+pub(crate) const USAGE_CHECK: &str = include_str!("../../../sql/postgres/queries/usage_check.sql");
 pub(crate) const USAGE_FOLD: &str = include_str!("../../../sql/postgres/queries/usage_fold.sql");
 pub(crate) const USER_USAGE_LOCK: &str =
     include_str!("../../../sql/postgres/queries/user_usage_lock.sql");
