@@ -85,41 +85,42 @@ CREATE TABLE user_usage_shards (
     PRIMARY KEY (user_id, backend)
 );
 
-CREATE OR REPLACE FUNCTION spool_usage_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
+-- Adds to user `who`'s shard for this session: the one write every usage trigger makes.
+CREATE FUNCTION spool_usage_add(who text, tasks bigint, bytes bigint) RETURNS void
+LANGUAGE sql AS $$
     INSERT INTO user_usage_shards AS s (user_id, backend, unfinished, payload_bytes)
-    SELECT n.user_id, pg_backend_pid(),
-           count(*) FILTER (WHERE n.status IN ('pending', 'running', 'waiting')),
-           coalesce(sum(octet_length(n.payload::text)), 0)
-    FROM new_rows n GROUP BY n.user_id
+    VALUES (who, pg_backend_pid(), tasks, bytes)
     ON CONFLICT (user_id, backend) DO UPDATE
         SET unfinished = s.unfinished + excluded.unfinished,
-            payload_bytes = s.payload_bytes + excluded.payload_bytes;
+            payload_bytes = s.payload_bytes + excluded.payload_bytes
+$$;
+
+CREATE OR REPLACE FUNCTION spool_usage_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM spool_usage_add(n.user_id,
+                            count(*) FILTER (WHERE n.status IN ('pending', 'running', 'waiting')),
+                            coalesce(sum(octet_length(n.payload::text)), 0))
+    FROM new_rows n GROUP BY n.user_id;
     RETURN NULL;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION spool_usage_status() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO user_usage_shards AS s (user_id, backend, unfinished, payload_bytes)
-    VALUES (NEW.user_id, pg_backend_pid(),
-            CASE WHEN NEW.status IN ('pending', 'running', 'waiting') THEN 1 ELSE -1 END, 0)
-    ON CONFLICT (user_id, backend) DO UPDATE
-        SET unfinished = s.unfinished + excluded.unfinished;
+    PERFORM spool_usage_add(NEW.user_id,
+                            CASE WHEN NEW.status IN ('pending', 'running', 'waiting')
+                                 THEN 1 ELSE -1 END,
+                            0);
     RETURN NULL;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION spool_usage_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO user_usage_shards AS s (user_id, backend, unfinished, payload_bytes)
-    SELECT o.user_id, pg_backend_pid(),
-           -count(*) FILTER (WHERE o.status IN ('pending', 'running', 'waiting')),
-           -coalesce(sum(octet_length(o.payload::text)), 0)
-    FROM old_rows o GROUP BY o.user_id
-    ON CONFLICT (user_id, backend) DO UPDATE
-        SET unfinished = s.unfinished + excluded.unfinished,
-            payload_bytes = s.payload_bytes + excluded.payload_bytes;
+    PERFORM spool_usage_add(o.user_id,
+                            -count(*) FILTER (WHERE o.status IN ('pending', 'running', 'waiting')),
+                            -coalesce(sum(octet_length(o.payload::text)), 0))
+    FROM old_rows o GROUP BY o.user_id;
     RETURN NULL;
 END
 $$;

@@ -441,11 +441,7 @@ async fn insert_pipelined(
         let rows = InsertRows::new(&tasks);
         let insert = rows.params();
         let notify: [&(dyn ToSql + Sync); 1] = [&queues];
-        let cap = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let (max_unfinished, max_bytes) = (
-            cap(limits.pending_tasks_per_user),
-            cap(limits.payload_bytes_per_user),
-        );
+        let (max_unfinished, max_bytes) = quota_caps(limits);
         let check: [&(dyn ToSql + Sync); 3] = [&rows.users, &max_unfinished, &max_bytes];
         let mut statements: Vec<(&str, &[&(dyn ToSql + Sync)])> = vec![(sql::TASK_INSERT, &insert)];
         // Checked after the insert (see `write_rows`), in the same pipeline: over a quota, the
@@ -655,20 +651,29 @@ async fn check_user_quotas<C: GenericClient>(
     Ok(())
 }
 
-/// Quotas of rows this transaction has just written: their users' usage, read after their
-/// rows are locked, already holds them (the transaction sees its own changes).
+/// Quotas of rows this transaction has just written: `spool_check_usage` locks their users'
+/// usage rows (to commit) and reads them, which already hold the rows (the transaction sees its
+/// own changes); the same check the pipelined enqueue sends.
 async fn check_written_quotas<C: GenericClient>(
     c: &C,
     written: &[(NewTask, String, UnixMillis)],
     limits: &Limits,
 ) -> Result<()> {
-    // One order for every transaction: usage rows are locked by user id.
-    let users: std::collections::BTreeSet<&str> =
-        written.iter().map(|(t, _, _)| t.user_id.as_str()).collect();
-    for user in users {
-        check_usage(c, user, 0, 0, limits).await?;
-    }
-    Ok(())
+    let users: Vec<&str> = written.iter().map(|(t, _, _)| t.user_id.as_str()).collect();
+    let (max_unfinished, max_bytes) = quota_caps(limits);
+    query(c, sql::USAGE_CHECK, &[&users, &max_unfinished, &max_bytes])
+        .await
+        .map(|_| ())
+        .map_err(|e| quota_refusal(e, limits))
+}
+
+/// The quotas as `spool_check_usage` takes them (no quota: the largest value).
+fn quota_caps(limits: &Limits) -> (i64, i64) {
+    let cap = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    (
+        cap(limits.pending_tasks_per_user),
+        cap(limits.payload_bytes_per_user),
+    )
 }
 
 /// Writes the waiting (unkeyed) rows in one statement and moves them, as the tasks they now
