@@ -90,6 +90,8 @@ impl Handler for Ask {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Before anything opens SQLite (see the README's Performance section).
+    spool::pcache::install()?;
     let mut cfg = Config::defaults();
     cfg.data_dir = "data/example-embedded".into();
     cfg.retry.base_ms = 100;

@@ -43,5 +43,8 @@ pub use app::{Spool, SpoolBuilder};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use config::Config;
 pub use executor::{Handler, Outcome, Registry, TaskContext, TaskError};
+/// SQLite's page cache without its scan after a rebalance: call `pcache::install()` before the
+/// process first opens SQLite (the `spool` binary does).
+pub use spool_pcache as pcache;
 pub use store::{SqliteStore, Store, StoreError};
 pub use task::{Message, NewTask, Task, TaskId, TaskStatus};

@@ -238,8 +238,13 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
+    // Before anything opens SQLite: its page cache can be chosen only before it initializes.
+    let page_cache = spool_pcache::install();
     let cli = Cli::parse();
     init_tracing(&cli);
+    if let Err(e) = page_cache {
+        tracing::warn!(error = %e, "SQLite's page cache runs unwrapped (slower commits)");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

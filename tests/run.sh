@@ -74,5 +74,5 @@ if [ ! -d .tools/node/node_modules/playwright-core ]; then
 fi
 
 # One release build shared by every integration test (they run target/release/spool).
-cargo build --release --all-targets
-cargo test --release --no-fail-fast -- --test-threads=2
+cargo build --release --workspace --all-targets
+cargo test --release --workspace --no-fail-fast -- --test-threads=2
