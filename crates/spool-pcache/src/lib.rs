@@ -30,9 +30,10 @@ const PENDING_BYTE: c_uint = 0x4000_0000;
 /// pcache1's methods, as SQLite reported them before the wrapper replaced them.
 struct Inner(ffi::sqlite3_pcache_methods2);
 
-// SAFETY: the struct holds C function pointers and pcache1's argument, written once before the
-// wrapper is installed and only read afterwards; pcache1 itself is thread-safe (it takes its
-// group mutex), as SQLite's configuration of it requires.
+// SAFETY: the struct holds C function pointers and pcache1's argument (null), written once
+// before the wrapper is installed and only read afterwards. The calls through them into one
+// cache are serialized by whoever serializes its connection (SQLite's connection mutex, or
+// rusqlite's ownership of a `Connection` opened with SQLITE_OPEN_NO_MUTEX), as for pcache1.
 unsafe impl Sync for Inner {}
 // SAFETY: as for `Sync`.
 unsafe impl Send for Inner {}
@@ -54,7 +55,8 @@ struct Cache {
 
 /// Puts the wrapper in front of SQLite's default page cache, for every connection the process
 /// opens afterwards. SQLite takes a page cache only before it initializes, so this must run
-/// before the process first uses SQLite, on one thread; later calls return what the first did.
+/// before the process first uses SQLite, while no other thread can (SQLite's own check of that
+/// is not synchronized); later calls return what the first did.
 ///
 /// # Errors
 /// SQLite was already initialized (then nothing changes), or its default cache lacks a method.
