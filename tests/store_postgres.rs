@@ -211,9 +211,9 @@ async fn a_change_that_commits_late_is_read_after_those_that_committed_first() {
 }
 
 /// A quota check sees what a concurrent enqueue of the same user added once that commits: an
-/// enqueue that took the user's usage row, then inserted, holds the next check of that user
-/// until its commit, and the check then counts its task. Usage changes are appended and folded
-/// in later, so this proves the check reads after the lock, not from before it.
+/// enqueue that inserted, then took the user's usage row in its check, holds the next check of
+/// that user until its commit, and the check then counts its task. Usage is kept per session
+/// and summed by the check, so this proves the check reads after the lock, not from before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
     let server = pg::server();
@@ -230,20 +230,21 @@ async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
         .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
         .await
         .unwrap();
-    // Another process's enqueue, as spool makes it: the usage row locked, then the insert.
+    // Another process's enqueue, as spool makes it: the insert, then the check, which locks
+    // the user's usage row until commit (its limits high enough to let it through).
     let mut other = server.client(&url).await;
     let tx = other.transaction().await.unwrap();
-    tx.execute(
-        include_str!("../sql/postgres/queries/user_usage_lock.sql"),
-        &[&"u"],
-    )
-    .await
-    .unwrap();
     tx.execute(
         "INSERT INTO tasks (id, user_id, queue, kind, payload, status, priority, run_at, \
          attempts, max_attempts, timeout_ms, created_at, updated_at) \
          VALUES ($1, 'u', 'default', 'k', '{}', 'pending', 0, 0, 0, 3, 1000, 0, 0)",
         &[&uuid::Uuid::now_v7()],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        include_str!("../sql/postgres/queries/usage_check.sql"),
+        &[&vec!["u"], &1000i64, &i64::MAX],
     )
     .await
     .unwrap();
@@ -263,12 +264,10 @@ async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
         Err(StoreError::LimitReached { limit: 2, .. }) => {}
         other => panic!("a third unfinished task was let in: {other:?}"),
     }
-    let n: i64 = watcher
-        .query_one("SELECT count(*) FROM tasks WHERE user_id = 'u'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(
+        count(&watcher, "SELECT count(*) FROM tasks WHERE user_id = 'u'").await,
+        2
+    );
 }
 
 async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {

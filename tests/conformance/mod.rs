@@ -1260,6 +1260,15 @@ pub async fn pending_tasks_quota_refuses_and_writes_nothing<B: Backend>(b: &B) {
         (replay[0].task.id, replay[0].created),
         (keyed_task.id, false)
     );
+    // A new key at the limit is refused, and writes nothing.
+    let refused_key = keyed("other-key", "h");
+    let refused_key_id = refused_key.id;
+    assert!(is_limit(
+        s.task_insert(vec![refused_key], T0).await,
+        "pending tasks per user",
+        3
+    ));
+    assert!(gone(s, refused_key_id).await);
     // A failed retry (back to pending) keeps its place.
     let keyed_claimed = claim_one(s, "A", T0).await;
     assert_eq!(keyed_claimed.id, mine[1].id);

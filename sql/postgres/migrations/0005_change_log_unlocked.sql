@@ -23,10 +23,10 @@
 --   user_usage_shards for the session that runs it (pg_backend_pid()), not to user_usage. A
 --   session runs one transaction at a time, so no two transactions ever wait for one such row.
 --   A user's usage is their user_usage row plus all their shards.
--- * A quota check locks the user's user_usage row first (user_usage_lock.sql), then reads it
---   with the shards (user_usage_get.sql), in a statement that starts after the lock is held.
---   Every write that adds to a user's usage under a quota checks it first, so it holds that
---   lock until it commits: the next check of the user, on any host, waits for it and then sees
+-- * A quota check (spool_check_usage, below) locks the user's user_usage row first, then reads
+--   it with the shards, in a statement that starts after the lock is held. Every write that
+--   adds to a user's usage under a quota checks it after writing, so it holds that lock until
+--   it commits: the next check of the user, on any host, waits for it and then sees
 --   what it added. A change that takes from usage (a finish, a delete) takes no such lock; a
 --   check that misses one not yet committed sees more usage than there is, never less.
 -- * spool_fold_usage() moves the shards of sessions that have ended into user_usage (the
@@ -166,7 +166,7 @@ $$;
 -- first task), then read with the shards in a statement that starts after the lock is held (a
 -- plpgsql statement sees what committed before it), and held against the limits. Over a limit,
 -- it raises SQLSTATE SPQ01 (unfinished tasks) or SPQ02 (payload bytes), so the transaction
--- rolls back. The same steps as user_usage_lock.sql and user_usage_get.sql.
+-- rolls back.
 CREATE FUNCTION spool_check_usage(users text[], max_unfinished bigint, max_bytes bigint)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE

@@ -612,54 +612,15 @@ async fn messages_after<C: GenericClient>(
     Ok(out)
 }
 
-/// Refuses adding `tasks` unfinished tasks and `bytes` of payload to `user`'s usage when that
-/// would pass a quota. The usage row is locked until commit, so concurrent enqueues of one user
-/// (on any host) are checked one after the other.
-async fn check_usage<C: GenericClient>(
-    c: &C,
-    user: &str,
-    tasks: u64,
-    bytes: u64,
-    limits: &Limits,
-) -> Result<()> {
-    execute(c, sql::USER_USAGE_LOCK, &[&user]).await?;
-    let (unfinished, stored): (i64, i64) = match query_opt(c, sql::USER_USAGE_GET, &[&user]).await?
-    {
-        Some(r) => (
-            r.try_get("unfinished").map_err(pg_err)?,
-            r.try_get("payload_bytes").map_err(pg_err)?,
-        ),
-        None => (0, 0),
-    };
-    rules::check_usage(unfinished, stored, tasks, bytes, limits)
-}
-
-/// Quotas of the rows about to be written (new rows only).
-async fn check_user_quotas<C: GenericClient>(
-    c: &C,
-    waiting: &[(NewTask, String)],
-    limits: &Limits,
-) -> Result<()> {
-    if !rules::quotas_on(limits) {
-        return Ok(());
-    }
-    // One order for every transaction: usage rows are locked by user id.
-    let adds = rules::usage_adds(waiting);
-    for (user, tasks, bytes) in adds {
-        check_usage(c, user, tasks, bytes, limits).await?;
-    }
-    Ok(())
-}
-
-/// Quotas of rows this transaction has just written: `spool_check_usage` locks their users'
-/// usage rows (to commit) and reads them, which already hold the rows (the transaction sees its
-/// own changes); the same check the pipelined enqueue sends.
+/// The quotas of `users` after this transaction's writes: `spool_check_usage` locks their usage
+/// rows (to commit) and reads them, which already count what the transaction wrote (it sees its
+/// own changes); the same check the pipelined enqueue sends. Every write that adds to a user's
+/// usage checks this way, after writing: refused, the caller rolls it all back.
 async fn check_written_quotas<C: GenericClient>(
     c: &C,
-    written: &[(NewTask, String, UnixMillis)],
+    users: &[&str],
     limits: &Limits,
 ) -> Result<()> {
-    let users: Vec<&str> = written.iter().map(|(t, _, _)| t.user_id.as_str()).collect();
     let (max_unfinished, max_bytes) = quota_caps(limits);
     query(c, sql::USAGE_CHECK, &[&users, &max_unfinished, &max_bytes])
         .await
@@ -693,7 +654,8 @@ async fn write_rows<C: GenericClient>(
     // enqueues of one user insert side by side and take turns only to check and commit. The
     // check sees what this transaction wrote; refused, the caller rolls it all back.
     if rules::quotas_on(limits) {
-        check_written_quotas(c, waiting, limits).await?;
+        let users: Vec<&str> = waiting.iter().map(|(t, _, _)| t.user_id.as_str()).collect();
+        check_written_quotas(c, &users, limits).await?;
     }
     for (t, _, now) in waiting.drain(..) {
         out.push(Inserted {
@@ -738,8 +700,6 @@ async fn insert_tasks_at<C: GenericClient>(
         write_rows(c, &mut waiting, limits, &mut out).await?;
         let mut existing = task_by_key(c, &t.user_id, &key).await?;
         if existing.is_none() {
-            let one = [(t.clone(), payload.clone())];
-            check_user_quotas(c, &one, limits).await?;
             let inserted = query_opt(
                 c,
                 sql::TASK_INSERT_KEYED,
@@ -761,6 +721,9 @@ async fn insert_tasks_at<C: GenericClient>(
             )
             .await?;
             if inserted.is_some() {
+                if rules::quotas_on(limits) {
+                    check_written_quotas(c, &[t.user_id.as_str()], limits).await?;
+                }
                 out.push(Inserted {
                     task: Arc::new(rules::inserted_task(t, now)),
                     created: true,
@@ -934,13 +897,13 @@ impl Store for PostgresStore {
         let tx = c.transaction().await.map_err(pg_err)?;
         let (task, _) = get_owned_locked(&tx, id, user.as_deref()).await?;
         queue::retry(id, task.status).map_err(StoreError::Conflict)?;
-        // A retried task is unfinished again: it counts against its owner's quota.
-        if self.limits.pending_tasks_per_user != u64::MAX {
-            check_usage(&tx, &task.user_id, 1, 0, &self.limits).await?;
-        }
         let row = query_opt(&tx, sql::TASK_RETRY, &[&uuid(id), &now, &reset_checkpoint])
             .await?
             .ok_or(StoreError::NotFound(id))?;
+        // A retried task is unfinished again: it counts against its owner's quota.
+        if self.limits.pending_tasks_per_user != u64::MAX {
+            check_written_quotas(&tx, &[task.user_id.as_str()], &self.limits).await?;
+        }
         let t = rows::task(&row)?;
         notify_work(&tx, vec![t.queue.clone()]).await?;
         tx.commit().await.map_err(pg_err)?;
@@ -1729,9 +1692,14 @@ impl Store for PostgresStore {
 /// Moves the usage shards of ended sessions into the users' rows, in a transaction of its own;
 /// returns how many it moved.
 async fn fold_usage(c: &Conn) -> Result<i64> {
-    let row = query_opt(c, sql::USAGE_FOLD, &[])
+    count_of(c, sql::USAGE_FOLD, &[], "folding usage").await
+}
+
+/// The count a maintenance function returns (NULL: none).
+async fn count_of(c: &Conn, text: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<i64> {
+    let row = query_opt(c, text, params)
         .await?
-        .ok_or_else(|| StoreError::Backend("folding usage returned no row".into()))?;
+        .ok_or_else(|| StoreError::Backend(format!("{what} returned no row").into()))?;
     let n: Option<i64> = row.try_get(0).map_err(pg_err)?;
     Ok(n.unwrap_or(0))
 }
@@ -1742,11 +1710,13 @@ const CHANGES_NUMBER_BATCH: i64 = 50_000;
 /// Gives positions in the change log to changes committed so far (at most
 /// [`CHANGES_NUMBER_BATCH`]), in a transaction of its own; returns how many it numbered.
 async fn number_changes(c: &Conn) -> Result<i64> {
-    let row = query_opt(c, sql::CHANGE_NUMBER, &[&CHANGES_NUMBER_BATCH])
-        .await?
-        .ok_or_else(|| StoreError::Backend("numbering the change log returned no row".into()))?;
-    let n: Option<i64> = row.try_get(0).map_err(pg_err)?;
-    Ok(n.unwrap_or(0))
+    count_of(
+        c,
+        sql::CHANGE_NUMBER,
+        &[&CHANGES_NUMBER_BATCH],
+        "numbering the change log",
+    )
+    .await
 }
 
 async fn user_by_name<C: GenericClient>(c: &C, name: &str) -> Result<Option<User>> {

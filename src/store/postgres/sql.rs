@@ -82,12 +82,8 @@ pub(crate) const USER_GET_JWT: &str =
 pub(crate) const USER_INSERT: &str = include_str!("../../../sql/postgres/queries/user_insert.sql");
 pub(crate) const USER_SET_ADMIN: &str =
     include_str!("../../../sql/postgres/queries/user_set_admin.sql");
-pub(crate) const USER_USAGE_GET: &str =
-    include_str!("../../../sql/postgres/queries/user_usage_get.sql");
 pub(crate) const USAGE_CHECK: &str = include_str!("../../../sql/postgres/queries/usage_check.sql");
 pub(crate) const USAGE_FOLD: &str = include_str!("../../../sql/postgres/queries/usage_fold.sql");
-pub(crate) const USER_USAGE_LOCK: &str =
-    include_str!("../../../sql/postgres/queries/user_usage_lock.sql");
 pub(crate) const WORKER_DELETE: &str =
     include_str!("../../../sql/postgres/queries/worker_delete.sql");
 pub(crate) const WORKER_UPSERT: &str =
