@@ -27,8 +27,30 @@ use std::sync::OnceLock;
 /// SQLite's `PENDING_BYTE` (changed only by a test-control call no release build makes).
 const PENDING_BYTE: c_uint = 0x4000_0000;
 
-/// pcache1's methods, as SQLite reported them before the wrapper replaced them.
-struct Inner(ffi::sqlite3_pcache_methods2);
+/// pcache1, as SQLite reported it before the wrapper replaced it: its argument and methods.
+struct Inner {
+    arg: *mut c_void,
+    init: unsafe extern "C" fn(*mut c_void) -> c_int,
+    shutdown: unsafe extern "C" fn(*mut c_void),
+    create: unsafe extern "C" fn(c_int, c_int, c_int) -> *mut ffi::sqlite3_pcache,
+    cachesize: unsafe extern "C" fn(*mut ffi::sqlite3_pcache, c_int),
+    pagecount: unsafe extern "C" fn(*mut ffi::sqlite3_pcache) -> c_int,
+    fetch: unsafe extern "C" fn(
+        *mut ffi::sqlite3_pcache,
+        c_uint,
+        c_int,
+    ) -> *mut ffi::sqlite3_pcache_page,
+    unpin: unsafe extern "C" fn(*mut ffi::sqlite3_pcache, *mut ffi::sqlite3_pcache_page, c_int),
+    rekey: unsafe extern "C" fn(
+        *mut ffi::sqlite3_pcache,
+        *mut ffi::sqlite3_pcache_page,
+        c_uint,
+        c_uint,
+    ),
+    truncate: unsafe extern "C" fn(*mut ffi::sqlite3_pcache, c_uint),
+    destroy: unsafe extern "C" fn(*mut ffi::sqlite3_pcache),
+    shrink: unsafe extern "C" fn(*mut ffi::sqlite3_pcache),
+}
 
 // SAFETY: the struct holds C function pointers and pcache1's argument (null), written once
 // before the wrapper is installed and only read afterwards. The calls through them into one
@@ -84,37 +106,65 @@ fn install_once() -> Result<(), String> {
             "SQLite is already initialized (sqlite3_config returned {rc})"
         ));
     }
-    let complete = m.xInit.is_some()
-        && m.xShutdown.is_some()
-        && m.xCreate.is_some()
-        && m.xCachesize.is_some()
-        && m.xPagecount.is_some()
-        && m.xFetch.is_some()
-        && m.xUnpin.is_some()
-        && m.xRekey.is_some()
-        && m.xTruncate.is_some()
-        && m.xDestroy.is_some()
-        && m.xShrink.is_some();
-    if !complete {
+    let (
+        Some(init),
+        Some(shutdown),
+        Some(create),
+        Some(cachesize),
+        Some(pagecount),
+        Some(fetch),
+        Some(unpin),
+        Some(rekey),
+        Some(truncate),
+        Some(destroy),
+        Some(shrink),
+    ) = (
+        m.xInit,
+        m.xShutdown,
+        m.xCreate,
+        m.xCachesize,
+        m.xPagecount,
+        m.xFetch,
+        m.xUnpin,
+        m.xRekey,
+        m.xTruncate,
+        m.xDestroy,
+        m.xShrink,
+    )
+    else {
         return Err("SQLite's page cache lacks a method".into());
-    }
-    if INNER.set(Inner(m)).is_err() {
+    };
+    let inner = Inner {
+        arg: m.pArg,
+        init,
+        shutdown,
+        create,
+        cachesize,
+        pagecount,
+        fetch,
+        unpin,
+        rekey,
+        truncate,
+        destroy,
+        shrink,
+    };
+    if INNER.set(inner).is_err() {
         return Err("the page cache was wrapped already".into());
     }
     let ours = ffi::sqlite3_pcache_methods2 {
         iVersion: 1,
         pArg: ptr::null_mut(),
-        xInit: Some(init),
-        xShutdown: Some(shutdown),
-        xCreate: Some(create),
-        xCachesize: Some(cachesize),
-        xPagecount: Some(pagecount),
-        xFetch: Some(fetch),
-        xUnpin: Some(unpin),
-        xRekey: Some(rekey),
-        xTruncate: Some(truncate),
-        xDestroy: Some(destroy),
-        xShrink: Some(shrink),
+        xInit: Some(init_),
+        xShutdown: Some(shutdown_),
+        xCreate: Some(create_),
+        xCachesize: Some(cachesize_),
+        xPagecount: Some(pagecount_),
+        xFetch: Some(fetch_),
+        xUnpin: Some(unpin_),
+        xRekey: Some(rekey_),
+        xTruncate: Some(truncate_),
+        xDestroy: Some(destroy_),
+        xShrink: Some(shrink_),
     };
     // SAFETY: SQLITE_CONFIG_PCACHE2 takes one pointer to a methods struct and copies it; every
     // method of `ours` forwards to pcache1's with the cache pcache1 created.
@@ -132,42 +182,46 @@ fn install_once() -> Result<(), String> {
     Ok(())
 }
 
-fn inner() -> Option<&'static ffi::sqlite3_pcache_methods2> {
-    INNER.get().map(|i| &i.0)
+/// pcache1. Set before the wrapper's methods are installed, so every call of them finds it.
+fn inner() -> Option<&'static Inner> {
+    INNER.get()
 }
 
 /// # Safety
-/// `p` is a cache [`create`] returned and [`destroy`] has not freed.
+/// `p` is a cache [`create_`] returned and [`destroy_`] has not freed.
 unsafe fn cache<'a>(p: *mut ffi::sqlite3_pcache) -> &'a Cache {
-    // SAFETY: by the caller's promise, `p` is a live `Box<Cache>` made by `create`.
+    // SAFETY: by the caller's promise, `p` is a live `Box<Cache>` made by `create_`.
     unsafe { &*(p as *const Cache) }
 }
 
-unsafe extern "C" fn init(_arg: *mut c_void) -> c_int {
+// The wrapper's methods: each forwards to pcache1's with pcache1's cache (SQLite passes a cache
+// `create_` made) and SQLite's own arguments; `fetch_`, `rekey_` and `truncate_` keep the bound.
+
+unsafe extern "C" fn init_(_arg: *mut c_void) -> c_int {
     match inner() {
         // SAFETY: pcache1's init with pcache1's argument, as SQLite would call it.
-        Some(m) => m.xInit.map_or(ffi::SQLITE_ERROR, |f| unsafe { f(m.pArg) }),
+        Some(m) => unsafe { (m.init)(m.arg) },
         None => ffi::SQLITE_ERROR,
     }
 }
 
-unsafe extern "C" fn shutdown(_arg: *mut c_void) {
-    if let Some(f) = inner().and_then(|m| m.xShutdown.map(|f| (f, m.pArg))) {
-        // SAFETY: pcache1's shutdown with pcache1's argument, as SQLite would call it.
-        unsafe { f.0(f.1) }
+unsafe extern "C" fn shutdown_(_arg: *mut c_void) {
+    if let Some(m) = inner() {
+        // SAFETY: as in `init_`.
+        unsafe { (m.shutdown)(m.arg) }
     }
 }
 
-unsafe extern "C" fn create(
+unsafe extern "C" fn create_(
     sz_page: c_int,
     sz_extra: c_int,
     purgeable: c_int,
 ) -> *mut ffi::sqlite3_pcache {
-    let Some(f) = inner().and_then(|m| m.xCreate) else {
+    let Some(m) = inner() else {
         return ptr::null_mut();
     };
     // SAFETY: forwarded with SQLite's own arguments.
-    let inner = unsafe { f(sz_page, sz_extra, purgeable) };
+    let inner = unsafe { (m.create)(sz_page, sz_extra, purgeable) };
     if inner.is_null() {
         return ptr::null_mut();
     }
@@ -184,33 +238,33 @@ unsafe extern "C" fn create(
     .cast()
 }
 
-unsafe extern "C" fn cachesize(p: *mut ffi::sqlite3_pcache, n: c_int) {
-    if let Some(f) = inner().and_then(|m| m.xCachesize) {
-        // SAFETY: SQLite passes a cache `create` made; pcache1 gets its own.
-        unsafe { f(cache(p).inner, n) }
+unsafe extern "C" fn cachesize_(p: *mut ffi::sqlite3_pcache, n: c_int) {
+    if let Some(m) = inner() {
+        // SAFETY: see above.
+        unsafe { (m.cachesize)(cache(p).inner, n) }
     }
 }
 
-unsafe extern "C" fn pagecount(p: *mut ffi::sqlite3_pcache) -> c_int {
-    match inner().and_then(|m| m.xPagecount) {
-        // SAFETY: as in `cachesize`.
-        Some(f) => unsafe { f(cache(p).inner) },
+unsafe extern "C" fn pagecount_(p: *mut ffi::sqlite3_pcache) -> c_int {
+    match inner() {
+        // SAFETY: see above.
+        Some(m) => unsafe { (m.pagecount)(cache(p).inner) },
         None => 0,
     }
 }
 
-unsafe extern "C" fn fetch(
+unsafe extern "C" fn fetch_(
     p: *mut ffi::sqlite3_pcache,
     key: c_uint,
     create_flag: c_int,
 ) -> *mut ffi::sqlite3_pcache_page {
-    let Some(f) = inner().and_then(|m| m.xFetch) else {
+    let Some(m) = inner() else {
         return ptr::null_mut();
     };
-    // SAFETY: as in `cachesize`.
+    // SAFETY: see above.
     let c = unsafe { cache(p) };
-    // SAFETY: forwarded with pcache1's cache and SQLite's arguments.
-    let page = unsafe { f(c.inner, key, create_flag) };
+    // SAFETY: see above.
+    let page = unsafe { (m.fetch)(c.inner, key, create_flag) };
     if !page.is_null() && create_flag != 0 {
         // The page may be new: from now on the cache may hold `key`.
         c.bound.fetch_max(key, Relaxed);
@@ -218,30 +272,30 @@ unsafe extern "C" fn fetch(
     page
 }
 
-unsafe extern "C" fn unpin(
+unsafe extern "C" fn unpin_(
     p: *mut ffi::sqlite3_pcache,
     page: *mut ffi::sqlite3_pcache_page,
     discard: c_int,
 ) {
-    if let Some(f) = inner().and_then(|m| m.xUnpin) {
-        // SAFETY: as in `cachesize`; the page is pcache1's, untouched by the wrapper.
-        unsafe { f(cache(p).inner, page, discard) }
+    if let Some(m) = inner() {
+        // SAFETY: see above; the page is pcache1's, untouched by the wrapper.
+        unsafe { (m.unpin)(cache(p).inner, page, discard) }
     }
 }
 
-unsafe extern "C" fn rekey(
+unsafe extern "C" fn rekey_(
     p: *mut ffi::sqlite3_pcache,
     page: *mut ffi::sqlite3_pcache_page,
     old: c_uint,
     new: c_uint,
 ) {
-    let Some(f) = inner().and_then(|m| m.xRekey) else {
+    let Some(m) = inner() else {
         return;
     };
-    // SAFETY: as in `cachesize`.
+    // SAFETY: see above.
     let c = unsafe { cache(p) };
-    // SAFETY: forwarded with pcache1's cache and SQLite's arguments.
-    unsafe { f(c.inner, page, old, new) };
+    // SAFETY: see above.
+    unsafe { (m.rekey)(c.inner, page, old, new) };
     if new == c.lock_page {
         c.parked.fetch_add(1, Relaxed);
     } else {
@@ -254,19 +308,19 @@ unsafe extern "C" fn rekey(
     }
 }
 
-unsafe extern "C" fn truncate(p: *mut ffi::sqlite3_pcache, limit: c_uint) {
-    let Some(f) = inner().and_then(|m| m.xTruncate) else {
+unsafe extern "C" fn truncate_(p: *mut ffi::sqlite3_pcache, limit: c_uint) {
+    let Some(m) = inner() else {
         return;
     };
-    // SAFETY: as in `cachesize`.
+    // SAFETY: see above.
     let c = unsafe { cache(p) };
     if c.parked.load(Relaxed) == 0 && c.bound.load(Relaxed) < limit {
         // Every page's number is below `limit`: pcache1 would drop nothing.
         SKIPPED.fetch_add(1, Relaxed);
         return;
     }
-    // SAFETY: forwarded with pcache1's cache and SQLite's argument.
-    unsafe { f(c.inner, limit) };
+    // SAFETY: see above.
+    unsafe { (m.truncate)(c.inner, limit) };
     // pcache1 dropped every page numbered `limit` or more, parked ones included if that is them.
     c.bound.fetch_min(limit.saturating_sub(1), Relaxed);
     if limit <= c.lock_page {
@@ -274,21 +328,21 @@ unsafe extern "C" fn truncate(p: *mut ffi::sqlite3_pcache, limit: c_uint) {
     }
 }
 
-unsafe extern "C" fn destroy(p: *mut ffi::sqlite3_pcache) {
+unsafe extern "C" fn destroy_(p: *mut ffi::sqlite3_pcache) {
     if p.is_null() {
         return;
     }
-    // SAFETY: `p` came from `Box::into_raw` in `create`, and SQLite destroys a cache once.
+    // SAFETY: `p` came from `Box::into_raw` in `create_`, and SQLite destroys a cache once.
     let c = unsafe { Box::from_raw(p as *mut Cache) };
-    if let Some(f) = inner().and_then(|m| m.xDestroy) {
+    if let Some(m) = inner() {
         // SAFETY: pcache1's cache, destroyed once, as SQLite asked.
-        unsafe { f(c.inner) }
+        unsafe { (m.destroy)(c.inner) }
     }
 }
 
-unsafe extern "C" fn shrink(p: *mut ffi::sqlite3_pcache) {
-    if let Some(f) = inner().and_then(|m| m.xShrink) {
-        // SAFETY: as in `cachesize`.
-        unsafe { f(cache(p).inner) }
+unsafe extern "C" fn shrink_(p: *mut ffi::sqlite3_pcache) {
+    if let Some(m) = inner() {
+        // SAFETY: see above.
+        unsafe { (m.shrink)(cache(p).inner) }
     }
 }
