@@ -113,8 +113,18 @@ async fn enqueue_batch(
     n: usize,
     payload: Value,
 ) -> Vec<String> {
+    enqueue_kind(client, s, "spool.sleep", n, payload).await
+}
+
+async fn enqueue_kind(
+    client: &reqwest::Client,
+    s: &Server,
+    kind: &str,
+    n: usize,
+    payload: Value,
+) -> Vec<String> {
     let tasks: Vec<Value> = (0..n)
-        .map(|_| json!({"kind": "spool.sleep", "payload": payload}))
+        .map(|_| json!({"kind": kind, "payload": payload}))
         .collect();
     let r = client
         .post(s.url("/v1/tasks/batch"))
@@ -183,6 +193,81 @@ async fn kill_9_mid_work_then_restart_completes_every_task() {
     // At-least-once: only tasks that were running at the kill run again (at most the 8 slots).
     assert!(twice <= 8, "{twice} tasks ran twice");
     println!("kill -9 mid-work: {done_before} done before the kill, {twice} of 2000 ran twice");
+}
+
+/// A prefetched task is a claimed task: a row in `running` under the worker's lease, not a
+/// promise held in memory. Killed with its buffer full, the worker loses none of them: after a
+/// restart each is rescued when its lease runs out and runs, once if it never started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_tasks_are_leased_claims_rescued_after_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("starts.log");
+    let cmd = format!(
+        "echo \"$SPOOL_TASK_ID\" >> {l}; sleep 0.3",
+        l = log.display()
+    );
+    let cfg = write_config(
+        dir.path(),
+        &format!("[worker]\nconcurrency = 2\nprefetch = 8\nlease_ms = 1000\npoll_interval_ms = 50\n[kinds.rec]\ncommand = [\"sh\", \"-c\", {cmd:?}]\n"),
+    );
+    let client = client();
+    let mut s = serve(&cfg, &[]);
+    let acked = enqueue_kind(&client, &s, "rec", 40, json!(null)).await;
+    // Two slots run, eight tasks wait in the worker's buffer: all ten hold a lease.
+    let d = dir.path().to_path_buf();
+    wait_until(Duration::from_secs(30), "slots and buffer full", || {
+        count(&d, "running") == 10
+    });
+    s.proc.kill9();
+    let held = open_db(dir.path())
+        .prepare("SELECT id FROM tasks WHERE status = 'running'")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        held.len(),
+        10,
+        "2 running and 8 prefetched, each a leased row"
+    );
+    let starts_before = std::fs::read_to_string(&log).unwrap_or_default();
+    let started: HashSet<&str> = starts_before.lines().collect();
+    let never_started: Vec<&String> = held
+        .iter()
+        .filter(|id| !started.contains(id.as_str()))
+        .collect();
+    assert!(
+        never_started.len() >= 8,
+        "the buffer's tasks had not started: {} of 10 had",
+        10 - never_started.len()
+    );
+
+    let mut s = serve(&cfg, &[]);
+    wait_until(Duration::from_secs(120), "all 40 completed", || {
+        count(&d, "completed") == 40
+    });
+    assert_eq!(
+        s.proc.terminate(Duration::from_secs(30)).map(|x| x.code()),
+        Some(Some(0))
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut starts: HashMap<&str, usize> = HashMap::new();
+    for id in text.lines() {
+        *starts.entry(id).or_default() += 1;
+    }
+    for id in &acked {
+        let n = starts.get(id.as_str()).copied().unwrap_or(0);
+        let bound = if started.contains(id.as_str()) { 2 } else { 1 };
+        assert!((1..=bound).contains(&n), "task {id} started {n} times");
+    }
+    for id in never_started {
+        assert_eq!(
+            starts.get(id.as_str()),
+            Some(&1),
+            "prefetched task {id} ran once"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
