@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""An enqueue's SQL alone, against the bench's floor: no spool code, no threads.
+
+Applies spool's SQLite migrations to a fresh file, then runs sql/sqlite/queries/task_insert.sql
+one row per commit (BEGIN IMMEDIATE, INSERT, COMMIT), as Spool::enqueue does, and the floor's
+one-row insert into its two-b-tree table the same way. EXTRA runs SQL after the migrations, to
+see what each part costs (for example EXTRA='DROP TRIGGER task_changes_insert;').
+
+    python3 benches/enqueue_sql.py {spool|floor} {full|normal} N [DIR]
+"""
+import glob
+import os
+import re
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    mode, sync, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    where = sys.argv[4] if len(sys.argv) > 4 else None
+    with tempfile.TemporaryDirectory(dir=where) as d:
+        c = sqlite3.connect(os.path.join(d, "t.db"), isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute(f"PRAGMA synchronous={sync}")
+        if mode == "floor":
+            c.execute(
+                "CREATE TABLE t (id TEXT PRIMARY KEY, queue TEXT, kind TEXT, payload TEXT,"
+                " status TEXT, priority INTEGER, run_at INTEGER, created_at INTEGER)"
+            )
+            sql = "INSERT INTO t VALUES (?, 'q', 'spool.noop', '{\"i\":1}', 'pending', 0, ?, ?)"
+
+            def args(i):
+                return (str(uuid.uuid4()), i, i)
+
+        else:
+            for f in sorted(glob.glob(os.path.join(ROOT, "sql/sqlite/migrations/*.sql"))):
+                with open(f) as fh:
+                    c.executescript(fh.read())
+            c.executescript(os.environ.get("EXTRA", ""))
+            with open(os.path.join(ROOT, "sql/sqlite/queries/task_insert.sql")) as fh:
+                sql = re.sub(r"^--.*$", "", fh.read(), flags=re.M)
+
+            def args(i):
+                return dict(id=str(uuid.uuid4()), user_id="u1", queue="default",
+                            kind="spool.noop", payload='{"n":1}', priority=0, run_at=i,
+                            max_attempts=3, timeout_ms=3600000, idempotency_key=None,
+                            request_hash=None, now=i, concurrency_key=None)
+
+        t = time.perf_counter()
+        for i in range(n):
+            c.execute("BEGIN IMMEDIATE")
+            c.execute(sql, args(i))
+            c.execute("COMMIT")
+        el = time.perf_counter() - t
+        c.close()
+    print(f"{mode} synchronous={sync}: {n / el:.0f} rows/s, {el / n * 1e6:.1f} us a commit")
+
+
+if __name__ == "__main__":
+    main()
