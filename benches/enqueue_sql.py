@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """An enqueue's SQL alone, against the bench's floor: no spool code, no threads.
 
-Applies spool's SQLite migrations to a fresh file, then runs sql/sqlite/queries/task_insert.sql
-one row per commit (BEGIN IMMEDIATE, INSERT, COMMIT), as Spool::enqueue does, and the floor's
-one-row insert into its two-b-tree table the same way. EXTRA runs SQL after the migrations, to
-see what each part costs (for example EXTRA='DROP TRIGGER task_changes_insert;').
+Applies spool's SQLite migrations to a fresh file, then writes one task per commit as
+Spool::enqueue does (BEGIN IMMEDIATE; task_insert.sql, task_changes_inserted.sql and
+user_usage_add.sql from sql/sqlite/queries; COMMIT), and the floor's one-row insert into its
+two-b-tree table the same way. To see what each part costs: EXTRA runs SQL after the migrations
+(for example EXTRA='DROP INDEX tasks_user;'), and TASK_ONLY=1 leaves out the change-log row and
+the usage row.
 
     python3 benches/enqueue_sql.py {spool|floor} {full|normal} N [DIR]
 """
@@ -18,6 +20,11 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def query(name):
+    with open(os.path.join(ROOT, f"sql/sqlite/queries/{name}.sql")) as fh:
+        return re.sub(r"^--.*$", "", fh.read(), flags=re.M)
 
 
 def main():
@@ -42,19 +49,28 @@ def main():
                 with open(f) as fh:
                     c.executescript(fh.read())
             c.executescript(os.environ.get("EXTRA", ""))
-            with open(os.path.join(ROOT, "sql/sqlite/queries/task_insert.sql")) as fh:
-                sql = re.sub(r"^--.*$", "", fh.read(), flags=re.M)
+            names = ["task_insert"]
+            if not os.environ.get("TASK_ONLY"):
+                names += ["task_changes_inserted", "user_usage_add"]
+            statements = [query(n) for n in names]
+            payload = '{"n":1}'
 
             def args(i):
-                return dict(id=str(uuid.uuid4()), user_id="u1", queue="default",
-                            kind="spool.noop", payload='{"n":1}', priority=0, run_at=i,
+                task = dict(id=str(uuid.uuid4()), user_id="u1", queue="default",
+                            kind="spool.noop", payload=payload, priority=0, run_at=i,
                             max_attempts=3, timeout_ms=3600000, idempotency_key=None,
                             request_hash=None, now=i, concurrency_key=None)
+                return [task, dict(task_id=task["id"], now=i),
+                        dict(user_id="u1", tasks=1, bytes=len(payload))]
 
         t = time.perf_counter()
         for i in range(n):
             c.execute("BEGIN IMMEDIATE")
-            c.execute(sql, args(i))
+            if mode == "floor":
+                c.execute(sql, args(i))
+            else:
+                for st, a in zip(statements, args(i)):
+                    c.execute(st, a)
             c.execute("COMMIT")
         el = time.perf_counter() - t
         c.close()

@@ -1,5 +1,6 @@
-//! Enqueue: tasks written in chunks of [`INSERT_CHUNK`] rows per statement, idempotency keys
-//! looked up in the same transaction, and the per-user quotas checked before anything is written.
+//! Enqueue: tasks written in chunks of [`INSERT_CHUNK`] rows per statement, each chunk's
+//! change-log rows in one more, idempotency keys looked up in the same transaction, the per-user
+//! quotas checked before anything is written and the owners' usage added after.
 
 use super::writer::JobOutput;
 use super::{rows, sql};
@@ -66,12 +67,11 @@ pub(super) fn insert_tasks(
 /// the statement's end); in batches of 1,000 that cost was a sixth of the writer's time.
 pub(super) const INSERT_CHUNK: usize = 32;
 
-/// `TASK_INSERT` for `rows` rows: its VALUES tuple repeated, each copy's parameters numbered
-/// `?N` after the position of their name in [`TASK_INSERT_PARAMS`].
 /// Refuses `waiting` (new rows only: a replayed idempotency key adds nothing) when it would
 /// take a user past a quota. Runs before the rows are written, in the same transaction, so the
-/// usage it reads (kept by triggers, see 0009_quotas.sql) includes everything committed or written before
-/// it: concurrent requests cannot pass a limit together.
+/// usage it reads (added by each insert, see 0014_insert_bookkeeping.sql, and kept by triggers
+/// since 0009_quotas.sql) includes everything committed or written before it: concurrent
+/// requests cannot pass a limit together.
 pub(super) fn check_user_quotas(
     conn: &Connection,
     waiting: &[(NewTask, String)],
@@ -106,14 +106,31 @@ pub(super) fn check_usage(
     rules::check_usage(unfinished, stored, tasks, bytes, limits)
 }
 
+/// `TASK_INSERT` for `rows` rows: its VALUES tuple repeated, each copy's parameters numbered
+/// `?N` after the position of their name in [`TASK_INSERT_PARAMS`].
 pub(super) fn multi_insert_sql(rows: usize) -> String {
-    let sql = sql::TASK_INSERT;
-    let at = sql.find("VALUES").map_or(sql.len(), |i| i + "VALUES".len());
+    multi_row_sql(sql::TASK_INSERT, &TASK_INSERT_PARAMS, rows)
+}
+
+/// `TASK_CHANGES_INSERTED` for `rows` rows, numbered as [`multi_insert_sql`] numbers its own.
+pub(super) fn multi_changes_sql(rows: usize) -> String {
+    multi_row_sql(sql::TASK_CHANGES_INSERTED, &CHANGE_PARAMS, rows)
+}
+
+/// The parameters of `TASK_CHANGES_INSERTED` in the order `write_rows` binds them.
+pub(super) const CHANGE_PARAMS: [&str; 2] = [":task_id", ":now"];
+
+/// An `INSERT ... VALUES (...)` statement with its VALUES tuple repeated `rows` times, each
+/// copy's parameters numbered `?N` after the position of their name in `params`.
+fn multi_row_sql(sql: &str, params: &[&str], rows: usize) -> String {
+    let at = sql
+        .rfind("VALUES")
+        .map_or(sql.len(), |i| i + "VALUES".len());
     let (head, tuple) = sql.split_at(at);
-    let n = TASK_INSERT_PARAMS.len();
+    let n = params.len();
     // OR FAIL: a statement of many rows that may ABORT keeps a statement journal to undo its
-    // own earlier rows; these rows cannot conflict (fresh ids, no keys), and the job's
-    // savepoint undoes the whole batch anyway if anything fails.
+    // own earlier rows; these rows cannot conflict (fresh ids and positions, no keys), and the
+    // job's savepoint undoes the whole batch anyway if anything fails.
     let mut out = head.replacen("INSERT INTO", "INSERT OR FAIL INTO", 1);
     for r in 0..rows {
         if r > 0 {
@@ -126,7 +143,7 @@ pub(super) fn multi_insert_sql(rows: usize) -> String {
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(rest.len() - i - 1);
             let name = &rest[i..i + 1 + name_len];
-            match TASK_INSERT_PARAMS.iter().position(|p| *p == name) {
+            match params.iter().position(|p| *p == name) {
                 Some(k) => out.push_str(&format!("?{}", r * n + k + 1)),
                 None => out.push_str(name),
             }
@@ -137,7 +154,8 @@ pub(super) fn multi_insert_sql(rows: usize) -> String {
     out
 }
 
-/// Writes the waiting rows (one statement for a full chunk, else one each) and moves them,
+/// Writes the waiting rows (one statement for a full chunk, else one each) with their
+/// change-log rows and their owners' usage (see 0014_insert_bookkeeping.sql), and moves them,
 /// as the tasks they now are, to `out`.
 pub(super) fn write_rows(
     conn: &Connection,
@@ -147,24 +165,35 @@ pub(super) fn write_rows(
     out: &mut Vec<Inserted>,
 ) -> Result<()> {
     static CHUNK_SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static CHANGES_SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     if waiting.is_empty() {
         return Ok(());
     }
     check_user_quotas(conn, waiting, limits)?;
     // A full chunk is one statement; anything less is a row per statement.
-    let (mut st, per_statement) = if waiting.len() == INSERT_CHUNK {
+    let (mut st, mut changes, per_statement) = if waiting.len() == INSERT_CHUNK {
         let sql = CHUNK_SQL.get_or_init(|| multi_insert_sql(INSERT_CHUNK));
-        (conn.prepare_cached(sql)?, INSERT_CHUNK)
+        let changes = CHANGES_SQL.get_or_init(|| multi_changes_sql(INSERT_CHUNK));
+        (
+            conn.prepare_cached(sql)?,
+            conn.prepare_cached(changes)?,
+            INSERT_CHUNK,
+        )
     } else {
-        (conn.prepare_cached(sql::TASK_INSERT)?, 1)
+        (
+            conn.prepare_cached(sql::TASK_INSERT)?,
+            conn.prepare_cached(sql::TASK_CHANGES_INSERTED)?,
+            1,
+        )
     };
     for group in waiting.chunks(per_statement) {
-        // Bound by position (the order of TASK_INSERT_PARAMS, checked by a test): a name
-        // lookup per parameter showed in profiles.
-        let mut i = 0;
+        // Bound by position (the order of TASK_INSERT_PARAMS and CHANGE_PARAMS, checked by a
+        // test): a name lookup per parameter showed in profiles.
+        let (mut i, mut j) = (0, 0);
         for (t, payload) in group {
+            let id = t.id.to_string();
             let values: [&dyn rusqlite::ToSql; 13] = [
-                &t.id.to_string(),
+                &id,
                 &t.user_id,
                 &t.queue,
                 &t.kind,
@@ -182,8 +211,21 @@ pub(super) fn write_rows(
                 i += 1;
                 st.raw_bind_parameter(i, v)?;
             }
+            changes.raw_bind_parameter(j + 1, &id)?;
+            changes.raw_bind_parameter(j + 2, now)?;
+            j += 2;
         }
         st.raw_execute()?;
+        // After its tasks, in their order: positions in the log follow insertion.
+        changes.raw_execute()?;
+    }
+    let mut usage = conn.prepare_cached(sql::USER_USAGE_ADD)?;
+    for (user, tasks, bytes) in rules::usage_adds(waiting) {
+        usage.execute(named_params! {
+            ":user_id": user,
+            ":tasks": i64::try_from(tasks).unwrap_or(i64::MAX),
+            ":bytes": i64::try_from(bytes).unwrap_or(i64::MAX),
+        })?;
     }
     for (t, _) in waiting.drain(..) {
         // The row is exactly what was inserted: build it here rather than read it back.

@@ -57,6 +57,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         13,
         include_str!("../../../sql/sqlite/migrations/0013_stream_tokens_task.sql"),
     ),
+    (
+        14,
+        include_str!("../../../sql/sqlite/migrations/0014_insert_bookkeeping.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.

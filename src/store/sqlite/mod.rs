@@ -1388,7 +1388,9 @@ mod tests {
         store.close();
     }
 
-    use super::insert::{multi_insert_sql, INSERT_CHUNK, TASK_INSERT_PARAMS};
+    use super::insert::{
+        multi_changes_sql, multi_insert_sql, CHANGE_PARAMS, INSERT_CHUNK, TASK_INSERT_PARAMS,
+    };
 
     #[test]
     fn task_insert_binds_its_parameters_in_the_order_the_sql_numbers_them() {
@@ -1398,6 +1400,11 @@ mod tests {
         let st = conn.prepare(sql::TASK_INSERT).unwrap();
         assert_eq!(st.parameter_count(), TASK_INSERT_PARAMS.len());
         for (i, name) in TASK_INSERT_PARAMS.iter().enumerate() {
+            assert_eq!(st.parameter_name(i + 1), Some(*name), "parameter {}", i + 1);
+        }
+        let st = conn.prepare(sql::TASK_CHANGES_INSERTED).unwrap();
+        assert_eq!(st.parameter_count(), CHANGE_PARAMS.len());
+        for (i, name) in CHANGE_PARAMS.iter().enumerate() {
             assert_eq!(st.parameter_name(i + 1), Some(*name), "parameter {}", i + 1);
         }
     }
@@ -1493,6 +1500,12 @@ mod tests {
                 .parameter_count(),
             INSERT_CHUNK * TASK_INSERT_PARAMS.len()
         );
+        assert_eq!(
+            conn.prepare(&multi_changes_sql(INSERT_CHUNK))
+                .unwrap()
+                .parameter_count(),
+            INSERT_CHUNK * CHANGE_PARAMS.len()
+        );
         // 70 tasks: a keyed one at 40 and 41 (the same key: the second is the first replayed)
         // splits the unkeyed runs into a chunk of 32, singles, and a tail.
         let tasks: Vec<(NewTask, String)> = (0..70)
@@ -1517,6 +1530,12 @@ mod tests {
             })
             .collect();
         let ids: Vec<TaskId> = tasks.iter().map(|(t, _)| t.id).collect();
+        let bytes: usize = tasks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 41)
+            .map(|(_, (_, p))| p.len())
+            .sum();
         let (out, events) =
             insert_tasks(&conn, tasks, &crate::store::Limits::default(), 5).unwrap();
         assert_eq!(out.len(), 70);
@@ -1534,5 +1553,30 @@ mod tests {
             .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 69);
+        // Each new task has one change-log row, pending at its insertion time, in insertion
+        // order (the chunks and the singles around the keyed ones alike); the replay has none.
+        let logged: Vec<(String, String, i64)> = conn
+            .prepare("SELECT task_id, status, at FROM task_changes ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let expected: Vec<(String, String, i64)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 41)
+            .map(|(_, id)| (id.to_string(), "pending".to_string(), 5))
+            .collect();
+        assert_eq!(logged, expected);
+        // The owner's usage grew by the 69 new tasks and their payload bytes, once each.
+        let usage: (i64, i64) = conn
+            .query_row(
+                "SELECT unfinished, payload_bytes FROM user_usage WHERE user_id = 'u'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(usage, (69, bytes as i64));
     }
 }

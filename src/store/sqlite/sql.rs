@@ -64,6 +64,10 @@ pub(crate) const TASK_LIST_USER: &str =
     include_str!("../../../sql/sqlite/queries/task_list_user.sql");
 pub(crate) const USER_USAGE_GET: &str =
     include_str!("../../../sql/sqlite/queries/user_usage_get.sql");
+pub(crate) const USER_USAGE_ADD: &str =
+    include_str!("../../../sql/sqlite/queries/user_usage_add.sql");
+pub(crate) const TASK_CHANGES_INSERTED: &str =
+    include_str!("../../../sql/sqlite/queries/task_changes_inserted.sql");
 pub(crate) const CHANGE_LIST: &str = include_str!("../../../sql/sqlite/queries/change_list.sql");
 pub(crate) const CHANGE_BOUNDS: &str =
     include_str!("../../../sql/sqlite/queries/change_bounds.sql");
