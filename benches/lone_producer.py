@@ -8,6 +8,7 @@ each request's p50 and p99. Used to compare builds that predate `spool bench`'s 
     python3 benches/lone_producer.py BINARY {full|normal} N [DIR]
 """
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -36,15 +37,17 @@ def main():
 
 
 def run(p, d, n, sync, binary):
-    deadline = time.monotonic() + 30
     base = None
-    for line in p.stdout:
-        line = line.decode().strip()
+    # The server prints where it listens on its first lines; give it 30 s.
+    ready, _, _ = select.select([p.stdout], [], [], 30)
+    while ready:
+        line = p.stdout.readline().decode()
+        if not line:
+            break
         if line.startswith("listening on "):
-            base = line[len("listening on "):]
+            base = line.strip()[len("listening on "):]
             break
-        if time.monotonic() > deadline:
-            break
+        ready, _, _ = select.select([p.stdout], [], [], 30)
     if base is None:
         sys.exit("spool serve did not start")
     host, port = base.replace("http://", "").split(":")
@@ -56,18 +59,24 @@ def run(p, d, n, sync, binary):
     s = socket.create_connection((host, int(port)), timeout=10)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def read():
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("the server closed the connection")
+        return chunk
+
     def one():
         s.sendall(req)
         buf = b""
         while b"\r\n\r\n" not in buf:
-            buf += s.recv(65536)
+            buf += read()
         head, rest = buf.split(b"\r\n\r\n", 1)
         if not head.startswith(b"HTTP/1.1 201"):
             sys.exit(f"unexpected answer: {head[:100]!r}")
         length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
                       if l.lower().startswith(b"content-length"))
         while len(rest) < length:
-            rest += s.recv(65536)
+            rest += read()
 
     for _ in range(200):
         one()

@@ -135,6 +135,81 @@ async fn the_change_log_trigger_exists_at_the_newest_schema_and_every_change_is_
     store.close();
 }
 
+/// An enqueue of one task is three writes (the task, its change-log row, its owner's usage). In
+/// a group commit, one whose change-log row is refused leaves nothing behind, and the enqueues
+/// committed with it are whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_change_log_row_fails_in_a_group_commit_leaves_no_task() {
+    use conformance::{task, T0};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.db");
+    let s = open(&path, Limits::default()).await;
+    let (a, bad, c) = (
+        task("default", 1, 0, T0),
+        task("default", 1, 0, T0),
+        task("default", 1, 0, T0),
+    );
+    let (a_id, bad_id, c_id) = (a.id.to_string(), bad.id.to_string(), c.id.to_string());
+    let mut other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(&format!(
+            "CREATE TRIGGER change_refused BEFORE INSERT ON task_changes \
+             WHEN NEW.task_id = '{bad_id}' BEGIN SELECT RAISE(ABORT, 'change refused'); END;"
+        ))
+        .unwrap();
+    // Hold the write lock so that the three enqueues wait for the writer together and go into
+    // one transaction (the writer takes every job waiting when it starts one).
+    let lock = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let spawn_insert = |t: spool::task::NewTask| {
+        let s = s.clone();
+        tokio::spawn(async move { s.task_insert(vec![t], T0).await })
+    };
+    let first = spawn_insert(a);
+    let refused = spawn_insert(bad);
+    let last = spawn_insert(c);
+    // No condition shows a job queued for the writer: give the three a moment to be sent
+    // (well under the writer's 5 s busy timeout).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    lock.commit().unwrap();
+    assert!(
+        refused.await.unwrap().is_err(),
+        "the change-log row was refused"
+    );
+    first.await.unwrap().unwrap();
+    last.await.unwrap().unwrap();
+    let ids: Vec<String> = other
+        .prepare("SELECT id FROM tasks ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // The writer takes the two that stay in whatever order they reached it.
+    let mut kept = ids.clone();
+    kept.sort();
+    let mut expected = [a_id, c_id];
+    expected.sort();
+    assert_eq!(kept, expected, "the refused task was kept");
+    let logged: Vec<String> = other
+        .prepare("SELECT task_id FROM task_changes ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(logged, ids, "one change each, in insertion order");
+    let unfinished: i64 = other
+        .query_row(
+            "SELECT unfinished FROM user_usage WHERE user_id = 'u'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unfinished, 2, "the refused task was counted");
+}
+
 /// An owner's message to a waiting task is written with the task's wake, both or neither, also
 /// when the writer commits it in one transaction with other jobs: here the wake is refused (a
 /// trigger), in a batch the writer assembles while another connection holds the write lock.

@@ -255,11 +255,10 @@ impl Store for SqliteStore {
                     .map_err(json_err)
             })
             .collect::<Result<Vec<_>>>()?;
-        // One task without a key is one INSERT: SQLite undoes a failed statement by itself, so
-        // it needs no savepoint of its own in the group commit.
-        let single_statement = prepared.len() == 1 && prepared[0].0.idempotency_key.is_none();
+        // Even one task is several statements (the task, its change-log row, its owner's usage:
+        // 0014), so in a group commit it has a savepoint of its own: a failure undoes all three.
         let limits = self.limits;
-        self.submit(false, single_statement, move |conn| {
+        self.submit(false, false, move |conn| {
             insert_tasks(conn, prepared, &limits, now)
         })
         .await
