@@ -60,6 +60,11 @@ fn count(dir: &Path, status: &str) -> i64 {
     status_counts(dir).get(status).copied().unwrap_or(0)
 }
 
+/// The config of a command kind `name` that runs `script` with `sh -c`.
+fn shell_kind(name: &str, script: &str) -> String {
+    format!("[kinds.{name}]\ncommand = [\"sh\", \"-c\", {script:?}]\n")
+}
+
 #[test]
 fn two_work_processes_never_run_the_same_task_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,7 +75,10 @@ fn two_work_processes_never_run_the_same_task_at_once() {
     );
     let cfg = write_config(
         dir.path(),
-        &format!("[worker]\nconcurrency = 4\nlease_ms = 5000\npoll_interval_ms = 50\n[kinds.rec]\ncommand = [\"sh\", \"-c\", {cmd:?}]\n"),
+        &format!(
+            "[worker]\nconcurrency = 4\nlease_ms = 5000\npoll_interval_ms = 50\n{}",
+            shell_kind("rec", &cmd)
+        ),
     );
     let ids = insert_tasks(dir.path(), "rec", json!(null), 300);
     let mut a = spawn(&["work"], &cfg, &[]);
@@ -208,7 +216,10 @@ async fn prefetched_tasks_are_leased_claims_rescued_after_a_kill_9() {
     );
     let cfg = write_config(
         dir.path(),
-        &format!("[worker]\nconcurrency = 2\nprefetch = 8\nlease_ms = 1000\npoll_interval_ms = 50\n[kinds.rec]\ncommand = [\"sh\", \"-c\", {cmd:?}]\n"),
+        &format!(
+            "[worker]\nconcurrency = 2\nprefetch = 8\nlease_ms = 1000\npoll_interval_ms = 50\n{}",
+            shell_kind("rec", &cmd)
+        ),
     );
     let client = client();
     let mut s = serve(&cfg, &[]);

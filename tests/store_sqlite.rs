@@ -84,6 +84,16 @@ fn the_claim_reads_the_claim_index_without_sorting() {
     assert!(!text.contains("TEMP B-TREE"), "{text}");
 }
 
+/// The first column of every row `sql` returns, as text.
+fn texts(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    conn.prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// Status changes reach the change log by a trigger: a later migration that rebuilds `tasks`
 /// (as 0006 did) would drop it silently, and `/v1/events` would go quiet. It must exist at the
 /// newest schema; an insert writes its own change (0014) and no trigger writes a second one.
@@ -93,13 +103,10 @@ async fn the_change_log_trigger_exists_at_the_newest_schema_and_every_change_is_
     let path = dir.path().join("t.db");
     let store = open(&path, Limits::default()).await;
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let mut names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'tasks' AND name LIKE 'task_changes%' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let mut names = texts(
+        &conn,
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'tasks' AND name LIKE 'task_changes%' ORDER BY name",
+    );
     names.sort();
     assert_eq!(names, ["task_changes_update"]);
     let id = spool::task::TaskId::new();
@@ -179,26 +186,14 @@ async fn an_enqueue_whose_change_log_row_fails_in_a_group_commit_leaves_no_task(
     );
     first.await.unwrap().unwrap();
     last.await.unwrap().unwrap();
-    let ids: Vec<String> = other
-        .prepare("SELECT id FROM tasks ORDER BY rowid")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let ids = texts(&other, "SELECT id FROM tasks ORDER BY rowid");
     // The writer takes the two that stay in whatever order they reached it.
     let mut kept = ids.clone();
     kept.sort();
     let mut expected = [a_id, c_id];
     expected.sort();
     assert_eq!(kept, expected, "the refused task was kept");
-    let logged: Vec<String> = other
-        .prepare("SELECT task_id FROM task_changes ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let logged = texts(&other, "SELECT task_id FROM task_changes ORDER BY seq");
     assert_eq!(logged, ids, "one change each, in insertion order");
     let unfinished: i64 = other
         .query_row(

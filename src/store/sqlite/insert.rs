@@ -67,21 +67,16 @@ pub(super) fn insert_tasks(
 /// the statement's end); in batches of 1,000 that cost was a sixth of the writer's time.
 pub(super) const INSERT_CHUNK: usize = 32;
 
-/// Refuses `waiting` (new rows only: a replayed idempotency key adds nothing) when it would
-/// take a user past a quota. Runs before the rows are written, in the same transaction, so the
-/// usage it reads (added by each insert, see 0014_insert_bookkeeping.sql, and kept by triggers
-/// since 0009_quotas.sql) includes everything committed or written before it: concurrent
-/// requests cannot pass a limit together.
-pub(super) fn check_user_quotas(
-    conn: &Connection,
-    waiting: &[(NewTask, String)],
-    limits: &Limits,
-) -> Result<()> {
+/// Refuses new rows, summed per user in `adds` ([`rules::usage_adds`]: a replayed idempotency
+/// key adds nothing), when they would take a user past a quota. Runs before the rows are
+/// written, in the same transaction, so the usage it reads (added by each insert, see
+/// 0014_insert_bookkeeping.sql, and kept by triggers since 0009_quotas.sql) includes everything
+/// committed or written before it: concurrent requests cannot pass a limit together.
+fn check_user_quotas(conn: &Connection, adds: &[(&str, u64, u64)], limits: &Limits) -> Result<()> {
     if !rules::quotas_on(limits) {
         return Ok(());
     }
-    let adds = rules::usage_adds(waiting);
-    for (user, tasks, bytes) in adds {
+    for &(user, tasks, bytes) in adds {
         check_usage(conn, user, tasks, bytes, limits)?;
     }
     Ok(())
@@ -169,7 +164,9 @@ pub(super) fn write_rows(
     if waiting.is_empty() {
         return Ok(());
     }
-    check_user_quotas(conn, waiting, limits)?;
+    // Checked before the rows are written, added to the owners' usage after: one sum per user.
+    let adds = rules::usage_adds(waiting);
+    check_user_quotas(conn, &adds, limits)?;
     // A full chunk is one statement; anything less is a row per statement.
     let (mut st, mut changes, per_statement) = if waiting.len() == INSERT_CHUNK {
         let sql = CHUNK_SQL.get_or_init(|| multi_insert_sql(INSERT_CHUNK));
@@ -220,7 +217,7 @@ pub(super) fn write_rows(
         changes.raw_execute()?;
     }
     let mut usage = conn.prepare_cached(sql::USER_USAGE_ADD)?;
-    for (user, tasks, bytes) in rules::usage_adds(waiting) {
+    for (user, tasks, bytes) in adds {
         usage.execute(named_params! {
             ":user_id": user,
             ":tasks": i64::try_from(tasks).unwrap_or(i64::MAX),
