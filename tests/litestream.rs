@@ -1001,6 +1001,11 @@ fn drill_snapshot_from_indexes_equals_a_scan_of_the_tables() {
     check(&c, 6000);
     task(&c, "default", "completed", 7000);
     check(&c, 7000);
+    // A pending task a per-key claim parked (0015) is pending, read from its own index.
+    task(&c, "beta", "pending", 8000);
+    c.execute("UPDATE tasks SET parked = 1 WHERE updated_at = 8000", [])
+        .unwrap();
+    check(&c, 8000);
 
     for sql in [
         include_str!("../sql/sqlite/queries/drill_counts.sql"),

@@ -275,3 +275,63 @@ async fn a_message_whose_wake_fails_in_a_group_commit_is_not_written_half() {
         .unwrap();
     assert_eq!(status, "waiting");
 }
+
+/// A per-key claim parks tasks only when its walk in claim order is clogged, so the common
+/// claim writes no entry of the key-ordered index: tasks it passes within its short walk stay
+/// where they are. A flood is parked once, every waiting task of it, so later claims walk past
+/// it; its tasks are taken from there when their key has room, and a claim without the limit
+/// returns them all to the claim index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_key_claim_parks_tasks_only_when_its_walk_is_clogged() {
+    use conformance::{claim_adm, complete, with_key, PER_KEY_1, T0};
+    use spool::store::Admission;
+    let parked = |path: &Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM tasks WHERE parked = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+
+    // Keys in pairs (a, a, b, b, ...): the walk passes every second task and still decides.
+    let f = SqliteBackend.fresh(Default::default()).await;
+    let s = f.store.as_ref();
+    let pairs = (0..200)
+        .map(|i| with_key(Some(&format!("k{:03}", i / 2)), T0 + i))
+        .collect();
+    s.task_insert(pairs, T0).await.unwrap();
+    let got = claim_adm(s, "w", 32, PER_KEY_1, T0 + 1000).await;
+    assert_eq!(got.len(), 32);
+    assert_eq!(parked(&f.db.path), 0, "an unclogged walk parks nothing");
+
+    // A flood of one key ahead of another key's task, longer than the walk.
+    let f = SqliteBackend.fresh(Default::default()).await;
+    let s = f.store.as_ref();
+    let mut flood: Vec<_> = (0..1000).map(|i| with_key(Some("z"), T0 + i)).collect();
+    flood.push(with_key(Some("y"), T0 + 5000));
+    s.task_insert(flood, T0).await.unwrap();
+    let first = claim_adm(s, "w", 2, PER_KEY_1, T0 + 6000).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        parked(&f.db.path),
+        999,
+        "every waiting task of the flood is parked"
+    );
+    let z = first
+        .iter()
+        .find(|t| t.concurrency_key.as_deref() == Some("z"))
+        .unwrap();
+    complete(s, z, "w", T0 + 6001).await;
+    let next = claim_adm(s, "w", 2, PER_KEY_1, T0 + 6002).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].run_at, T0 + 1, "the parked tasks go in claim order");
+    assert_eq!(parked(&f.db.path), 998);
+    let plain = claim_adm(s, "w", 2, Admission::default(), T0 + 6003).await;
+    assert_eq!(plain.len(), 2);
+    assert_eq!(
+        parked(&f.db.path),
+        0,
+        "a claim without the limit returns them"
+    );
+}

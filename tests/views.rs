@@ -242,6 +242,16 @@ fn queue_depth_counts_every_state_in_the_systems_sqlite3() {
     assert_eq!(shell(&db, q), want, "the system sqlite3");
     let conn = Connection::open(&db).unwrap();
     assert_eq!(bundled(&conn, q), want, "the bundled SQLite");
+    // Pending tasks a per-key claim parked (0015) are pending and scheduled all the same.
+    let parked = conn
+        .execute(
+            "UPDATE tasks SET parked = 1 WHERE queue = 'mail' AND status = 'pending'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(parked, 2, "mail's due and scheduled tasks");
+    assert_eq!(shell(&db, q), want, "the system sqlite3, tasks parked");
+    assert_eq!(bundled(&conn, q), want, "the bundled SQLite, tasks parked");
 }
 
 #[test]

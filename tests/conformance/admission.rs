@@ -7,14 +7,14 @@ use spool::task::{NewTask, Task, TaskStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-fn with_key(key: Option<&str>, run_at: i64) -> NewTask {
+pub fn with_key(key: Option<&str>, run_at: i64) -> NewTask {
     NewTask {
         concurrency_key: key.map(str::to_string),
         ..task("q", 3, 0, run_at)
     }
 }
 
-async fn claim_adm(s: &dyn Store, owner: &str, n: u32, adm: Admission, now: i64) -> Vec<Task> {
+pub async fn claim_adm(s: &dyn Store, owner: &str, n: u32, adm: Admission, now: i64) -> Vec<Task> {
     s.task_claim(ClaimParams {
         owner: owner.into(),
         queues: vec![QueueClaim {
@@ -34,7 +34,7 @@ async fn claim_adm(s: &dyn Store, owner: &str, n: u32, adm: Admission, now: i64)
     .collect()
 }
 
-async fn complete(s: &dyn Store, t: &Task, owner: &str, now: i64) {
+pub async fn complete(s: &dyn Store, t: &Task, owner: &str, now: i64) {
     s.task_finish_wait(FinishParams {
         task: Arc::new(t.clone()),
         owner: owner.into(),
@@ -57,7 +57,7 @@ fn keys(ts: &[Task]) -> Vec<Option<String>> {
     k
 }
 
-const PER_KEY_1: Admission = Admission {
+pub const PER_KEY_1: Admission = Admission {
     global_concurrency: None,
     per_key_concurrency: Some(1),
     rate: None,
@@ -394,6 +394,64 @@ pub async fn a_flood_of_a_full_key_longer_than_a_short_look_does_not_hide_anothe
         "b's task is not hidden by a's flood"
     );
     assert!(claim_adm(s, "w", 5, PER_KEY_1, T0 + 6002).await.is_empty());
+}
+
+/// The tasks a flood of one key leaves waiting stay pending, counted in the queue's depth and in
+/// claim order: once the key has room, its best task goes next, and one higher in priority
+/// enqueued later does not let the key exceed its limit; a claim without the limit (removed
+/// from the config) takes the rest like any other tasks.
+pub async fn a_floods_waiting_tasks_stay_pending_and_in_order_with_or_without_the_limit<
+    B: Backend,
+>(
+    b: &B,
+) {
+    let f = b.fresh(Default::default()).await;
+    let s = f.store.as_ref();
+    let flood: Vec<NewTask> = (0..1000).map(|i| with_key(Some("a"), T0 + i)).collect();
+    for chunk in flood.chunks(500) {
+        s.task_insert(chunk.to_vec(), T0).await.unwrap();
+    }
+    s.task_insert(vec![with_key(Some("b"), T0 + 5000)], T0)
+        .await
+        .unwrap();
+    let first = claim_adm(s, "w", 2, PER_KEY_1, T0 + 6000).await;
+    assert_eq!(keys(&first), vec![Some("a".into()), Some("b".into())]);
+    let a = first
+        .iter()
+        .find(|t| t.concurrency_key.as_deref() == Some("a"))
+        .unwrap();
+    assert_eq!(a.run_at, T0, "the key's oldest task goes first");
+    assert!(
+        claim_adm(s, "w", 5, PER_KEY_1, T0 + 6001).await.is_empty(),
+        "a is at its limit and b has nothing left"
+    );
+    let depth = |stats: Vec<spool::store::QueueStats>| {
+        let q = stats.into_iter().find(|q| q.name == "q").unwrap();
+        (q.pending, q.running)
+    };
+    assert_eq!(
+        depth(s.queue_stats(vec![], T0 + 6001).await.unwrap()),
+        (999, 2),
+        "the flood's waiting tasks are pending"
+    );
+    let mut urgent = with_key(Some("a"), T0 + 6002);
+    urgent.priority = 5;
+    s.task_insert(vec![urgent], T0 + 6002).await.unwrap();
+    complete(s, a, "w", T0 + 6003).await;
+    let next = claim_adm(s, "w", 5, PER_KEY_1, T0 + 6004).await;
+    assert_eq!(keys(&next), vec![Some("a".into())], "a's limit holds");
+    assert_eq!(next[0].priority, 5, "the key's best task in claim order");
+    complete(s, &next[0], "w", T0 + 6005).await;
+    let plain = claim_adm(s, "w", 3, Admission::default(), T0 + 6006).await;
+    assert_eq!(
+        plain.iter().map(|t| t.run_at - T0).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "without the limit the oldest waiting tasks go, in claim order"
+    );
+    assert_eq!(
+        depth(s.queue_stats(vec![], T0 + 6006).await.unwrap()),
+        (996, 4)
+    );
 }
 
 /// A claim through admission starts the attempt's inbox where the task's state stands, as the

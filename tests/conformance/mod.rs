@@ -134,6 +134,7 @@ macro_rules! suite {
             rate_limit_is_one_bucket_shared_by_every_store,
             racing_claims_never_over_admit,
             a_flood_of_a_full_key_longer_than_a_short_look_does_not_hide_another_key,
+            a_floods_waiting_tasks_stay_pending_and_in_order_with_or_without_the_limit,
             an_admitted_claim_starts_the_inbox_at_the_tasks_cursor,
             schedules_keep_config_rows_and_their_firing_never_moves_back,
             one_firing_from_two_stores_makes_one_task,

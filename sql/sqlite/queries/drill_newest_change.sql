@@ -2,7 +2,8 @@
 -- none; the restore drill's lag is the difference of this between the live database and the
 -- replica. Equal to max(tasks.updated_at, messages.created_at) without reading the table:
 -- - every task is pending, running or terminal; the pending ones are read through tasks_claim and
---   the running ones through tasks_lease (cost: the backlog and the leases, not the history);
+--   tasks_key_parked, the running ones through tasks_lease (cost: the backlog and the leases,
+--   not the history);
 -- - a terminal task's updated_at is its completed_at (every path to a terminal status sets both
 --   to the same :now, and nothing but a retry, which makes it pending, changes it afterwards):
 --   the newest per (status, queue) is one seek at the end of tasks_finished, and the queues are
@@ -21,7 +22,8 @@ WITH RECURSIVE terminal(status, queue) AS (
     FROM terminal AS g
     WHERE g.queue IS NOT NULL
 )
-SELECT max(coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'pending'), 0),
+SELECT max(coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'pending' AND parked IS NULL), 0),
+           coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'pending' AND parked = 1), 0),
            coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'running'), 0),
            coalesce((SELECT max((SELECT max(t.completed_at) FROM tasks AS t
                                  WHERE t.status = g.status AND t.queue = g.queue

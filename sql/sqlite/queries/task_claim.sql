@@ -16,7 +16,7 @@ WHERE rowid IN (
     -- index holds the rowid, so each claimed row is one seek. LIMIT is a subquery because
     -- SQLite re-prepares a statement whose plan reads a bound LIMIT on every run.
     SELECT rowid FROM tasks INDEXED BY tasks_claim
-    WHERE queue = :queue AND status = 'pending' AND run_at <= :now
+    WHERE queue = :queue AND status = 'pending' AND parked IS NULL AND run_at <= :now
       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused = 1)
     ORDER BY priority DESC, run_at, rowid
     LIMIT (SELECT :limit))

@@ -8,6 +8,7 @@ SET status = 'running',
     started_at = :now,
     inbox_read = inbox_cursor,
     wait_until = NULL,
+    parked = NULL,
     updated_at = :now
 WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND status = 'pending'
 RETURNING *

@@ -4,19 +4,26 @@
 //! change before the claim commits: two processes can never over-admit.
 //!
 //! Without a per-key limit the claim is the ordinary one with a smaller limit. With one, a short
-//! walk of the queue's tasks in claim order usually decides it (`walk`: it reads a few rows more
-//! than the claim takes), and the admitted tasks are claimed in one statement. When a flood of full keys' tasks fills the walk, the keys that
-//! have pending tasks are listed by a skip scan of `tasks_key_pending` (one seek per key), each
-//! key that has room offers its best tasks, and [`rules::admit`] picks among them: a key with
-//! thousands of waiting tasks costs the claim one seek while it is at its limit, and never
-//! delays another key's task (no head-of-line blocking). Both ways pick the same tasks.
+//! walk of the queue's tasks in claim order decides it (`walk`: it reads a few rows more than
+//! the claim takes), and the admitted tasks are claimed in one statement. When a flood of full
+//! keys' tasks fills the walk, the claim parks the tasks it passed (0015_parked.sql): they leave
+//! `tasks_claim` for `tasks_key_parked`, which is ordered by key, and the walk goes on past them.
+//! Each claim lists the keys with parked tasks by a skip scan (one seek per key), and each key
+//! with room offers its best parked tasks beside the walk's; [`rules::admit`] picks among them.
+//! A key with thousands of waiting tasks is parked once and then costs a claim one seek, and
+//! never delays another key's task (no head-of-line blocking). Only parked tasks are in a
+//! key-ordered index, so a claim that parks nothing writes no scattered index pages.
+//!
+//! A parked task can go before a task of its key that is better in claim order but lies beyond
+//! where the walk stopped (a later enqueue with a higher priority): the key's limit still holds,
+//! and that task is offered by a later claim.
 
 use super::rows::TaskColumns;
 use crate::store::rules::{self, Candidate};
 use crate::store::{Admission, Bucket, ClaimParams, Result};
 use crate::task::Task;
 use rusqlite::{named_params, Connection, OptionalExtension, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 const PAUSED: &str = include_str!("../../../sql/sqlite/queries/admission_paused.sql");
@@ -25,7 +32,8 @@ const KEY_RUNNING: &str = include_str!("../../../sql/sqlite/queries/admission_ke
 const KEY_NEXT: &str = include_str!("../../../sql/sqlite/queries/admission_key_next.sql");
 const KEY_TASKS: &str = include_str!("../../../sql/sqlite/queries/admission_key_tasks.sql");
 const WALK: &str = include_str!("../../../sql/sqlite/queries/admission_walk.sql");
-const UNKEYED: &str = include_str!("../../../sql/sqlite/queries/admission_unkeyed.sql");
+const PARK: &str = include_str!("../../../sql/sqlite/queries/admission_park.sql");
+pub(super) const UNPARK: &str = include_str!("../../../sql/sqlite/queries/admission_unpark.sql");
 const CLAIM_ROWS: &str = include_str!("../../../sql/sqlite/queries/task_claim_rows.sql");
 const TOKENS_GET: &str = include_str!("../../../sql/sqlite/queries/queue_tokens_get.sql");
 const TOKENS_PUT: &str = include_str!("../../../sql/sqlite/queries/queue_tokens_put.sql");
@@ -105,22 +113,29 @@ fn claim_per_key(
             running.insert(k, u32::try_from(n.max(0)).unwrap_or(u32::MAX));
         }
     }
-    let candidates = match walk(conn, p, queue, room, per_key, &running)? {
-        Some(c) => c,
-        None => {
-            let mut c = scan_keys(conn, p, queue, room, per_key, &running)?;
-            let mut unkeyed = conn.prepare_cached(UNKEYED)?;
-            let rows = unkeyed.query_map(
-                named_params! {":queue": queue, ":now": p.now, ":n": room},
-                |r| candidate(r, 0, 1),
-            )?;
-            for row in rows {
-                c.push(row?);
-            }
-            c
+    let mut offers = parked_offers(conn, p, queue, room, per_key, &running)?;
+    let parked_keys: HashSet<String> = offers.iter().filter_map(|o| o.key.clone()).collect();
+    // A walk that reads its bound without deciding is clogged: the tasks it passed are parked
+    // and it walks again, and from then on this claim parks every task it passes. Each round
+    // that does not decide parks at least one task, so this ends after at most as many rounds
+    // as the queue has runnable tasks (in practice: a flood is parked once, a few hundred tasks
+    // a round).
+    let mut clogged = false;
+    loop {
+        let w = walk(conn, p, queue, room, per_key, &running, &parked_keys)?;
+        let done = w.decided || w.passed.is_empty();
+        if (clogged || !done) && !w.passed.is_empty() {
+            let passed = serde_json::to_string(&w.passed).unwrap_or_else(|_| "[]".into());
+            conn.prepare_cached(PARK)?
+                .execute(named_params! {":rowids": passed})?;
         }
-    };
-    let rowids = rules::admit(candidates, room);
+        if done {
+            offers.extend(w.offers);
+            break;
+        }
+        clogged = true;
+    }
+    let rowids = rules::admit(rank_offers(offers, room, per_key, &running), room);
     if rowids.is_empty() {
         return Ok(Vec::new());
     }
@@ -137,6 +152,51 @@ fn claim_per_key(
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// A runnable task a per-key claim may take, with its key (`None`: it has none).
+#[derive(Debug)]
+struct Offer {
+    key: Option<String>,
+    task: Candidate<i64>,
+}
+
+/// The offers as [`rules::admit`] takes them: each key's best offers in claim order, as many as
+/// it has room for (and at most `room`), ranked 1, 2, …; a task without a key is always 1.
+/// A key can offer tasks from both places (parked, and reached by the walk): this is where its
+/// limit is applied to them together.
+fn rank_offers(
+    mut offers: Vec<Offer>,
+    room: u32,
+    per_key: u32,
+    running: &HashMap<String, u32>,
+) -> Vec<Candidate<i64>> {
+    offers.sort_by(|a, b| {
+        a.key
+            .cmp(&b.key)
+            .then(b.task.priority.cmp(&a.task.priority))
+            .then(a.task.run_at.cmp(&b.task.run_at))
+            .then(a.task.id.cmp(&b.task.id))
+    });
+    let mut out = Vec::with_capacity(offers.len());
+    let mut prev: Option<String> = None;
+    let mut rank = 0u32;
+    for o in offers {
+        let Some(key) = o.key else {
+            out.push(Candidate { rank: 1, ..o.task });
+            continue;
+        };
+        if prev.as_ref() != Some(&key) {
+            rank = 0;
+        }
+        let free = per_key.saturating_sub(running.get(&key).copied().unwrap_or(0));
+        if rank < free.min(room) {
+            rank += 1;
+            out.push(Candidate { rank, ..o.task });
+        }
+        prev = Some(key);
+    }
+    out
+}
+
 /// A candidate from a row whose columns `at..at+3` are rowid, priority and run_at.
 fn candidate(r: &Row<'_>, at: usize, rank: u32) -> rusqlite::Result<Candidate<i64>> {
     Ok(Candidate {
@@ -147,15 +207,26 @@ fn candidate(r: &Row<'_>, at: usize, rank: u32) -> rusqlite::Result<Candidate<i6
     })
 }
 
-/// Rows the walk reads at most, beyond the claim's room, before it gives way to the scan.
+/// Rows the walk reads at most, beyond the claim's room, before it parks what it passed.
 const WALK_SLACK: u32 = 256;
 
-/// The short way to a per-key claim's candidates: the queue's runnable tasks in claim order,
-/// each taken while its key has room (a task without a key always has). It decides the claim
-/// once it holds `room` tasks that are first of their key or have none (no task further on can
-/// beat them: it comes later and is at best first of its key too) or has read every runnable
-/// task; `None` when it read its bound first (a flood of full keys' tasks ahead), and the claim
-/// scans key by key instead.
+/// What one walk found.
+struct Walk {
+    /// The tasks it may take.
+    offers: Vec<Offer>,
+    /// The rows it passed because their key had no room left (running, or taken earlier in
+    /// the walk).
+    passed: Vec<i64>,
+    /// Whether `offers` decides the claim (see [`walk`]).
+    decided: bool,
+}
+
+/// The queue's runnable unparked tasks in claim order (tasks_claim), each offered while its
+/// key has room (a task without a key always has). The walk decides the claim once it holds
+/// `room` offers that are first of their key or have none, and whose key has no parked offer:
+/// no task further on can beat them (it comes later and is at best first of its key too). It
+/// also decides once it has read every runnable task. Otherwise it read its bound first: a
+/// flood of full keys' tasks is ahead, and the claim parks the rows it passed and walks again.
 fn walk(
     conn: &Connection,
     p: &ClaimParams,
@@ -163,53 +234,65 @@ fn walk(
     room: u32,
     per_key: u32,
     running: &HashMap<String, u32>,
-) -> Result<Option<Vec<Candidate<i64>>>> {
+    parked_keys: &HashSet<String>,
+) -> Result<Walk> {
     let bound = room.saturating_mul(4).saturating_add(WALK_SLACK);
     let mut st = conn.prepare_cached(WALK)?;
     let mut rows = st.query(named_params! {":queue": queue, ":now": p.now, ":n": bound})?;
     let mut taken: HashMap<String, u32> = HashMap::new();
-    let mut candidates = Vec::new();
+    let mut w = Walk {
+        offers: Vec::new(),
+        passed: Vec::new(),
+        decided: false,
+    };
     let (mut read, mut firsts) = (0u32, 0u32);
     while let Some(r) = rows.next()? {
         read += 1;
-        let mine = match r.get::<_, Option<String>>(3)? {
-            None => 0,
-            Some(key) => {
-                let mine = taken.get(&key).copied().unwrap_or(0);
-                let busy = running.get(&key).copied().unwrap_or(0);
+        let key = r.get::<_, Option<String>>(3)?;
+        let first = match &key {
+            None => true,
+            Some(k) => {
+                let mine = taken.get(k).copied().unwrap_or(0);
+                let busy = running.get(k).copied().unwrap_or(0);
                 if busy.saturating_add(mine) >= per_key || mine >= room {
+                    w.passed.push(r.get(0)?);
                     continue;
                 }
-                taken.insert(key, mine + 1);
-                mine
+                taken.insert(k.clone(), mine + 1);
+                mine == 0 && !parked_keys.contains(k)
             }
         };
-        candidates.push(candidate(r, 0, mine + 1)?);
-        if mine == 0 {
+        w.offers.push(Offer {
+            key,
+            task: candidate(r, 0, 1)?,
+        });
+        if first {
             firsts += 1;
             if firsts >= room {
-                return Ok(Some(candidates));
+                w.decided = true;
+                return Ok(w);
             }
         }
     }
-    Ok((read < bound).then_some(candidates))
+    w.decided = read < bound;
+    Ok(w)
 }
 
-/// Every key with pending tasks, one seek each (see the module comment): each key with room
-/// offers its best tasks.
-fn scan_keys(
+/// The parked tasks the claim may take: every key with parked tasks is listed with one seek
+/// (see `admission_key_next.sql`), and each that has room offers its best runnable ones.
+fn parked_offers(
     conn: &Connection,
     p: &ClaimParams,
     queue: &str,
     room: u32,
     per_key: u32,
     running: &HashMap<String, u32>,
-) -> Result<Vec<Candidate<i64>>> {
-    let mut candidates: Vec<Candidate<i64>> = Vec::new();
+) -> Result<Vec<Offer>> {
+    let mut offers = Vec::new();
     let mut next = conn.prepare_cached(KEY_NEXT)?;
     let mut tasks = conn.prepare_cached(KEY_TASKS)?;
     let mut after = String::new();
-    // Bounded by the number of distinct keys with pending tasks (each step moves past a key).
+    // Bounded by the number of distinct keys with parked tasks (each step moves past a key).
     while let Some((key, best)) = next
         .query_row(named_params! {":queue": queue, ":after": after}, |r| {
             Ok((r.get::<_, String>(0)?, candidate(r, 1, 1)?))
@@ -220,20 +303,23 @@ fn scan_keys(
         let n = free.min(room);
         if n == 1 && best.run_at <= p.now {
             // The key's best task is runnable and the only one it may start: read already.
-            candidates.push(best);
+            offers.push(Offer {
+                key: Some(key.clone()),
+                task: best,
+            });
         } else if n > 0 {
             let rows = tasks.query_map(
                 named_params! {":queue": queue, ":key": key, ":now": p.now, ":n": n},
                 |r| candidate(r, 0, 1),
             )?;
-            for (i, row) in rows.enumerate() {
-                candidates.push(Candidate {
-                    rank: i as u32 + 1,
-                    ..row?
+            for row in rows {
+                offers.push(Offer {
+                    key: Some(key.clone()),
+                    task: row?,
                 });
             }
         }
         after = key;
     }
-    Ok(candidates)
+    Ok(offers)
 }

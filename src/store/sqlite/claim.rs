@@ -62,13 +62,17 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
     Ok((claimed, events))
 }
 
-/// The plain claim of one queue: its best `limit` runnable tasks (task_claim.sql).
+/// The plain claim of one queue: its best `limit` runnable tasks (task_claim.sql). Tasks that a
+/// per-key claim parked go back to the claim index first: without that limit nothing else would
+/// take them (one index seek when there are none).
 pub(super) fn claim_plain(
     conn: &Connection,
     p: &ClaimParams,
     queue: &str,
     limit: u32,
 ) -> crate::store::Result<Vec<Arc<Task>>> {
+    conn.prepare_cached(super::admission::UNPARK)?
+        .execute(named_params! {":queue": queue})?;
     let mut st = conn.prepare_cached(sql::TASK_CLAIM)?;
     let cols = rows::TaskColumns::of(&st)?;
     let rows = st.query_map(

@@ -61,6 +61,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         14,
         include_str!("../../../sql/sqlite/migrations/0014_insert_bookkeeping.sql"),
     ),
+    (
+        15,
+        include_str!("../../../sql/sqlite/migrations/0015_parked.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.
