@@ -27,6 +27,13 @@ use std::time::{Duration, Instant};
 
 const DRILL_COUNTS: &str = include_str!("../sql/sqlite/queries/drill_counts.sql");
 const DRILL_NEWEST_CHANGE: &str = include_str!("../sql/sqlite/queries/drill_newest_change.sql");
+/// The schema version that added `tasks.parked` (0015_parked.sql), which the two queries above
+/// read; a file at an older version is read with the queries as they were before it.
+const PARKED_SINCE: i64 = 15;
+const DRILL_COUNTS_BEFORE_0015: &str =
+    include_str!("../sql/sqlite/queries/drill_counts_before_0015.sql");
+const DRILL_NEWEST_CHANGE_BEFORE_0015: &str =
+    include_str!("../sql/sqlite/queries/drill_newest_change_before_0015.sql");
 const DRILL_NEWEST_IDS: &str = include_str!("../sql/sqlite/queries/drill_newest_ids.sql");
 
 /// The restore timeout when none is given: at least this long...
@@ -173,8 +180,13 @@ pub fn snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
     let schema_version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let page_count: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
     let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let (counts, newest_change) = if schema_version >= PARKED_SINCE {
+        (DRILL_COUNTS, DRILL_NEWEST_CHANGE)
+    } else {
+        (DRILL_COUNTS_BEFORE_0015, DRILL_NEWEST_CHANGE_BEFORE_0015)
+    };
     let mut by = BTreeMap::new();
-    let mut st = conn.prepare(DRILL_COUNTS)?;
+    let mut st = conn.prepare(counts)?;
     for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (s, n) = row?;
         if n > 0 {
@@ -190,7 +202,7 @@ pub fn snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
                 r.get::<_, Option<i64>>(2)?,
             ))
         })?;
-    let newest_change_at: Option<i64> = conn.query_row(DRILL_NEWEST_CHANGE, [], |r| r.get(0))?;
+    let newest_change_at: Option<i64> = conn.query_row(newest_change, [], |r| r.get(0))?;
     Ok(Snapshot {
         tasks_by_status: by,
         tasks,

@@ -23,7 +23,7 @@ use crate::store::rules::{self, Candidate};
 use crate::store::{Admission, Bucket, ClaimParams, Result};
 use crate::task::Task;
 use rusqlite::{named_params, Connection, OptionalExtension, Row};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 const PAUSED: &str = include_str!("../../../sql/sqlite/queries/admission_paused.sql");
@@ -114,15 +114,13 @@ fn claim_per_key(
         }
     }
     let mut offers = parked_offers(conn, p, queue, room, per_key, &running)?;
-    let parked_keys: HashSet<String> = offers.iter().filter_map(|o| o.key.clone()).collect();
-    // A walk that reads its bound without deciding is clogged: the tasks it passed are parked
-    // and it walks again, and from then on this claim parks every task it passes. Each round
-    // that does not decide parks at least one task, so this ends after at most as many rounds
-    // as the queue has runnable tasks (in practice: a flood is parked once, a few hundred tasks
-    // a round).
+    // A walk that passes its bound of tasks without deciding is clogged: the tasks it passed
+    // are parked and it walks again, and from then on this claim parks every task it passes.
+    // Each round that does not decide parks `bound` tasks, so a flood is parked once, that many
+    // a round, and the rounds end when the queue has no more tasks to pass.
     let mut clogged = false;
     loop {
-        let w = walk(conn, p, queue, room, per_key, &running, &parked_keys)?;
+        let w = walk(conn, p, queue, room, per_key, &running)?;
         let done = w.decided || w.passed.is_empty();
         if (clogged || !done) && !w.passed.is_empty() {
             let passed = serde_json::to_string(&w.passed).unwrap_or_else(|_| "[]".into());
@@ -207,7 +205,7 @@ fn candidate(r: &Row<'_>, at: usize, rank: u32) -> rusqlite::Result<Candidate<i6
     })
 }
 
-/// Rows the walk reads at most, beyond the claim's room, before it parks what it passed.
+/// Rows the walk passes at most, beyond four times the claim's room, before it parks them.
 const WALK_SLACK: u32 = 256;
 
 /// What one walk found.
@@ -217,16 +215,19 @@ struct Walk {
     /// The rows it passed because their key had no room left (running, or taken earlier in
     /// the walk).
     passed: Vec<i64>,
-    /// Whether `offers` decides the claim (see [`walk`]).
+    /// Whether `offers` decides the claim (see [`walk`]); if not, it passed its bound of rows.
     decided: bool,
 }
 
 /// The queue's runnable unparked tasks in claim order (tasks_claim), each offered while its
 /// key has room (a task without a key always has). The walk decides the claim once it holds
-/// `room` offers that are first of their key or have none, and whose key has no parked offer:
-/// no task further on can beat them (it comes later and is at best first of its key too). It
-/// also decides once it has read every runnable task. Otherwise it read its bound first: a
-/// flood of full keys' tasks is ahead, and the claim parks the rows it passed and walks again.
+/// `room` offers that are first of their key in the walk or have none, or once it has read
+/// every runnable task. No task further on can beat those: it comes later in claim order, and
+/// is at best first of its key too. (A key's parked task that goes before the walk's first one
+/// is as good a candidate: better in claim order, and first of the key.) It stops undecided
+/// once it has passed its bound of rows whose key had no room: a flood of full keys' tasks is
+/// ahead, and the claim parks them. The offers it reads are bounded too, by `room` keys with
+/// `room` each at most.
 fn walk(
     conn: &Connection,
     p: &ClaimParams,
@@ -234,20 +235,18 @@ fn walk(
     room: u32,
     per_key: u32,
     running: &HashMap<String, u32>,
-    parked_keys: &HashSet<String>,
 ) -> Result<Walk> {
-    let bound = room.saturating_mul(4).saturating_add(WALK_SLACK);
+    let bound = room.saturating_mul(4).saturating_add(WALK_SLACK) as usize;
     let mut st = conn.prepare_cached(WALK)?;
-    let mut rows = st.query(named_params! {":queue": queue, ":now": p.now, ":n": bound})?;
+    let mut rows = st.query(named_params! {":queue": queue, ":now": p.now})?;
     let mut taken: HashMap<String, u32> = HashMap::new();
     let mut w = Walk {
         offers: Vec::new(),
         passed: Vec::new(),
         decided: false,
     };
-    let (mut read, mut firsts) = (0u32, 0u32);
+    let mut firsts = 0u32;
     while let Some(r) = rows.next()? {
-        read += 1;
         let key = r.get::<_, Option<String>>(3)?;
         let first = match &key {
             None => true,
@@ -256,10 +255,13 @@ fn walk(
                 let busy = running.get(k).copied().unwrap_or(0);
                 if busy.saturating_add(mine) >= per_key || mine >= room {
                     w.passed.push(r.get(0)?);
+                    if w.passed.len() >= bound {
+                        return Ok(w);
+                    }
                     continue;
                 }
                 taken.insert(k.clone(), mine + 1);
-                mine == 0 && !parked_keys.contains(k)
+                mine == 0
             }
         };
         w.offers.push(Offer {
@@ -274,7 +276,7 @@ fn walk(
             }
         }
     }
-    w.decided = read < bound;
+    w.decided = true;
     Ok(w)
 }
 

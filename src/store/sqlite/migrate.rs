@@ -173,6 +173,37 @@ mod tests {
         }
     }
 
+    /// The restore drill reads a file an older spool wrote (before 0015 added `tasks.parked`,
+    /// which its queries read now) and the same file migrated, a task parked, alike.
+    #[test]
+    fn the_drill_reads_a_file_from_before_parked_tasks_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("m.db")).unwrap();
+        for (v, sql) in &MIGRATIONS[..14] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {v}"))
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO tasks (id, user_id, queue, kind, status, run_at, max_attempts,
+                                timeout_ms, created_at, updated_at)
+             VALUES ('a', 'u', 'q', 'k', 'pending', 1, 1, 1000, 10, 700),
+                    ('b', 'u', 'q', 'k', 'pending', 1, 1, 1000, 10, 20);",
+        )
+        .unwrap();
+        let before = crate::drill::snapshot(&conn).unwrap();
+        assert_eq!(before.schema_version, 14);
+        assert_eq!(before.tasks_by_status.get("pending"), Some(&2));
+        assert_eq!(before.newest_change_at, Some(700));
+        migrate(&conn).unwrap();
+        conn.execute("UPDATE tasks SET parked = 1 WHERE id = 'a'", [])
+            .unwrap();
+        let after = crate::drill::snapshot(&conn).unwrap();
+        assert_eq!(after.schema_version, i64::from(LATEST_VERSION));
+        assert_eq!(after.tasks_by_status, before.tasks_by_status);
+        assert_eq!(after.newest_change_at, Some(700), "from the parked task");
+    }
+
     #[test]
     fn migrate_from_zero_then_rerun_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
