@@ -1006,6 +1006,10 @@ fn drill_snapshot_from_indexes_equals_a_scan_of_the_tables() {
     c.execute("UPDATE tasks SET parked = 1 WHERE updated_at = 8000", [])
         .unwrap();
     check(&c, 8000);
+    // A waiting task (an interactive task between turns) is counted, and its change is the
+    // newest one.
+    task(&c, "gamma", "waiting", 9000);
+    check(&c, 9000);
 
     for sql in [
         include_str!("../sql/sqlite/queries/drill_counts.sql"),

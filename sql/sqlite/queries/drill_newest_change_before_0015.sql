@@ -1,10 +1,11 @@
--- drill_newest_change.sql as it was before 0015_parked.sql, for a database at an older schema (no
--- tasks.parked): the drill reads replicas and live files an older spool wrote.
+-- drill_newest_change.sql for a database at a schema before 0015_parked.sql (no tasks.parked, so
+-- pending tasks are one set): the drill reads replicas and live files an older spool wrote.
 -- drill_newest_change: the time (ms) of the newest change to a task or a message, 0 when there is
 -- none; the restore drill's lag is the difference of this between the live database and the
 -- replica. Equal to max(tasks.updated_at, messages.created_at) without reading the table:
--- - every task is pending, running or terminal; the pending ones are read through tasks_claim and
---   the running ones through tasks_lease (cost: the backlog and the leases, not the history);
+-- - every task is pending, running, waiting or terminal; the pending ones are read through
+--   tasks_claim, the running ones through tasks_lease, the waiting ones through tasks_waiting
+--   (cost: the backlog, the leases and the waits, not the history);
 -- - a terminal task's updated_at is its completed_at (every path to a terminal status sets both
 --   to the same :now, and nothing but a retry, which makes it pending, changes it afterwards):
 --   the newest per (status, queue) is one seek at the end of tasks_finished, and the queues are
@@ -25,6 +26,7 @@ WITH RECURSIVE terminal(status, queue) AS (
 )
 SELECT max(coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'pending'), 0),
            coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'running'), 0),
+           coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'waiting'), 0),
            coalesce((SELECT max((SELECT max(t.completed_at) FROM tasks AS t
                                  WHERE t.status = g.status AND t.queue = g.queue
                                    AND t.completed_at IS NOT NULL))
