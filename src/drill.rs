@@ -27,13 +27,12 @@ use std::time::{Duration, Instant};
 
 const DRILL_COUNTS: &str = include_str!("../sql/sqlite/queries/drill_counts.sql");
 const DRILL_NEWEST_CHANGE: &str = include_str!("../sql/sqlite/queries/drill_newest_change.sql");
-/// The schema version that added `tasks.parked` (0015_parked.sql), which the two queries above
-/// read; a file at an older version is read with the queries as they were before it.
+const DRILL_PENDING: &str = include_str!("../sql/sqlite/queries/drill_pending.sql");
+/// The schema version that added `tasks.parked` (0015_parked.sql), which `DRILL_PENDING` reads;
+/// a file at an older version is read with `DRILL_PENDING_BEFORE_0015`.
 const PARKED_SINCE: i64 = 15;
-const DRILL_COUNTS_BEFORE_0015: &str =
-    include_str!("../sql/sqlite/queries/drill_counts_before_0015.sql");
-const DRILL_NEWEST_CHANGE_BEFORE_0015: &str =
-    include_str!("../sql/sqlite/queries/drill_newest_change_before_0015.sql");
+const DRILL_PENDING_BEFORE_0015: &str =
+    include_str!("../sql/sqlite/queries/drill_pending_before_0015.sql");
 const DRILL_NEWEST_IDS: &str = include_str!("../sql/sqlite/queries/drill_newest_ids.sql");
 
 /// The restore timeout when none is given: at least this long...
@@ -180,13 +179,18 @@ pub fn snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
     let schema_version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let page_count: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
     let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-    let (counts, newest_change) = if schema_version >= PARKED_SINCE {
-        (DRILL_COUNTS, DRILL_NEWEST_CHANGE)
+    let pending_sql = if schema_version >= PARKED_SINCE {
+        DRILL_PENDING
     } else {
-        (DRILL_COUNTS_BEFORE_0015, DRILL_NEWEST_CHANGE_BEFORE_0015)
+        DRILL_PENDING_BEFORE_0015
     };
+    let (pending, pending_newest): (i64, i64) =
+        conn.query_row(pending_sql, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut by = BTreeMap::new();
-    let mut st = conn.prepare(counts)?;
+    if pending > 0 {
+        by.insert("pending".to_string(), pending);
+    }
+    let mut st = conn.prepare(DRILL_COUNTS)?;
     for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (s, n) = row?;
         if n > 0 {
@@ -202,14 +206,16 @@ pub fn snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
                 r.get::<_, Option<i64>>(2)?,
             ))
         })?;
-    let newest_change_at: Option<i64> = conn.query_row(newest_change, [], |r| r.get(0))?;
+    let newest_change_at: Option<i64> = conn.query_row(DRILL_NEWEST_CHANGE, [], |r| r.get(0))?;
     Ok(Snapshot {
         tasks_by_status: by,
         tasks,
         messages,
         newest_task_id,
         newest_message_id,
-        newest_change_at: newest_change_at.filter(|t| *t > 0),
+        newest_change_at: newest_change_at
+            .max(Some(pending_newest))
+            .filter(|t| *t > 0),
         schema_version,
         bytes: (page_count.max(0) as u64).saturating_mul(page_size.max(0) as u64),
     })

@@ -1012,6 +1012,7 @@ fn drill_snapshot_from_indexes_equals_a_scan_of_the_tables() {
     check(&c, 9000);
 
     for sql in [
+        include_str!("../sql/sqlite/queries/drill_pending.sql"),
         include_str!("../sql/sqlite/queries/drill_counts.sql"),
         include_str!("../sql/sqlite/queries/drill_newest_change.sql"),
         include_str!("../sql/sqlite/queries/drill_newest_ids.sql"),

@@ -335,3 +335,44 @@ async fn a_per_key_claim_parks_tasks_only_when_its_walk_is_clogged() {
         "a claim without the limit returns them"
     );
 }
+
+/// A claim parks a bounded number of a flood's tasks (16 walks of 4 × its room + 256), so it
+/// holds the writer for a bounded time however large the flood; the claims after it park on,
+/// and the other key's task is claimed once the flood is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_parks_a_bounded_part_of_a_large_flood_and_the_next_claims_park_on() {
+    use conformance::{claim_adm, with_key, PER_KEY_1, T0};
+    let f = SqliteBackend.fresh(Default::default()).await;
+    let s = f.store.as_ref();
+    let mut flood: Vec<_> = (0..10_000).map(|i| with_key(Some("z"), T0 + i)).collect();
+    flood.push(with_key(Some("y"), T0 + 20_000));
+    for chunk in flood.chunks(500) {
+        s.task_insert(chunk.to_vec(), T0).await.unwrap();
+    }
+    let parked = || -> i64 {
+        rusqlite::Connection::open(&f.db.path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM tasks WHERE parked = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let first = claim_adm(s, "w", 1, PER_KEY_1, T0 + 30_000).await;
+    assert_eq!(first[0].concurrency_key.as_deref(), Some("z"));
+    assert!(claim_adm(s, "w", 1, PER_KEY_1, T0 + 30_001)
+        .await
+        .is_empty());
+    assert_eq!(parked(), 16 * 260, "one claim parks 16 walks' worth");
+    let mut claims = 2;
+    let y = loop {
+        claims += 1;
+        let got = claim_adm(s, "w", 1, PER_KEY_1, T0 + 30_000 + claims).await;
+        if let Some(t) = got.first() {
+            break t.clone();
+        }
+        assert!(claims < 10, "y is still hidden after {claims} claims");
+    };
+    assert_eq!(y.concurrency_key.as_deref(), Some("y"));
+    assert_eq!(claims, 4, "the flood is parked by three claims");
+    assert_eq!(parked(), 9_999);
+}

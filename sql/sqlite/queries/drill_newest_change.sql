@@ -1,9 +1,10 @@
 -- drill_newest_change: the time (ms) of the newest change to a task or a message, 0 when there is
 -- none; the restore drill's lag is the difference of this between the live database and the
--- replica. Equal to max(tasks.updated_at, messages.created_at) without reading the table:
--- - every task is pending, running, waiting or terminal; the pending ones are read through
---   tasks_claim and tasks_key_parked, the running ones through tasks_lease, the waiting ones
---   through tasks_waiting (cost: the backlog, the leases and the waits, not the history);
+-- replica. With drill_pending.sql's, equal to max(tasks.updated_at, messages.created_at)
+-- without reading the table:
+-- - every task is pending, running, waiting or terminal; the pending ones are drill_pending.sql,
+--   the running ones are read through tasks_lease, the waiting ones through tasks_waiting
+--   (cost: the leases and the waits, not the history);
 -- - a terminal task's updated_at is its completed_at (every path to a terminal status sets both
 --   to the same :now, and nothing but a retry, which makes it pending, changes it afterwards):
 --   the newest per (status, queue) is one seek at the end of tasks_finished, and the queues are
@@ -22,9 +23,7 @@ WITH RECURSIVE terminal(status, queue) AS (
     FROM terminal AS g
     WHERE g.queue IS NOT NULL
 )
-SELECT max(coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'pending' AND parked IS NULL), 0),
-           coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'pending' AND parked = 1), 0),
-           coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'running'), 0),
+SELECT max(coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'running'), 0),
            coalesce((SELECT max(updated_at) FROM tasks WHERE status = 'waiting'), 0),
            coalesce((SELECT max((SELECT max(t.completed_at) FROM tasks AS t
                                  WHERE t.status = g.status AND t.queue = g.queue

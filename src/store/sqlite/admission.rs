@@ -117,15 +117,16 @@ fn claim_per_key(
     // A walk that passes its bound of tasks without deciding is clogged: the tasks it passed
     // are parked and it walks again, and from then on this claim parks every task it passes.
     // Each round that does not decide parks `bound` tasks, so a flood is parked once, that many
-    // a round, and the rounds end when the queue has no more tasks to pass.
+    // a round. A claim walks at most PARK_ROUNDS times, so it holds the writer for a bounded
+    // time whatever the flood: the last walk's offers are then taken as they are (within every
+    // key's limit), and the next claim parks on.
     let mut clogged = false;
-    loop {
+    for round in 1.. {
         let w = walk(conn, p, queue, room, per_key, &running)?;
-        let done = w.decided || w.passed.is_empty();
+        let done = w.decided || w.passed.is_empty() || round >= PARK_ROUNDS;
         if (clogged || !done) && !w.passed.is_empty() {
-            let passed = serde_json::to_string(&w.passed).unwrap_or_else(|_| "[]".into());
             conn.prepare_cached(PARK)?
-                .execute(named_params! {":rowids": passed})?;
+                .execute(named_params! {":rowids": json_ids(&w.passed)})?;
         }
         if done {
             offers.extend(w.offers);
@@ -137,7 +138,7 @@ fn claim_per_key(
     if rowids.is_empty() {
         return Ok(Vec::new());
     }
-    let rowids = serde_json::to_string(&rowids).unwrap_or_else(|_| "[]".into());
+    let rowids = json_ids(&rowids);
     let mut claim = conn.prepare_cached(CLAIM_ROWS)?;
     let cols = TaskColumns::of(&claim)?;
     let rows = claim.query_map(
@@ -176,7 +177,7 @@ fn rank_offers(
     });
     let mut out = Vec::with_capacity(offers.len());
     let mut prev: Option<String> = None;
-    let mut rank = 0u32;
+    let (mut rank, mut most) = (0u32, 0u32);
     for o in offers {
         let Some(key) = o.key else {
             out.push(Candidate { rank: 1, ..o.task });
@@ -184,15 +185,23 @@ fn rank_offers(
         };
         if prev.as_ref() != Some(&key) {
             rank = 0;
+            most = per_key
+                .saturating_sub(running.get(&key).copied().unwrap_or(0))
+                .min(room);
+            prev = Some(key);
         }
-        let free = per_key.saturating_sub(running.get(&key).copied().unwrap_or(0));
-        if rank < free.min(room) {
+        if rank < most {
             rank += 1;
             out.push(Candidate { rank, ..o.task });
         }
-        prev = Some(key);
     }
     out
+}
+
+/// `ids` as a JSON array, for the statements that take a set of rows through `json_each`.
+fn json_ids(ids: &[i64]) -> String {
+    let items: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("[{}]", items.join(","))
 }
 
 /// A candidate from a row whose columns `at..at+3` are rowid, priority and run_at.
@@ -207,6 +216,10 @@ fn candidate(r: &Row<'_>, at: usize, rank: u32) -> rusqlite::Result<Candidate<i6
 
 /// Rows the walk passes at most, beyond four times the claim's room, before it parks them.
 const WALK_SLACK: u32 = 256;
+
+/// Walks one claim takes at most (see `claim_per_key`): with a room of 32, up to 6,144 tasks
+/// parked per claim.
+const PARK_ROUNDS: u32 = 16;
 
 /// What one walk found.
 struct Walk {
