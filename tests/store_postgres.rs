@@ -338,6 +338,46 @@ async fn usage_of_ended_sessions_is_folded_in_whole() {
     }
 }
 
+/// The upsert every usage trigger makes (once per enqueue transaction, once per finished task)
+/// is PL/pgSQL, whose plan the session keeps: as LANGUAGE sql it was parsed and planned again
+/// at every call (migration 0006). The usage it keeps is still exact.
+#[tokio::test]
+async fn the_usage_upsert_keeps_its_plan_and_its_sums() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let c = server.client(&url).await;
+    let lang: String = c
+        .query_one(
+            "SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang \
+             WHERE p.proname = 'spool_usage_add'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lang, "plpgsql");
+    store
+        .task_insert(
+            (0..3)
+                .map(|_| conformance::task("default", 3, 0, T0))
+                .collect(),
+            T0,
+        )
+        .await
+        .unwrap();
+    let unfinished: i64 = c
+        .query_one(
+            "SELECT ((SELECT coalesce(sum(unfinished), 0) FROM user_usage) \
+                  + (SELECT coalesce(sum(unfinished), 0) FROM user_usage_shards))::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unfinished, 3);
+}
+
 /// Several processes starting at once on a new database apply each migration once; a database
 /// of a newer spool is refused and left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,22 @@
 //! 64 clients enqueueing one task each cost a handful of commits, not 64.
 //!
 //! One batcher task per store takes the requests in arrival order. It writes whatever waited
-//! while the previous transaction committed (never waiting for more when nothing else is
-//! queued, so a lone enqueue is not delayed), up to [`MAX_TASKS`] tasks, through the same
+//! while the previous transaction committed, up to [`MAX_TASKS`] tasks, through the same
 //! [`insert_committed`] a single request uses: rows keep their order, a repeated idempotency key
 //! sees its twin, and the quota check of the batch's rows per user passes only if each
 //! request's own check would have passed in turn. When the batch as a whole is refused for a
 //! reason that belongs to one request (a quota, an idempotency key used with another body), it
 //! is rolled back and each request is written alone, in order, with its own answer: exactly
 //! what the requests would have got one by one.
+//!
+//! Clients that each wait for their answer before sending again (a phone's app, a script's
+//! loop) come back together once a commit answers them. Without a pause, the next commit
+//! would start with only the requests that arrived while the last one ran, and those clients
+//! would split into two halves that take turns, each half paying for a commit of its own. So
+//! a commit waits for the requests it can expect: as many as the last commit answered plus
+//! those already waiting when it finished, for at most half the last commit's time and never
+//! more than [`MAX_GATHER`]. A lone client (the last commit answered one request, none
+//! waited) is never delayed.
 
 use super::{insert_committed, pool_err, Conn, Limits, Result, StoreError};
 use crate::clock::UnixMillis;
@@ -19,7 +27,9 @@ use crate::store::Inserted;
 use crate::task::NewTask;
 use deadpool_postgres::Pool;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Requests of at most this many tasks go through the batcher; larger ones are one
 /// transaction of their own already.
@@ -30,6 +40,9 @@ const MAX_TASKS: usize = 1000;
 
 /// Requests waiting for the batcher, at most.
 const QUEUE: usize = 4096;
+
+/// The longest a group commit waits for the clients the last one answered.
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// One request: its tasks (with their payloads as JSON text), its time, and where its answer
 /// goes.
@@ -93,6 +106,10 @@ impl Batcher {
 
 /// The batcher task: one group commit after another until the store is gone.
 async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, hub: Arc<EventHub>, limits: Limits) {
+    // The requests the last commit answered plus those waiting when it finished, and how long
+    // it took: the next commit waits for that many requests, for at most half that time.
+    let mut expected = 0usize;
+    let mut last = Duration::ZERO;
     while let Some(first) = rx.recv().await {
         let mut size = first.tasks.len();
         let mut jobs = vec![first];
@@ -111,9 +128,34 @@ async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, hub: Arc<EventHub>, limits
                 Err(_) => break,
             }
         }
+        if let Some(wait) = gather_time(jobs.len(), expected, last) {
+            let until = Instant::now() + wait;
+            while jobs.len() < expected && size < MAX_TASKS {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(j)) => {
+                        size += j.tasks.len();
+                        jobs.push(j);
+                    }
+                    // The time is up, or the store is gone (the loop above then ends).
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
         metrics::histogram!("spool_enqueue_group_commit_requests").record(jobs.len() as f64);
+        let answered = jobs.len();
+        let started = Instant::now();
         write(&pool, &hub, &limits, jobs).await;
+        last = started.elapsed();
+        expected = answered + rx.len();
     }
+}
+
+/// How long a commit that holds `have` requests waits for more, when the last commit took
+/// `last` and `expected` requests were about when it ended: none when it holds them all
+/// already (so a lone client's request goes at once), else half of `last`, at most
+/// [`MAX_GATHER`].
+fn gather_time(have: usize, expected: usize, last: Duration) -> Option<Duration> {
+    (have < expected).then(|| (last / 2).min(MAX_GATHER))
 }
 
 /// Writes `jobs` in one transaction, or each alone when one of them refuses the batch.
@@ -186,5 +228,32 @@ async fn alone(
 fn publish(hub: &Arc<EventHub>, out: &[Inserted]) {
     for i in out.iter().filter(|i| i.created) {
         hub.publish(Event::Task(i.task.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_clients_request_goes_at_once() {
+        // The last commit answered one request and nothing waited: expected = 1.
+        assert_eq!(gather_time(1, 1, Duration::from_millis(8)), None);
+        assert_eq!(gather_time(1, 0, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_commit_waits_for_the_clients_the_last_one_answered_for_half_its_time() {
+        assert_eq!(
+            gather_time(29, 64, Duration::from_millis(3)),
+            Some(Duration::from_micros(1500))
+        );
+        // Never more than MAX_GATHER, however slow the last commit was.
+        assert_eq!(
+            gather_time(29, 64, Duration::from_millis(40)),
+            Some(MAX_GATHER)
+        );
+        // All of them are back: no wait.
+        assert_eq!(gather_time(64, 64, Duration::from_millis(3)), None);
     }
 }

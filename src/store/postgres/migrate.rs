@@ -27,6 +27,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         5,
         include_str!("../../../sql/postgres/migrations/0005_change_log_unlocked.sql"),
     ),
+    (
+        6,
+        include_str!("../../../sql/postgres/migrations/0006_usage_add_plpgsql.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema version this build of spool writes.
