@@ -283,7 +283,7 @@ async fn a_message_whose_wake_fails_in_a_group_commit_is_not_written_half() {
 /// returns them all to the claim index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_key_claim_parks_tasks_only_when_its_walk_is_clogged() {
-    use conformance::{claim_adm, complete, with_key, PER_KEY_1, T0};
+    use conformance::{claim_adm, complete, enqueue_flood, with_key, PER_KEY_1, T0};
     use spool::store::Admission;
     let parked = |path: &Path| -> i64 {
         rusqlite::Connection::open(path)
@@ -308,9 +308,7 @@ async fn a_per_key_claim_parks_tasks_only_when_its_walk_is_clogged() {
     // A flood of one key ahead of another key's task, longer than the walk.
     let f = SqliteBackend.fresh(Default::default()).await;
     let s = f.store.as_ref();
-    let mut flood: Vec<_> = (0..1000).map(|i| with_key(Some("z"), T0 + i)).collect();
-    flood.push(with_key(Some("y"), T0 + 5000));
-    s.task_insert(flood, T0).await.unwrap();
+    enqueue_flood(s, "z", 1000, "y", T0 + 5000).await;
     let first = claim_adm(s, "w", 2, PER_KEY_1, T0 + 6000).await;
     assert_eq!(first.len(), 2);
     assert_eq!(
@@ -341,14 +339,10 @@ async fn a_per_key_claim_parks_tasks_only_when_its_walk_is_clogged() {
 /// and the other key's task is claimed once the flood is parked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_parks_a_bounded_part_of_a_large_flood_and_the_next_claims_park_on() {
-    use conformance::{claim_adm, with_key, PER_KEY_1, T0};
+    use conformance::{claim_adm, enqueue_flood, PER_KEY_1, T0};
     let f = SqliteBackend.fresh(Default::default()).await;
     let s = f.store.as_ref();
-    let mut flood: Vec<_> = (0..10_000).map(|i| with_key(Some("z"), T0 + i)).collect();
-    flood.push(with_key(Some("y"), T0 + 20_000));
-    for chunk in flood.chunks(500) {
-        s.task_insert(chunk.to_vec(), T0).await.unwrap();
-    }
+    enqueue_flood(s, "z", 10_000, "y", T0 + 20_000).await;
     let parked = || -> i64 {
         rusqlite::Connection::open(&f.db.path)
             .unwrap()

@@ -14,6 +14,18 @@ pub fn with_key(key: Option<&str>, run_at: i64) -> NewTask {
     }
 }
 
+/// Enqueues a flood: `n` tasks of key `key` (run_at T0, T0 + 1, …) in requests of 500, then
+/// one task of key `other` at `other_at`.
+pub async fn enqueue_flood(s: &dyn Store, key: &str, n: i64, other: &str, other_at: i64) {
+    let flood: Vec<NewTask> = (0..n).map(|i| with_key(Some(key), T0 + i)).collect();
+    for chunk in flood.chunks(500) {
+        s.task_insert(chunk.to_vec(), T0).await.unwrap();
+    }
+    s.task_insert(vec![with_key(Some(other), other_at)], T0)
+        .await
+        .unwrap();
+}
+
 pub async fn claim_adm(s: &dyn Store, owner: &str, n: u32, adm: Admission, now: i64) -> Vec<Task> {
     s.task_claim(ClaimParams {
         owner: owner.into(),
@@ -380,11 +392,7 @@ pub async fn a_flood_of_a_full_key_longer_than_a_short_look_does_not_hide_anothe
 ) {
     let f = b.fresh(Default::default()).await;
     let s = f.store.as_ref();
-    let mut flood: Vec<NewTask> = (0..2000).map(|i| with_key(Some("a"), T0 + i)).collect();
-    flood.push(with_key(Some("b"), T0 + 5000));
-    for chunk in flood.chunks(500) {
-        s.task_insert(chunk.to_vec(), T0).await.unwrap();
-    }
+    enqueue_flood(s, "a", 2000, "b", T0 + 5000).await;
     let first = claim_adm(s, "w", 1, PER_KEY_1, T0 + 6000).await;
     assert_eq!(keys(&first), vec![Some("a".into())]);
     let next = claim_adm(s, "w", 1, PER_KEY_1, T0 + 6001).await;
@@ -407,13 +415,7 @@ pub async fn a_floods_waiting_tasks_stay_pending_and_in_order_with_or_without_th
 ) {
     let f = b.fresh(Default::default()).await;
     let s = f.store.as_ref();
-    let flood: Vec<NewTask> = (0..1000).map(|i| with_key(Some("a"), T0 + i)).collect();
-    for chunk in flood.chunks(500) {
-        s.task_insert(chunk.to_vec(), T0).await.unwrap();
-    }
-    s.task_insert(vec![with_key(Some("b"), T0 + 5000)], T0)
-        .await
-        .unwrap();
+    enqueue_flood(s, "a", 1000, "b", T0 + 5000).await;
     let first = claim_adm(s, "w", 2, PER_KEY_1, T0 + 6000).await;
     assert_eq!(keys(&first), vec![Some("a".into()), Some("b".into())]);
     let a = first
