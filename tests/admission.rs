@@ -4,7 +4,7 @@
 //! 20 ms. (The same rules on PostgreSQL: the conformance suite, tests/conformance/admission.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -4,7 +4,7 @@
 //! mid-loop stops it. The same run inside a container kind is in tests/containers.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! The restarted server knows the stream token (it is a row in the database, not in memory).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::StatusCode;

@@ -2,7 +2,7 @@
 //! written. And the commands that work: enqueue, inspect, migrate, token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

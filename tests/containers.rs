@@ -1,12 +1,12 @@
 //! Container kinds against a real engine: Podman's Docker-compatible service, one throw-away
-//! instance per run of this test binary (its own root, run root and temporary directory, the
+//! instance per test run (its own root, run root and temporary directory, the
 //! vfs storage driver, runc), and an image made without a registry from Debian's static
 //! busybox. Each test runs the real `spool` binary over HTTP on 127.0.0.1.
 //!
 //! A missing engine fails these tests (tests/run.sh installs podman, runc and busybox-static).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{client, eventually, serve, spawn, write_config, Server};
 use serde_json::{json, Value};
@@ -19,7 +19,7 @@ use std::time::Duration;
 /// The test image: a root file system of Debian's static busybox.
 const IMAGE: &str = "localhost/spool-test-busybox:latest";
 
-/// The throw-away engine of this test binary.
+/// The throw-away engine of this test run.
 struct Engine {
     /// Its state: `root/`, `tmp/`, `r/` (the run root, with the socket), `containers.conf`.
     dir: PathBuf,
@@ -74,7 +74,7 @@ impl Engine {
     }
 }
 
-/// Starts the engine once for this test binary. A shell that holds the read end of a pipe whose
+/// Starts the engine once per test run. A shell that holds the read end of a pipe whose
 /// write end only this process holds stops it by PID when this process exits (however it exits),
 /// then removes whatever containers are left and the engine's directory.
 fn engine() -> &'static Engine {

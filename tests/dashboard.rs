@@ -6,7 +6,7 @@
 //! test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

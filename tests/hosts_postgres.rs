@@ -15,8 +15,8 @@
 //! fails, not skips, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod pg;
+use crate::common;
+use crate::pg;
 
 use common::{client, eventually, serve, spawn, spool_bin, write_config, Proc, Server};
 use reqwest::StatusCode;

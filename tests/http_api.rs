@@ -3,7 +3,7 @@
 //! tasks are added, a foreign write lock, and a full disk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{client, eventually, open_db, serve, write_config, Server};
 use reqwest::{Client, Method, StatusCode};

@@ -4,8 +4,8 @@
 //! database cannot be reached.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod pg;
+use crate::common;
+use crate::pg;
 
 use common::sse::{Stream, EVENT_LIMIT};
 use common::{client, eventually, serve, spawn, write_config, Server};

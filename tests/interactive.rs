@@ -5,7 +5,7 @@
 //! inbox and save checkpoints; stream tokens let a browser read one task.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::sse::Stream;
 use common::{client, eventually, serve, spawn, write_config, Server};

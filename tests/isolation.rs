@@ -3,7 +3,7 @@
 //! and the kind's limits are ceilings. Real `spool serve` processes, real children, real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{eventually, serve, write_config};
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! dashboard's security headers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::StatusCode;

@@ -4,7 +4,7 @@
 //! `tests/run.sh` installs; a missing tool fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

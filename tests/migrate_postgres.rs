@@ -6,8 +6,8 @@
 //! the operator views answer in `psql`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod pg;
+use crate::common;
+use crate::pg;
 
 use common::sse::{Ev, Stream, EVENT_LIMIT};
 use common::{client, eventually, serve, spawn, spool_bin, write_config, Server};

@@ -2,7 +2,7 @@
 //! lease. Nothing acknowledged is lost; no task runs concurrently twice; late finishes are fenced.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use nix::sys::signal::Signal;

@@ -3,7 +3,7 @@
 //! one `truncated` message and the task goes on. Real `spool serve`, real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{open_db, serve, write_config};
 use serde_json::{json, Value};

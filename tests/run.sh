@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of spool. Installs what the tests need into the project's own ignored folder
-# (.tools/), builds the release binary once, and runs all test binaries against it.
+# (.tools/), builds the release binary once, and runs every test against it (one integration test binary, tests/integration.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

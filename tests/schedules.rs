@@ -7,7 +7,7 @@
 //! Firing times across DST changes are unit tests of `spool::schedule` (src/schedule.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -4,7 +4,7 @@
 //! have a documented status, a documented content type and a body that fits its schema.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::PathBuf;

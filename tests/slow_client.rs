@@ -3,7 +3,7 @@
 //! `http.stall_timeout_ms`, and the client can resume with Last-Event-ID.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

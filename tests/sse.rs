@@ -3,7 +3,7 @@
 //! all-tasks stream showing only the caller's tasks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::sse::{Ev, Stream};
 use common::{client, serve, write_config, Server};

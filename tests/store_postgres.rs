@@ -4,8 +4,8 @@
 //! second process opens it: its own pool and hub); plus what only PostgreSQL has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod conformance;
-mod pg;
+use crate::conformance;
+use crate::pg;
 
 use conformance::{Backend, Fresh, T0};
 use serde_json::json;

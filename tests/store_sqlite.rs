@@ -3,7 +3,7 @@
 //! process opens it: its own writer connection, readers and hub), plus what only SQLite has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod conformance;
+use crate::conformance;
 
 use conformance::{Backend, Fresh};
 use spool::store::{Limits, SqliteStore, Store, StoreOptions, LATEST_VERSION};

@@ -4,7 +4,7 @@
 //! answers 0 and NULL there without an error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use rusqlite::Connection;

@@ -5,7 +5,7 @@
 //! to one `#[tokio::test]` per behaviour, named for it:
 //!
 //! ```ignore
-//! mod conformance;
+//! use crate::conformance;
 //! struct MyBackend;
 //! #[async_trait::async_trait]
 //! impl conformance::Backend for MyBackend { /* ... */ }

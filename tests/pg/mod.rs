@@ -1,4 +1,4 @@
-//! A real PostgreSQL 15 for the tests, started once per test binary: `initdb` from
+//! A real PostgreSQL 15 for the tests, started once per test run: `initdb` from
 //! `/usr/lib/postgresql/15/bin` into a temporary directory owned by the `postgres` user (the
 //! server refuses to run as root), on a free loopback port, its socket inside that directory,
 //! with `fsync` and `synchronous_commit` on. A watchdog shell started with it stops the server
@@ -31,7 +31,7 @@ pub struct PgServer {
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 static NEXT_DB: AtomicU64 = AtomicU64::new(1);
 
-/// The server of this test binary, started on first use.
+/// The server of this test run, started on first use.
 pub fn server() -> &'static PgServer {
     match SERVER.get_or_init(start) {
         Ok(s) => s,
