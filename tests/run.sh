@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of spool. Installs what the tests need into the project's own ignored folder
-# (.tools/), builds the release binary once, and runs every test against it (one integration test binary, tests/integration.rs).
+# (.tools/), builds the release binary once, and runs every test against it: the unit tests and
+# one integration test binary (tests/integration.rs, each file of tests/ a module of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -111,36 +111,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, hub: Arc<EventHub>, limits
     let mut expected = 0usize;
     let mut last = Duration::ZERO;
     while let Some(first) = rx.recv().await {
-        let mut size = first.tasks.len();
-        let mut jobs = vec![first];
-        let mut yielded = false;
-        while size < MAX_TASKS {
-            match rx.try_recv() {
-                Ok(j) => {
-                    size += j.tasks.len();
-                    jobs.push(j);
-                }
-                // Requests whose handlers are running right now get one chance to join.
-                Err(mpsc::error::TryRecvError::Empty) if !yielded => {
-                    yielded = true;
-                    tokio::task::yield_now().await;
-                }
-                Err(_) => break,
-            }
-        }
-        if let Some(wait) = gather_time(jobs.len(), expected, last) {
-            let until = Instant::now() + wait;
-            while jobs.len() < expected && size < MAX_TASKS {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(j)) => {
-                        size += j.tasks.len();
-                        jobs.push(j);
-                    }
-                    // The time is up, or the store is gone (the loop above then ends).
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
+        let jobs = gather(&mut rx, first, expected, last).await;
         metrics::histogram!("spool_enqueue_group_commit_requests").record(jobs.len() as f64);
         let answered = jobs.len();
         let started = Instant::now();
@@ -148,6 +119,46 @@ async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, hub: Arc<EventHub>, limits
         last = started.elapsed();
         expected = answered + rx.len();
     }
+}
+
+/// The requests of one group commit, at most [`MAX_TASKS`] tasks: `first` and what else is
+/// queued (after one yield, so requests whose handlers are running right now can join); then,
+/// while it holds fewer than `expected`, what arrives within [`gather_time`].
+async fn gather(
+    rx: &mut mpsc::Receiver<Job>,
+    first: Job,
+    expected: usize,
+    last: Duration,
+) -> Vec<Job> {
+    let mut size = first.tasks.len();
+    let mut jobs = vec![first];
+    let mut yielded = false;
+    let mut until = None;
+    while size < MAX_TASKS {
+        let next = match rx.try_recv() {
+            Ok(j) => j,
+            Err(mpsc::error::TryRecvError::Empty) if !yielded => {
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let Some(wait) = gather_time(jobs.len(), expected, last) else {
+                    break;
+                };
+                let until = *until.get_or_insert_with(|| Instant::now() + wait);
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(j)) => j,
+                    // The time is up, or the store is gone (the batcher then ends).
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        size += next.tasks.len();
+        jobs.push(next);
+    }
+    jobs
 }
 
 /// How long a commit that holds `have` requests waits for more, when the last commit took
