@@ -507,6 +507,52 @@ async fn writers(c: &tokio_postgres::Client, ids: &[uuid::Uuid]) -> i64 {
     .get(0)
 }
 
+/// One client's enqueues, one after another, commit on one backend, the one used last, even
+/// when the pool holds many idle connections: the pool hands out the connection that came back
+/// last (LIFO), so the batcher keeps one warm session instead of going round cold ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_enqueues_reuse_the_connection_used_last() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let db = server.client(&url).await;
+    // Eight reads at once: the pool opens a connection for each.
+    let mut hs = Vec::new();
+    for _ in 0..8 {
+        let s = store.clone();
+        hs.push(tokio::spawn(async move {
+            s.task_get(spool::task::TaskId(uuid::Uuid::now_v7()), None)
+                .await
+        }));
+    }
+    for h in hs {
+        assert!(matches!(h.await.unwrap(), Err(StoreError::NotFound(_))));
+    }
+    let dbname = url.rsplit('/').next().unwrap().to_string();
+    let sessions: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+            &[&dbname],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(sessions >= 4, "the pool holds {sessions} sessions");
+    for i in 0..20 {
+        store
+            .task_insert(vec![conformance::task("default", 3, 0, T0 + i)], T0 + i)
+            .await
+            .unwrap();
+    }
+    // Each enqueue adds to the usage shard of the session that wrote it.
+    let backends: i64 = db
+        .query_one("SELECT count(DISTINCT backend) FROM user_usage_shards", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(backends, 1, "20 enqueues in turn took {backends} sessions");
+}
+
 /// 64 single enqueues at once go in a few transactions, each task with its own request's time;
 /// 64 outcomes at once likewise, each fenced on its own (a stale one among them is refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
