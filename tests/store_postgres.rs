@@ -528,15 +528,11 @@ async fn sequential_enqueues_reuse_the_connection_used_last() {
     for h in hs {
         assert!(matches!(h.await.unwrap(), Err(StoreError::NotFound(_))));
     }
-    let dbname = url.rsplit('/').next().unwrap().to_string();
-    let sessions: i64 = db
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-            &[&dbname],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sessions = count(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+    )
+    .await;
     assert!(sessions >= 4, "the pool holds {sessions} sessions");
     for i in 0..20 {
         store
@@ -545,11 +541,7 @@ async fn sequential_enqueues_reuse_the_connection_used_last() {
             .unwrap();
     }
     // Each enqueue adds to the usage shard of the session that wrote it.
-    let backends: i64 = db
-        .query_one("SELECT count(DISTINCT backend) FROM user_usage_shards", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let backends = count(&db, "SELECT count(DISTINCT backend) FROM user_usage_shards").await;
     assert_eq!(backends, 1, "20 enqueues in turn took {backends} sessions");
 }
 
