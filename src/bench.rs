@@ -169,6 +169,57 @@ fn rss_kib(pid: u32, field: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The whole machine's CPU time so far, in clock ticks, from Linux's `/proc/stat`: all of it,
+/// and the part a hypervisor gave to other guests while this one had work ("steal"). A figure
+/// measured while a third of the CPU was stolen measured a shared machine more than spool, so
+/// the bench reports the stolen share beside the figures it can skew.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuTimes {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// From `/proc/stat`'s `cpu` line: user, nice, system, idle, iowait, irq, softirq, steal
+    /// (the guest times after them are already counted in user and nice).
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse::<u64>().ok())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            total: ticks.iter().sum(),
+            steal: *ticks.get(7)?,
+        })
+    }
+
+    /// The stolen share of the CPU time from `self` to `later`, in percent.
+    fn stolen_until(self, later: Self) -> Option<f64> {
+        let total = later.total.checked_sub(self.total)?;
+        let steal = later.steal.checked_sub(self.steal)?;
+        (total > 0).then(|| 100.0 * steal as f64 / total as f64)
+    }
+}
+
+/// The figure `name`: the share of the CPU stolen since `from` (none where `/proc/stat` is not).
+fn stolen_since(from: Option<CpuTimes>, name: &str) -> Option<Figure> {
+    let pct = from?.stolen_until(CpuTimes::now()?)?;
+    Some(fig(name, pct, "% of CPU", None, ""))
+}
+
+/// The name of the stolen-CPU figure of a phase, printed under the phase's figure.
+const STOLEN_MEANWHILE: &str = "  CPU stolen by the hypervisor meanwhile";
+
+/// The name of the stolen-CPU figure of the whole run.
+const STOLEN_IN_RUN: &str = "CPU stolen by the hypervisor during the run";
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -439,6 +490,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     if let Some(url) = opts.database.clone() {
         return postgres::run(opts, url).await;
     }
+    let run_cpu = CpuTimes::now();
     let mut figures = Vec::new();
     let server = match &opts.url {
         Some(_) => None,
@@ -506,7 +558,9 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     );
     let body = br#"{"kind": "spool.noop", "queue": "bench-enqueue", "payload": {"n": 1}}"#;
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
+    let cpu = CpuTimes::now();
     let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
+    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
     let single = opts.n as f64 / secs;
     pb.finish_and_clear();
     let mean_batch = (api.metric("spool_writer_batch_size_sum").await - batch_sum0)
@@ -518,6 +572,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         Some(single / floor1),
         "≥ 20,000/s and ≥ 2.5× floor",
     ));
+    figures.extend(stolen);
     figures.push(fig(
         "  writer mean batch under that load",
         mean_batch,
@@ -762,6 +817,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             ));
         }
     }
+    figures.extend(stolen_since(run_cpu, STOLEN_IN_RUN));
 
     let machine = json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -1129,4 +1185,44 @@ pub fn table(r: &BenchReport) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    // /proc/stat's first lines on a guest: user nice system idle iowait irq softirq steal guest
+    // guest_nice.
+    const BEFORE: &str =
+        "cpu  1000 10 500 8000 100 0 40 350 0 0\ncpu0 500 5 250 4000 50 0 20 175 0 0\n";
+    const AFTER: &str =
+        "cpu  1600 10 800 8600 100 0 90 800 70 0\ncpu0 800 5 400 4300 50 0 45 400 35 0\n";
+
+    #[test]
+    fn proc_stat_gives_the_machine_total_and_its_stolen_ticks() {
+        assert_eq!(
+            CpuTimes::parse(BEFORE),
+            Some(CpuTimes {
+                total: 10_000,
+                steal: 350
+            })
+        );
+        // Guest time (the ninth column) is already in user: not counted twice.
+        assert_eq!(CpuTimes::parse(AFTER).map(|c| c.total), Some(12_000));
+        assert_eq!(CpuTimes::parse("intr 1 2 3\n"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 3\n"), None);
+    }
+
+    #[test]
+    fn the_stolen_share_is_of_the_cpu_time_between_two_readings() {
+        let (a, b) = (
+            CpuTimes::parse(BEFORE).unwrap(),
+            CpuTimes::parse(AFTER).unwrap(),
+        );
+        // 450 of 2,000 ticks.
+        assert_eq!(a.stolen_until(b), Some(22.5));
+        assert_eq!(a.stolen_until(a), None);
+        assert_eq!(b.stolen_until(a), None);
+    }
 }

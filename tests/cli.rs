@@ -464,6 +464,15 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
     ] {
         assert!(figure(name)["value"].as_f64().unwrap() >= 0.0, "{name}");
     }
+    // How much of the machine a hypervisor took meanwhile, so a figure can be read for what it
+    // measured: a share of the CPU time, from 0 (none, or no hypervisor) to 100.
+    for name in [
+        "  CPU stolen by the hypervisor meanwhile",
+        "CPU stolen by the hypervisor during the run",
+    ] {
+        let v = figure(name)["value"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&v), "{name}: {v}");
+    }
     let ratio = figure("HTTP enqueue, 1 producer, sequential")["ratio"]
         .as_f64()
         .unwrap();
@@ -477,4 +486,72 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `spool bench --database postgres://...` measures what issue 13 names on PostgreSQL, each
+/// against a PostgreSQL floor from the same run: single enqueues from 64 clients (ratio to the
+/// one-row floor), batches, end to end through two `spool work` processes, enqueue → start. It
+/// leaves its tasks in the database, and a second run there is refused rather than measuring
+/// on top of them.
+#[test]
+fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empty_database() {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::pg::server().fresh_db());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = format!(
+        "bench --database {url} --n 300 --batch-n 2000 --e2e-n 500 --latency-samples 10 \
+         --streams 2 --messages 2 --json --dir {d}"
+    );
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = run(dir.path(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let figures = report["figures"].as_array().unwrap();
+    let figure = |prefix: &str| -> &serde_json::Value {
+        figures
+            .iter()
+            .find(|f| f["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .unwrap_or_else(|| panic!("no figure {prefix:?} in {figures:?}"))
+    };
+    let value = |prefix: &str| -> f64 {
+        let v = figure(prefix)["value"].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{prefix}: {v}");
+        v
+    };
+    let floor = value("floor: PostgreSQL, 1 row per commit");
+    value("floor: PostgreSQL, 1,000 rows per commit");
+    let single = value("HTTP enqueue, 1 task/request, 64 clients");
+    let ratio = figure("HTTP enqueue, 1 task/request, 64 clients")["ratio"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (ratio - single / floor).abs() < 1e-9 * ratio.max(1.0),
+        "ratio {ratio} against {single} / {floor}"
+    );
+    value("HTTP batch enqueue, 1,000 tasks/request");
+    value("end to end, no-op, serve + 2 spool work");
+    for name in [
+        "enqueue → start p50 (ms resolution)",
+        "enqueue → start p99 (ms resolution)",
+    ] {
+        assert!(figure(name)["value"].as_f64().unwrap() >= 0.0, "{name}");
+    }
+    for name in [
+        "  CPU stolen by the hypervisor meanwhile",
+        "CPU stolen by the hypervisor during the run",
+    ] {
+        let v = figure(name)["value"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&v), "{name}: {v}");
+    }
+
+    let again = run(dir.path(), &args);
+    assert!(!again.status.success(), "a second run on the same database");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("the database holds tasks"), "{err}");
 }

@@ -7,6 +7,7 @@
 //! the bench's tasks stay in it afterwards (drop the database when done).
 
 use super::{bar, cpu_model, fig, percentile, raw_load, raw_request, rss_kib, Api, Figure};
+use super::{stolen_since, CpuTimes, STOLEN_IN_RUN, STOLEN_MEANWHILE};
 use super::{BenchOptions, BenchReport};
 use crate::clock::{Clock, SystemClock};
 use serde_json::{json, Value};
@@ -216,6 +217,7 @@ async fn until_completed(db: &tokio_postgres::Client, queue: &str, n: usize) -> 
 
 /// Runs the PostgreSQL bench on the database at `url`.
 pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
+    let run_cpu = CpuTimes::now();
     let mut figures: Vec<Figure> = Vec::new();
     let db = connect(&url).await?;
     let existing: Option<i64> = match db
@@ -272,7 +274,9 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
     );
     let body = br#"{"kind": "spool.noop", "queue": "bench-enqueue", "payload": {"n": 1}}"#;
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
+    let cpu = CpuTimes::now();
     let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
+    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
     let single = opts.n as f64 / secs;
     pb.finish_and_clear();
     figures.push(fig(
@@ -282,6 +286,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
         Some(single / floor1),
         "≥ 5× floor",
     ));
+    figures.extend(stolen);
     let groups = api
         .metric("spool_enqueue_group_commit_requests_count")
         .await;
@@ -427,6 +432,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
             ));
         }
     }
+    figures.extend(stolen_since(run_cpu, STOLEN_IN_RUN));
 
     let machine = json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
