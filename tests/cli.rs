@@ -415,6 +415,78 @@ fn database_url_puts_the_database_where_it_says_and_an_unknown_scheme_is_refused
     );
 }
 
+/// The figures of a `spool bench --json` run, which must have succeeded.
+fn bench_figures(out: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["figures"].as_array().unwrap().clone()
+}
+
+/// The figure named exactly `name`.
+fn figure<'a>(figures: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    figures
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no figure {name:?} in {figures:?}"))
+}
+
+/// The value of figure `name`, which must be a finite, positive measure.
+fn positive(figures: &[serde_json::Value], name: &str) -> f64 {
+    let v = figure(figures, name)["value"].as_f64().unwrap();
+    assert!(v.is_finite() && v > 0.0, "{name}: {v}");
+    v
+}
+
+/// The ratio of figure `name` must be its value over `floor`, the floor of the same run.
+fn assert_ratio_to(figures: &[serde_json::Value], name: &str, floor: f64) {
+    let value = positive(figures, name);
+    let ratio = figure(figures, name)["ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - value / floor).abs() < 1e-9 * ratio.max(1.0),
+        "{name}: ratio {ratio} against {value} / {floor}"
+    );
+}
+
+/// What every bench report holds: no failed enqueue (a rate of failures is no rate), the
+/// enqueue → start percentiles (whole milliseconds: a start within the same millisecond is 0),
+/// and the share of busy CPU the hypervisor stole (0 to 100) under each of the single-enqueue,
+/// end-to-end and enqueue → start phases, and for the whole run.
+fn assert_every_bench_has(figures: &[serde_json::Value]) {
+    assert!(
+        figures
+            .iter()
+            .all(|f| f["name"] != "  enqueue errors (non-201)"),
+        "{figures:?}"
+    );
+    for name in [
+        "enqueue → start p50 (ms resolution)",
+        "enqueue → start p99 (ms resolution)",
+    ] {
+        assert!(
+            figure(figures, name)["value"].as_f64().unwrap() >= 0.0,
+            "{name}"
+        );
+    }
+    let stolen: Vec<f64> = figures
+        .iter()
+        .filter(|f| f["name"] == "  CPU stolen by the hypervisor meanwhile")
+        .chain([figure(
+            figures,
+            "CPU stolen by the hypervisor during the run",
+        )])
+        .map(|f| f["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(stolen.len(), 4, "three phases and the run: {figures:?}");
+    assert!(
+        stolen.iter().all(|v| (0.0..=100.0).contains(v)),
+        "{stolen:?}"
+    );
+}
+
 /// `spool bench` is how every speed figure in the README is measured: a small run at 8 slots
 /// reports each figure issue 17 asks for (the lone producer's rate and request latency, the
 /// embedded rate, worked/s at the given concurrency, enqueue→start), each finite, with the
@@ -428,58 +500,23 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
     let mut args: Vec<&str> = args.split_whitespace().collect();
     args.push(d);
     let out = run(dir.path(), &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let figures = bench_figures(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["synchronous"], "normal");
-    let figures = report["figures"].as_array().unwrap();
-    let figure = |name: &str| -> &serde_json::Value {
-        figures
-            .iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("no figure {name:?} in {figures:?}"))
-    };
-    let value = |name: &str| -> f64 {
-        let v = figure(name)["value"].as_f64().unwrap();
-        assert!(v.is_finite() && v > 0.0, "{name}: {v}");
-        v
-    };
-    let floor = value("floor: SQLite, 1 row per commit");
-    value("floor: SQLite, 1,000 rows per commit");
-    value("HTTP enqueue, 1 task/request, 64 clients");
-    let one = value("HTTP enqueue, 1 producer, sequential");
-    let p50 = value("  its request p50");
-    assert!(p50 <= value("  its request p99"));
-    value("embedded enqueue (Spool::enqueue), 1 caller");
-    value("HTTP batch enqueue, 1,000 tasks/request");
-    value("end to end, no-op, 8 slots");
-    value("end to end, no-op, 8 slots, per_key_concurrency = 1 over 1,000 keys");
-    // Whole milliseconds: a start within the same millisecond is 0.
-    for name in [
-        "enqueue → start p50 (ms resolution)",
-        "enqueue → start p99 (ms resolution)",
-    ] {
-        assert!(figure(name)["value"].as_f64().unwrap() >= 0.0, "{name}");
-    }
-    // How much of the machine a hypervisor took meanwhile, so a figure can be read for what it
-    // measured: a share of the CPU time, from 0 (none, or no hypervisor) to 100.
-    for name in [
-        "  CPU stolen by the hypervisor meanwhile",
-        "CPU stolen by the hypervisor during the run",
-    ] {
-        let v = figure(name)["value"].as_f64().unwrap();
-        assert!((0.0..=100.0).contains(&v), "{name}: {v}");
-    }
-    let ratio = figure("HTTP enqueue, 1 producer, sequential")["ratio"]
-        .as_f64()
-        .unwrap();
-    assert!(
-        (ratio - one / floor).abs() < 1e-9 * ratio.max(1.0),
-        "ratio {ratio}"
+    let floor = positive(&figures, "floor: SQLite, 1 row per commit");
+    positive(&figures, "floor: SQLite, 1,000 rows per commit");
+    positive(&figures, "HTTP enqueue, 1 task/request, 64 clients");
+    assert_ratio_to(&figures, "HTTP enqueue, 1 producer, sequential", floor);
+    let p50 = positive(&figures, "  its request p50");
+    assert!(p50 <= positive(&figures, "  its request p99"));
+    positive(&figures, "embedded enqueue (Spool::enqueue), 1 caller");
+    positive(&figures, "HTTP batch enqueue, 1,000 tasks/request");
+    positive(&figures, "end to end, no-op, 8 slots");
+    positive(
+        &figures,
+        "end to end, no-op, 8 slots, per_key_concurrency = 1 over 1,000 keys",
     );
+    assert_every_bench_has(&figures);
     // The run cleans up after itself: no data directory or floor file is left.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -489,68 +526,50 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
 }
 
 /// `spool bench --database postgres://...` measures what issue 13 names on PostgreSQL, each
-/// against a PostgreSQL floor from the same run: single enqueues from 64 clients (ratio to the
-/// one-row floor), batches, end to end through two `spool work` processes, enqueue → start. It
-/// leaves its tasks in the database, and a second run there is refused rather than measuring
-/// on top of them.
-#[test]
-fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empty_database() {
-    let url = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(crate::pg::server().fresh_db());
+/// rate against a PostgreSQL floor from the same run: single enqueues from 64 clients (to the
+/// one-row floor), batches (to the 1,000-row floor), end to end through two `spool work`
+/// processes, enqueue → start. It leaves its tasks in the database and nothing in its
+/// directory, and a second run on that database is refused rather than measured on top of
+/// them.
+#[tokio::test]
+async fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empty_database() {
+    let url = crate::pg::server().fresh_db().await;
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let args = format!(
-        "bench --database {url} --n 300 --batch-n 2000 --e2e-n 500 --latency-samples 10 \
-         --streams 2 --messages 2 --json --dir {d}"
-    );
-    let args: Vec<&str> = args.split_whitespace().collect();
-    let out = run(dir.path(), &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let figures = report["figures"].as_array().unwrap();
-    let figure = |prefix: &str| -> &serde_json::Value {
-        figures
-            .iter()
-            .find(|f| f["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
-            .unwrap_or_else(|| panic!("no figure {prefix:?} in {figures:?}"))
+    let d = dir.path().to_str().unwrap().to_string();
+    let args = "bench --n 300 --batch-n 2000 --e2e-n 500 --latency-samples 10 --json --database";
+    let mut args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    args.extend([url, "--dir".into(), d]);
+    let (out, again) = {
+        let dir = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            (run(&dir, &args), run(&dir, &args))
+        })
+        .await
+        .unwrap()
     };
-    let value = |prefix: &str| -> f64 {
-        let v = figure(prefix)["value"].as_f64().unwrap();
-        assert!(v.is_finite() && v > 0.0, "{prefix}: {v}");
-        v
-    };
-    let floor = value("floor: PostgreSQL, 1 row per commit");
-    value("floor: PostgreSQL, 1,000 rows per commit");
-    let single = value("HTTP enqueue, 1 task/request, 64 clients");
-    let ratio = figure("HTTP enqueue, 1 task/request, 64 clients")["ratio"]
-        .as_f64()
-        .unwrap();
-    assert!(
-        (ratio - single / floor).abs() < 1e-9 * ratio.max(1.0),
-        "ratio {ratio} against {single} / {floor}"
+    let figures = bench_figures(&out);
+    let floor = positive(&figures, "floor: PostgreSQL, 1 row per commit");
+    let floor1000 = positive(&figures, "floor: PostgreSQL, 1,000 rows per commit");
+    assert_ratio_to(&figures, "HTTP enqueue, 1 task/request, 64 clients", floor);
+    assert_ratio_to(
+        &figures,
+        "HTTP batch enqueue, 1,000 tasks/request",
+        floor1000,
     );
-    value("HTTP batch enqueue, 1,000 tasks/request");
-    value("end to end, no-op, serve + 2 spool work");
-    for name in [
-        "enqueue → start p50 (ms resolution)",
-        "enqueue → start p99 (ms resolution)",
-    ] {
-        assert!(figure(name)["value"].as_f64().unwrap() >= 0.0, "{name}");
-    }
-    for name in [
-        "  CPU stolen by the hypervisor meanwhile",
-        "CPU stolen by the hypervisor during the run",
-    ] {
-        let v = figure(name)["value"].as_f64().unwrap();
-        assert!((0.0..=100.0).contains(&v), "{name}: {v}");
-    }
+    // Default --concurrency 256: 128 slots in each of the two `spool work` processes.
+    assert_ratio_to(
+        &figures,
+        "end to end, no-op, serve + 2 spool work × 128 slots",
+        floor,
+    );
+    assert_every_bench_has(&figures);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 
-    let again = run(dir.path(), &args);
     assert!(!again.status.success(), "a second run on the same database");
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("the database holds tasks"), "{err}");

@@ -217,7 +217,7 @@ async fn until_completed(db: &tokio_postgres::Client, queue: &str, n: usize) -> 
 
 /// Runs the PostgreSQL bench on the database at `url`.
 pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
-    let run_cpu = CpuTimes::now();
+    let run_cpu = CpuTimes::now(false);
     let mut figures: Vec<Figure> = Vec::new();
     let db = connect(&url).await?;
     let existing: Option<i64> = match db
@@ -274,7 +274,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
     );
     let body = br#"{"kind": "spool.noop", "queue": "bench-enqueue", "payload": {"n": 1}}"#;
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
-    let cpu = CpuTimes::now();
+    let cpu = CpuTimes::now(false);
     let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
     let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
     let single = opts.n as f64 / secs;
@@ -349,9 +349,11 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
         pb.inc(k as u64);
     }
     pb.finish_and_clear();
+    let cpu = CpuTimes::now(false);
     let resumed = SystemClock.now();
     let _ = api.post("/v1/queues/bench-e2e/resume", &json!({})).await;
     let last = until_completed(&db, "bench-e2e", opts.e2e_n).await?;
+    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
     // Same host, same clock: from the resume to the last completion, in the rows.
     let e2e = opts.e2e_n as f64 / ((last - resumed).max(1) as f64 / 1000.0);
     figures.push(fig(
@@ -364,9 +366,11 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
         Some(e2e / floor1),
         "≥ 5,000/s",
     ));
+    figures.extend(stolen);
 
     // 5. Enqueue → start, idle workers in other processes (woken by NOTIFY).
     let pb = bar(opts.latency_samples as u64, "enqueue → start, idle workers");
+    let cpu = CpuTimes::now(false);
     let mut ids = vec![];
     for _ in 0..opts.latency_samples {
         if let Ok((201, v)) = api
@@ -384,6 +388,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         pb.inc(1);
     }
+    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
     pb.finish_and_clear();
     until_completed(&db, "bench-lat", ids.len()).await?;
     let mut lat: Vec<f64> = db
@@ -418,6 +423,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
         None,
         "",
     ));
+    figures.extend(stolen);
     if let Some(kib) = procs.serve.id().and_then(|p| rss_kib(p, "VmHWM:")) {
         figures.push(fig("serve peak RSS", kib / 1024.0, "MiB", None, ""));
     }
