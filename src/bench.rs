@@ -182,12 +182,8 @@ struct CpuTimes {
 }
 
 impl CpuTimes {
-    /// Now; `None` where there is no `/proc/stat`, and where the server measured is not on
-    /// this machine (`elsewhere`: this machine's steal is not the server's).
-    fn now(elsewhere: bool) -> Option<Self> {
-        if elsewhere {
-            return None;
-        }
+    /// Now; `None` where there is no `/proc/stat`.
+    fn now() -> Option<Self> {
         Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
     }
 
@@ -231,7 +227,7 @@ impl CpuTimes {
 /// much busy time that was (a short phase is a few ticks: a coarse share). None without
 /// `from`.
 fn stolen_since(from: Option<CpuTimes>, name: &str) -> Option<Figure> {
-    let (share, busy) = from?.stolen_until(CpuTimes::now(false)?)?;
+    let (share, busy) = from?.stolen_until(CpuTimes::now()?)?;
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -523,7 +519,9 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     if let Some(url) = opts.database.clone() {
         return postgres::run(opts, url).await;
     }
-    let run_cpu = CpuTimes::now(opts.url.is_some());
+    // With --url the server is on another machine: this machine's stolen CPU is not its.
+    let cpu_now = || opts.url.is_none().then(CpuTimes::now).flatten();
+    let run_cpu = cpu_now();
     let mut figures = Vec::new();
     let server = match &opts.url {
         Some(_) => None,
@@ -591,7 +589,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     );
     let body = br#"{"kind": "spool.noop", "queue": "bench-enqueue", "payload": {"n": 1}}"#;
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
-    let cpu = CpuTimes::now(opts.url.is_some());
+    let cpu = cpu_now();
     let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
     let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
     let single = opts.n as f64 / secs;
@@ -736,7 +734,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     }
     pb.finish_and_clear();
     let pb = bar(opts.e2e_n as u64, "end to end: work (no-op)");
-    let cpu = CpuTimes::now(opts.url.is_some());
+    let cpu = cpu_now();
     let t = Instant::now();
     let _ = api.post("/v1/queues/bench-e2e/resume", &json!({})).await;
     wait_all_done(&api, "bench-e2e", last_id.as_deref(), opts.e2e_n, &pb).await;
@@ -768,7 +766,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
 
     // 5. Enqueue → start with an idle pool, one at a time: started_at - created_at (ms clock).
     let pb = bar(opts.latency_samples as u64, "enqueue → start, idle pool");
-    let cpu = CpuTimes::now(opts.url.is_some());
+    let cpu = cpu_now();
     let mut ids = vec![];
     for _ in 0..opts.latency_samples {
         if let Ok((201, v)) = api.post("/v1/tasks", &json!({"kind": "spool.noop"})).await {

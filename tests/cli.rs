@@ -415,15 +415,23 @@ fn database_url_puts_the_database_where_it_says_and_an_unknown_scheme_is_refused
     );
 }
 
-/// The figures of a `spool bench --json` run, which must have succeeded.
-fn bench_figures(out: &Output) -> Vec<serde_json::Value> {
+/// The report of a `spool bench --json` run, which must have succeeded.
+fn bench_report(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    report["figures"].as_array().unwrap().clone()
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A bench run cleans up after itself: nothing is left in its `--dir`.
+fn assert_left_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// The figure named exactly `name`.
@@ -500,29 +508,25 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
     let mut args: Vec<&str> = args.split_whitespace().collect();
     args.push(d);
     let out = run(dir.path(), &args);
-    let figures = bench_figures(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench_report(&out);
+    let figures = report["figures"].as_array().unwrap();
     assert_eq!(report["synchronous"], "normal");
-    let floor = positive(&figures, "floor: SQLite, 1 row per commit");
-    positive(&figures, "floor: SQLite, 1,000 rows per commit");
-    positive(&figures, "HTTP enqueue, 1 task/request, 64 clients");
-    assert_ratio_to(&figures, "HTTP enqueue, 1 producer, sequential", floor);
-    let p50 = positive(&figures, "  its request p50");
-    assert!(p50 <= positive(&figures, "  its request p99"));
-    positive(&figures, "embedded enqueue (Spool::enqueue), 1 caller");
-    positive(&figures, "HTTP batch enqueue, 1,000 tasks/request");
-    positive(&figures, "end to end, no-op, 8 slots");
+    let floor = positive(figures, "floor: SQLite, 1 row per commit");
+    positive(figures, "floor: SQLite, 1,000 rows per commit");
+    positive(figures, "HTTP enqueue, 1 task/request, 64 clients");
+    assert_ratio_to(figures, "HTTP enqueue, 1 producer, sequential", floor);
+    let p50 = positive(figures, "  its request p50");
+    assert!(p50 <= positive(figures, "  its request p99"));
+    positive(figures, "embedded enqueue (Spool::enqueue), 1 caller");
+    positive(figures, "HTTP batch enqueue, 1,000 tasks/request");
+    positive(figures, "end to end, no-op, 8 slots");
     positive(
-        &figures,
+        figures,
         "end to end, no-op, 8 slots, per_key_concurrency = 1 over 1,000 keys",
     );
-    assert_every_bench_has(&figures);
-    // The run cleans up after itself: no data directory or floor file is left.
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_every_bench_has(figures);
+    // No data directory or floor file is left.
+    assert_left_empty(dir.path());
 }
 
 /// `spool bench --database postgres://...` measures what issue 13 names on PostgreSQL, each
@@ -548,27 +552,24 @@ async fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empt
         .await
         .unwrap()
     };
-    let figures = bench_figures(&out);
-    let floor = positive(&figures, "floor: PostgreSQL, 1 row per commit");
-    let floor1000 = positive(&figures, "floor: PostgreSQL, 1,000 rows per commit");
-    assert_ratio_to(&figures, "HTTP enqueue, 1 task/request, 64 clients", floor);
+    let report = bench_report(&out);
+    let figures = report["figures"].as_array().unwrap();
+    let floor = positive(figures, "floor: PostgreSQL, 1 row per commit");
+    let floor1000 = positive(figures, "floor: PostgreSQL, 1,000 rows per commit");
+    assert_ratio_to(figures, "HTTP enqueue, 1 task/request, 64 clients", floor);
     assert_ratio_to(
-        &figures,
+        figures,
         "HTTP batch enqueue, 1,000 tasks/request",
         floor1000,
     );
     // Default --concurrency 256: 128 slots in each of the two `spool work` processes.
     assert_ratio_to(
-        &figures,
+        figures,
         "end to end, no-op, serve + 2 spool work × 128 slots",
         floor,
     );
-    assert_every_bench_has(&figures);
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_every_bench_has(figures);
+    assert_left_empty(dir.path());
 
     assert!(!again.status.success(), "a second run on the same database");
     let err = String::from_utf8_lossy(&again.stderr);

@@ -217,7 +217,7 @@ async fn until_completed(db: &tokio_postgres::Client, queue: &str, n: usize) -> 
 
 /// Runs the PostgreSQL bench on the database at `url`.
 pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
-    let run_cpu = CpuTimes::now(false);
+    let run_cpu = CpuTimes::now();
     let mut figures: Vec<Figure> = Vec::new();
     let db = connect(&url).await?;
     let existing: Option<i64> = match db
@@ -274,7 +274,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
     );
     let body = br#"{"kind": "spool.noop", "queue": "bench-enqueue", "payload": {"n": 1}}"#;
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
-    let cpu = CpuTimes::now(false);
+    let cpu = CpuTimes::now();
     let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
     let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
     let single = opts.n as f64 / secs;
@@ -349,7 +349,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
         pb.inc(k as u64);
     }
     pb.finish_and_clear();
-    let cpu = CpuTimes::now(false);
+    let cpu = CpuTimes::now();
     let resumed = SystemClock.now();
     let _ = api.post("/v1/queues/bench-e2e/resume", &json!({})).await;
     let last = until_completed(&db, "bench-e2e", opts.e2e_n).await?;
@@ -370,7 +370,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
 
     // 5. Enqueue → start, idle workers in other processes (woken by NOTIFY).
     let pb = bar(opts.latency_samples as u64, "enqueue → start, idle workers");
-    let cpu = CpuTimes::now(false);
+    let cpu = CpuTimes::now();
     let mut ids = vec![];
     for _ in 0..opts.latency_samples {
         if let Ok((201, v)) = api
