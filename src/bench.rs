@@ -210,8 +210,9 @@ impl CpuTimes {
     }
 
     /// From `self` to `later`: the stolen share of the busy time in percent (0 with no busy
-    /// time), and the busy time in ticks.
-    fn stolen_until(self, later: Self) -> Option<(f64, u64)> {
+    /// time), the busy time in ticks, and the busy time less the stolen part (the CPU time the
+    /// machine's processes had) in ticks.
+    fn stolen_until(self, later: Self) -> Option<(f64, u64, u64)> {
         let busy = later.busy.checked_sub(self.busy)?;
         let steal = later.steal.checked_sub(self.steal)?;
         let share = if busy == 0 {
@@ -219,7 +220,7 @@ impl CpuTimes {
         } else {
             100.0 * steal as f64 / busy as f64
         };
-        Some((share, busy))
+        Some((share, busy, busy.saturating_sub(steal)))
     }
 }
 
@@ -227,21 +228,47 @@ impl CpuTimes {
 /// much busy time that was (a short phase is a few ticks: a coarse share). None without
 /// `from`.
 fn stolen_since(from: Option<CpuTimes>, name: &str) -> Option<Figure> {
-    let (share, busy) = from?.stolen_until(CpuTimes::now()?)?;
+    cpu_since(from, name, 0).into_iter().next()
+}
+
+/// A phase's CPU figures since `from`: the stolen share (as [`stolen_since`]) and, for a
+/// phase of `tasks` tasks (none for 0), the CPU time the whole machine spent per task, stolen
+/// time left out. That counts every process on the machine (spool, a database on the same
+/// host, the bench's own clients, anything else running). It is a cost, where a rate is a
+/// cost and the waits together, and it is steadier than the rate from run to run.
+fn cpu_since(from: Option<CpuTimes>, name: &str, tasks: usize) -> Vec<Figure> {
+    let Some((share, busy, used)) = from
+        .zip(CpuTimes::now())
+        .and_then(|(a, b)| a.stolen_until(b))
+    else {
+        return vec![];
+    };
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .filter(|&t| t > 0)
-        .unwrap_or(100);
-    let seconds = busy as f64 / per_second as f64;
-    Some(fig(
+        .unwrap_or(100) as f64;
+    let mut figures = vec![fig(
         name,
         share,
-        &format!("% of {seconds:.1} CPU-s"),
+        &format!("% of {:.1} CPU-s", busy as f64 / per_second),
         None,
         "",
-    ))
+    )];
+    if tasks > 0 {
+        figures.push(fig(
+            CPU_PER_TASK,
+            used as f64 / per_second / tasks as f64 * 1e6,
+            "µs",
+            None,
+            "",
+        ));
+    }
+    figures
 }
+
+/// The name of the CPU-per-task figure of a phase, printed under the phase's figure.
+const CPU_PER_TASK: &str = "  CPU per task, whole machine";
 
 /// The name of the stolen-CPU figure of a phase, printed under the phase's figure.
 const STOLEN_MEANWHILE: &str = "  CPU stolen by the hypervisor meanwhile";
@@ -591,7 +618,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
     let cpu = cpu_now();
     let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
-    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
+    let stolen = cpu_since(cpu, STOLEN_MEANWHILE, opts.n);
     let single = opts.n as f64 / secs;
     pb.finish_and_clear();
     let mean_batch = (api.metric("spool_writer_batch_size_sum").await - batch_sum0)
@@ -739,7 +766,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let _ = api.post("/v1/queues/bench-e2e/resume", &json!({})).await;
     wait_all_done(&api, "bench-e2e", last_id.as_deref(), opts.e2e_n, &pb).await;
     let e2e = opts.e2e_n as f64 / t.elapsed().as_secs_f64();
-    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
+    let stolen = cpu_since(cpu, STOLEN_MEANWHILE, opts.e2e_n);
     pb.finish_and_clear();
     figures.push(fig(
         &format!("end to end, no-op, {} slots", opts.concurrency),
@@ -1260,8 +1287,8 @@ mod tests {
             CpuTimes::parse(AFTER).unwrap(),
         );
         // 250 of 1,000 busy ticks; the 600 idle ones do not dilute it.
-        assert_eq!(a.stolen_until(b), Some((25.0, 1000)));
-        assert_eq!(a.stolen_until(a), Some((0.0, 0)));
+        assert_eq!(a.stolen_until(b), Some((25.0, 1000, 750)));
+        assert_eq!(a.stolen_until(a), Some((0.0, 0, 0)));
         // Readings out of order are no figure, not a wrapped one.
         assert_eq!(b.stolen_until(a), None);
     }

@@ -3,6 +3,7 @@
 
 use crate::task::{Message, Task, TaskId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{broadcast, Notify};
 
@@ -34,6 +35,12 @@ pub struct EventHub {
     /// Any task change committed here: wakes the reader of the change log at once (other
     /// processes' changes it finds by polling).
     task_changed: Notify,
+    /// Something in this process waits for wake-ups from other processes: a worker pool, or
+    /// the change log's reader. A store that hears of other processes' enqueues (PostgreSQL's
+    /// LISTEN) listens only from then on, so a process that waits for none (a front end with
+    /// no slots and no `/v1/events` stream open, a command such as `spool inspect`) keeps no
+    /// listening session, which PostgreSQL would signal at every commit that enqueues.
+    wakeups_wanted: AtomicBool,
 }
 
 /// A registration for one task's changes; dropping it unregisters.
@@ -84,6 +91,7 @@ impl EventHub {
             work: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             task_changed: Notify::new(),
+            wakeups_wanted: AtomicBool::new(false),
         }
     }
 
@@ -153,6 +161,18 @@ impl EventHub {
         self.cancels.subscribe()
     }
 
+    /// Marks that something in this process waits for wake-ups from other processes (see
+    /// [`EventHub::wakeups_wanted`]); a pool is marked by [`EventHub::work_notify`]. Call it
+    /// before the store call that should start the listening.
+    pub fn want_wakeups(&self) {
+        self.wakeups_wanted.store(true, Ordering::Release);
+    }
+
+    /// Whether something in this process waits for wake-ups from other processes.
+    pub fn wakeups_wanted(&self) -> bool {
+        self.wakeups_wanted.load(Ordering::Acquire)
+    }
+
     /// Wakes the idle pools working `queue` (a task of it became pending in another process)
     /// and the change log's reader.
     pub fn wake_queue(&self, queue: &str) {
@@ -180,6 +200,7 @@ impl EventHub {
     /// A wake-up for a pool working `queues`: notified when a task of one of them becomes
     /// pending in this process. Keep the returned `Arc` as long as the pool runs.
     pub fn work_notify(&self, queues: &[String]) -> Arc<Notify> {
+        self.want_wakeups();
         let n = Arc::new(Notify::new());
         if let Ok(mut w) = self.work.lock() {
             for q in queues {

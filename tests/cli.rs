@@ -461,9 +461,10 @@ fn assert_ratio_to(figures: &[serde_json::Value], name: &str, floor: f64) {
 
 /// What every bench report holds: no failed enqueue (a rate of failures is no rate), the
 /// enqueue → start percentiles (whole milliseconds: a start within the same millisecond is 0),
-/// and the share of busy CPU the hypervisor stole (0 to 100) under each of the single-enqueue,
-/// end-to-end and enqueue → start phases, and for the whole run.
-fn assert_every_bench_has(figures: &[serde_json::Value]) {
+/// the share of busy CPU the hypervisor stole (0 to 100) under each of the single-enqueue,
+/// end-to-end and enqueue → start phases and for the whole run, and the machine's CPU time per
+/// task under the single-enqueue phase (of `n` tasks) and the end-to-end one (of `e2e_n`).
+fn assert_every_bench_has(figures: &[serde_json::Value], n: usize, e2e_n: usize) {
     assert!(
         figures
             .iter()
@@ -492,6 +493,40 @@ fn assert_every_bench_has(figures: &[serde_json::Value]) {
     assert!(
         stolen.iter().all(|v| (0.0..=100.0).contains(v)),
         "{stolen:?}"
+    );
+    assert_cpu_per_task(figures, "HTTP enqueue, 1 task/request", n);
+    assert_cpu_per_task(figures, "end to end, no-op", e2e_n);
+    assert_eq!(
+        figures
+            .iter()
+            .filter(|f| f["name"] == "  CPU per task, whole machine")
+            .count(),
+        2,
+        "{figures:?}"
+    );
+}
+
+/// Under the first figure named `phase…` (a rate of `tasks` tasks), the machine's CPU time per
+/// task: in microseconds, at most what every CPU could give over the phase (its tasks at its
+/// rate, plus 0.3 s for the readings around it and the clock's ticks).
+fn assert_cpu_per_task(figures: &[serde_json::Value], phase: &str, tasks: usize) {
+    let at = figures
+        .iter()
+        .position(|f| f["name"].as_str().unwrap().starts_with(phase))
+        .unwrap_or_else(|| panic!("no {phase:?} in {figures:?}"));
+    let rate = positive(figures, figures[at]["name"].as_str().unwrap());
+    let cpu = figures[at + 1..]
+        .iter()
+        .take_while(|f| f["name"].as_str().unwrap().starts_with("  "))
+        .find(|f| f["name"] == "  CPU per task, whole machine")
+        .unwrap_or_else(|| panic!("no CPU per task under {phase:?}: {figures:?}"));
+    assert_eq!(cpu["unit"], "µs");
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let most = cpus * (tasks as f64 / rate + 0.3) / tasks as f64 * 1e6;
+    let v = cpu["value"].as_f64().unwrap();
+    assert!(
+        (0.0..=most).contains(&v),
+        "{phase}: {v} µs a task, at most {most}"
     );
 }
 
@@ -524,7 +559,7 @@ fn bench_at_eight_slots_reports_every_figure_against_its_floor() {
         figures,
         "end to end, no-op, 8 slots, per_key_concurrency = 1 over 1,000 keys",
     );
-    assert_every_bench_has(figures);
+    assert_every_bench_has(figures, 300, 500);
     // No data directory or floor file is left.
     assert_left_empty(dir.path());
 }
@@ -568,7 +603,7 @@ async fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empt
         "end to end, no-op, serve + 2 spool work × 128 slots",
         floor,
     );
-    assert_every_bench_has(figures);
+    assert_every_bench_has(figures, 300, 500);
     assert_left_empty(dir.path());
 
     assert!(!again.status.success(), "a second run on the same database");

@@ -545,6 +545,57 @@ async fn sequential_enqueues_reuse_the_connection_used_last() {
     assert_eq!(backends, 1, "20 enqueues in turn took {backends} sessions");
 }
 
+/// A store listens for other processes' enqueues (LISTEN, which PostgreSQL signals at every
+/// commit that notifies) only once something in its process waits for them: a store used only
+/// to enqueue and read keeps no listening session; one with a worker pool's wake-up listens,
+/// and another store's enqueue into the pool's queue wakes that pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_listens_only_once_something_in_its_process_waits_for_wake_ups() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let db = server.client(&url).await;
+    let listening = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid() AND position('LISTEN spool_work' IN query) > 0";
+    let front = open(&url, Limits::default()).await;
+    front
+        .task_insert(vec![conformance::task("q", 3, 0, T0)], T0)
+        .await
+        .unwrap();
+    let pending = || spool::store::ListParams {
+        status: Some(TaskStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(front.task_list(pending()).await.unwrap().len(), 1);
+    // Give a listener, had one started, time to connect and LISTEN.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&db, listening).await, 0, "a front end alone listens");
+
+    let worker = open(&url, Limits::default()).await;
+    let wake = worker.hub().work_notify(&["q".to_string()]);
+    worker.task_list(pending()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&db, &format!("{listening} AND state = 'idle'")).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool's store never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Take the wake-up every listener gives once it listens (it looks for what it missed).
+    while tokio::time::timeout(Duration::from_millis(300), wake.notified())
+        .await
+        .is_ok()
+    {}
+    front
+        .task_insert(vec![conformance::task("q", 3, 0, T0 + 1)], T0 + 1)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wake.notified())
+        .await
+        .expect("another store's enqueue into the pool's queue wakes the pool");
+}
+
 /// 64 single enqueues at once go in a few transactions, each task with its own request's time;
 /// 64 outcomes at once likewise, each fenced on its own (a stale one among them is refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

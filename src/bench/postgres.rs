@@ -7,7 +7,7 @@
 //! the bench's tasks stay in it afterwards (drop the database when done).
 
 use super::{bar, cpu_model, fig, percentile, raw_load, raw_request, rss_kib, Api, Figure};
-use super::{stolen_since, CpuTimes, STOLEN_IN_RUN, STOLEN_MEANWHILE};
+use super::{cpu_since, stolen_since, CpuTimes, STOLEN_IN_RUN, STOLEN_MEANWHILE};
 use super::{BenchOptions, BenchReport};
 use crate::clock::{Clock, SystemClock};
 use serde_json::{json, Value};
@@ -276,7 +276,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
     let request = raw_request(&api.base, &api.token, "/v1/tasks", body);
     let cpu = CpuTimes::now();
     let (secs, errs) = raw_load(&api.base, request, opts.clients, opts.n, &pb, 1).await?;
-    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
+    let stolen = cpu_since(cpu, STOLEN_MEANWHILE, opts.n);
     let single = opts.n as f64 / secs;
     pb.finish_and_clear();
     figures.push(fig(
@@ -353,7 +353,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
     let resumed = SystemClock.now();
     let _ = api.post("/v1/queues/bench-e2e/resume", &json!({})).await;
     let last = until_completed(&db, "bench-e2e", opts.e2e_n).await?;
-    let stolen = stolen_since(cpu, STOLEN_MEANWHILE);
+    let stolen = cpu_since(cpu, STOLEN_MEANWHILE, opts.e2e_n);
     // Same host, same clock: from the resume to the last completion, in the rows.
     let e2e = opts.e2e_n as f64 / ((last - resumed).max(1) as f64 / 1000.0);
     figures.push(fig(

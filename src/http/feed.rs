@@ -68,6 +68,9 @@ impl ChangeFeed {
     /// # Errors
     /// The store could not tell where its change log ends.
     pub async fn subscribe(self: &Arc<Self>) -> crate::store::Result<Subscription> {
+        // Other processes' changes wake the reader from now on (on PostgreSQL the store listens
+        // from its next use, the read just below).
+        self.store.hub().want_wakeups();
         // The log's end before taking the lock: a reader that starts from it may find changes
         // past it at once, which the subscriber (already subscribed) receives.
         let newest = self.newest().await?;

@@ -82,7 +82,8 @@ pub struct PostgresStore {
     /// The database, for the wake-up listener's connection.
     url: PostgresUrl,
     timeout: Duration,
-    /// The wake-up listener (see [`listen`]), started on first use of the pool.
+    /// The wake-up listener (see [`listen`]), started by the first use of the store once
+    /// something in the process waits for wake-ups.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     listening: AtomicBool,
     /// Group commit of small enqueues (see [`batch`]).
@@ -294,12 +295,13 @@ impl PostgresStore {
         self.pool.get().await.map_err(pool_err)
     }
 
-    /// `Unavailable` once closed; starts the wake-up listener on first use.
+    /// `Unavailable` once closed; starts the wake-up listener on the first use after something
+    /// in this process came to wait for wake-ups ([`EventHub::wakeups_wanted`]).
     fn open_for_use(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
-        if !self.listening.swap(true, Ordering::AcqRel) {
+        if self.hub.wakeups_wanted() && !self.listening.swap(true, Ordering::AcqRel) {
             let task = tokio::spawn(listen(self.url.clone(), self.timeout, self.hub.clone()));
             if let Ok(mut l) = self.listener.lock() {
                 *l = Some(task);
