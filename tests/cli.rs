@@ -577,7 +577,7 @@ async fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empt
     let d = dir.path().to_str().unwrap().to_string();
     let args = "bench --n 300 --batch-n 2000 --e2e-n 500 --latency-samples 10 --json --database";
     let mut args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
-    args.extend([url, "--dir".into(), d]);
+    args.extend([url.clone(), "--dir".into(), d]);
     let (out, again) = {
         let dir = dir.path().to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -592,6 +592,8 @@ async fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empt
     let floor = positive(figures, "floor: PostgreSQL, 1 row per commit");
     let floor1000 = positive(figures, "floor: PostgreSQL, 1,000 rows per commit");
     assert_ratio_to(figures, "HTTP enqueue, 1 task/request, 64 clients", floor);
+    // The floor measured again after the single enqueues, against the one before them.
+    assert_ratio_to(figures, "  floor again after it, 1 row per commit", floor);
     assert_ratio_to(
         figures,
         "HTTP batch enqueue, 1,000 tasks/request",
@@ -605,6 +607,15 @@ async fn postgres_bench_reports_every_figure_against_its_floor_and_wants_an_empt
     );
     assert_every_bench_has(figures, 300, 500);
     assert_left_empty(dir.path());
+    let db = crate::pg::server().client(&url).await;
+    let floor_table = db
+        .query_one("SELECT to_regclass('spool_bench_floor') IS NULL", &[])
+        .await
+        .unwrap();
+    assert!(
+        floor_table.get::<_, bool>(0),
+        "the floor's table was left behind"
+    );
 
     assert!(!again.status.success(), "a second run on the same database");
     let err = String::from_utf8_lossy(&again.stderr);

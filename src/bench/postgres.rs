@@ -56,33 +56,13 @@ async fn connect(url: &str) -> R<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// The name of the floor measured again after the single enqueues.
+const FLOOR_AGAIN: &str = "  floor again after it, 1 row per commit";
+
 /// The floor: rows/s of one task-sized INSERT per commit and of 1,000 rows per commit.
 async fn floor(db: &tokio_postgres::Client, single_n: usize, batch_n: usize) -> R<(f64, f64)> {
     let e = |e: tokio_postgres::Error| format!("floor: {e}");
-    db.batch_execute(
-        "DROP TABLE IF EXISTS spool_bench_floor;
-         CREATE TABLE spool_bench_floor (id uuid PRIMARY KEY, queue text, kind text,
-           payload json, status text, priority int, run_at bigint, created_at bigint)",
-    )
-    .await
-    .map_err(e)?;
-    let one = db
-        .prepare(
-            "INSERT INTO spool_bench_floor VALUES ($1, 'q', 'spool.noop', '{\"i\":1}', \
-             'pending', 0, $2, $2)",
-        )
-        .await
-        .map_err(e)?;
-    let pb = bar(single_n as u64, "floor: 1 row per commit");
-    let t = Instant::now();
-    for i in 0..single_n {
-        db.execute(&one, &[&uuid::Uuid::now_v7(), &(i as i64)])
-            .await
-            .map_err(e)?;
-        pb.inc(1);
-    }
-    let single = single_n as f64 / t.elapsed().as_secs_f64();
-    pb.finish_and_clear();
+    let single = floor_one_per_commit(db, single_n).await?;
     let many = db
         .prepare(
             "INSERT INTO spool_bench_floor SELECT id, 'q', 'spool.noop', '{\"i\":1}', \
@@ -107,6 +87,37 @@ async fn floor(db: &tokio_postgres::Client, single_n: usize, batch_n: usize) -> 
         .await
         .map_err(e)?;
     Ok((single, batched))
+}
+
+/// Rows/s of `n` task-sized INSERTs, one per commit, into a new `spool_bench_floor` table
+/// (left for the caller to drop).
+async fn floor_one_per_commit(db: &tokio_postgres::Client, n: usize) -> R<f64> {
+    let e = |e: tokio_postgres::Error| format!("floor: {e}");
+    db.batch_execute(
+        "DROP TABLE IF EXISTS spool_bench_floor;
+         CREATE TABLE spool_bench_floor (id uuid PRIMARY KEY, queue text, kind text,
+           payload json, status text, priority int, run_at bigint, created_at bigint)",
+    )
+    .await
+    .map_err(e)?;
+    let one = db
+        .prepare(
+            "INSERT INTO spool_bench_floor VALUES ($1, 'q', 'spool.noop', '{\"i\":1}', \
+             'pending', 0, $2, $2)",
+        )
+        .await
+        .map_err(e)?;
+    let pb = bar(n as u64, "floor: 1 row per commit");
+    let t = Instant::now();
+    for i in 0..n {
+        db.execute(&one, &[&uuid::Uuid::now_v7(), &(i as i64)])
+            .await
+            .map_err(e)?;
+        pb.inc(1);
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    Ok(rate)
 }
 
 async fn start(opts: &BenchOptions, url: &str) -> R<Procs> {
@@ -287,6 +298,19 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
         "≥ 5× floor",
     ));
     figures.extend(stolen);
+    // The floor again at once: how far the disk's commit rate moved while the phase ran (the
+    // ratio above is against the floor before it; on a shared machine the two can differ).
+    let again = floor_one_per_commit(&db, 3000).await?;
+    db.batch_execute("DROP TABLE spool_bench_floor")
+        .await
+        .map_err(|e| format!("floor: {e}"))?;
+    figures.push(fig(
+        FLOOR_AGAIN,
+        again,
+        "rows/s",
+        Some(again / floor1),
+        "the floor's drift",
+    ));
     let groups = api
         .metric("spool_enqueue_group_commit_requests_count")
         .await;
