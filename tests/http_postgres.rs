@@ -507,18 +507,22 @@ async fn serve_with_postgres_down_at_start_exits_with_a_one_line_error_not_a_pan
 
 // ---- wake-ups across processes (LISTEN/NOTIFY) ------------------------------------------------
 
+/// How many sessions on database `db` other than `c`'s own listen for wake-ups.
+async fn listeners(c: &tokio_postgres::Client, db: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+         AND query LIKE '%LISTEN spool_work%' AND pid <> pg_backend_pid()",
+        &[&db],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Waits until `n` sessions on database `db` other than `c`'s own listen for wake-ups.
 async fn until_listeners(c: &tokio_postgres::Client, db: &str, n: i64) {
     eventually(Duration::from_secs(30), "the wake-up listeners", || async {
-        let row = c
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND query LIKE '%LISTEN spool_work%' AND pid <> pg_backend_pid()",
-                &[&db],
-            )
-            .await
-            .unwrap();
-        (row.get::<_, i64>(0) >= n).then_some(())
+        (listeners(c, db).await >= n).then_some(())
     })
     .await
 }
@@ -532,7 +536,8 @@ async fn a_worker_in_another_process_is_woken_by_notify_not_by_its_poll_even_aft
     let s = start(&url, "[worker]\nconcurrency = 0\npoll_interval_ms = 60000");
     let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
     let pg = pg::server().client(&url).await;
-    until_listeners(&pg, &db, 2).await;
+    // The worker listens; the front end (no slots, no /v1/events stream) does not.
+    until_listeners(&pg, &db, 1).await;
     let c = client();
     let run = |s: &Env| {
         let c = c.clone();
@@ -573,6 +578,7 @@ async fn a_worker_in_another_process_is_woken_by_notify_not_by_its_poll_even_aft
     for _ in 0..3 {
         run(&s).await;
     }
+    assert_eq!(listeners(&pg, &db).await, 1, "only the worker listens");
 
     // Its listening connection cut: it listens again, and tasks start as fast as before.
     let killed = pg
@@ -584,9 +590,21 @@ async fn a_worker_in_another_process_is_woken_by_notify_not_by_its_poll_even_aft
         .await
         .unwrap()
         .get::<_, i64>(0);
-    assert!(killed >= 2, "{killed}");
-    until_listeners(&pg, &db, 2).await;
+    assert_eq!(killed, 1);
+    until_listeners(&pg, &db, 1).await;
     for _ in 0..3 {
         run(&s).await;
     }
+
+    // A /v1/events stream open on the front end: it listens too, so other processes' changes
+    // reach the stream at once rather than at its poll.
+    let events = c
+        .get(s.url("/v1/events"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    until_listeners(&pg, &db, 2).await;
+    drop(events);
 }

@@ -545,6 +545,58 @@ async fn sequential_enqueues_reuse_the_connection_used_last() {
     assert_eq!(backends, 1, "20 enqueues in turn took {backends} sessions");
 }
 
+/// The query that counts the sessions of the test's database (other than its own) listening
+/// for wake-ups.
+const LISTENING: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                         AND pid <> pg_backend_pid() AND position('LISTEN spool_work' IN query) > 0";
+
+/// Pending tasks, at most ten.
+fn pending() -> spool::store::ListParams {
+    spool::store::ListParams {
+        status: Some(TaskStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    }
+}
+
+/// A pool's wake-up on `queue` in a store of its own (another process, as far as the database
+/// can tell), once that store listens, with the wake-up it gives on listening already taken.
+async fn listening_pool(
+    url: &str,
+    db: &tokio_postgres::Client,
+    queue: &str,
+) -> (Arc<dyn Store>, Arc<tokio::sync::Notify>) {
+    let worker = open(url, Limits::default()).await;
+    let wake = worker.hub().work_notify(&[queue.to_string()]);
+    worker.task_list(pending()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(db, &format!("{LISTENING} AND state = 'idle'")).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool's store never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Take the wake-up every listener gives once it listens (it looks for what it missed).
+    quiet(&wake).await;
+    (worker, wake)
+}
+
+/// Takes every wake-up given so far, until none came for 300 ms.
+async fn quiet(wake: &tokio::sync::Notify) {
+    while tokio::time::timeout(Duration::from_millis(300), wake.notified())
+        .await
+        .is_ok()
+    {}
+}
+
+/// Within 5 s, the pool is woken (by another store's NOTIFY: nothing else wakes it).
+async fn woken(wake: &tokio::sync::Notify, by: &str) {
+    tokio::time::timeout(Duration::from_secs(5), wake.notified())
+        .await
+        .unwrap_or_else(|_| panic!("{by} did not wake the other process's pool"));
+}
+
 /// A store listens for other processes' enqueues (LISTEN, which PostgreSQL signals at every
 /// commit that notifies) only once something in its process waits for them: a store used only
 /// to enqueue and read keeps no listening session; one with a worker pool's wake-up listens,
@@ -554,46 +606,108 @@ async fn a_store_listens_only_once_something_in_its_process_waits_for_wake_ups()
     let server = pg::server();
     let url = server.fresh_db().await;
     let db = server.client(&url).await;
-    let listening = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND pid <> pg_backend_pid() AND position('LISTEN spool_work' IN query) > 0";
     let front = open(&url, Limits::default()).await;
     front
         .task_insert(vec![conformance::task("q", 3, 0, T0)], T0)
         .await
         .unwrap();
-    let pending = || spool::store::ListParams {
-        status: Some(TaskStatus::Pending),
-        limit: 10,
-        ..Default::default()
-    };
     assert_eq!(front.task_list(pending()).await.unwrap().len(), 1);
     // Give a listener, had one started, time to connect and LISTEN.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count(&db, listening).await, 0, "a front end alone listens");
+    assert_eq!(count(&db, LISTENING).await, 0, "a front end alone listens");
 
-    let worker = open(&url, Limits::default()).await;
-    let wake = worker.hub().work_notify(&["q".to_string()]);
-    worker.task_list(pending()).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while count(&db, &format!("{listening} AND state = 'idle'")).await != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pool's store never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Take the wake-up every listener gives once it listens (it looks for what it missed).
-    while tokio::time::timeout(Duration::from_millis(300), wake.notified())
-        .await
-        .is_ok()
-    {}
+    let (_worker, wake) = listening_pool(&url, &db, "q").await;
     front
         .task_insert(vec![conformance::task("q", 3, 0, T0 + 1)], T0 + 1)
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), wake.notified())
+    woken(&wake, "an enqueue").await;
+}
+
+/// Every change that makes a task pending wakes the idle pools of other processes on its
+/// queue, its NOTIFY sent after its commit (never inside it, where PostgreSQL would make every
+/// notifying commit wait for the one before): an enqueue with and without an idempotency key,
+/// an attempt that ends in a retry, a retry its owner asks for, an expired lease rescued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_that_makes_a_task_pending_wakes_other_processes_pools() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let db = server.client(&url).await;
+    let front = open(&url, Limits::default()).await;
+    let (_worker, wake) = listening_pool(&url, &db, "default").await;
+
+    conformance::add(&*front, conformance::task("default", 2, 0, T0), T0).await;
+    woken(&wake, "an enqueue").await;
+    quiet(&wake).await;
+    let mut keyed = conformance::task("default", 1, 0, T0);
+    keyed.idempotency_key = Some("k".into());
+    front.task_insert(vec![keyed], T0).await.unwrap();
+    woken(&wake, "an enqueue with an idempotency key").await;
+
+    // Both tasks claimed; the first attempt of one ends in a retry.
+    let a = conformance::claim_one(&*front, "w", T0 + 1).await;
+    let b = conformance::claim_one(&*front, "w", T0 + 1).await;
+    quiet(&wake).await;
+    let end = |t: &spool::task::Task, status, run_at| spool::store::FinishParams {
+        task: Arc::new(t.clone()),
+        owner: "w".into(),
+        status,
+        result: None,
+        error: Some("boom".into()),
+        run_at,
+        uncount: false,
+        wait_until: None,
+        now: T0 + 2,
+    };
+    let (retried, failed) = if a.max_attempts > 1 { (a, b) } else { (b, a) };
+    let again = front
+        .task_finish_wait(end(&retried, TaskStatus::Pending, Some(T0 + 3)))
         .await
-        .expect("another store's enqueue into the pool's queue wakes the pool");
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.status, TaskStatus::Pending);
+    woken(&wake, "an attempt that ends in a retry").await;
+
+    // The other fails for good; its owner asks for a retry.
+    front
+        .task_finish_wait(end(&failed, TaskStatus::Failed, None))
+        .await
+        .unwrap();
+    quiet(&wake).await;
+    front
+        .task_retry(failed.id, None, false, T0 + 4)
+        .await
+        .unwrap();
+    woken(&wake, "a retry asked for").await;
+
+    // Claimed under a lease that runs out: the next claim that looks rescues it (pending again,
+    // with attempts left).
+    let spare = conformance::add(&*front, conformance::task("default", 5, 0, T0), T0).await;
+    let claim = |total, rescue, now| spool::store::ClaimParams {
+        owner: "w".into(),
+        queues: vec![spool::store::QueueClaim {
+            queue: "default".into(),
+            limit: total,
+            admission: None,
+        }],
+        total,
+        rescue,
+        lease_ms: 1000,
+        now,
+    };
+    let held = front.task_claim(claim(10, false, T0 + 5)).await.unwrap();
+    assert!(held.iter().any(|t| t.id == spare.id), "{held:?}");
+    quiet(&wake).await;
+    front
+        .task_claim(claim(0, true, T0 + 5 + 1001))
+        .await
+        .unwrap();
+    assert_eq!(
+        front.task_get(spare.id, None).await.unwrap().status,
+        TaskStatus::Pending,
+        "the expired lease was rescued"
+    );
+    woken(&wake, "a rescued lease").await;
 }
 
 /// 64 single enqueues at once go in a few transactions, each task with its own request's time;

@@ -8,12 +8,8 @@
 -- the cancel request as it is at this write). A 'waiting' outcome parks the task until its
 -- wait_until (run_at is that too) and takes the owner's messages this attempt read as behind
 -- the task; the wake reason of the wait before is spent, unless the attempt is given back unrun
--- (shutdown). Returns the rows it ended, as they are now.
---
--- A task that is pending again (a retry, an attempt given back) wakes the idle workers of its
--- queue at commit: one NOTIFY per queue, sent from this statement (`woken`, evaluated once, when
--- a row comes back), so the transaction needs no second statement, and no second round trip
--- while it holds the change log's lock.
+-- (shutdown). Returns the rows it ended, as they are now: the caller wakes the queues of tasks
+-- pending again (a retry, an attempt given back) after the commit (work_notify.sql).
 WITH done AS (
     UPDATE tasks AS t
     SET status = CASE WHEN t.cancel_requested AND x.status IN ('pending', 'waiting')
@@ -38,9 +34,5 @@ WITH done AS (
       AND t.status = 'running'
     RETURNING t.id, t.queue, t.status, t.attempts, t.last_error, t.run_at, t.completed_at,
               t.cancel_requested, t.wait_until, t.wake_reason, t.inbox_cursor, t.checkpoint
-),
-woken AS (
-    SELECT pg_notify('spool_work', q.queue)
-    FROM (SELECT DISTINCT queue FROM done WHERE status = 'pending') AS q
 )
-SELECT done.*, (SELECT count(*) FROM woken) AS woken FROM done
+SELECT * FROM done

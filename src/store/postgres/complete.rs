@@ -215,7 +215,6 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
     // what a dead worker held is expected to be rescued after one lease. Round trips: the
     // outcomes of a worker that dies before its COMMIT left are rolled back.
     let tx = c.transaction().await.map_err(pg_err)?;
-    // The NOTIFY of tasks pending again is inside the statement.
     let rows = query(
         &tx,
         sql::TASK_FINISH_MANY,
@@ -235,9 +234,13 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
     .await?;
     // Decoded before the commit: an answer that cannot be read is an outcome not written.
     let mut out = HashMap::with_capacity(rows.len());
+    let mut woken = std::collections::BTreeSet::new();
     for r in &rows {
         let id: Uuid = r.try_get("id").map_err(pg_err)?;
         let status: String = r.try_get("status").map_err(pg_err)?;
+        if status == "pending" {
+            woken.insert(r.try_get::<_, String>("queue").map_err(pg_err)?);
+        }
         out.insert(
             id,
             EndedRow {
@@ -255,6 +258,9 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         );
     }
     tx.commit().await.map_err(pg_err)?;
+    // Tasks pending again (a retry, an attempt given back) wake the idle workers of their
+    // queues, after the commit (see `notify_work`).
+    super::notify_work(&c, woken.into_iter().collect()).await;
     Ok(out)
 }
 
