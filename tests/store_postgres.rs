@@ -710,6 +710,63 @@ async fn every_change_that_makes_a_task_pending_wakes_other_processes_pools() {
     woken(&wake, "a rescued lease").await;
 }
 
+/// Two group commits run at once: while one waits (here for user `u`'s usage row, locked by
+/// another session's quota check), another user's enqueue is gathered and committed beside it;
+/// the first commits once the lock is let go. With one commit at a time, the second enqueue
+/// would wait behind the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_that_waits_does_not_hold_up_the_next() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(
+        &url,
+        Limits {
+            pending_tasks_per_user: 1000,
+            ..Limits::default()
+        },
+    )
+    .await;
+    store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap();
+    // Another process's enqueue for `u`, checked and not committed: it holds u's usage row.
+    let mut other = server.client(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        include_str!("../sql/postgres/queries/usage_check.sql"),
+        &[&vec!["u"], &1000i64, &i64::MAX],
+    )
+    .await
+    .unwrap();
+    let s2 = store.clone();
+    let first = tokio::spawn(async move {
+        s2.task_insert(vec![conformance::task("default", 3, 0, T0 + 1)], T0 + 1)
+            .await
+    });
+    let watcher = server.client(&url).await;
+    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    let mut theirs = conformance::task("default", 3, 0, T0 + 2);
+    theirs.user_id = "v".into();
+    let second = tokio::time::timeout(DEADLINE, store.task_insert(vec![theirs], T0 + 2))
+        .await
+        .expect("v's enqueue waited behind u's group commit")
+        .unwrap();
+    assert!(second[0].created);
+    assert!(
+        !first.is_finished(),
+        "u's enqueue did not wait for the lock"
+    );
+    tx.commit().await.unwrap();
+    let first = tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first[0].created);
+    assert_eq!(count(&watcher, "SELECT count(*) FROM tasks").await, 3);
+}
+
 /// 64 single enqueues at once go in a few transactions, each task with its own request's time;
 /// 64 outcomes at once likewise, each fenced on its own (a stale one among them is refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
