@@ -210,18 +210,12 @@ async fn a_change_that_commits_late_is_read_after_those_that_committed_first() {
     );
 }
 
-/// A quota check sees what a concurrent enqueue of the same user added once that commits: an
-/// enqueue that inserted, then took the user's usage row in its check, holds the next check of
-/// that user until its commit, and the check then counts its task. Usage is kept per session
-/// and summed by the check, so this proves the check reads after the lock, not from before it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
-    let server = pg::server();
-    let url = server.fresh_db().await;
+/// A store on `url` allowing `pending` unfinished tasks per user, and one task of user `u`.
+async fn with_one_task(url: &str, pending: u64) -> Arc<dyn Store> {
     let store = open(
-        &url,
+        url,
         Limits {
-            pending_tasks_per_user: 2,
+            pending_tasks_per_user: pending,
             ..Limits::default()
         },
     )
@@ -230,6 +224,18 @@ async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
         .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
         .await
         .unwrap();
+    store
+}
+
+/// A quota check sees what a concurrent enqueue of the same user added once that commits: an
+/// enqueue that inserted, then took the user's usage row in its check, holds the next check of
+/// that user until its commit, and the check then counts its task. Usage is kept per session
+/// and summed by the check, so this proves the check reads after the lock, not from before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = with_one_task(&url, 2).await;
     // Another process's enqueue, as spool makes it: the insert, then the check, which locks
     // the user's usage row until commit (its limits high enough to let it through).
     let mut other = server.client(&url).await;
@@ -718,18 +724,7 @@ async fn every_change_that_makes_a_task_pending_wakes_other_processes_pools() {
 async fn a_group_commit_that_waits_does_not_hold_up_the_next() {
     let server = pg::server();
     let url = server.fresh_db().await;
-    let store = open(
-        &url,
-        Limits {
-            pending_tasks_per_user: 1000,
-            ..Limits::default()
-        },
-    )
-    .await;
-    store
-        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
-        .await
-        .unwrap();
+    let store = with_one_task(&url, 1000).await;
     // Another process's enqueue for `u`, checked and not committed: it holds u's usage row.
     let mut other = server.client(&url).await;
     let tx = other.transaction().await.unwrap();

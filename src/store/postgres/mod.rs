@@ -553,7 +553,7 @@ async fn pipeline(
         client.query(&after_st, after.1),
     );
     if let Err(e) = then {
-        tracing::warn!(error = %e, "wake-up NOTIFY not sent; idle workers find the tasks at their next poll");
+        notify_lost(&pg_err(e));
     }
     begin.map_err(pg_err)?;
     let mut out = Vec::with_capacity(rows.len());
@@ -1796,8 +1796,13 @@ async fn notify_work<C: GenericClient>(c: &C, queues: Vec<String>) {
         return;
     }
     if let Err(e) = query(c, sql::WORK_NOTIFY, &[&queues]).await {
-        tracing::warn!(error = %e, "wake-up NOTIFY not sent; idle workers find the tasks at their next poll");
+        notify_lost(&e);
     }
+}
+
+/// Logs a wake-up NOTIFY that could not be sent after its commit.
+fn notify_lost(e: &StoreError) {
+    tracing::warn!(error = %e, "wake-up NOTIFY not sent; idle workers find the tasks at their next poll");
 }
 
 /// The wake-up listener: `LISTEN spool_work` on a connection of its own; each notification
