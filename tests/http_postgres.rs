@@ -527,6 +527,9 @@ async fn until_listeners(c: &tokio_postgres::Client, db: &str, n: i64) {
     .await
 }
 
+/// A `spool work` process starts the tasks a `concurrency = 0` server takes within seconds
+/// though it polls once a minute (woken by NOTIFY), also after its listening session is cut;
+/// only the worker listens, until a `/v1/events` stream opens on the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_in_another_process_is_woken_by_notify_not_by_its_poll_even_after_its_listener_is_cut(
 ) {

@@ -210,6 +210,17 @@ async fn a_change_that_commits_late_is_read_after_those_that_committed_first() {
     );
 }
 
+/// Runs spool's quota check for user `u` in `tx` (limits high enough to pass), as another
+/// process's enqueue does: it holds u's usage row until `tx` ends.
+async fn check_usage_of_u(tx: &tokio_postgres::Transaction<'_>) {
+    tx.execute(
+        include_str!("../sql/postgres/queries/usage_check.sql"),
+        &[&vec!["u"], &1000i64, &i64::MAX],
+    )
+    .await
+    .unwrap();
+}
+
 /// A store on `url` allowing `pending` unfinished tasks per user, and one task of user `u`.
 async fn with_one_task(url: &str, pending: u64) -> Arc<dyn Store> {
     let store = open(
@@ -248,12 +259,7 @@ async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
     )
     .await
     .unwrap();
-    tx.execute(
-        include_str!("../sql/postgres/queries/usage_check.sql"),
-        &[&vec!["u"], &1000i64, &i64::MAX],
-    )
-    .await
-    .unwrap();
+    check_usage_of_u(&tx).await;
     let s2 = store.clone();
     let third = tokio::spawn(async move {
         s2.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
@@ -728,12 +734,7 @@ async fn a_group_commit_that_waits_does_not_hold_up_the_next() {
     // Another process's enqueue for `u`, checked and not committed: it holds u's usage row.
     let mut other = server.client(&url).await;
     let tx = other.transaction().await.unwrap();
-    tx.execute(
-        include_str!("../sql/postgres/queries/usage_check.sql"),
-        &[&vec!["u"], &1000i64, &i64::MAX],
-    )
-    .await
-    .unwrap();
+    check_usage_of_u(&tx).await;
     let s2 = store.clone();
     let first = tokio::spawn(async move {
         s2.task_insert(vec![conformance::task("default", 3, 0, T0 + 1)], T0 + 1)

@@ -83,10 +83,15 @@ async fn floor(db: &tokio_postgres::Client, single_n: usize, batch_n: usize) -> 
     }
     let batched = batch_n as f64 / t.elapsed().as_secs_f64();
     pb.finish_and_clear();
+    drop_floor_table(db).await?;
+    Ok((single, batched))
+}
+
+/// Drops the floor's table, so the bench leaves only its tasks in the database.
+async fn drop_floor_table(db: &tokio_postgres::Client) -> R<()> {
     db.batch_execute("DROP TABLE spool_bench_floor")
         .await
-        .map_err(e)?;
-    Ok((single, batched))
+        .map_err(|e| format!("floor: {e}"))
 }
 
 /// Rows/s of `n` task-sized INSERTs, one per commit, into a new `spool_bench_floor` table
@@ -301,9 +306,7 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
     // The floor again at once: how far the disk's commit rate moved while the phase ran (the
     // ratio above is against the floor before it; on a shared machine the two can differ).
     let again = floor_one_per_commit(&db, 3000).await?;
-    db.batch_execute("DROP TABLE spool_bench_floor")
-        .await
-        .map_err(|e| format!("floor: {e}"))?;
+    drop_floor_table(&db).await?;
     figures.push(fig(
         FLOOR_AGAIN,
         again,

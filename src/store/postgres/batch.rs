@@ -54,8 +54,9 @@ const MAX_GATHER: Duration = Duration::from_millis(2);
 /// Group commits running at once, at most. Two against one, 64 single-task clients on the
 /// 2-core machine with PostgreSQL on it, in alternated runs on a quiet machine: about a tenth
 /// more tasks/s (pair by pair 0.98–1.19, median 1.12, nine pairs), for a median of 5% more
-/// CPU per task (smaller groups). Three were no better than two. This pays only since the wake-up's
-/// NOTIFY left the commit (see `notify_work`): before, concurrent notifying commits took turns.
+/// CPU per task (smaller groups). Three were no better than two. This pays only since the
+/// wake-up's NOTIFY left the commit (see `notify_work`): before, concurrent notifying commits
+/// took turns.
 const IN_FLIGHT: usize = 2;
 
 /// One request: its tasks (with their payloads as JSON text), its time, and where its answer
