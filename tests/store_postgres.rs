@@ -1204,3 +1204,98 @@ async fn a_nul_anywhere_a_task_writes_is_stored_as_the_replacement_character() {
     let msgs = store.message_list(t0, 0, 10, None).await.unwrap();
     assert_eq!(msgs[0].content, json!("m\u{FFFD}"));
 }
+
+/// A loopback TCP proxy in front of the test server that counts the bytes the server sends
+/// through it: returns `url` by way of the proxy, and the count.
+async fn counting_proxy(url: &str) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = format!("127.0.0.1:{}", pg::server().port);
+    let sent = Arc::new(AtomicU64::new(0));
+    let count = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (server, count) = (server.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = upstream.into_split();
+                let up = async {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    let _ = to_server.shutdown().await;
+                };
+                let down = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    let direct = format!(":{}/", pg::server().port);
+    assert!(url.contains(&direct), "a URL of the test server: {url}");
+    (url.replacen(&direct, &format!(":{port}/"), 1), sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_changes_or_messages_fetches_little_more_than_it_holds() {
+    use std::sync::atomic::Ordering;
+    let url = pg::server().fresh_db().await;
+    let writer = open(&url, Limits::default()).await;
+    // 24 tasks of 0.9 MiB each in the change log, and one task with 24 messages of 0.9 MiB.
+    let big = "x".repeat(900 << 10);
+    let mut first = None;
+    for _ in 0..24 {
+        let t = spool::task::NewTask {
+            payload: json!(big),
+            ..conformance::task("default", 3, 0, T0)
+        };
+        let id = conformance::add(&*writer, t, T0).await.id;
+        first.get_or_insert(id);
+    }
+    let talker = first.unwrap();
+    for _ in 0..24 {
+        writer
+            .message_insert(talker, "log".into(), json!(big), MessageCheck::Worker, T0)
+            .await
+            .unwrap();
+    }
+    let (proxied, sent) = counting_proxy(&url).await;
+    let reader = open(&proxied, Limits::default()).await;
+    // A page holds one of them (the second is past the page's bytes): the database sends that
+    // one and the next (the caller's sign that the page is full), not all 24 (21.6 MiB).
+    let limit = 4 << 20;
+    let before = sent.load(Ordering::Relaxed);
+    let page = reader
+        .changes(spool::store::ChangeParams {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let fetched = sent.load(Ordering::Relaxed) - before;
+    assert_eq!(page.changes.len(), 1);
+    assert!(page.more, "the page was cut");
+    assert!(
+        fetched < limit,
+        "a page of changes of 0.9 MiB fetched {fetched} bytes"
+    );
+    let before = sent.load(Ordering::Relaxed);
+    let messages = reader.message_list(talker, 0, 1000, None).await.unwrap();
+    let fetched = sent.load(Ordering::Relaxed) - before;
+    assert_eq!(messages.len(), 1);
+    assert!(
+        fetched < limit,
+        "a page of messages of 0.9 MiB fetched {fetched} bytes"
+    );
+}

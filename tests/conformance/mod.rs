@@ -23,7 +23,7 @@ use spool::queue::{decide, Outcome, Transition};
 use spool::store::{
     ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Limits, ListParams,
     MessageCheck, QueueClaim, Store, StoreError, TaskTokenCheck, TokenCreate, TokenRevoke,
-    ADMIN_NAME, MESSAGE_PAGE_BYTES,
+    ADMIN_NAME, CHANGE_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
 use spool::task::{Message, NewTask, Task, TaskId, TaskStatus};
 use std::collections::{HashMap, HashSet};
@@ -107,6 +107,7 @@ macro_rules! suite {
             concurrent_messages_are_read_page_by_page_once_in_order,
             a_message_page_is_bounded_by_bytes_but_holds_at_least_one,
             changes_from_another_store_are_read_with_filters_and_a_cursor,
+            a_change_page_is_bounded_by_bytes_and_the_next_resumes_at_its_cut,
             a_cursor_behind_pruned_changes_reports_a_gap,
             own_commits_are_published_on_the_hub,
             token_create_new_existing_and_admin_rules,
@@ -1795,6 +1796,55 @@ pub async fn a_message_page_is_bounded_by_bytes_but_holds_at_least_one<B: Backen
 }
 
 // ---- events -------------------------------------------------------------------------------
+
+pub async fn a_change_page_is_bounded_by_bytes_and_the_next_resumes_at_its_cut<B: Backend>(b: &B) {
+    let f = b.fresh(Limits::default()).await;
+    let s = &*f.store;
+    // Six payloads of 2/5 of a page (2.4 pages), one larger than a page, then two small ones.
+    let big = CHANGE_PAGE_BYTES * 2 / 5;
+    let mut sizes = vec![big; 6];
+    sizes.push(CHANGE_PAGE_BYTES + 1000);
+    sizes.extend([10, 10]);
+    let mut ids = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let t = NewTask {
+            payload: json!(format!("{i}{}", "x".repeat(*n))),
+            ..task("default", 3, 0, T0)
+        };
+        ids.push(add(s, t, T0).await.id);
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    for _ in 0..20 {
+        let page = s
+            .changes(ChangeParams {
+                after,
+                limit: 100,
+                ..ChangeParams::default()
+            })
+            .await
+            .unwrap();
+        let bytes: usize = page
+            .changes
+            .iter()
+            .map(|c| c.task.payload.as_str().unwrap().len() + 2)
+            .sum();
+        assert!(
+            page.changes.len() == 1 || bytes <= CHANGE_PAGE_BYTES,
+            "a page holds about {CHANGE_PAGE_BYTES} bytes or one change, got {} changes of {bytes}",
+            page.changes.len()
+        );
+        assert!(page.changes.len() <= 2, "2/5 of a page fits twice at most");
+        seen.extend(page.changes.iter().map(|c| c.task.id));
+        assert!(page.next >= after);
+        after = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    // Page by page, every change once, in order: the cursor of a cut page is its last change.
+    assert_eq!(seen, ids);
+}
 
 pub async fn changes_from_another_store_are_read_with_filters_and_a_cursor<B: Backend>(b: &B) {
     let f = b.fresh(Limits::default()).await;

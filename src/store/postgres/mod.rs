@@ -612,7 +612,13 @@ async fn messages_after<C: GenericClient>(
     let rows = query(
         c,
         sql::MESSAGE_LIST,
-        &[&uuid(task_id), &after, &i64::from(limit), &author],
+        &[
+            &uuid(task_id),
+            &after,
+            &i64::from(limit),
+            &author,
+            &(MESSAGE_PAGE_BYTES as i64),
+        ],
     )
     .await?;
     let mut out = Vec::new();
@@ -1670,7 +1676,13 @@ impl Store for PostgresStore {
         let rows = query(
             &tx,
             sql::CHANGE_LIST,
-            &[&p.after, &limit, &p.user_id, &p.queue],
+            &[
+                &p.after,
+                &limit,
+                &p.user_id,
+                &p.queue,
+                &(CHANGE_PAGE_BYTES as i64),
+            ],
         )
         .await?;
         tx.commit().await.map_err(pg_err)?;
@@ -1696,7 +1708,7 @@ impl Store for PostgresStore {
         let newest = newest.unwrap_or(0);
         let next = cut.or(page_end).unwrap_or(p.after).max(p.after);
         Ok(ChangePage {
-            gap: p.after > 0 && oldest.is_some_and(|o| o > p.after + 1),
+            gap: p.after > 0 && oldest.is_some_and(|o| o > p.after.saturating_add(1)),
             next,
             newest,
             more: next < newest,

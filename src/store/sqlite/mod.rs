@@ -1288,7 +1288,7 @@ impl Store for SqliteStore {
                 let next = cut.or(page_end).unwrap_or(p.after).max(p.after);
                 Ok(ChangePage {
                     // Changes after `after` were pruned when the oldest kept is past the next.
-                    gap: p.after > 0 && oldest.is_some_and(|o| o > p.after + 1),
+                    gap: p.after > 0 && oldest.is_some_and(|o| o > p.after.saturating_add(1)),
                     next,
                     newest,
                     more: next < newest,
