@@ -1299,3 +1299,87 @@ async fn a_page_of_changes_or_messages_fetches_little_more_than_it_holds() {
         "a page of messages of 0.9 MiB fetched {fetched} bytes"
     );
 }
+
+/// A task of user `user`, with idempotency key `key` when given.
+fn task_of(user: &str, key: Option<&str>) -> spool::task::NewTask {
+    spool::task::NewTask {
+        user_id: user.into(),
+        idempotency_key: key.map(Into::into),
+        request_hash: key.map(|k| format!("hash of {k}")),
+        ..conformance::task("default", 3, 0, T0)
+    }
+}
+
+/// Two enqueues in two processes that name the same users in opposite orders, one held up
+/// (behind another writer's idempotency key) after it wrote its first user's task and before
+/// its second: both commit. Quota checks that locked each user's usage row in request order
+/// made them wait for each other, and PostgreSQL broke the deadlock by failing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueues_naming_the_same_users_in_opposite_orders_never_deadlock() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    // Quotas on (far from reached): every enqueue checks its users'.
+    let limits = Limits {
+        pending_tasks_per_user: 1000,
+        ..Limits::default()
+    };
+    let (a, b) = (open(&url, limits).await, open(&url, limits).await);
+    // Every user has a usage row already (an enqueue makes it on first use).
+    for u in ["u1", "u2", "u3"] {
+        conformance::add(&*a, task_of(u, None), T0).await;
+    }
+    // A third writer holds key k3 of u3, uncommitted.
+    let mut other = server.client(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO tasks (id, user_id, queue, kind, payload, status, priority, run_at, \
+         attempts, max_attempts, timeout_ms, idempotency_key, created_at, updated_at) \
+         VALUES ($1, 'u3', 'default', 'k', '{}', 'pending', 0, 0, 0, 3, 1000, 'k3', 0, 0)",
+        &[&uuid::Uuid::now_v7()],
+    )
+    .await
+    .unwrap();
+    let watcher = server.client(&url).await;
+    // u1's task is written, then the insert of u3's keyed task waits for that writer.
+    let first = tokio::spawn(async move {
+        let tasks = vec![
+            task_of("u1", Some("k1")),
+            task_of("u3", Some("k3")),
+            task_of("u2", None),
+        ];
+        a.task_insert(tasks, T0).await
+    });
+    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    // u2's task, then u1's, while the first is held.
+    let second = tokio::spawn(async move {
+        let tasks = vec![task_of("u2", Some("k2")), task_of("u1", None)];
+        b.task_insert(tasks, T0).await
+    });
+    // It commits, or (with the checks in request order) it waits for u1's row, which the first
+    // holds until it commits.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while !second.is_finished() {
+        let waiting = count(
+            &watcher,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+                 AND wait_event_type = 'Lock'",
+                db_name(&url)
+            ),
+        )
+        .await;
+        if waiting >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "the second enqueue hung");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.rollback().await.unwrap();
+    for (name, h) in [("first", first), ("second", second)] {
+        match tokio::time::timeout(DEADLINE, h).await.unwrap().unwrap() {
+            Ok(ins) => assert!(ins.iter().all(|i| i.created), "{name}: {ins:?}"),
+            Err(e) => panic!("the {name} enqueue failed: {e}"),
+        }
+    }
+    assert_eq!(count(&watcher, "SELECT count(*) FROM tasks").await, 8);
+}

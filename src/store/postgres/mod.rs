@@ -664,7 +664,6 @@ fn quota_caps(limits: &Limits) -> (i64, i64) {
 async fn write_rows<C: GenericClient>(
     c: &C,
     waiting: &mut Vec<(NewTask, String, UnixMillis)>,
-    limits: &Limits,
     out: &mut Vec<Inserted>,
 ) -> Result<()> {
     if waiting.is_empty() {
@@ -672,13 +671,6 @@ async fn write_rows<C: GenericClient>(
     }
     let rows = InsertRows::new(waiting);
     execute(c, sql::TASK_INSERT, &rows.params()).await?;
-    // Checked after the insert: the users' usage rows are locked (to commit) only now, so
-    // enqueues of one user insert side by side and take turns only to check and commit. The
-    // check sees what this transaction wrote; refused, the caller rolls it all back.
-    if rules::quotas_on(limits) {
-        let users: Vec<&str> = waiting.iter().map(|(t, _, _)| t.user_id.as_str()).collect();
-        check_written_quotas(c, &users, limits).await?;
-    }
     for (t, _, now) in waiting.drain(..) {
         out.push(Inserted {
             task: Arc::new(rules::inserted_task(t, now)),
@@ -719,7 +711,7 @@ async fn insert_tasks_at<C: GenericClient>(
             waiting.push((t, payload, now));
             continue;
         };
-        write_rows(c, &mut waiting, limits, &mut out).await?;
+        write_rows(c, &mut waiting, &mut out).await?;
         let mut existing = task_by_key(c, &t.user_id, &key).await?;
         if existing.is_none() {
             let inserted = query_opt(
@@ -743,9 +735,6 @@ async fn insert_tasks_at<C: GenericClient>(
             )
             .await?;
             if inserted.is_some() {
-                if rules::quotas_on(limits) {
-                    check_written_quotas(c, &[t.user_id.as_str()], limits).await?;
-                }
                 out.push(Inserted {
                     task: Arc::new(rules::inserted_task(t, now)),
                     created: true,
@@ -768,7 +757,23 @@ async fn insert_tasks_at<C: GenericClient>(
             created: false,
         });
     }
-    write_rows(c, &mut waiting, limits, &mut out).await?;
+    write_rows(c, &mut waiting, &mut out).await?;
+    // The quotas are checked once, after every row is written: `spool_check_usage` locks the
+    // users' usage rows (to commit) in user order, so two transactions that enqueue for the
+    // same users never hold one user's row while waiting for another's (a check per request,
+    // in request order, could: a deadlock), and none holds a user's row while it waits for
+    // another writer's idempotency key. Usage only grows here, so the sums passing means each
+    // request's own check would have passed in turn; refused, the caller rolls it all back.
+    if rules::quotas_on(limits) {
+        let users: Vec<&str> = out
+            .iter()
+            .filter(|i| i.created)
+            .map(|i| i.task.user_id.as_str())
+            .collect();
+        if !users.is_empty() {
+            check_written_quotas(c, &users, limits).await?;
+        }
+    }
     Ok(out)
 }
 
