@@ -1383,3 +1383,85 @@ async fn enqueues_naming_the_same_users_in_opposite_orders_never_deadlock() {
     }
     assert_eq!(count(&watcher, "SELECT count(*) FROM tasks").await, 8);
 }
+
+/// A request refused inside a group commit (its user is past the quota) is written alone, and
+/// the other requests of its group are written once more together: one commit for all 15 of
+/// them, not one each. The group is made deterministic: both group commits in flight wait on a
+/// lock the test holds while the 16 requests queue, so the next group takes all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_others_of_a_group_with_a_refused_request_are_still_written_together() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let limits = Limits {
+        pending_tasks_per_user: 5,
+        ..Limits::default()
+    };
+    let store = open(&url, limits).await;
+    conformance::add(&*store, task_of("blocker", None), T0).await;
+    for _ in 0..5 {
+        conformance::add(&*store, task_of("over", None), T0).await;
+    }
+    // Both group commits in flight wait for the blocker's usage row, which the test holds.
+    let mut other = server.client(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM user_usage WHERE user_id = 'blocker' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let watcher = server.client(&url).await;
+    let mut held = Vec::new();
+    for n in 1..=2 {
+        let s = store.clone();
+        held.push(tokio::spawn(async move {
+            s.task_insert(vec![task_of("blocker", None)], T0).await
+        }));
+        until_lock_waiters(&watcher, &db_name(&url), n).await;
+    }
+    let mut hs = Vec::new();
+    for i in 0..16 {
+        let s = store.clone();
+        let user = if i == 7 {
+            "over".to_string()
+        } else {
+            format!("g{i}")
+        };
+        hs.push(tokio::spawn(async move {
+            (
+                user.clone(),
+                s.task_insert(vec![task_of(&user, None)], T0).await,
+            )
+        }));
+    }
+    // Every request is queued behind the two held commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    for h in held {
+        h.await.unwrap().unwrap();
+    }
+    for h in hs {
+        match h.await.unwrap() {
+            (u, Err(StoreError::LimitReached { .. })) if u == "over" => {}
+            (u, Ok(ins)) if u != "over" => assert!(ins[0].created),
+            (u, r) => panic!("{u}: {r:?}"),
+        }
+    }
+    let commits = count(
+        &watcher,
+        "SELECT count(DISTINCT xmin::text) FROM tasks WHERE user_id LIKE 'g%'",
+    )
+    .await;
+    assert_eq!(
+        commits, 1,
+        "the 15 accepted requests took {commits} commits"
+    );
+    assert_eq!(
+        count(
+            &watcher,
+            "SELECT count(*) FROM tasks WHERE user_id = 'over'"
+        )
+        .await,
+        5
+    );
+}

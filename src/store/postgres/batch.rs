@@ -8,8 +8,10 @@
 //! sees its twin, and the quota check of the batch's rows per user passes only if each
 //! request's own check would have passed in turn. When the batch as a whole is refused for a
 //! reason that belongs to one request (a quota, an idempotency key used with another body), it
-//! is rolled back and each request is written alone, in order, with its own answer: exactly
-//! what the requests would have got one by one.
+//! is rolled back; the requests the refusal names (the one with the key, or those of users the
+//! group would take past a quota) are written alone, each with its own answer, and the others
+//! once more as one group: what the requests would have got one by one, and a client that
+//! keeps sending past its quota costs the others of its group one more commit, not one each.
 //!
 //! Clients that each wait for their answer before sending again (a phone's app, a script's
 //! loop) come back together once a commit answers them. Without a pause, the next commit
@@ -28,12 +30,15 @@
 //! its order, as it waits for each answer), and two of them with one idempotency key meet the
 //! unique index, as two hosts' would.
 
-use super::{insert_committed, pool_err, Conn, Limits, Result, StoreError};
+use super::{
+    insert_committed, pg_err, pool_err, query, quota_caps, sql, Conn, Limits, Result, StoreError,
+};
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
 use crate::store::Inserted;
 use crate::task::NewTask;
 use deadpool_postgres::Pool;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -224,14 +229,89 @@ async fn write(pool: &Pool, hub: &Arc<EventHub>, limits: &Limits, jobs: Vec<Job>
                 let _ = j.reply.send(Err(StoreError::Unavailable(e.clone())));
             }
         }
-        // One request's own refusal (or an error of one of them): each alone, in order.
-        Err(_) => {
-            for j in jobs {
+        // One request's own refusal (or an error of one of them). The requests it names are
+        // written alone, each with its own answer; the others once more as one group. So a
+        // client past its quota, or one reusing a key, costs the others of its group one more
+        // commit, not one each. When it names none (or all), each is written alone.
+        Err(e) => {
+            let named = named_by(pool, limits, &jobs, &e).await;
+            let (mut apart, mut rest) = (Vec::new(), Vec::new());
+            for (j, named) in jobs.into_iter().zip(named) {
+                if named {
+                    apart.push(j);
+                } else {
+                    rest.push(j);
+                }
+            }
+            if apart.is_empty() {
+                std::mem::swap(&mut apart, &mut rest);
+            }
+            if rest.len() > 1 {
+                Box::pin(write(pool, hub, limits, rest)).await;
+            } else {
+                apart.append(&mut rest);
+            }
+            for j in apart {
                 let out = alone(pool, hub, limits, j.tasks, j.now).await;
                 let _ = j.reply.send(out);
             }
         }
     }
+}
+
+/// Which of `jobs` the refusal `e` of their group commit names: the request whose idempotency
+/// key was used with another body, or the requests of users whose quota the group's tasks
+/// would pass (by their usage read now, without a lock: a guess, which the writes that follow
+/// check). None when it names no request (or their usage cannot be read).
+async fn named_by(pool: &Pool, limits: &Limits, jobs: &[Job], e: &StoreError) -> Vec<bool> {
+    match e {
+        StoreError::IdempotencyMismatch { index, .. } => {
+            let mut start = 0;
+            jobs.iter()
+                .map(|j| {
+                    let of_it = (start..start + j.tasks.len()).contains(index);
+                    start += j.tasks.len();
+                    of_it
+                })
+                .collect()
+        }
+        StoreError::LimitReached { .. } => {
+            let over = over_quota(pool, limits, jobs).await.unwrap_or_default();
+            jobs.iter()
+                .map(|j| j.tasks.iter().any(|(t, _)| over.contains(&t.user_id)))
+                .collect()
+        }
+        _ => vec![false; jobs.len()],
+    }
+}
+
+/// The users whose usage now plus what `jobs` add passes a quota.
+async fn over_quota(pool: &Pool, limits: &Limits, jobs: &[Job]) -> Result<BTreeSet<String>> {
+    let mut adds: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (t, payload) in jobs.iter().flat_map(|j| j.tasks.iter()) {
+        let add = adds.entry(t.user_id.as_str()).or_default();
+        add.0 = add.0.saturating_add(1);
+        add.1 = add
+            .1
+            .saturating_add(i64::try_from(payload.len()).unwrap_or(i64::MAX));
+    }
+    let users: Vec<&str> = adds.keys().copied().collect();
+    let c = conn(pool).await?;
+    let rows = query(&c, sql::USAGE_READ, &[&users]).await?;
+    let (max_tasks, max_bytes) = quota_caps(limits);
+    let mut over = BTreeSet::new();
+    for r in rows {
+        let user: String = r.try_get("user_id").map_err(pg_err)?;
+        let tasks: i64 = r.try_get("unfinished").map_err(pg_err)?;
+        let bytes: i64 = r.try_get("payload_bytes").map_err(pg_err)?;
+        let (more_tasks, more_bytes) = adds.get(user.as_str()).copied().unwrap_or_default();
+        if tasks.saturating_add(more_tasks) > max_tasks
+            || bytes.saturating_add(more_bytes) > max_bytes
+        {
+            over.insert(user);
+        }
+    }
+    Ok(over)
 }
 
 async fn conn(pool: &Pool) -> Result<Conn> {

@@ -84,6 +84,7 @@ pub(crate) const USER_SET_ADMIN: &str =
     include_str!("../../../sql/postgres/queries/user_set_admin.sql");
 pub(crate) const USAGE_CHECK: &str = include_str!("../../../sql/postgres/queries/usage_check.sql");
 pub(crate) const USAGE_FOLD: &str = include_str!("../../../sql/postgres/queries/usage_fold.sql");
+pub(crate) const USAGE_READ: &str = include_str!("../../../sql/postgres/queries/usage_read.sql");
 pub(crate) const WORKER_DELETE: &str =
     include_str!("../../../sql/postgres/queries/worker_delete.sql");
 pub(crate) const WORKER_UPSERT: &str =
