@@ -578,6 +578,40 @@ async fn list_ids(c: &Client, s: &Server, token: &str, query: &str) -> (Vec<Stri
     (ids, r["next_cursor"].clone())
 }
 
+/// A page of large tasks stops at about 4 MiB of their content (500 tasks of 1 MiB payloads
+/// would be 500 MB in one answer) and its next_cursor goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_large_tasks_is_cut_by_bytes_and_next_cursor_goes_on() {
+    let env = start("[worker]\nconcurrency = 0");
+    let c = client();
+    let tok = env.token.clone();
+    let big = "x".repeat(900 << 10);
+    let mut made = Vec::new();
+    for _ in 0..6 {
+        let t = create(
+            &c,
+            &env,
+            &tok,
+            json!({"kind": "k", "queue": "idle", "payload": big}),
+        )
+        .await;
+        made.push(id_of(&t));
+    }
+    made.reverse();
+    let (first, next) = list_ids(&c, &env, &tok, "limit=500").await;
+    assert_eq!(
+        first,
+        made[..4].to_vec(),
+        "four of 0.9 MiB fit in 4 MiB, five do not"
+    );
+    let cursor = next
+        .as_str()
+        .expect("a page cut by bytes has a next_cursor");
+    let (rest, next) = list_ids(&c, &env, &tok, &format!("limit=500&cursor={cursor}")).await;
+    assert_eq!(rest, made[4..].to_vec());
+    assert!(next.is_null(), "the last page: {next}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_limits_and_pages_newest_first() {
     let env = start("[worker]\nconcurrency = 0");

@@ -623,7 +623,7 @@ async fn a_store_listens_only_once_something_in_its_process_waits_for_wake_ups()
         .task_insert(vec![conformance::task("q", 3, 0, T0)], T0)
         .await
         .unwrap();
-    assert_eq!(front.task_list(pending()).await.unwrap().len(), 1);
+    assert_eq!(front.task_list(pending()).await.unwrap().tasks.len(), 1);
     // Give a listener, had one started, time to connect and LISTEN.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count(&db, LISTENING).await, 0, "a front end alone listens");

@@ -305,7 +305,7 @@ pub(super) async fn list(
             ApiError::Invalid("bad cursor: pass back next_cursor as it came".into())
         })?),
     };
-    let tasks = st
+    let page = st
         .store
         .task_list(ListParams {
             user_id: auth.scope(),
@@ -316,7 +316,10 @@ pub(super) async fn list(
             limit,
         })
         .await?;
-    let next = if tasks.len() as u32 == limit {
+    // A page cut by its content's bytes (crate::store::LIST_PAGE_BYTES) goes on after its last
+    // task like a full one.
+    let tasks = page.tasks;
+    let next = if tasks.len() as u32 == limit || page.cut {
         tasks.last().map(|t| t.id.to_string())
     } else {
         None

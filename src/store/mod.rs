@@ -263,6 +263,21 @@ pub struct ListParams {
     pub limit: u32,
 }
 
+/// Task content (payload and result) read per page of a task list, at most: the page still
+/// holds at least one task. 500 tasks of 1 MiB payloads would be 500 MB per request.
+pub const LIST_PAGE_BYTES: usize = 4 << 20;
+
+/// A page of a task list: at most `limit` tasks, newest first, and about [`LIST_PAGE_BYTES`]
+/// of content.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPage {
+    /// The tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// True when the page stopped at [`LIST_PAGE_BYTES`] before `limit`: more may follow the
+    /// last task.
+    pub cut: bool,
+}
+
 /// The result of one enqueue.
 #[derive(Debug, Clone)]
 pub struct Inserted {
@@ -506,7 +521,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// A database error.
-    async fn task_list(&self, p: ListParams) -> Result<Vec<Task>>;
+    async fn task_list(&self, p: ListParams) -> Result<TaskPage>;
 
     /// A task (scoped to `user`) and its messages after `after`, read in one snapshot (see
     /// [`Store::message_list`] for the page).

@@ -122,7 +122,8 @@ pub async fn per_key_limit_skips_a_full_key_without_blocking_others<B: Backend>(
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .tasks;
     assert_eq!(pending.len(), 18);
 }
 

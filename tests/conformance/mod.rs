@@ -23,7 +23,7 @@ use spool::queue::{decide, Outcome, Transition};
 use spool::store::{
     ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Limits, ListParams,
     MessageCheck, QueueClaim, Store, StoreError, TaskTokenCheck, TokenCreate, TokenRevoke,
-    ADMIN_NAME, CHANGE_PAGE_BYTES, MESSAGE_PAGE_BYTES,
+    ADMIN_NAME, CHANGE_PAGE_BYTES, LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
 use spool::task::{Message, NewTask, Task, TaskId, TaskStatus};
 use std::collections::{HashMap, HashSet};
@@ -108,6 +108,7 @@ macro_rules! suite {
             a_message_page_is_bounded_by_bytes_but_holds_at_least_one,
             changes_from_another_store_are_read_with_filters_and_a_cursor,
             a_change_page_is_bounded_by_bytes_and_the_next_resumes_at_its_cut,
+            a_task_list_page_is_bounded_by_bytes_and_says_it_was_cut,
             a_cursor_behind_pruned_changes_reports_a_gap,
             own_commits_are_published_on_the_hub,
             token_create_new_existing_and_admin_rules,
@@ -969,22 +970,31 @@ pub async fn tasks_are_read_only_by_their_owner_and_listed_newest_first<B: Backe
     };
     let got = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!(
-        got(s.task_list(list(None, None, None)).await.unwrap()),
+        got(s.task_list(list(None, None, None)).await.unwrap().tasks),
         want(&|_| true)
     );
     assert_eq!(
-        got(s.task_list(list(Some("u"), None, None)).await.unwrap()),
+        got(s
+            .task_list(list(Some("u"), None, None))
+            .await
+            .unwrap()
+            .tasks),
         want(&|x| x.1 == "u")
     );
     assert_eq!(
-        got(s.task_list(list(None, Some("a"), None)).await.unwrap()),
+        got(s
+            .task_list(list(None, Some("a"), None))
+            .await
+            .unwrap()
+            .tasks),
         want(&|x| x.2 == "a")
     );
     assert_eq!(
         got(s
             .task_list(list(Some("u"), Some("a"), Some("y")))
             .await
-            .unwrap()),
+            .unwrap()
+            .tasks),
         want(&|x| x.1 == "u" && x.2 == "a" && x.3 == "y")
     );
     // Pages of two, after the last id of the previous page.
@@ -998,7 +1008,8 @@ pub async fn tasks_are_read_only_by_their_owner_and_listed_newest_first<B: Backe
                 ..ListParams::default()
             })
             .await
-            .unwrap();
+            .unwrap()
+            .tasks;
         assert!(page.len() <= 2);
         let Some(last) = page.last() else { break };
         cursor = Some(last.id);
@@ -1014,7 +1025,8 @@ pub async fn tasks_are_read_only_by_their_owner_and_listed_newest_first<B: Backe
             ..ListParams::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .tasks;
     assert_eq!(got(running), want(&|x| x.2 == "b"));
 }
 
@@ -1093,7 +1105,8 @@ pub async fn sixteen_concurrent_inserts_of_one_key_create_one_task<B: Backend>(b
             ..ListParams::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .tasks;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].id, winner);
 }
@@ -1793,6 +1806,58 @@ pub async fn a_message_page_is_bounded_by_bytes_but_holds_at_least_one<B: Backen
     let page = s.message_list(t2.id, page[0].id, 100, None).await.unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].content, json!("small"));
+}
+
+pub async fn a_task_list_page_is_bounded_by_bytes_and_says_it_was_cut<B: Backend>(b: &B) {
+    let f = b.fresh(Limits::default()).await;
+    let s = &*f.store;
+    // Oldest first: two small tasks, one larger than a page, six of 2/5 of a page (listed
+    // newest first, so they come first).
+    let mut sizes = vec![10, 10, LIST_PAGE_BYTES + 1000];
+    sizes.extend([LIST_PAGE_BYTES * 2 / 5; 6]);
+    let mut ids = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let t = NewTask {
+            payload: json!(format!("{i}{}", "x".repeat(*n))),
+            ..task("default", 3, 0, T0)
+        };
+        ids.push(add(s, t, T0).await.id);
+    }
+    ids.reverse();
+    let (mut seen, mut cursor, mut pages) = (Vec::new(), None, Vec::new());
+    for _ in 0..20 {
+        let page = s
+            .task_list(ListParams {
+                cursor,
+                limit: 100,
+                ..ListParams::default()
+            })
+            .await
+            .unwrap();
+        let bytes: usize = page
+            .tasks
+            .iter()
+            .map(|t| t.payload.as_str().unwrap().len() + 2)
+            .sum();
+        assert!(
+            page.tasks.len() == 1 || bytes <= LIST_PAGE_BYTES,
+            "a page holds about {LIST_PAGE_BYTES} bytes or one task: {} tasks of {bytes}",
+            page.tasks.len()
+        );
+        pages.push((page.tasks.len(), page.cut));
+        seen.extend(page.tasks.iter().map(|t| t.id));
+        let Some(last) = page.tasks.last() else { break };
+        cursor = Some(last.id);
+        if !page.cut {
+            break;
+        }
+    }
+    // Two of 2/5 a page fit, three do not; the large one alone; the rest is the end.
+    assert_eq!(
+        pages,
+        vec![(2, true), (2, true), (2, true), (1, true), (2, false)]
+    );
+    assert_eq!(seen, ids);
 }
 
 // ---- events -------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ pub use url::PostgresUrl;
 
 use super::{
     rules, ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, Limits,
-    ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck,
-    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES, MESSAGE_PAGE_BYTES,
+    ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskPage,
+    TaskTokenCheck, TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES,
+    LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
@@ -848,7 +849,7 @@ impl Store for PostgresStore {
         get_owned(&c, id, user.as_deref()).await
     }
 
-    async fn task_list(&self, p: ListParams) -> Result<Vec<Task>> {
+    async fn task_list(&self, p: ListParams) -> Result<TaskPage> {
         let c = self.conn().await?;
         let query_text = if p.user_id.is_some() {
             sql::TASK_LIST_USER
@@ -867,10 +868,22 @@ impl Store for PostgresStore {
                 &p.kind,
                 &cursor,
                 &i64::from(p.limit),
+                &(LIST_PAGE_BYTES as i64),
             ],
         )
         .await?;
-        rows::tasks(&rows)
+        let (mut page, mut bytes) = (TaskPage::default(), 0usize);
+        for r in &rows {
+            let size: Option<i64> = r.try_get("content_bytes").map_err(pg_err)?;
+            let size = usize::try_from(size.unwrap_or(0)).unwrap_or(0);
+            if !page.tasks.is_empty() && bytes.saturating_add(size) > LIST_PAGE_BYTES {
+                page.cut = true;
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            page.tasks.push(rows::task(r)?);
+        }
+        Ok(page)
     }
 
     async fn task_with_messages(

@@ -29,8 +29,8 @@ use writer::{writer_loop, WriteJob};
 
 use super::{
     ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, ListParams,
-    MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskTokenCheck, TokenCreate,
-    TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES,
+    MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskPage, TaskTokenCheck,
+    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES, LIST_PAGE_BYTES,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
@@ -897,20 +897,21 @@ impl Store for SqliteStore {
     ///
     /// # Errors
     /// A database error.
-    async fn task_list(&self, p: ListParams) -> Result<Vec<Task>> {
+    async fn task_list(&self, p: ListParams) -> Result<TaskPage> {
         self.read(move |conn| {
             let query = if p.user_id.is_some() {
                 sql::TASK_LIST_USER
             } else {
                 sql::TASK_LIST
             };
-            rows::tasks(
+            rows::task_page(
                 &mut *conn.prepare_cached(query)?,
                 named_params! {
                     ":user_id": p.user_id, ":status": p.status.map(|s| s.as_str()),
                     ":queue": p.queue, ":kind": p.kind,
                     ":cursor": p.cursor.map(|c| c.to_string()), ":limit": p.limit,
                 },
+                LIST_PAGE_BYTES,
             )
         })
         .await

@@ -2,7 +2,7 @@
 //! once per statement, then read by that position for every row, so no query depends on the
 //! order of the table's columns and no row pays for a name lookup per column.
 
-use super::super::{Message, Result, User};
+use super::super::{Message, Result, TaskPage, User};
 use crate::task::{Author, Task, WakeReason};
 use rusqlite::{Row, Statement};
 use serde_json::Value;
@@ -126,6 +126,37 @@ pub(crate) fn tasks(st: &mut Statement<'_>, params: impl rusqlite::Params) -> Re
     let cols = TaskColumns::of(st)?;
     let rows = st.query_map(params, |r| cols.task(r))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The tasks `st` returns for `params`, stopping before the one that would take their content
+/// (payload and result) past `max_bytes`; the first is always kept.
+pub(crate) fn task_page(
+    st: &mut Statement<'_>,
+    params: impl rusqlite::Params,
+    max_bytes: usize,
+) -> Result<TaskPage> {
+    let cols = TaskColumns::of(st)?;
+    let content = [st.column_index("payload")?, st.column_index("result")?];
+    let mut rows = st.query(params)?;
+    let (mut page, mut bytes) = (TaskPage::default(), 0usize);
+    while let Some(r) = rows.next()? {
+        let size = content
+            .iter()
+            .map(|&c| {
+                r.get_ref(c)
+                    .ok()
+                    .and_then(|v| v.as_bytes().ok())
+                    .map_or(0, <[u8]>::len)
+            })
+            .sum::<usize>();
+        if !page.tasks.is_empty() && bytes.saturating_add(size) > max_bytes {
+            page.cut = true;
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        page.tasks.push(cols.task(r)?);
+    }
+    Ok(page)
 }
 
 /// The one task `st` returns for `params`, if any.
