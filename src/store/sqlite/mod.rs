@@ -1253,21 +1253,12 @@ impl Store for SqliteStore {
                 let cols = rows::TaskColumns::of(&st)?;
                 let seq_col = st.column_index("change_seq")?;
                 let status_col = st.column_index("change_status")?;
-                let payload_col = st.column_index("payload")?;
-                let result_col = st.column_index("result")?;
+                let content = rows::ContentColumns::of(&st)?;
                 let mut rows = st.query(named_params! {":after": p.after, ":limit": p.limit,
                 ":user_id": p.user_id, ":queue": p.queue})?;
                 let (mut changes, mut bytes, mut cut) = (Vec::new(), 0usize, None);
                 while let Some(r) = rows.next()? {
-                    let size = [payload_col, result_col]
-                        .iter()
-                        .map(|&c| {
-                            r.get_ref(c)
-                                .ok()
-                                .and_then(|v| v.as_bytes().ok())
-                                .map_or(0, <[u8]>::len)
-                        })
-                        .sum::<usize>();
+                    let size = content.bytes(r);
                     if !changes.is_empty() && bytes.saturating_add(size) > CHANGE_PAGE_BYTES {
                         // Stop before it: the next page starts right after the last one kept.
                         cut = changes.last().map(|c: &super::Change| c.seq);

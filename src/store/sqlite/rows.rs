@@ -128,6 +128,31 @@ pub(crate) fn tasks(st: &mut Statement<'_>, params: impl rusqlite::Params) -> Re
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// Where a task row's content is (its payload and result): what pages of tasks are bounded by.
+pub(crate) struct ContentColumns([usize; 2]);
+
+impl ContentColumns {
+    pub(crate) fn of(st: &Statement<'_>) -> Result<Self> {
+        Ok(Self([
+            st.column_index("payload")?,
+            st.column_index("result")?,
+        ]))
+    }
+
+    /// The bytes of the row's payload and result (NULL: none).
+    pub(crate) fn bytes(&self, r: &Row<'_>) -> usize {
+        self.0
+            .iter()
+            .map(|&c| {
+                r.get_ref(c)
+                    .ok()
+                    .and_then(|v| v.as_bytes().ok())
+                    .map_or(0, <[u8]>::len)
+            })
+            .sum()
+    }
+}
+
 /// The tasks `st` returns for `params`, stopping before the one that would take their content
 /// (payload and result) past `max_bytes`; the first is always kept.
 pub(crate) fn task_page(
@@ -136,19 +161,11 @@ pub(crate) fn task_page(
     max_bytes: usize,
 ) -> Result<TaskPage> {
     let cols = TaskColumns::of(st)?;
-    let content = [st.column_index("payload")?, st.column_index("result")?];
+    let content = ContentColumns::of(st)?;
     let mut rows = st.query(params)?;
     let (mut page, mut bytes) = (TaskPage::default(), 0usize);
     while let Some(r) = rows.next()? {
-        let size = content
-            .iter()
-            .map(|&c| {
-                r.get_ref(c)
-                    .ok()
-                    .and_then(|v| v.as_bytes().ok())
-                    .map_or(0, <[u8]>::len)
-            })
-            .sum::<usize>();
+        let size = content.bytes(r);
         if !page.tasks.is_empty() && bytes.saturating_add(size) > max_bytes {
             page.cut = true;
             break;
