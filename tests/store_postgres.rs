@@ -61,20 +61,21 @@ conformance::suite!(PostgresBackend);
 /// How long a test waits for a condition at most.
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// How many sessions of database `db` wait for a lock now.
+async fn lock_waiters(c: &tokio_postgres::Client, db: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        &[&db],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Waits until `n` sessions of the database at `url` wait for a lock.
 async fn until_lock_waiters(c: &tokio_postgres::Client, db: &str, n: i64) {
     let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let row = c
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-                &[&db],
-            )
-            .await
-            .unwrap();
-        if row.get::<_, i64>(0) >= n {
-            return;
-        }
+    while lock_waiters(c, db).await < n {
         assert!(
             tokio::time::Instant::now() < end,
             "no session waited for the lock"
@@ -1359,16 +1360,7 @@ async fn enqueues_naming_the_same_users_in_opposite_orders_never_deadlock() {
     // holds until it commits.
     let end = tokio::time::Instant::now() + DEADLINE;
     while !second.is_finished() {
-        let waiting = count(
-            &watcher,
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-                 AND wait_event_type = 'Lock'",
-                db_name(&url)
-            ),
-        )
-        .await;
-        if waiting >= 2 {
+        if lock_waiters(&watcher, &db_name(&url)).await >= 2 {
             break;
         }
         assert!(tokio::time::Instant::now() < end, "the second enqueue hung");
