@@ -359,6 +359,30 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
             .collect();
         assert_eq!(got, want);
         assert!(want.len() >= 6, "{want:?}");
+        // Each task knows its owner's newest message (what a wait checks it has read).
+        let mut st = sq
+            .prepare(
+                "SELECT task_id, max(id) FROM messages WHERE author = 'user' \
+                 GROUP BY task_id ORDER BY task_id",
+            )
+            .unwrap();
+        let want: Vec<(String, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let got: Vec<(String, i64)> = pgc
+            .query(
+                "SELECT id::text, inbox_last FROM tasks WHERE inbox_last > 0 ORDER BY id::text",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(got, want);
+        assert!(!want.is_empty(), "no owner's message was copied");
     }
     assert!(!String::from_utf8_lossy(&out.stdout).is_empty());
 

@@ -1119,23 +1119,22 @@ async fn a_nul_anywhere_a_task_writes_is_stored_as_the_replacement_character() {
     let url = server.fresh_db().await;
     let store = open(&url, Limits::default()).await;
     let mut ids = Vec::new();
+    let mut answered = Vec::new();
     for i in 0..4 {
         let t = spool::task::NewTask {
             payload: json!({ "a\u{0}": format!("x\u{0}{i}") }),
             ..conformance::task("default", 3, 0, T0)
         };
-        ids.push(
-            store
-                .task_insert(vec![t], T0)
-                .await
-                .unwrap()
-                .remove(0)
-                .task
-                .id,
-        );
+        let task = store.task_insert(vec![t], T0).await.unwrap().remove(0).task;
+        ids.push(task.id);
+        answered.push(task);
     }
     let stored = store.task_get(ids[0], None).await.unwrap();
     assert_eq!(stored.payload, json!({ "a\u{FFFD}": "x\u{FFFD}0" }));
+    assert_eq!(
+        answered[0].payload, stored.payload,
+        "the enqueue answers with the payload as stored"
+    );
     let claimed = store
         .task_claim(ClaimParams {
             owner: "A".into(),
@@ -1157,11 +1156,12 @@ async fn a_nul_anywhere_a_task_writes_is_stored_as_the_replacement_character() {
         attempt: 1,
     };
     let t0 = claimed[0].id;
-    store
+    let sent = store
         .message_insert(t0, "log".into(), json!("m\u{0}"), fence.clone(), T0 + 2)
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(sent.content, json!("m\u{FFFD}"), "answered as stored");
     let saved = store
         .task_checkpoint(t0, json!(["c\u{0}"]), fence, T0 + 3)
         .await
@@ -1192,6 +1192,11 @@ async fn a_nul_anywhere_a_task_writes_is_stored_as_the_replacement_character() {
     for h in hs {
         let done = h.await.unwrap().unwrap().unwrap();
         let stored = store.task_get(done.id, None).await.unwrap();
+        assert_eq!(
+            (&done.result, &done.last_error),
+            (&stored.result, &stored.last_error),
+            "the finish answers with the outcome as stored"
+        );
         match stored.status {
             TaskStatus::Completed => {
                 assert_eq!(stored.result, Some(json!({ "out": "r\u{FFFD}" })))
@@ -1455,5 +1460,131 @@ async fn the_others_of_a_group_with_a_refused_request_are_still_written_together
         )
         .await,
         5
+    );
+}
+
+/// The race a wait must not lose: the owner's message and the attempt's wait meet at the task's
+/// row. The message's transaction holds the row; the wait's statement starts (its snapshot does
+/// not see the message) and waits for the row; the message commits. The wait then reads the row
+/// as the message left it (inbox_last), not its snapshot, and is woken at once instead of
+/// parking until the timeout. A third session holds the row first so the two queue up in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_while_the_wait_waited_for_the_row_wakes_it() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let t = store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .task;
+    let c = conformance::claim_one(store.as_ref(), "A", T0).await;
+    let mut holder = server.client(&url).await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&t.id.0])
+        .await
+        .unwrap();
+    let watcher = server.client(&url).await;
+    let db = db_name(&url);
+    let s = store.clone();
+    let message = tokio::spawn(async move {
+        s.message_insert(
+            t.id,
+            "answer".into(),
+            json!("yes"),
+            MessageCheck::User(Some("u".into())),
+            T0 + 1,
+        )
+        .await
+    });
+    until_lock_waiters(&watcher, &db, 1).await;
+    let s = store.clone();
+    let wait = tokio::spawn(async move {
+        conformance::park(s.as_ref(), &c, "A", T0 + 3_600_000, T0 + 2).await
+    });
+    until_lock_waiters(&watcher, &db, 2).await;
+    tx.commit().await.unwrap();
+    let m = tokio::time::timeout(DEADLINE, message)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ended = tokio::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ended.status, ended.wake_reason, ended.wait_until),
+        (
+            TaskStatus::Pending,
+            Some(spool::task::WakeReason::Message),
+            None
+        ),
+        "the wait parked past message {}",
+        m.id
+    );
+}
+
+/// After an outage, every host's running tasks can have lost their lease at once: one claim
+/// rescues at most `EXPIRED_LEASES_PER_CLAIM` of them (those that ran out first), the next
+/// claim the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_leases_are_rescued_a_bounded_number_per_claim() {
+    use spool::store::{ClaimParams, QueueClaim};
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let per = spool::store::EXPIRED_LEASES_PER_CLAIM as usize;
+    let n = per + 2;
+    store
+        .task_insert(
+            (0..n)
+                .map(|_| conformance::task("default", 3, 0, T0))
+                .collect(),
+            T0,
+        )
+        .await
+        .unwrap();
+    let claim = |owner: &str, total: u32, now: i64| ClaimParams {
+        owner: owner.into(),
+        queues: vec![QueueClaim {
+            queue: "default".into(),
+            limit: total,
+            admission: None,
+        }],
+        total,
+        rescue: true,
+        lease_ms: 1_000,
+        now,
+    };
+    assert_eq!(
+        store
+            .task_claim(claim("A", n as u32, T0))
+            .await
+            .unwrap()
+            .len(),
+        n
+    );
+    let db = server.client(&url).await;
+    let running = "SELECT count(*) FROM tasks WHERE status = 'running'";
+    // Long after every lease: one claim rescues `per` and runs one of them.
+    let taken = store.task_claim(claim("B", 1, T0 + 60_000)).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tasks WHERE status = 'pending'").await,
+        per as i64 - 1
+    );
+    assert_eq!(
+        count(&db, &format!("{running} AND lease_owner = 'A'")).await,
+        2,
+        "one claim rescued more than {per}"
+    );
+    store.task_claim(claim("B", 1, T0 + 60_001)).await.unwrap();
+    assert_eq!(
+        count(&db, &format!("{running} AND lease_owner = 'A'")).await,
+        0
     );
 }

@@ -267,6 +267,15 @@ pub struct ListParams {
 /// holds at least one task. 500 tasks of 1 MiB payloads would be 500 MB per request.
 pub const LIST_PAGE_BYTES: usize = 4 << 20;
 
+/// How many timed-out waits one claim makes runnable again at most (the oldest first); the rest
+/// wait for the next claim that rescues. After a long outage many waits time out at once, and
+/// one claim's transaction should not rewrite them all while enqueues wait behind it.
+pub const EXPIRED_WAITS_PER_CLAIM: u32 = 1_000;
+
+/// How many expired leases one claim rescues at most on PostgreSQL (the oldest first; every
+/// host's running tasks can be there at once after an outage); the rest, at the next claim.
+pub const EXPIRED_LEASES_PER_CLAIM: u32 = 1_000;
+
 /// A page of a task list: at most `limit` tasks, newest first, and about [`LIST_PAGE_BYTES`]
 /// of content.
 #[derive(Debug, Clone, Default)]

@@ -449,6 +449,11 @@ impl WorkerPool {
             h.attempt_ended(t);
         }
         match done {
+            Ok(Some(t)) if status == TaskStatus::Waiting && t.status == TaskStatus::Pending => {
+                // The store found a message of the owner the attempt had not read: no wait.
+                metrics::counter!("spool_tasks_woken_at_once_total", &labels).increment(1);
+                tracing::info!("the owner wrote while it ran; runnable again at once");
+            }
             Ok(Some(_)) => {
                 let counter = match status {
                     TaskStatus::Completed => "spool_tasks_completed_total",

@@ -127,6 +127,8 @@ macro_rules! suite {
             a_waiting_task_is_canceled_at_once_and_counted_in_queue_stats,
             a_checkpoint_is_fenced_by_attempt_and_kept_until_a_reset_retry,
             the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait,
+            a_wait_with_an_owner_message_it_has_not_read_does_not_park,
+            timed_out_waits_come_back_a_bounded_number_per_claim_oldest_first,
             messages_record_their_author_and_are_read_by_author,
             stream_tokens_name_one_task_until_they_expire,
             a_task_keeps_only_its_newest_stream_tokens,
@@ -2937,6 +2939,134 @@ pub async fn the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait(b: &impl Ba
         .await
         .unwrap();
     assert_eq!(ahead.iter().map(|m| m.id).collect::<Vec<_>>(), vec![m3.id]);
+}
+
+/// The owner writes while the attempt runs, after its last look at the inbox; the attempt then
+/// ends in a wait. Parking would leave the task waiting for a message that has already come
+/// (until the timeout): it is pending again at once instead, woken by that message, and the
+/// next attempt is handed it. Messages of the task's own (progress) do not count, and a cancel
+/// asked for still wins.
+pub async fn a_wait_with_an_owner_message_it_has_not_read_does_not_park(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 3, 0, T0), T0).await;
+    let c = claim_one(s, "A", T0).await;
+    let fence = MessageCheck::Lease {
+        owner: "A".into(),
+        attempt: c.attempts,
+    };
+    let m1 = owner_says(s, t.id, "one", T0 + 1).await;
+    s.inbox_read(t.id, fence.clone(), m1.id, T0 + 2)
+        .await
+        .unwrap();
+    let m2 = owner_says(s, t.id, "two", T0 + 3).await;
+    let ended = park(s, &c, "A", T0 + 3_600_000, T0 + 4).await.unwrap();
+    assert_eq!(
+        (
+            ended.status,
+            ended.wake_reason,
+            ended.wait_until,
+            ended.run_at
+        ),
+        (
+            TaskStatus::Pending,
+            Some(spool::task::WakeReason::Message),
+            None,
+            T0 + 4
+        ),
+        "a wait with an unread owner's message is woken by it at once"
+    );
+    assert_eq!(ended.attempts, 0, "the wait spent no attempt");
+    assert_eq!(ended.inbox_cursor, m1.id, "what it read is behind the task");
+    assert_eq!(
+        get(s, t.id).await,
+        ended,
+        "the finish returns the row as stored"
+    );
+    let c2 = claim_one(s, "B", T0 + 5).await;
+    assert_eq!(c2.id, t.id);
+    assert_eq!(c2.wake_reason, Some(spool::task::WakeReason::Message));
+    let ahead = s
+        .message_list(t.id, c2.inbox_cursor, 10, Some(spool::task::Author::User))
+        .await
+        .unwrap();
+    assert_eq!(
+        ahead.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![m2.id],
+        "the next attempt is handed the message the wait would have missed"
+    );
+    // Everything read, then progress of its own: the wait parks.
+    let fence2 = MessageCheck::Lease {
+        owner: "B".into(),
+        attempt: c2.attempts,
+    };
+    s.inbox_read(t.id, fence2.clone(), m2.id, T0 + 6)
+        .await
+        .unwrap();
+    s.message_insert(t.id, "log".into(), json!("asking"), fence2, T0 + 7)
+        .await
+        .unwrap();
+    let parked = park(s, &c2, "B", T0 + 3_600_000, T0 + 8).await.unwrap();
+    assert_eq!(parked.status, TaskStatus::Waiting);
+    assert_eq!(parked.wait_until, Some(T0 + 3_600_000));
+    // A cancel asked for while it ran ends the task even with a message unread.
+    owner_says(s, t.id, "three", T0 + 9).await;
+    let c3 = claim_one(s, "A", T0 + 10).await;
+    owner_says(s, t.id, "four", T0 + 11).await;
+    s.task_cancel(t.id, None, T0 + 12).await.unwrap();
+    let canceled = park(s, &c3, "A", T0 + 3_600_000, T0 + 13).await.unwrap();
+    assert_eq!(canceled.status, TaskStatus::Canceled);
+}
+
+/// After an outage, many waits time out at once: one claim makes at most
+/// `EXPIRED_WAITS_PER_CLAIM` of them runnable (those that timed out first), the next claim the
+/// rest, so no claim's transaction rewrites them all.
+pub async fn timed_out_waits_come_back_a_bounded_number_per_claim_oldest_first(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let per = spool::store::EXPIRED_WAITS_PER_CLAIM as usize;
+    let n = per + 2;
+    let added = s
+        .task_insert((0..n).map(|_| task("default", 3, 0, T0)).collect(), T0)
+        .await
+        .unwrap();
+    assert_eq!(added.len(), n);
+    let claimed = claim(s, "A", n as u32, T0).await;
+    assert_eq!(claimed.len(), n);
+    // Each waits until its own time: the one claimed first times out first.
+    let mut order: Vec<Task> = claimed;
+    order.sort_by_key(|t| t.id);
+    let parks = order
+        .iter()
+        .enumerate()
+        .map(|(i, t)| park(s, t, "A", T0 + 100 + i as i64, T0 + 1));
+    for w in futures::future::join_all(parks).await {
+        assert_eq!(w.unwrap().status, TaskStatus::Waiting);
+    }
+    let waiting = |now| async move {
+        let q = s.queue_stats(vec![], now).await.unwrap();
+        q.iter()
+            .find(|q| q.name == "default")
+            .map_or(0, |q| q.waiting)
+    };
+    assert_eq!(waiting(T0 + 2).await, n as u64);
+    // Long after every timeout: one claim wakes `per` of them and runs one.
+    let first = claim(s, "B", 1, T0 + 1_000_000).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        waiting(T0 + 1_000_001).await,
+        2,
+        "one claim woke more than {per}"
+    );
+    for t in &order[per..] {
+        assert_eq!(
+            get(s, t.id).await.status,
+            TaskStatus::Waiting,
+            "the waits that timed out last are left for the next claim"
+        );
+    }
+    assert_eq!(claim(s, "B", 1, T0 + 1_000_002).await.len(), 1);
+    assert_eq!(waiting(T0 + 1_000_003).await, 0);
 }
 
 pub async fn messages_record_their_author_and_are_read_by_author(b: &impl Backend) {

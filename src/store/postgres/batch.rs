@@ -96,7 +96,7 @@ impl Batcher {
     ) -> Result<Vec<Inserted>> {
         let tasks = tasks
             .into_iter()
-            .map(|t| super::rows::jsonb_text(&t.payload).map(|p| (t, p)))
+            .map(|mut t| super::rows::jsonb_text(&mut t.payload).map(|p| (t, p)))
             .collect::<Result<Vec<_>>>()?;
         let sender = {
             let mut guard = self

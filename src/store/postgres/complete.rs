@@ -49,9 +49,9 @@ impl Completer {
         &self,
         pool: &Pool,
         hub: &Arc<EventHub>,
-        p: FinishParams,
+        mut p: FinishParams,
     ) -> Result<Option<Arc<Task>>> {
-        let result = match &p.result {
+        let result = match &mut p.result {
             Some(v) => Some(super::rows::jsonb_text(v)?),
             None => None,
         };

@@ -31,6 +31,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         6,
         include_str!("../../../sql/postgres/migrations/0006_usage_add_plpgsql.sql"),
     ),
+    (
+        7,
+        include_str!("../../../sql/postgres/migrations/0007_inbox_last.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema version this build of spool writes.

@@ -781,7 +781,8 @@ async fn insert_tasks_at<C: GenericClient>(
 /// Ends or frees the tasks whose lease expired ([`queue::rescue`]), guarded by their state and
 /// attempt; returns them as they are now.
 async fn rescue<C: GenericClient>(c: &C, now: UnixMillis) -> Result<Vec<Task>> {
-    let expired = query(c, sql::LEASE_EXPIRED, &[&now]).await?;
+    let limit = i64::from(crate::store::EXPIRED_LEASES_PER_CLAIM);
+    let expired = query(c, sql::LEASE_EXPIRED, &[&now, &limit]).await?;
     if expired.is_empty() {
         return Ok(Vec::new());
     }
@@ -830,7 +831,7 @@ impl Store for PostgresStore {
         }
         let prepared = tasks
             .into_iter()
-            .map(|t| rows::jsonb_text(&t.payload).map(|p| (t, p)))
+            .map(|mut t| rows::jsonb_text(&mut t.payload).map(|p| (t, p)))
             .collect::<Result<Vec<_>>>()?;
         let mut c = self.conn().await?;
         let prepared = prepared.into_iter().map(|(t, p)| (t, p, now)).collect();
@@ -1020,7 +1021,8 @@ impl Store for PostgresStore {
                 events.push(Event::Task(Arc::new(t)));
             }
             // Waits that timed out are runnable again, and claimed below like any other.
-            for r in query(&tx, sql::WAIT_EXPIRED, &[&p.now]).await? {
+            let limit = i64::from(crate::store::EXPIRED_WAITS_PER_CLAIM);
+            for r in query(&tx, sql::WAIT_EXPIRED, &[&p.now, &limit]).await? {
                 let t = rows::task(&r)?;
                 tracing::info!(task.id = %t.id, task.queue = %t.queue, "wait timed out");
                 woken.insert(t.queue.clone());
@@ -1179,15 +1181,20 @@ impl Store for PostgresStore {
         let author = rules::author(&check);
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
         rules::message_allowed(&t, &check)?;
-        let Some((kind, content)) =
+        let Some((kind, mut content)) =
             rules::capped_message(count.max(0) as u64, cap, &check, kind, content)?
         else {
             return Ok(None);
         };
-        let text = rows::jsonb_text(&content)?;
-        let row = query_opt(&tx, sql::MESSAGE_SEQ_NEXT, &[&uuid(task_id), &1i64])
-            .await?
-            .ok_or(StoreError::NotFound(task_id))?;
+        let text = rows::jsonb_text(&mut content)?;
+        let owners = author == Author::User;
+        let row = query_opt(
+            &tx,
+            sql::MESSAGE_SEQ_NEXT,
+            &[&uuid(task_id), &1i64, &owners],
+        )
+        .await?
+        .ok_or(StoreError::NotFound(task_id))?;
         let seq: i64 = row.try_get("message_seq").map_err(pg_err)?;
         execute(
             &tx,
@@ -1239,7 +1246,8 @@ impl Store for PostgresStore {
         now: UnixMillis,
     ) -> Result<Task> {
         let (attempt, owner) = rules::attempt_fence(&fence)?;
-        let text = rows::jsonb_text(&checkpoint)?;
+        let mut checkpoint = checkpoint;
+        let text = rows::jsonb_text(&mut checkpoint)?;
         let c = self.conn().await?;
         let row = query_opt(
             &c,

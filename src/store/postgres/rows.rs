@@ -88,15 +88,15 @@ pub(super) fn user(r: &Row) -> Result<User> {
 
 /// JSON text for a `jsonb` column. PostgreSQL's `jsonb` cannot hold U+0000, so a NUL in a string
 /// or a key is stored as U+FFFD (the replacement character) rather than refused: a task's output
-/// or a client's payload is never lost to it (SQLite keeps it as it came).
-pub(super) fn jsonb_text(v: &serde_json::Value) -> Result<String> {
+/// or a client's payload is never lost to it (SQLite keeps it as it came). `v` is changed the same
+/// way, so that what the caller answers with is what was stored.
+pub(super) fn jsonb_text(v: &mut serde_json::Value) -> Result<String> {
     let text = serde_json::to_string(v).map_err(super::json_err)?;
     if !text.contains("\\u0000") {
         return Ok(text);
     }
-    let mut v = v.clone();
-    scrub_nul(&mut v);
-    serde_json::to_string(&v).map_err(super::json_err)
+    scrub_nul(v);
+    serde_json::to_string(v).map_err(super::json_err)
 }
 
 fn scrub_nul(v: &mut serde_json::Value) {

@@ -39,7 +39,7 @@ pub(super) async fn put<C: GenericClient>(
     now: i64,
 ) -> Result<ScheduleRow> {
     let source = if config { "config" } else { "api" };
-    let task = super::rows::jsonb_text(&r.task)?;
+    let task = super::rows::jsonb_text(&mut r.task.clone())?;
     let rows = query(
         c,
         PUT,

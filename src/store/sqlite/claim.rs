@@ -32,7 +32,9 @@ pub(super) fn claim(conn: &Connection, p: &ClaimParams) -> JobOutput<Vec<Arc<Tas
     }
     if p.rescue {
         // Waits that timed out are runnable again, and claimed below like any other.
-        let params = named_params! {":now": p.now};
+        let params = named_params! {
+            ":now": p.now, ":limit": crate::store::EXPIRED_WAITS_PER_CLAIM,
+        };
         for t in rows::tasks(&mut *conn.prepare_cached(sql::WAIT_EXPIRED)?, params)? {
             tracing::info!(task.id = %t.id, task.queue = %t.queue, "wait timed out");
             events.push(Event::Task(Arc::new(t)));

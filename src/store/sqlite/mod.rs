@@ -328,6 +328,13 @@ impl Store for SqliteStore {
         };
         self.enqueue(true, true, move |conn| {
             let claimed = &p.task;
+            // One writer: no message can be written between this look and the finish.
+            let unread = p.status == TaskStatus::Waiting
+                && conn
+                    .prepare_cached(sql::TASK_INBOX_UNREAD)?
+                    .query_row(named_params! {":id": claimed.id.to_string()}, |r| {
+                        r.get::<_, bool>(0)
+                    })?;
             let mut st = conn.prepare_cached(sql::TASK_FINISH)?;
             let row = st
                 .query_row(
@@ -336,7 +343,7 @@ impl Store for SqliteStore {
                         ":attempt": claimed.attempts, ":status": p.status.as_str(),
                         ":result": result_text, ":error": p.error, ":run_at": p.run_at,
                         ":uncount": p.uncount as i64, ":now": p.now,
-                        ":wait_until": p.wait_until,
+                        ":wait_until": p.wait_until, ":unread": unread,
                     },
                     |r| {
                         Ok((
@@ -1455,6 +1462,8 @@ mod tests {
             ("lease_expired_cancel", sql::LEASE_EXPIRED_CANCEL),
             ("lease_expired_fail", sql::LEASE_EXPIRED_FAIL),
             ("lease_expired_rescue", sql::LEASE_EXPIRED_RESCUE),
+            ("wait_expired", sql::WAIT_EXPIRED),
+            ("task_inbox_unread", sql::TASK_INBOX_UNREAD),
             ("task_list", sql::TASK_LIST),
             ("task_list_user", sql::TASK_LIST_USER),
             ("message_list", sql::MESSAGE_LIST),

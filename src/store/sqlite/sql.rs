@@ -76,6 +76,8 @@ pub(crate) const WAIT_EXPIRED: &str = include_str!("../../../sql/sqlite/queries/
 pub(crate) const TASK_WAKE: &str = include_str!("../../../sql/sqlite/queries/task_wake.sql");
 pub(crate) const TASK_CHECKPOINT: &str =
     include_str!("../../../sql/sqlite/queries/task_checkpoint.sql");
+pub(crate) const TASK_INBOX_UNREAD: &str =
+    include_str!("../../../sql/sqlite/queries/task_inbox_unread.sql");
 pub(crate) const TASK_INBOX_READ: &str =
     include_str!("../../../sql/sqlite/queries/task_inbox_read.sql");
 pub(crate) const STREAM_TOKEN_INSERT: &str =
