@@ -1588,3 +1588,66 @@ async fn expired_leases_are_rescued_a_bounded_number_per_claim() {
         0
     );
 }
+
+/// A newer spool on another host adds a column to `tasks` while this one runs: a statement this
+/// process prepared before, which reads the table whole, is refused by PostgreSQL (0A000). That
+/// answers `Unavailable` (503, retry), not an error that stays until a restart: the connection
+/// prepares its statements again, and the next call works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_by_another_host_costs_one_retry_not_a_restart() {
+    let server = pg::server();
+    let url = server.fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let t = store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .task;
+    store.task_get(t.id, None).await.unwrap();
+    let db = server.client(&url).await;
+    db.batch_execute("ALTER TABLE tasks ADD COLUMN from_a_newer_spool bigint")
+        .await
+        .unwrap();
+    match store.task_get(t.id, None).await {
+        Err(StoreError::Unavailable(e)) => assert!(e.contains("0A000"), "{e}"),
+        other => panic!("a stale prepared statement answered {other:?}"),
+    }
+    // Every connection that held the statement fails once at most, then works for good.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    let mut failures = 0;
+    loop {
+        match store.task_get(t.id, None).await {
+            Ok(got) => {
+                assert_eq!(got.id, t.id);
+                break;
+            }
+            Err(StoreError::Unavailable(_)) => failures += 1,
+            Err(e) => panic!("not a retryable error: {e}"),
+        }
+        assert!(tokio::time::Instant::now() < end, "still failing");
+    }
+    assert!(
+        failures < 8,
+        "{failures} failures for a pool of 8 connections"
+    );
+    for _ in 0..8 {
+        store.task_get(t.id, None).await.unwrap();
+    }
+    // Writes too: an enqueue and its group commit's statements.
+    let mut enqueued = None;
+    for _ in 0..9 {
+        match store
+            .task_insert(vec![conformance::task("default", 3, 0, T0 + 1)], T0 + 1)
+            .await
+        {
+            Ok(mut v) => {
+                enqueued = Some(v.remove(0));
+                break;
+            }
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("not a retryable error: {e}"),
+        }
+    }
+    assert!(enqueued.expect("the enqueue never worked again").created);
+}

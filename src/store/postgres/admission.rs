@@ -8,7 +8,6 @@ use super::{execute, pg_err, query, rows};
 use crate::store::rules::{self, Candidate};
 use crate::store::{Admission, Bucket, ClaimParams, Result};
 use crate::task::Task;
-use deadpool_postgres::GenericClient;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -21,7 +20,7 @@ pub(super) const TOKENS_LIST: &str =
 
 /// Claims up to `limit` tasks of `queue` that its admission limits let start now, inside the
 /// caller's transaction.
-pub(super) async fn claim_admitted<C: GenericClient>(
+pub(super) async fn claim_admitted<C: super::Cached>(
     c: &C,
     p: &ClaimParams,
     queue: &str,

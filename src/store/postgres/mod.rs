@@ -108,6 +108,13 @@ type Conn = deadpool_postgres::Object;
 /// of connections or of disk, or a lock it gave up on is `Unavailable` (HTTP 503, retry);
 /// anything else is `Backend`.
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if stale_plan(&e) {
+        return StoreError::Unavailable(
+            "PostgreSQL: the schema changed under a prepared statement (0A000); \
+             this connection prepares its statements again"
+                .into(),
+        );
+    }
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let unavailable = code.starts_with("08") // connection exception
@@ -326,32 +333,79 @@ impl PostgresStore {
     }
 }
 
+/// True when PostgreSQL refused a prepared statement because its result columns changed since
+/// it was prepared: another host's newer spool added a column to a table it reads whole.
+fn stale_plan(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.code() == &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+            && d.message()
+                .contains("cached plan must not change result type")
+    })
+}
+
+/// A pooled client, or a transaction of one, with the statements it has prepared.
+pub(super) trait Cached: GenericClient {
+    fn statements(&self) -> &deadpool_postgres::StatementCache;
+}
+
+impl Cached for Conn {
+    fn statements(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
+    }
+}
+
+impl Cached for deadpool_postgres::Transaction<'_> {
+    fn statements(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
+    }
+}
+
+/// `e` as a store error; a statement made stale by a change of the schema
+/// ([`stale_plan`]) also empties `c`'s cache, so the next use of the connection prepares every
+/// statement again and works (this one answers `Unavailable`: retry).
+fn forget_stale<C: Cached>(c: &C, e: tokio_postgres::Error) -> StoreError {
+    if stale_plan(&e) {
+        c.statements().clear();
+        tracing::warn!(
+            "the schema changed under this connection's prepared statements; preparing them again"
+        );
+    }
+    pg_err(e)
+}
+
 /// Runs one prepared (and cached) statement, returning its rows.
-async fn query<C: GenericClient>(
+async fn query<C: Cached>(
     c: &C,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<tokio_postgres::Row>> {
-    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
-    c.query(&st, params).await.map_err(pg_err)
+    let st = c
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| forget_stale(c, e))?;
+    c.query(&st, params).await.map_err(|e| forget_stale(c, e))
 }
 
-async fn query_opt<C: GenericClient>(
+async fn query_opt<C: Cached>(
     c: &C,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<tokio_postgres::Row>> {
-    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
-    c.query_opt(&st, params).await.map_err(pg_err)
+    let st = c
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| forget_stale(c, e))?;
+    c.query_opt(&st, params)
+        .await
+        .map_err(|e| forget_stale(c, e))
 }
 
-async fn execute<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<u64> {
-    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
-    c.execute(&st, params).await.map_err(pg_err)
+async fn execute<C: Cached>(c: &C, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+    let st = c
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| forget_stale(c, e))?;
+    c.execute(&st, params).await.map_err(|e| forget_stale(c, e))
 }
 
 /// The columns of `task_insert.sql`, one array each.
@@ -536,9 +590,16 @@ async fn pipeline(
 ) -> Result<Vec<Vec<tokio_postgres::Row>>> {
     let mut prepared = Vec::with_capacity(statements.len());
     for (text, _) in statements {
-        prepared.push(c.prepare_cached(text).await.map_err(pg_err)?);
+        prepared.push(
+            c.prepare_cached(text)
+                .await
+                .map_err(|e| forget_stale(c, e))?,
+        );
     }
-    let after_st = c.prepare_cached(after.0).await.map_err(pg_err)?;
+    let after_st = c
+        .prepare_cached(after.0)
+        .await
+        .map_err(|e| forget_stale(c, e))?;
     let client: &tokio_postgres::Client = c;
     // tokio-postgres writes a request when its future is first polled, and join! polls in
     // order: the server receives them in this order, without waiting for this process.
@@ -559,7 +620,7 @@ async fn pipeline(
     begin.map_err(pg_err)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        out.push(r.map_err(pg_err)?);
+        out.push(r.map_err(|e| forget_stale(c, e))?);
     }
     commit.map_err(pg_err)?;
     Ok(out)
@@ -567,11 +628,7 @@ async fn pipeline(
 
 /// A task, locked until the transaction ends, and how many messages it holds; with `user`,
 /// only that user's.
-async fn get_owned_locked<C: GenericClient>(
-    c: &C,
-    id: TaskId,
-    user: Option<&str>,
-) -> Result<(Task, i64)> {
+async fn get_owned_locked<C: Cached>(c: &C, id: TaskId, user: Option<&str>) -> Result<(Task, i64)> {
     let row = query_opt(c, sql::TASK_GET_FOR_UPDATE, &[&uuid(id)]).await?;
     match row {
         Some(r) => {
@@ -589,7 +646,7 @@ async fn get_owned_locked<C: GenericClient>(
     }
 }
 
-async fn get_owned<C: GenericClient>(c: &C, id: TaskId, user: Option<&str>) -> Result<Task> {
+async fn get_owned<C: Cached>(c: &C, id: TaskId, user: Option<&str>) -> Result<Task> {
     match query_opt(c, sql::TASK_GET, &[&uuid(id)]).await? {
         Some(r) => {
             let t = rows::task(&r)?;
@@ -602,7 +659,7 @@ async fn get_owned<C: GenericClient>(c: &C, id: TaskId, user: Option<&str>) -> R
     }
 }
 
-async fn messages_after<C: GenericClient>(
+async fn messages_after<C: Cached>(
     c: &C,
     task_id: TaskId,
     after: i64,
@@ -639,11 +696,7 @@ async fn messages_after<C: GenericClient>(
 /// rows (to commit) and reads them, which already count what the transaction wrote (it sees its
 /// own changes); the same check the pipelined enqueue sends. Every write that adds to a user's
 /// usage checks this way, after writing: refused, the caller rolls it all back.
-async fn check_written_quotas<C: GenericClient>(
-    c: &C,
-    users: &[&str],
-    limits: &Limits,
-) -> Result<()> {
+async fn check_written_quotas<C: Cached>(c: &C, users: &[&str], limits: &Limits) -> Result<()> {
     let (max_unfinished, max_bytes) = quota_caps(limits);
     query(c, sql::USAGE_CHECK, &[&users, &max_unfinished, &max_bytes])
         .await
@@ -662,7 +715,7 @@ fn quota_caps(limits: &Limits) -> (i64, i64) {
 
 /// Writes the waiting (unkeyed) rows in one statement and moves them, as the tasks they now
 /// are, to `out`.
-async fn write_rows<C: GenericClient>(
+async fn write_rows<C: Cached>(
     c: &C,
     waiting: &mut Vec<(NewTask, String, UnixMillis)>,
     out: &mut Vec<Inserted>,
@@ -682,7 +735,7 @@ async fn write_rows<C: GenericClient>(
 }
 
 /// The task `user` made under an idempotency key, and its request hash.
-async fn task_by_key<C: GenericClient>(
+async fn task_by_key<C: Cached>(
     c: &C,
     user: &str,
     key: &str,
@@ -698,7 +751,7 @@ async fn task_by_key<C: GenericClient>(
 
 /// Enqueues `tasks` in the open transaction `c` (see [`Store::task_insert`]), each with its own
 /// `now` (a group commit writes several requests).
-async fn insert_tasks_at<C: GenericClient>(
+async fn insert_tasks_at<C: Cached>(
     c: &C,
     tasks: Vec<(NewTask, String, UnixMillis)>,
     limits: &Limits,
@@ -780,7 +833,7 @@ async fn insert_tasks_at<C: GenericClient>(
 
 /// Ends or frees the tasks whose lease expired ([`queue::rescue`]), guarded by their state and
 /// attempt; returns them as they are now.
-async fn rescue<C: GenericClient>(c: &C, now: UnixMillis) -> Result<Vec<Task>> {
+async fn rescue<C: Cached>(c: &C, now: UnixMillis) -> Result<Vec<Task>> {
     let limit = i64::from(crate::store::EXPIRED_LEASES_PER_CLAIM);
     let expired = query(c, sql::LEASE_EXPIRED, &[&now, &limit]).await?;
     if expired.is_empty() {
@@ -1773,14 +1826,14 @@ async fn number_changes(c: &Conn) -> Result<i64> {
     .await
 }
 
-async fn user_by_name<C: GenericClient>(c: &C, name: &str) -> Result<Option<User>> {
+async fn user_by_name<C: Cached>(c: &C, name: &str) -> Result<Option<User>> {
     match query_opt(c, sql::USER_GET_BY_NAME, &[&name]).await? {
         Some(r) => rows::user(&r).map(Some),
         None => Ok(None),
     }
 }
 
-async fn user_by_jwt<C: GenericClient>(c: &C, issuer: &str, name: &str) -> Result<Option<User>> {
+async fn user_by_jwt<C: Cached>(c: &C, issuer: &str, name: &str) -> Result<Option<User>> {
     match query_opt(c, sql::USER_GET_JWT, &[&issuer, &name]).await? {
         Some(r) => rows::user(&r).map(Some),
         None => Ok(None),
@@ -1788,7 +1841,7 @@ async fn user_by_jwt<C: GenericClient>(c: &C, issuer: &str, name: &str) -> Resul
 }
 
 /// A new user, or `None` when that identity exists already.
-async fn insert_user<C: GenericClient>(
+async fn insert_user<C: Cached>(
     c: &C,
     name: &str,
     issuer: Option<&str>,
@@ -1829,7 +1882,7 @@ impl Drop for PostgresStore {
 ///
 /// A wake-up that fails here is logged and dropped, as one lost on the way would be: the
 /// change is committed, and polling (`worker.poll_interval_ms`) finds it.
-async fn notify_work<C: GenericClient>(c: &C, queues: Vec<String>) {
+async fn notify_work<C: Cached>(c: &C, queues: Vec<String>) {
     if queues.is_empty() {
         return;
     }

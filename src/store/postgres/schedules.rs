@@ -2,7 +2,6 @@
 
 use super::{execute, pg_err, query};
 use crate::store::{Result, ScheduleRow, StoreError};
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 const LIST: &str = include_str!("../../../sql/postgres/queries/schedule_list.sql");
@@ -28,11 +27,11 @@ fn row(r: &Row) -> Result<ScheduleRow> {
     })
 }
 
-pub(super) async fn list<C: GenericClient>(c: &C) -> Result<Vec<ScheduleRow>> {
+pub(super) async fn list<C: super::Cached>(c: &C) -> Result<Vec<ScheduleRow>> {
     query(c, LIST, &[]).await?.iter().map(row).collect()
 }
 
-pub(super) async fn put<C: GenericClient>(
+pub(super) async fn put<C: super::Cached>(
     c: &C,
     r: &ScheduleRow,
     config: bool,
@@ -64,15 +63,15 @@ pub(super) async fn put<C: GenericClient>(
     }
 }
 
-pub(super) async fn delete<C: GenericClient>(c: &C, name: &str) -> Result<bool> {
+pub(super) async fn delete<C: super::Cached>(c: &C, name: &str) -> Result<bool> {
     Ok(execute(c, DELETE, &[&name]).await? > 0)
 }
 
-pub(super) async fn prune_config<C: GenericClient>(c: &C, keep: &[String]) -> Result<usize> {
+pub(super) async fn prune_config<C: super::Cached>(c: &C, keep: &[String]) -> Result<usize> {
     Ok(execute(c, PRUNE_CONFIG, &[&keep]).await? as usize)
 }
 
-pub(super) async fn fired<C: GenericClient>(
+pub(super) async fn fired<C: super::Cached>(
     c: &C,
     name: &str,
     at: i64,
