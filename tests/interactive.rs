@@ -508,6 +508,32 @@ async fn a_task_token_reads_the_inbox_and_saves_checkpoints_and_a_stream_token_r
     say(&s, &alice, &id, "second").await;
     let got = poll.await.unwrap();
     assert_eq!(got["messages"][0]["content"], "second", "{got}");
+    // The inbox over SSE with the task token is read too: what it sent counts as read by the
+    // attempt (so a wait after it parks, and a checkpoint takes it in).
+    let second = got["messages"][0]["id"].as_i64().unwrap();
+    let m3 = say(&s, &alice, &id, "third").await;
+    let mut stream = Stream::open(
+        &c,
+        &s.url(&format!("/v1/tasks/{id}/events?author=user")),
+        &tt,
+        Some(&second.to_string()),
+    )
+    .await;
+    let e = loop {
+        let e = stream.next(T).await.expect("the stream ended");
+        if e.name() == "message" {
+            break e;
+        }
+    };
+    assert_eq!(e.json()["content"], "third");
+    // Recorded before it was sent.
+    let read: i64 = common::open_db(dir.path())
+        .query_row("SELECT inbox_read FROM tasks WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(read, m3["id"].as_i64().unwrap());
+    drop(stream);
 
     // A stream token: this task's events and messages, as ?access_token=, nothing else.
     let r = s
@@ -542,7 +568,7 @@ async fn a_task_token_reads_the_inbox_and_saves_checkpoints_and_a_stream_token_r
             .iter()
             .filter(|m| m["author"] == "user")
             .count(),
-        2
+        3
     );
     for path in [
         format!("/v1/tasks/{other}/events?access_token={stream_token}"),

@@ -1539,10 +1539,12 @@ async fn expired_leases_are_rescued_a_bounded_number_per_claim() {
     let store = open(&url, Limits::default()).await;
     let per = spool::store::EXPIRED_LEASES_PER_CLAIM as usize;
     let n = per + 2;
+    // The two that will run out last are made first (the smallest ids) and claimed last (a
+    // lower priority): a rescue in id order would take them first.
     store
         .task_insert(
             (0..n)
-                .map(|_| conformance::task("default", 3, 0, T0))
+                .map(|i| conformance::task("default", 3, if i < 2 { -1 } else { 0 }, T0))
                 .collect(),
             T0,
         )
@@ -1560,13 +1562,19 @@ async fn expired_leases_are_rescued_a_bounded_number_per_claim() {
         lease_ms: 1_000,
         now,
     };
+    // All but two leases run out first; those two, claimed later, are left for the next claim.
+    let early = (n - 2) as u32;
+    assert_eq!(
+        store.task_claim(claim("A", early, T0)).await.unwrap().len(),
+        n - 2
+    );
     assert_eq!(
         store
-            .task_claim(claim("A", n as u32, T0))
+            .task_claim(claim("L", 2, T0 + 10))
             .await
             .unwrap()
             .len(),
-        n
+        2
     );
     let db = server.client(&url).await;
     let running = "SELECT count(*) FROM tasks WHERE status = 'running'";
@@ -1578,13 +1586,18 @@ async fn expired_leases_are_rescued_a_bounded_number_per_claim() {
         per as i64 - 1
     );
     assert_eq!(
-        count(&db, &format!("{running} AND lease_owner = 'A'")).await,
+        count(&db, &format!("{running} AND lease_owner IN ('A', 'L')")).await,
         2,
         "one claim rescued more than {per}"
     );
+    assert_eq!(
+        count(&db, &format!("{running} AND lease_owner = 'L'")).await,
+        2,
+        "the leases that ran out last were rescued before those that ran out first"
+    );
     store.task_claim(claim("B", 1, T0 + 60_001)).await.unwrap();
     assert_eq!(
-        count(&db, &format!("{running} AND lease_owner = 'A'")).await,
+        count(&db, &format!("{running} AND lease_owner IN ('A', 'L')")).await,
         0
     );
 }
@@ -1634,20 +1647,34 @@ async fn a_column_added_by_another_host_costs_one_retry_not_a_restart() {
     for _ in 0..8 {
         store.task_get(t.id, None).await.unwrap();
     }
-    // Writes too: an enqueue and its group commit's statements.
-    let mut enqueued = None;
+    // Inside a transaction too: a message locks its task with a statement that reads it whole.
+    let say = || {
+        store.message_insert(
+            t.id,
+            "note".into(),
+            json!("hi"),
+            MessageCheck::User(Some("u".into())),
+            T0 + 1,
+        )
+    };
+    assert_eq!(say().await.unwrap().unwrap().id, 1);
+    db.batch_execute("ALTER TABLE tasks ADD COLUMN and_another bigint")
+        .await
+        .unwrap();
+    match say().await {
+        Err(StoreError::Unavailable(e)) => assert!(e.contains("0A000"), "{e}"),
+        other => panic!("a stale prepared statement answered {other:?}"),
+    }
+    let mut said = None;
     for _ in 0..9 {
-        match store
-            .task_insert(vec![conformance::task("default", 3, 0, T0 + 1)], T0 + 1)
-            .await
-        {
-            Ok(mut v) => {
-                enqueued = Some(v.remove(0));
+        match say().await {
+            Ok(m) => {
+                said = m;
                 break;
             }
             Err(StoreError::Unavailable(_)) => {}
             Err(e) => panic!("not a retryable error: {e}"),
         }
     }
-    assert!(enqueued.expect("the enqueue never worked again").created);
+    assert_eq!(said.expect("the message was never written").id, 2);
 }

@@ -14,7 +14,7 @@ use super::feed::FeedItem;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiResult, AppState};
 use crate::store::{Change, ChangeParams};
-use crate::task::{Task, TaskStatus};
+use crate::task::{Author, Task, TaskStatus};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -116,6 +116,12 @@ pub(super) async fn task_events(
     // task's own tokens count against its owner.
     let slot = st.limits.stream_slot(&owner)?;
     let poll = Duration::from_millis(st.cfg.worker.poll_interval_ms);
+    // The running attempt reading its own task's stream reads its inbox: as with a long poll,
+    // a checkpoint or a wait of it takes in the owner's messages it was sent.
+    let attempt = match &reader {
+        Reader::Task(_, attempt) => Some(*attempt),
+        Reader::User(_) | Reader::Stream(_) => None,
+    };
 
     let stream = async_stream::stream! {
         let _slot = slot;
@@ -130,6 +136,14 @@ pub(super) async fn task_events(
             };
             // A page cut by count or by bytes may have more behind it: read again at once.
             let more = !msgs.is_empty();
+            let upto = msgs.iter().filter(|m| m.author == Author::User).map(|m| m.id).max();
+            if let (Some(attempt), Some(upto)) = (attempt, upto) {
+                let fence = crate::store::MessageCheck::Attempt(attempt);
+                if st.store.inbox_read(id, fence, upto, st.clock.now()).await.is_err() {
+                    // Not recorded, so not sent: close; the client resumes from its last id.
+                    break;
+                }
+            }
             for m in msgs {
                 cursor = m.id;
                 yield Ok(Event::default().event("message").id(m.id.to_string()).data(m.to_json().to_string()));

@@ -454,7 +454,13 @@ impl WorkerPool {
                 metrics::counter!("spool_tasks_woken_at_once_total", &labels).increment(1);
                 tracing::info!("the owner wrote while it ran; runnable again at once");
             }
-            Ok(Some(_)) => {
+            Ok(Some(t)) => {
+                // A cancel asked for while it ran ends a retry or a wait canceled.
+                let status = if t.status == TaskStatus::Canceled {
+                    t.status
+                } else {
+                    status
+                };
                 let counter = match status {
                     TaskStatus::Completed => "spool_tasks_completed_total",
                     TaskStatus::Failed => "spool_tasks_failed_total",

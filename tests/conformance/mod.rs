@@ -2944,13 +2944,26 @@ pub async fn the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait(b: &impl Ba
 /// The owner writes while the attempt runs, after its last look at the inbox; the attempt then
 /// ends in a wait. Parking would leave the task waiting for a message that has already come
 /// (until the timeout): it is pending again at once instead, woken by that message, and the
-/// next attempt is handed it. Messages of the task's own (progress) do not count, and a cancel
-/// asked for still wins.
+/// next attempt is handed it. Messages of the task's own (progress) do not count, nor do
+/// messages that were there before the attempt began (a task that ignores its inbox would be
+/// started again and again), and a cancel asked for still wins.
 pub async fn a_wait_with_an_owner_message_it_has_not_read_does_not_park(b: &impl Backend) {
     let f = b.fresh(Limits::default()).await;
     let s = f.store.as_ref();
+    // A message older than the attempt, left unread, does not end its wait.
+    let ignored = add(s, task("default", 3, 0, T0), T0).await;
+    owner_says(s, ignored.id, "before", T0).await;
+    let ci = claim_one(s, "A", T0).await;
+    assert_eq!(ci.id, ignored.id);
+    let parked = park(s, &ci, "A", T0 + 3_600_000, T0).await.unwrap();
+    assert_eq!(
+        (parked.status, parked.wake_reason),
+        (TaskStatus::Waiting, None),
+        "an unread message from before the attempt woke its wait"
+    );
     let t = add(s, task("default", 3, 0, T0), T0).await;
     let c = claim_one(s, "A", T0).await;
+    assert_eq!(c.id, t.id);
     let fence = MessageCheck::Lease {
         owner: "A".into(),
         attempt: c.attempts,
@@ -3015,7 +3028,16 @@ pub async fn a_wait_with_an_owner_message_it_has_not_read_does_not_park(b: &impl
     owner_says(s, t.id, "four", T0 + 11).await;
     s.task_cancel(t.id, None, T0 + 12).await.unwrap();
     let canceled = park(s, &c3, "A", T0 + 3_600_000, T0 + 13).await.unwrap();
-    assert_eq!(canceled.status, TaskStatus::Canceled);
+    assert_eq!(
+        (canceled.status, canceled.wake_reason, canceled.wait_until),
+        (TaskStatus::Canceled, None, None)
+    );
+    assert_eq!(canceled.completed_at, Some(T0 + 13));
+    assert_ne!(
+        canceled.run_at,
+        T0 + 13,
+        "a canceled task is not made runnable"
+    );
 }
 
 /// After an outage, many waits time out at once: one claim makes at most

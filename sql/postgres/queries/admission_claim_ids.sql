@@ -7,6 +7,7 @@ SET status = 'running',
     lease_expires_at = $2::int8 + $3::int8,
     started_at = $2,
     inbox_read = t.inbox_cursor,
+    inbox_claimed = t.inbox_last,
     wait_until = NULL,
     updated_at = $2
 WHERE t.id = ANY($4::uuid[]) AND t.status = 'pending'

@@ -22,6 +22,7 @@ SET status = 'running',
     lease_expires_at = $2 + $3,
     started_at = $2,
     inbox_read = t.inbox_cursor,
+    inbox_claimed = t.inbox_last,
     wait_until = NULL,
     updated_at = $2
 FROM picked

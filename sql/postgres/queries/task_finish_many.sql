@@ -8,20 +8,25 @@
 -- the cancel request as it is at this write). A 'waiting' outcome parks the task until its
 -- wait_until (run_at is that too) and takes the owner's messages this attempt read as behind
 -- the task; the wake reason of the wait before is spent, unless the attempt is given back unrun
--- (shutdown). A wait while the owner has written past what the attempt read (inbox_last >
--- inbox_read: a message sent after its last look at the inbox) does not park: the task is
--- pending again at once, woken by that message, as if it had come just after the wait.
+-- (shutdown). A wait while the owner has written since the attempt began and past what it read
+-- (inbox_last > inbox_claimed and > inbox_read: a message sent after its last look at the
+-- inbox) does not park: the task is pending again at once, woken by that message, as if it had
+-- come just after the wait (a cancel asked for still ends it canceled).
 -- Returns the rows it ended, as they are now: the caller wakes the queues of tasks
 -- pending again (a retry, an attempt given back) after the commit (work_notify.sql).
 WITH done AS (
     UPDATE tasks AS t
     SET status = CASE WHEN t.cancel_requested AND x.status IN ('pending', 'waiting')
                       THEN 'canceled'
-                      WHEN x.status = 'waiting' AND t.inbox_last > t.inbox_read THEN 'pending'
+                      WHEN x.status = 'waiting'
+                           AND t.inbox_last > greatest(t.inbox_read, t.inbox_claimed)
+                      THEN 'pending'
                       ELSE x.status END,
         result = x.result::json,
         last_error = coalesce(x.error, t.last_error),
-        run_at = CASE WHEN x.status = 'waiting' AND t.inbox_last > t.inbox_read THEN x.now
+        run_at = CASE WHEN x.status = 'waiting' AND NOT t.cancel_requested
+                           AND t.inbox_last > greatest(t.inbox_read, t.inbox_claimed)
+                      THEN x.now
                       ELSE coalesce(x.run_at, t.run_at) END,
         attempts = t.attempts - x.uncount,
         lease_owner = NULL,
@@ -29,10 +34,11 @@ WITH done AS (
         completed_at = CASE WHEN x.status NOT IN ('pending', 'waiting') OR t.cancel_requested
                             THEN x.now END,
         wait_until = CASE WHEN x.status = 'waiting' AND NOT t.cancel_requested
-                               AND t.inbox_last <= t.inbox_read
+                               AND t.inbox_last <= greatest(t.inbox_read, t.inbox_claimed)
                           THEN x.wait_until END,
         wake_reason = CASE WHEN x.uncount = 1 AND x.status = 'pending' THEN t.wake_reason
-                           WHEN x.status = 'waiting' AND t.inbox_last > t.inbox_read
+                           WHEN x.status = 'waiting' AND NOT t.cancel_requested
+                                AND t.inbox_last > greatest(t.inbox_read, t.inbox_claimed)
                            THEN 'message' END,
         inbox_cursor = CASE WHEN x.status = 'waiting' THEN t.inbox_read ELSE t.inbox_cursor END,
         updated_at = x.now

@@ -9,6 +9,7 @@ SET status = 'running',
     lease_expires_at = :now + :lease_ms,
     started_at = :now,
     inbox_read = inbox_cursor,
+    inbox_claimed = coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),
     wait_until = NULL,
     updated_at = :now
 WHERE rowid IN (

@@ -7,6 +7,7 @@ SET status = 'running',
     lease_expires_at = :now + :lease_ms,
     started_at = :now,
     inbox_read = inbox_cursor,
+    inbox_claimed = coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),
     wait_until = NULL,
     parked = NULL,
     updated_at = :now

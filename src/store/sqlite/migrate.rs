@@ -65,6 +65,10 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         15,
         include_str!("../../../sql/sqlite/migrations/0015_parked.sql"),
     ),
+    (
+        16,
+        include_str!("../../../sql/sqlite/migrations/0016_inbox_claimed.sql"),
+    ),
 ];
 
 /// The schema version this build of spool writes.
