@@ -534,6 +534,29 @@ async fn a_task_token_reads_the_inbox_and_saves_checkpoints_and_a_stream_token_r
         .unwrap();
     assert_eq!(read, m3["id"].as_i64().unwrap());
     drop(stream);
+    // A task token's stream ends with its attempt (a later attempt after a wait has the same
+    // number, and must not have messages recorded as read for it): no `end` event, just closed.
+    let hello2 = eventually(T, "the other task's token", || async {
+        task_messages(&s, &other, "token").await.pop()
+    })
+    .await;
+    let tt2 = hello2["content"]["token"].as_str().unwrap().to_string();
+    let mut stream =
+        Stream::open(&c, &s.url(&format!("/v1/tasks/{other}/events")), &tt2, None).await;
+    assert_eq!(stream.expect("status").await.json()["status"], "running");
+    let r = s
+        .post_json(&alice, &format!("/v1/tasks/{other}/cancel"), json!({}))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut after = Vec::new();
+    while let Some(e) = stream.next(T).await {
+        after.push(e.name().to_string());
+        assert!(after.len() < 10, "the stream went on: {after:?}");
+    }
+    assert!(
+        !after.iter().any(|n| n == "end"),
+        "the attempt's stream outlived it: {after:?}"
+    );
 
     // A stream token: this task's events and messages, as ?access_token=, nothing else.
     let r = s

@@ -134,6 +134,11 @@ pub(super) async fn task_events(
                 // Gone (pruned) or the database is unavailable: close; the client resumes.
                 Err(_) => break,
             };
+            // A task token's stream ends with its attempt: a later attempt (after a wait, with
+            // the same number) must not have messages it never saw recorded as read for it.
+            if attempt.is_some_and(|a| task.status != TaskStatus::Running || task.attempts != a) {
+                break;
+            }
             // A page cut by count or by bytes may have more behind it: read again at once.
             let more = !msgs.is_empty();
             let upto = msgs.iter().filter(|m| m.author == Author::User).map(|m| m.id).max();

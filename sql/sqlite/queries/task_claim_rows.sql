@@ -7,7 +7,7 @@ SET status = 'running',
     lease_expires_at = :now + :lease_ms,
     started_at = :now,
     inbox_read = inbox_cursor,
-    inbox_claimed = coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),
+    inbox_claimed = (SELECT coalesce(max(id), 0) FROM messages),
     wait_until = NULL,
     parked = NULL,
     updated_at = :now
