@@ -84,6 +84,19 @@ async fn until_lock_waiters(c: &tokio_postgres::Client, db: &str, n: i64) {
     }
 }
 
+/// A fresh database of the test server, a store on it, and one pending task of user `u`.
+async fn store_with_a_task() -> (String, Arc<dyn Store>, Arc<spool::task::Task>) {
+    let url = pg::server().fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let t = store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .task;
+    (url, store, t)
+}
+
 fn db_name(url: &str) -> String {
     url.rsplit('/').next().unwrap().to_string()
 }
@@ -94,14 +107,7 @@ fn db_name(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_numbered_first_but_committed_last_is_never_skipped() {
     let server = pg::server();
-    let url = server.fresh_db().await;
-    let store = open(&url, Limits::default()).await;
-    let t = store
-        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .task;
+    let (url, store, t) = store_with_a_task().await;
     // Writer one, by hand, as a store would: position 1 under the row lock, not committed.
     let mut first = server.client(&url).await;
     let tx = first.transaction().await.unwrap();
@@ -1471,14 +1477,7 @@ async fn the_others_of_a_group_with_a_refused_request_are_still_written_together
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_committed_while_the_wait_waited_for_the_row_wakes_it() {
     let server = pg::server();
-    let url = server.fresh_db().await;
-    let store = open(&url, Limits::default()).await;
-    let t = store
-        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .task;
+    let (url, store, t) = store_with_a_task().await;
     let c = conformance::claim_one(store.as_ref(), "A", T0).await;
     let mut holder = server.client(&url).await;
     let tx = holder.transaction().await.unwrap();
@@ -1609,14 +1608,7 @@ async fn expired_leases_are_rescued_a_bounded_number_per_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_by_another_host_costs_one_retry_not_a_restart() {
     let server = pg::server();
-    let url = server.fresh_db().await;
-    let store = open(&url, Limits::default()).await;
-    let t = store
-        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .task;
+    let (url, store, t) = store_with_a_task().await;
     store.task_get(t.id, None).await.unwrap();
     let db = server.client(&url).await;
     db.batch_execute("ALTER TABLE tasks ADD COLUMN from_a_newer_spool bigint")
