@@ -208,9 +208,15 @@ async fn leases_of(db: &tokio_postgres::Client, owner: &str) -> BTreeMap<String,
     .collect()
 }
 
-/// Waits until none of `leases` (task id -> lease end) is held any more, and checks each was
-/// given back to the queue by a rescue no sooner than its lease ran out.
-async fn rescued_after_lease(db: &tokio_postgres::Client, leases: &BTreeMap<String, i64>) {
+/// Waits until none of `leases` (task id -> lease end, read at `since`) is held any more, and
+/// checks that none was given back to the queue before its lease ran out. A task the worker
+/// finished with a commit already on its way when the leases were read is not given back at
+/// all: only the changes to pending after `since` are judged.
+async fn rescued_after_lease(
+    db: &tokio_postgres::Client,
+    leases: &BTreeMap<String, i64>,
+    since: i64,
+) {
     let ids: Vec<String> = leases.keys().cloned().collect();
     eventually(
         Duration::from_secs(30),
@@ -235,9 +241,9 @@ async fn rescued_after_lease(db: &tokio_postgres::Client, leases: &BTreeMap<Stri
         .unwrap();
     let rescues: BTreeMap<String, i64> = db
         .query(
-            "SELECT task_id::text, max(at) FROM task_changes \
-             WHERE task_id::text = ANY($1) AND status = 'pending' GROUP BY task_id",
-            &[&ids],
+            "SELECT task_id::text, min(at) FROM task_changes \
+             WHERE task_id::text = ANY($1) AND status = 'pending' AND at > $2 GROUP BY task_id",
+            &[&ids, &since],
         )
         .await
         .unwrap()
@@ -245,7 +251,7 @@ async fn rescued_after_lease(db: &tokio_postgres::Client, leases: &BTreeMap<Stri
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     for (id, until) in leases {
-        let at = rescues.get(id).copied().unwrap_or(i64::MIN);
+        let Some(&at) = rescues.get(id) else { continue };
         assert!(
             at >= *until,
             "task {id}: given back at {at}, before its lease ran out at {until}"
@@ -446,17 +452,19 @@ async fn three_workers_complete_20000_tasks_once_each_through_a_kill_9_and_a_sto
     // its way) is what it lost: rescued when the lease runs out, not before.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut attempts_then = held_by(&db, &w3_id).await;
+    let lost_since = now_ms();
     let lost_leases = leases_of(&db, &w3_id).await;
     assert!(!lost_leases.is_empty(), "w3 held tasks when it was killed");
     let lost: Vec<String> = lost_leases.keys().cloned().collect();
     let _w4 = worker(root.path(), "w4", &url, &log, &wcfg);
-    rescued_after_lease(&db, &lost_leases).await;
+    rescued_after_lease(&db, &lost_leases, lost_since).await;
 
     // SIGSTOP of w2 at a half, past its lease; then SIGCONT.
     until_completed(&db, TASKS as i64 / 2, Duration::from_secs(300)).await;
     w2.signal(nix::sys::signal::Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_millis(300)).await;
     attempts_then.extend(held_by(&db, &w2_id).await);
+    let stale_since = now_ms();
     let stale_leases = leases_of(&db, &w2_id).await;
     assert!(
         !stale_leases.is_empty(),
@@ -467,7 +475,7 @@ async fn three_workers_complete_20000_tasks_once_each_through_a_kill_9_and_a_sto
     // tasks enqueued before them), w2 is continued: it drops every attempt it held, and any
     // outcome it still sends is refused (checked at the end: each of these tasks completed
     // once, by another worker, at a later attempt).
-    rescued_after_lease(&db, &stale_leases).await;
+    rescued_after_lease(&db, &stale_leases, stale_since).await;
     let continued = now_ms();
     w2.signal(nix::sys::signal::Signal::SIGCONT);
     says_lease_lost(&w2, &stale, Duration::from_secs(30)).await;
