@@ -2,7 +2,7 @@
 //! in paths, query strings.
 
 use super::{ApiError, AppState};
-use crate::store::{TaskTokenCheck, User};
+use crate::store::{TaskTokenCheck, TokenAttempt, User};
 use crate::task::TaskId;
 use crate::token::{hash_token, STREAM_TOKEN_PREFIX, TASK_TOKEN_PREFIX};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -184,8 +184,8 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for ApiQuery<T> {
 pub(super) enum Caller {
     /// A user token.
     User(Auth),
-    /// A task token: this task, this attempt.
-    Task(TaskId, u32),
+    /// A task token: this task, the attempt the token names.
+    Task(TaskId, TokenAttempt),
 }
 
 /// The token of `Authorization: Bearer <token>`; the scheme in any case (RFC 9110: schemes
@@ -211,8 +211,8 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 pub(super) enum Reader {
     /// A user token.
     User(Auth),
-    /// A task token: this task, this attempt.
-    Task(TaskId, u32),
+    /// A task token: this task, the attempt the token names.
+    Task(TaskId, TokenAttempt),
     /// A stream token of this task.
     Stream(TaskId),
 }
@@ -310,13 +310,20 @@ impl FromRequestParts<AppState> for Reader {
 }
 
 /// The task and attempt a task token is good for now.
-async fn task_token(st: &AppState, token: &str) -> Result<(TaskId, u32), ApiError> {
+async fn task_token(st: &AppState, token: &str) -> Result<(TaskId, TokenAttempt), ApiError> {
+    let token_hash = hash_token(token);
     let check = st
         .store
-        .task_token_lookup(hash_token(token), st.clock.now())
+        .task_token_lookup(token_hash.clone(), st.clock.now())
         .await?;
     match check {
-        TaskTokenCheck::Valid(id, attempt) => Ok((id, attempt)),
+        TaskTokenCheck::Valid(id, attempt) => Ok((
+            id,
+            TokenAttempt {
+                attempt,
+                token_hash,
+            },
+        )),
         TaskTokenCheck::Expired => Err(ApiError::Unauthorized(
             "the lease of this task token's attempt has run out".into(),
         )),

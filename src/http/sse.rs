@@ -119,7 +119,7 @@ pub(super) async fn task_events(
     // The running attempt reading its own task's stream reads its inbox: as with a long poll,
     // a checkpoint or a wait of it takes in the owner's messages it was sent.
     let attempt = match &reader {
-        Reader::Task(_, attempt) => Some(*attempt),
+        Reader::Task(_, attempt) => Some(attempt.clone()),
         Reader::User(_) | Reader::Stream(_) => None,
     };
 
@@ -134,19 +134,23 @@ pub(super) async fn task_events(
                 // Gone (pruned) or the database is unavailable: close; the client resumes.
                 Err(_) => break,
             };
-            // A task token's stream ends with its attempt: a later attempt (after a wait, with
-            // the same number) must not have messages it never saw recorded as read for it.
-            if attempt.is_some_and(|a| task.status != TaskStatus::Running || task.attempts != a) {
+            // A task token's stream ends with its attempt. (The read recorded below is fenced by
+            // the token, so a later attempt, which a wait gives the same number, never has
+            // messages it did not see taken as read.)
+            if attempt.as_ref().is_some_and(|a| task.status != TaskStatus::Running || task.attempts != a.attempt) {
                 break;
             }
             // A page cut by count or by bytes may have more behind it: read again at once.
             let more = !msgs.is_empty();
             let upto = msgs.iter().filter(|m| m.author == Author::User).map(|m| m.id).max();
-            if let (Some(attempt), Some(upto)) = (attempt, upto) {
-                let fence = crate::store::MessageCheck::Attempt(attempt);
-                if st.store.inbox_read(id, fence, upto, st.clock.now()).await.is_err() {
+            if let (Some(attempt), Some(upto)) = (&attempt, upto) {
+                let fence = crate::store::MessageCheck::Attempt(attempt.clone());
+                match st.store.inbox_read(id, fence, upto, st.clock.now()).await {
+                    Ok(true) => {}
+                    // Its attempt has ended (after a wait, the next one runs with its number).
+                    Ok(false) => break,
                     // Not recorded, so not sent: close; the client resumes from its last id.
-                    break;
+                    Err(_) => break,
                 }
             }
             for m in msgs {

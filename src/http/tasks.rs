@@ -547,7 +547,7 @@ pub(super) async fn messages(
         if !msgs.is_empty() || task.status.is_terminal() || now >= deadline {
             // The running attempt read its owner's messages: a checkpoint or a wait of it
             // takes them in (see Store::inbox_read).
-            if let Reader::Task(_, attempt) = reader {
+            if let Reader::Task(_, attempt) = &reader {
                 let upto = msgs
                     .iter()
                     .filter(|m| m.author == Author::User)
@@ -555,7 +555,12 @@ pub(super) async fn messages(
                     .max();
                 if let Some(upto) = upto {
                     st.store
-                        .inbox_read(id, MessageCheck::Attempt(attempt), upto, st.clock.now())
+                        .inbox_read(
+                            id,
+                            MessageCheck::Attempt(attempt.clone()),
+                            upto,
+                            st.clock.now(),
+                        )
                         .await?;
                 }
             }
@@ -621,7 +626,7 @@ pub(super) async fn append_message(
                 "this task token belongs to another task".into(),
             ))
         }
-        Caller::Task(_, attempt) => MessageCheck::Attempt(*attempt),
+        Caller::Task(_, attempt) => MessageCheck::Attempt(attempt.clone()),
     };
     let m = st
         .store

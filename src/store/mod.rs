@@ -406,13 +406,27 @@ pub enum TaskTokenCheck {
     Valid(TaskId, u32),
 }
 
+/// The attempt a task token names: its number and the token's hash.
+///
+/// A wait gives its attempt number back, so the next claim runs with the same number; the
+/// number alone would let a request or stream of the attempt that waited act for the next one.
+/// The token tells them apart: it is deleted, in the same transaction, when its attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAttempt {
+    /// The attempt number the token was issued for.
+    pub attempt: u32,
+    /// The token's hash, as stored.
+    pub token_hash: String,
+}
+
 /// Who may append a message, and so what is checked.
 #[derive(Debug, Clone)]
 pub enum MessageCheck {
     /// A user through the API (`None`: an admin): the task must be theirs and not terminal.
     User(Option<String>),
-    /// A webhook receiver's task token: that attempt must still be running.
-    Attempt(u32),
+    /// A task token (a webhook receiver's, a command's `SPOOL_TASK_TOKEN`): the attempt it was
+    /// issued for must still be running.
+    Attempt(TokenAttempt),
     /// This process's worker: only that the task exists (tools and tests).
     Worker,
     /// A running attempt: the task must still be running under this owner and attempt, so a
@@ -583,7 +597,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records that the running attempt (fenced as for [`Store::task_checkpoint`]) has read the
     /// owner's messages up to `upto`. A checkpoint or a wait of that attempt then takes them as
-    /// behind the task; an attempt that ends otherwise leaves them to the next one.
+    /// behind the task; an attempt that ends otherwise leaves them to the next one. Returns
+    /// whether it was recorded: `false` when that attempt has ended.
     ///
     /// # Errors
     /// `Unavailable` or a database error. An ended attempt changes nothing and is no error.
@@ -593,7 +608,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         fence: MessageCheck,
         upto: i64,
         now: UnixMillis,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     /// Stores a read token (its hash) for one task's events and messages until `expires_at`,
     /// and forgets some expired ones and the task's tokens beyond its

@@ -3,7 +3,8 @@
 //! user's quota. Pure: a store reads what they need, asks them, and writes what they say.
 
 use super::{
-    ExistingUser, Limits, MessageCheck, Result, StoreError, TokenCreate, User, ADMIN_NAME,
+    ExistingUser, Limits, MessageCheck, Result, StoreError, TokenAttempt, TokenCreate, User,
+    ADMIN_NAME,
 };
 use crate::task::{Author, NewTask, Task, TaskStatus};
 use serde_json::Value;
@@ -57,7 +58,8 @@ pub(crate) fn message_allowed(t: &Task, check: &MessageCheck) -> Result<()> {
     match check {
         MessageCheck::Worker => return Ok(()),
         MessageCheck::User(_) => {}
-        MessageCheck::Attempt(a) => {
+        // The store checks the token itself (it is gone once its attempt ended).
+        MessageCheck::Attempt(TokenAttempt { attempt: a, .. }) => {
             if t.status != TaskStatus::Running || t.attempts != *a {
                 return Err(StoreError::Conflict(format!(
                     "attempt {a} of task {id} has ended"
@@ -208,14 +210,32 @@ pub(crate) fn author(check: &MessageCheck) -> Author {
     }
 }
 
-/// The attempt (and the worker, if one is named) a checkpoint or an inbox read is fenced by.
+/// What a checkpoint or an inbox read is fenced by: the attempt number, and the worker holding
+/// the lease (a worker's own write) or the task token's hash (a token's write), whichever the
+/// check names.
+#[derive(Debug)]
+pub(crate) struct Fence {
+    pub attempt: u32,
+    pub owner: Option<String>,
+    pub token_hash: Option<String>,
+}
+
+/// The fence of a checkpoint or an inbox read under `check`.
 ///
 /// # Errors
 /// `Conflict` for a check that names no attempt.
-pub(crate) fn attempt_fence(check: &MessageCheck) -> Result<(u32, Option<String>)> {
+pub(crate) fn attempt_fence(check: &MessageCheck) -> Result<Fence> {
     match check {
-        MessageCheck::Attempt(a) => Ok((*a, None)),
-        MessageCheck::Lease { owner, attempt } => Ok((*attempt, Some(owner.clone()))),
+        MessageCheck::Attempt(a) => Ok(Fence {
+            attempt: a.attempt,
+            owner: None,
+            token_hash: Some(a.token_hash.clone()),
+        }),
+        MessageCheck::Lease { owner, attempt } => Ok(Fence {
+            attempt: *attempt,
+            owner: Some(owner.clone()),
+            token_hash: None,
+        }),
         _ => Err(StoreError::Conflict(
             "only the running attempt saves a checkpoint or reads its inbox".into(),
         )),

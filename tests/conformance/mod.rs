@@ -22,8 +22,8 @@ use spool::events::Event;
 use spool::queue::{decide, Outcome, Transition};
 use spool::store::{
     ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Limits, ListParams,
-    MessageCheck, QueueClaim, Store, StoreError, TaskTokenCheck, TokenCreate, TokenRevoke,
-    ADMIN_NAME, CHANGE_PAGE_BYTES, LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
+    MessageCheck, QueueClaim, Store, StoreError, TaskTokenCheck, TokenAttempt, TokenCreate,
+    TokenRevoke, ADMIN_NAME, CHANGE_PAGE_BYTES, LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
 use spool::task::{Message, NewTask, Task, TaskId, TaskStatus};
 use std::collections::{HashMap, HashSet};
@@ -128,6 +128,7 @@ macro_rules! suite {
             a_checkpoint_is_fenced_by_attempt_and_kept_until_a_reset_retry,
             the_inbox_cursor_moves_only_with_a_checkpoint_or_a_wait,
             a_wait_with_an_owner_message_it_has_not_read_does_not_park,
+            a_task_token_acts_for_its_own_attempt_not_the_next_with_its_number,
             timed_out_waits_come_back_a_bounded_number_per_claim_oldest_first,
             messages_record_their_author_and_are_read_by_author,
             stream_tokens_name_one_task_until_they_expire,
@@ -280,6 +281,14 @@ async fn ended(s: &dyn Store, status: TaskStatus, now: i64) -> Task {
 
 fn hash(n: u32) -> String {
     format!("{n:064x}")
+}
+
+/// The check of a request made with task token `hash(token)`, issued for attempt `attempt`.
+fn by_token(attempt: u32, token: u32) -> MessageCheck {
+    MessageCheck::Attempt(TokenAttempt {
+        attempt,
+        token_hash: hash(token),
+    })
 }
 
 async fn new_token_user(s: &dyn Store, name: &str, admin: bool, h: &str) -> spool::store::User {
@@ -2493,13 +2502,13 @@ pub async fn message_insert_checks_scope_attempt_and_lease<B: Backend>(b: &B) {
         msg(s, t.id, json!("x"), user("v")).await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(is_conflict(
-        msg(s, t.id, json!("x"), MessageCheck::Attempt(1)).await
-    ));
+    assert!(is_conflict(msg(s, t.id, json!("x"), by_token(1, 1)).await));
     assert!(is_conflict(msg(s, t.id, json!("x"), lease("A", 1)).await));
-    // Running: the attempt and the lease holder may write; another attempt or owner may not.
+    // Running: the attempt's token and the lease holder may write; another attempt, a token
+    // not issued for it, or another owner may not.
     let c = claim_one(s, "A", T0).await;
-    msg(s, t.id, json!("attempt"), MessageCheck::Attempt(1))
+    s.task_token_create(&c, hash(1), T0).await.unwrap();
+    msg(s, t.id, json!("attempt"), by_token(1, 1))
         .await
         .unwrap()
         .unwrap();
@@ -2507,9 +2516,8 @@ pub async fn message_insert_checks_scope_attempt_and_lease<B: Backend>(b: &B) {
         .await
         .unwrap()
         .unwrap();
-    assert!(is_conflict(
-        msg(s, t.id, json!("x"), MessageCheck::Attempt(2)).await
-    ));
+    assert!(is_conflict(msg(s, t.id, json!("x"), by_token(2, 1)).await));
+    assert!(is_conflict(msg(s, t.id, json!("x"), by_token(1, 2)).await));
     assert!(is_conflict(msg(s, t.id, json!("x"), lease("B", 1)).await));
     assert!(is_conflict(msg(s, t.id, json!("x"), lease("A", 2)).await));
     msg(s, t.id, json!("running"), user("u"))
@@ -2524,9 +2532,7 @@ pub async fn message_insert_checks_scope_attempt_and_lease<B: Backend>(b: &B) {
     assert!(is_conflict(
         msg(s, t.id, json!("x"), MessageCheck::User(None)).await
     ));
-    assert!(is_conflict(
-        msg(s, t.id, json!("x"), MessageCheck::Attempt(1)).await
-    ));
+    assert!(is_conflict(msg(s, t.id, json!("x"), by_token(1, 1)).await));
     assert!(is_conflict(msg(s, t.id, json!("x"), lease("A", 1)).await));
     msg(s, t.id, json!("worker"), MessageCheck::Worker)
         .await
@@ -2858,20 +2864,26 @@ pub async fn a_checkpoint_is_fenced_by_attempt_and_kept_until_a_reset_retry(b: &
     assert!(is_conflict(
         s.task_checkpoint(t.id, json!(0), wrong, T0 + 2).await
     ));
+    s.task_token_create(&c, hash(1), T0).await.unwrap();
     assert!(is_conflict(
-        s.task_checkpoint(t.id, json!(0), MessageCheck::Attempt(2), T0 + 2)
+        s.task_checkpoint(t.id, json!(0), by_token(2, 1), T0 + 2)
             .await
     ));
     assert!(matches!(
-        s.task_checkpoint(TaskId::new(), json!(0), MessageCheck::Attempt(1), T0)
+        s.task_checkpoint(TaskId::new(), json!(0), by_token(1, 1), T0)
             .await,
         Err(StoreError::NotFound(_))
     ));
-    // The next attempt (after a failure) starts with it.
+    // The next attempt (after a failure) starts with it; the last attempt's token is no good.
     finish(s, &c, "A", TaskStatus::Pending, Some(T0 + 10), T0 + 3).await;
     let c2 = claim_one(s, "A", T0 + 10).await;
     assert_eq!(c2.checkpoint, Some(json!({"step": 1})));
-    s.task_checkpoint(t.id, json!({"step": 2}), MessageCheck::Attempt(2), T0 + 11)
+    s.task_token_create(&c2, hash(2), T0 + 10).await.unwrap();
+    assert!(is_conflict(
+        s.task_checkpoint(t.id, json!(0), by_token(2, 1), T0 + 11)
+            .await
+    ));
+    s.task_checkpoint(t.id, json!({"step": 2}), by_token(2, 2), T0 + 11)
         .await
         .unwrap();
     let failed = finish(s, &c2, "A", TaskStatus::Failed, None, T0 + 12)
@@ -3091,6 +3103,59 @@ pub async fn timed_out_waits_come_back_a_bounded_number_per_claim_oldest_first(b
     assert_eq!(waiting(T0 + 1_000_003).await, 0);
 }
 
+/// A wait gives its attempt number back, so the next claim runs with the same number. A request
+/// or a stream made with the earlier attempt's task token (a stream it left open, a long poll
+/// still waiting) must not act for the later attempt: not write its messages or checkpoint, and
+/// not take the owner's messages as read by it, which would park its wait on an answer it never
+/// saw.
+pub async fn a_task_token_acts_for_its_own_attempt_not_the_next_with_its_number(b: &impl Backend) {
+    let f = b.fresh(Limits::default()).await;
+    let s = f.store.as_ref();
+    let t = add(s, task("default", 3, 0, T0), T0).await;
+    let c1 = claim_one(s, "A", T0).await;
+    s.task_token_create(&c1, hash(1), T0).await.unwrap();
+    let parked = park(s, &c1, "A", T0 + 3_600_000, T0 + 1).await.unwrap();
+    assert_eq!(parked.status, TaskStatus::Waiting);
+    owner_says(s, t.id, "the answer", T0 + 2).await;
+    let c2 = claim_one(s, "A", T0 + 3).await;
+    assert_eq!(
+        (c2.id, c2.attempts),
+        (t.id, c1.attempts),
+        "the wait gave the attempt number back"
+    );
+    s.task_token_create(&c2, hash(2), T0 + 3).await.unwrap();
+    let m = owner_says(s, t.id, "one more thing", T0 + 4).await;
+    // The first attempt's token: nothing it does counts for the second.
+    let old = by_token(c1.attempts, 1);
+    assert!(
+        !s.inbox_read(t.id, old.clone(), m.id, T0 + 5).await.unwrap(),
+        "the ended attempt's token recorded a read"
+    );
+    assert!(is_conflict(
+        s.task_checkpoint(t.id, json!("stale"), old.clone(), T0 + 5)
+            .await
+    ));
+    assert!(is_conflict(msg(s, t.id, json!("stale"), old).await));
+    let ended = park(s, &c2, "A", T0 + 3_600_000, T0 + 6).await.unwrap();
+    assert_eq!(
+        (ended.status, ended.wake_reason),
+        (TaskStatus::Pending, Some(spool::task::WakeReason::Message)),
+        "the second attempt's wait parked on a message only the first attempt's token read"
+    );
+    assert_eq!(ended.checkpoint, None);
+    // Its own token does count.
+    let c3 = claim_one(s, "A", T0 + 7).await;
+    s.task_token_create(&c3, hash(3), T0 + 7).await.unwrap();
+    let own = by_token(c3.attempts, 3);
+    assert!(s.inbox_read(t.id, own.clone(), m.id, T0 + 8).await.unwrap());
+    s.task_checkpoint(t.id, json!("mine"), own.clone(), T0 + 8)
+        .await
+        .unwrap();
+    msg(s, t.id, json!("mine"), own).await.unwrap().unwrap();
+    let parked = park(s, &c3, "A", T0 + 3_600_000, T0 + 9).await.unwrap();
+    assert_eq!(parked.status, TaskStatus::Waiting);
+}
+
 pub async fn messages_record_their_author_and_are_read_by_author(b: &impl Backend) {
     let f = b.fresh(Limits::default()).await;
     let s = f.store.as_ref();
@@ -3117,14 +3182,9 @@ pub async fn messages_record_their_author_and_are_read_by_author(b: &impl Backen
         .await
         .unwrap()
         .unwrap();
+    s.task_token_create(&c, hash(1), T0).await.unwrap();
     let tok = s
-        .message_insert(
-            t.id,
-            "log".into(),
-            json!(4),
-            MessageCheck::Attempt(1),
-            T0 + 4,
-        )
+        .message_insert(t.id, "log".into(), json!(4), by_token(1, 1), T0 + 4)
         .await
         .unwrap()
         .unwrap();

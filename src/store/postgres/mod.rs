@@ -1234,6 +1234,18 @@ impl Store for PostgresStore {
         let author = rules::author(&check);
         let (t, count) = get_owned_locked(&tx, task_id, user).await?;
         rules::message_allowed(&t, &check)?;
+        if let MessageCheck::Attempt(a) = &check {
+            // Under the row lock: the attempt cannot end (and take its token) meanwhile.
+            if query_opt(&tx, sql::TASK_TOKEN_HOLDS, &[&a.token_hash, &uuid(task_id)])
+                .await?
+                .is_none()
+            {
+                return Err(StoreError::Conflict(format!(
+                    "attempt {} of task {task_id} has ended",
+                    a.attempt
+                )));
+            }
+        }
         let Some((kind, mut content)) =
             rules::capped_message(count.max(0) as u64, cap, &check, kind, content)?
         else {
@@ -1298,14 +1310,25 @@ impl Store for PostgresStore {
         fence: MessageCheck,
         now: UnixMillis,
     ) -> Result<Task> {
-        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let rules::Fence {
+            attempt,
+            owner,
+            token_hash,
+        } = rules::attempt_fence(&fence)?;
         let mut checkpoint = checkpoint;
         let text = rows::jsonb_text(&mut checkpoint)?;
         let c = self.conn().await?;
         let row = query_opt(
             &c,
             sql::TASK_CHECKPOINT,
-            &[&uuid(id), &text, &i64::from(attempt), &owner, &now],
+            &[
+                &uuid(id),
+                &text,
+                &i64::from(attempt),
+                &owner,
+                &now,
+                &token_hash,
+            ],
         )
         .await?;
         match row {
@@ -1325,16 +1348,20 @@ impl Store for PostgresStore {
         fence: MessageCheck,
         upto: i64,
         _now: UnixMillis,
-    ) -> Result<()> {
-        let (attempt, owner) = rules::attempt_fence(&fence)?;
+    ) -> Result<bool> {
+        let rules::Fence {
+            attempt,
+            owner,
+            token_hash,
+        } = rules::attempt_fence(&fence)?;
         let c = self.conn().await?;
-        execute(
+        let n = execute(
             &c,
             sql::TASK_INBOX_READ,
-            &[&uuid(id), &upto, &i64::from(attempt), &owner],
+            &[&uuid(id), &upto, &i64::from(attempt), &owner, &token_hash],
         )
         .await?;
-        Ok(())
+        Ok(n > 0)
     }
 
     async fn stream_token_create(

@@ -61,6 +61,8 @@ pub(crate) const TASK_TOKEN_GET: &str =
     include_str!("../../../sql/postgres/queries/task_token_get.sql");
 pub(crate) const TASK_TOKEN_INSERT: &str =
     include_str!("../../../sql/postgres/queries/task_token_insert.sql");
+pub(crate) const TASK_TOKEN_HOLDS: &str =
+    include_str!("../../../sql/postgres/queries/task_token_holds.sql");
 pub(crate) const TOKEN_ANY: &str = include_str!("../../../sql/postgres/queries/token_any.sql");
 pub(crate) const TOKEN_INSERT: &str =
     include_str!("../../../sql/postgres/queries/token_insert.sql");

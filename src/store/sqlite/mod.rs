@@ -479,6 +479,19 @@ impl Store for SqliteStore {
             if !matches!(check, MessageCheck::Worker) {
                 let t = get_owned(conn, task_id, scope)?;
                 rules::message_allowed(&t, &check)?;
+                if let MessageCheck::Attempt(a) = &check {
+                    // The token is deleted when its attempt ends.
+                    let holds = conn
+                        .prepare_cached(sql::TASK_TOKEN_HOLDS)?
+                        .exists(named_params! {":token_hash": a.token_hash,
+                        ":task_id": task_id.to_string()})?;
+                    if !holds {
+                        return Err(StoreError::Conflict(format!(
+                            "attempt {} of task {task_id} has ended",
+                            a.attempt
+                        )));
+                    }
+                }
                 waiting = t.status == TaskStatus::Waiting;
             }
             let author = rules::author(&check);
@@ -543,13 +556,17 @@ impl Store for SqliteStore {
         fence: MessageCheck,
         now: UnixMillis,
     ) -> Result<Task> {
-        let (attempt, owner) = rules::attempt_fence(&fence)?;
+        let rules::Fence {
+            attempt,
+            owner,
+            token_hash,
+        } = rules::attempt_fence(&fence)?;
         let text = serde_json::to_string(&checkpoint).map_err(json_err)?;
         self.write_one(true, move |conn| {
             let t = rows::task(
                 &mut *conn.prepare_cached(sql::TASK_CHECKPOINT)?,
                 named_params! {":id": id.to_string(), ":checkpoint": text, ":attempt": attempt,
-                ":owner": owner, ":now": now},
+                ":owner": owner, ":token": token_hash, ":now": now},
             )?;
             match t {
                 Some(t) => Ok((t, Vec::new())),
@@ -571,14 +588,20 @@ impl Store for SqliteStore {
         fence: MessageCheck,
         upto: i64,
         _now: UnixMillis,
-    ) -> Result<()> {
-        let (attempt, owner) = rules::attempt_fence(&fence)?;
+    ) -> Result<bool> {
+        let rules::Fence {
+            attempt,
+            owner,
+            token_hash,
+        } = rules::attempt_fence(&fence)?;
         self.write_one(true, move |conn| {
-            conn.prepare_cached(sql::TASK_INBOX_READ)?
+            let n = conn
+                .prepare_cached(sql::TASK_INBOX_READ)?
                 .execute(named_params! {
                     ":id": id.to_string(), ":upto": upto, ":attempt": attempt, ":owner": owner,
+                    ":token": token_hash,
                 })?;
-            Ok(((), Vec::new()))
+            Ok((n > 0, Vec::new()))
         })
         .await
     }

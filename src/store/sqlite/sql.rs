@@ -57,6 +57,8 @@ pub(crate) const WORKER_UPSERT: &str =
     include_str!("../../../sql/sqlite/queries/worker_upsert.sql");
 pub(crate) const TASK_TOKEN_INSERT: &str =
     include_str!("../../../sql/sqlite/queries/task_token_insert.sql");
+pub(crate) const TASK_TOKEN_HOLDS: &str =
+    include_str!("../../../sql/sqlite/queries/task_token_holds.sql");
 pub(crate) const TASK_TOKEN_GET: &str =
     include_str!("../../../sql/sqlite/queries/task_token_get.sql");
 pub(crate) const HEALTH_TOUCH: &str = include_str!("../../../sql/sqlite/queries/health_touch.sql");
