@@ -163,6 +163,57 @@ async fn a_command_gets_owner_messages_on_stdin_once_in_order_and_the_next_attem
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
+/// Reads one line of its inbox, says which, and waits; woken, reads one more and completes.
+const ONE_LINE: &str = r#"read -r payload
+read -r line
+printf '{"kind":"got","wake":"%s","line":%s}\n' "${SPOOL_WAKE:-none}" "$line"
+if [ -z "$SPOOL_WAKE" ]; then
+  echo '{"wait":{"for":"message","timeout_ms":600000}}'
+else
+  echo '{"result":"done"}'
+fi"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_stdin_counts_as_read_only_once_the_command_takes_it_from_the_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[worker]\npoll_interval_ms = 100\n{}",
+            kind("pick", ONE_LINE, "stdin = \"messages\"")
+        ),
+    );
+    let s = serve(&cfg, &[]);
+    // Two messages are there before the attempt: both go down the pipe, the command reads one.
+    let id = create(&s, &s.token, json!({"kind": "pick", "delay_ms": 2000})).await;
+    say(&s, &s.token, &id, "one").await;
+    say(&s, &s.token, &id, "two").await;
+    wait_status(&s, &id, "waiting").await;
+    // The wait took in only what the command read: the next attempt starts at "two".
+    say(&s, &s.token, &id, "three").await;
+    let done = s.wait_terminal(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let got: Vec<(String, String)> = task_messages(&s, &id, "got")
+        .await
+        .iter()
+        .map(|m| {
+            let c = &m["content"];
+            (
+                c["wake"].as_str().unwrap().to_string(),
+                c["line"]["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("none".into(), "one".into()),
+            ("message".into(), "two".into())
+        ],
+        "a message written to the pipe but never read by the command was taken as read"
+    );
+}
+
 const AGENT: &str = r#"read -r payload
 case "$SPOOL_WAKE" in
   "") echo '{"kind":"question","text":"may I push to main?"}'

@@ -408,8 +408,21 @@ async fn run_child(
     run_as: Option<&str>,
     stdin_mode: StdinMode,
 ) -> Result<Outcome, TaskError> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+    // With `stdin = "messages"` spool makes the pipe and keeps its read end (see StdinInbox).
+    let inbox = match stdin_mode {
+        StdinMode::Messages => {
+            let (pipe, child_end, writer) = StdinInbox::pipe().map_err(|e| {
+                TaskError::retry(format!("cannot make the stdin pipe for {program:?}: {e}"))
+            })?;
+            cmd.stdin(child_end);
+            Some((pipe, writer))
+        }
+        _ => {
+            cmd.stdin(Stdio::piped());
+            None
+        }
+    };
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -445,37 +458,27 @@ async fn run_child(
         attempt: ctx.attempt(),
     };
 
-    let mut payload = serde_json::to_vec(ctx.payload()).unwrap_or_default();
+    let payload = serde_json::to_vec(ctx.payload()).unwrap_or_default();
     // Ends the stdin writer with the attempt, however the attempt ends.
     let attempt_over = tokio_util::sync::CancellationToken::new();
     let _stop_writer = attempt_over.clone().drop_guard();
-    if let Some(mut stdin) = child.stdin.take() {
-        let inbox = (stdin_mode == StdinMode::Messages).then(|| ctx.inbox());
+    let mut writer = None;
+    let mut inbox_pipe = None;
+    if let Some((pipe, sender)) = inbox {
+        let pipe = Arc::new(pipe);
+        let messages = ctx.inbox_unread();
+        writer = Some(tokio::spawn(pipe.clone().feed(
+            sender,
+            payload,
+            messages,
+            attempt_over.clone(),
+        )));
+        inbox_pipe = Some(pipe);
+    } else if let Some(mut stdin) = child.stdin.take() {
+        // A child that does not read its input closes the pipe: that is its business.
         tokio::spawn(async move {
-            // A child that does not read its input closes the pipe: that is its business.
-            let Some(inbox) = inbox else {
-                let _ = stdin.write_all(&payload).await;
-                let _ = stdin.shutdown().await;
-                return;
-            };
-            payload.push(b'\n');
-            if stdin.write_all(&payload).await.is_err() {
-                return;
-            }
-            // Then each of the owner's messages, a JSON line each, as they come.
-            futures::pin_mut!(inbox);
-            loop {
-                let next = tokio::select! {
-                    _ = attempt_over.cancelled() => return,
-                    m = futures::StreamExt::next(&mut inbox) => m,
-                };
-                let Some(Ok(m)) = next else { return };
-                let mut line = m.to_json().to_string().into_bytes();
-                line.push(b'\n');
-                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                    return;
-                }
-            }
+            let _ = stdin.write_all(&payload).await;
+            let _ = stdin.shutdown().await;
         });
     }
     let (tx, mut rx) = mpsc::channel::<Line>(256);
@@ -487,7 +490,10 @@ async fn run_child(
     }
     drop(tx);
 
-    let mut protocol = Protocol::default();
+    let mut protocol = Protocol {
+        inbox: inbox_pipe.clone(),
+        ..Protocol::default()
+    };
     let mut status = None;
     loop {
         tokio::select! {
@@ -517,6 +523,16 @@ async fn run_child(
             .await
             .map_err(|e| TaskError::retry(format!("waiting for the child: {e}")))?,
     };
+    // A wait takes in what the command read of its inbox: what it took from the pipe before it
+    // exited, not what was written there (the writer stops first, so every byte it wrote is
+    // counted).
+    if let (Some(pipe), Some(0), true) = (&inbox_pipe, status.code(), protocol.waits()) {
+        attempt_over.cancel();
+        if let Some(w) = writer.take() {
+            let _ = w.await;
+        }
+        pipe.record(&ctx).await?;
+    }
     match status.code() {
         Some(code) => protocol.exit(i64::from(code)),
         None => {
@@ -540,6 +556,9 @@ pub(crate) struct Protocol {
     wait: Option<Outcome>,
     /// The last stderr line, quoted in a failure's `last_error`.
     pub(crate) last_stderr: String,
+    /// The owner's messages written to the task's stdin, when its kind has
+    /// `stdin = "messages"`: a checkpoint takes in those it has read.
+    inbox: Option<Arc<StdinInbox>>,
 }
 
 impl Protocol {
@@ -569,6 +588,9 @@ impl Protocol {
                             self.result = obj.remove("result").unwrap_or(Value::Null);
                             Ok(())
                         } else if obj.len() == 1 && obj.contains_key("checkpoint") {
+                            if let Some(pipe) = &self.inbox {
+                                pipe.record(ctx).await?;
+                            }
                             ctx.checkpoint(obj.remove("checkpoint").unwrap_or(Value::Null))
                                 .await
                         } else if obj.len() == 1 && obj.contains_key("wait") {
@@ -595,6 +617,11 @@ impl Protocol {
         }
     }
 
+    /// Whether the task asked to wait (which takes effect if it exits 0).
+    fn waits(&self) -> bool {
+        self.wait.is_some()
+    }
+
     /// The attempt's outcome from the task's exit code: 0 completes (or waits), anything else
     /// fails with retry, quoting the last stderr line.
     ///
@@ -611,6 +638,137 @@ impl Protocol {
                 "exit {c}{}",
                 tail(&self.last_stderr)
             ))),
+        }
+    }
+}
+
+/// The owner's messages on a command's stdin (`stdin = "messages"`): the payload line, then a
+/// JSON line per message as it is written. A message counts as read once the command has taken
+/// its whole line from the pipe, not once spool wrote it there: spool keeps a handle on the
+/// pipe's read end and asks the kernel how many bytes are still in it (`FIONREAD`), so a message
+/// written in the instant the command prints its wait and exits is left for the next attempt.
+/// (What a command reads into a buffer of its own and never looks at counts as read: spool
+/// cannot see into it.)
+///
+/// Holding the read end also means a child that closes its stdin early never makes a write
+/// fail: the writer waits on the full pipe until the attempt ends, and what sits in the pipe is
+/// unread.
+#[derive(Debug)]
+pub(crate) struct StdinInbox {
+    /// spool's handle on the read end.
+    read_end: std::io::PipeReader,
+    /// Bytes written into the pipe, and the messages not yet recorded as read with the offset
+    /// just past each one's line.
+    log: std::sync::Mutex<WrittenLog>,
+}
+
+#[derive(Debug, Default)]
+struct WrittenLog {
+    written: u64,
+    lines: std::collections::VecDeque<(i64, u64)>,
+}
+
+impl StdinInbox {
+    /// The pipe: spool's side, the child's stdin, and the write end.
+    fn pipe() -> std::io::Result<(Self, Stdio, tokio::net::unix::pipe::Sender)> {
+        let (read_end, write_end) = std::io::pipe()?;
+        let child_end = Stdio::from(read_end.try_clone()?);
+        let sender =
+            tokio::net::unix::pipe::Sender::from_owned_fd(std::os::fd::OwnedFd::from(write_end))?;
+        let inbox = Self {
+            read_end,
+            log: std::sync::Mutex::new(WrittenLog::default()),
+        };
+        Ok((inbox, child_end, sender))
+    }
+
+    /// Writes the payload line, then each of the owner's messages as a JSON line as they come,
+    /// until `over`, the inbox ends, or a write fails.
+    async fn feed(
+        self: Arc<Self>,
+        mut pipe: tokio::net::unix::pipe::Sender,
+        mut payload: Vec<u8>,
+        messages: impl futures::Stream<Item = Result<crate::task::Message, TaskError>>,
+        over: tokio_util::sync::CancellationToken,
+    ) {
+        payload.push(b'\n');
+        let failed = tokio::select! {
+            _ = over.cancelled() => true,
+            r = self.write(&mut pipe, &payload, None) => r.is_err(),
+        };
+        if failed {
+            return;
+        }
+        futures::pin_mut!(messages);
+        loop {
+            let next = tokio::select! {
+                _ = over.cancelled() => return,
+                m = futures::StreamExt::next(&mut messages) => m,
+            };
+            let Some(Ok(m)) = next else { return };
+            let mut line = m.to_json().to_string().into_bytes();
+            line.push(b'\n');
+            let failed = tokio::select! {
+                _ = over.cancelled() => true,
+                r = self.write(&mut pipe, &line, Some(m.id)) => r.is_err(),
+            };
+            if failed {
+                return;
+            }
+        }
+    }
+
+    /// Writes `bytes` (the line of message `id`, if any), counting each byte once it is in the
+    /// pipe. The line is logged first, so the count never passes a line it does not know.
+    async fn write(
+        &self,
+        pipe: &mut tokio::net::unix::pipe::Sender,
+        bytes: &[u8],
+        id: Option<i64>,
+    ) -> std::io::Result<()> {
+        if let (Some(id), Ok(mut log)) = (id, self.log.lock()) {
+            let end = log.written + bytes.len() as u64;
+            log.lines.push_back((id, end));
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = pipe.write(rest).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            if let Ok(mut log) = self.log.lock() {
+                log.written += n as u64;
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// The newest message whose whole line the command has taken from the pipe and that was not
+    /// recorded yet. A write in progress makes it count fewer, never more.
+    fn read_upto(&self) -> Option<i64> {
+        let unread = rustix::io::ioctl_fionread(&self.read_end).ok()?;
+        let mut log = self.log.lock().ok()?;
+        let taken = log.written.saturating_sub(unread);
+        let mut upto = None;
+        while let Some(&(id, end)) = log.lines.front() {
+            if end > taken {
+                break;
+            }
+            upto = Some(id);
+            log.lines.pop_front();
+        }
+        upto
+    }
+
+    /// Records what the command has read so far as read by its attempt.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    async fn record(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+        match self.read_upto() {
+            Some(upto) => ctx.inbox_read(upto).await,
+            None => Ok(()),
         }
     }
 }

@@ -222,6 +222,35 @@ impl TaskContext {
     pub fn inbox(
         &self,
     ) -> impl futures::Stream<Item = Result<Message, TaskError>> + Send + 'static {
+        self.inbox_stream(true)
+    }
+
+    /// [`TaskContext::inbox`] without taking what it hands over as read: for an executor that
+    /// knows better when the task has read a message (a command's stdin pipe) and says so with
+    /// [`TaskContext::inbox_read`].
+    pub(crate) fn inbox_unread(
+        &self,
+    ) -> impl futures::Stream<Item = Result<Message, TaskError>> + Send + 'static {
+        self.inbox_stream(false)
+    }
+
+    /// Records that this attempt has read the owner's messages up to `upto` (see
+    /// [`Store::inbox_read`]).
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub(crate) async fn inbox_read(&self, upto: i64) -> Result<(), TaskError> {
+        self.store
+            .inbox_read(self.task.id, self.fence(), upto, self.clock.now())
+            .await
+            .map(|_| ())
+            .map_err(|e| TaskError::retry(format!("cannot record the inbox read: {e}")))
+    }
+
+    fn inbox_stream(
+        &self,
+        record: bool,
+    ) -> impl futures::Stream<Item = Result<Message, TaskError>> + Send + 'static {
         let ctx = self.clone();
         async_stream::stream! {
             let watch = ctx.store.hub().watch(ctx.task.id);
@@ -241,13 +270,11 @@ impl TaskContext {
                 if let Some(last) = page.last() {
                     // Read, as far as the task is concerned, before it is handed over: a
                     // checkpoint or a wait after this takes these messages in.
-                    if let Err(e) = ctx
-                        .store
-                        .inbox_read(ctx.task.id, ctx.fence(), last.id, ctx.clock.now())
-                        .await
-                    {
-                        yield Err(TaskError::retry(format!("cannot record the inbox read: {e}")));
-                        return;
+                    if record {
+                        if let Err(e) = ctx.inbox_read(last.id).await {
+                            yield Err(e);
+                            return;
+                        }
                     }
                     ctx.inbox_cursor.store(last.id, std::sync::atomic::Ordering::SeqCst);
                     for m in page {

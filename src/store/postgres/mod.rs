@@ -1310,11 +1310,7 @@ impl Store for PostgresStore {
         fence: MessageCheck,
         now: UnixMillis,
     ) -> Result<Task> {
-        let rules::Fence {
-            attempt,
-            owner,
-            token_hash,
-        } = rules::attempt_fence(&fence)?;
+        let f = rules::attempt_fence(&fence)?;
         let mut checkpoint = checkpoint;
         let text = rows::jsonb_text(&mut checkpoint)?;
         let c = self.conn().await?;
@@ -1324,10 +1320,10 @@ impl Store for PostgresStore {
             &[
                 &uuid(id),
                 &text,
-                &i64::from(attempt),
-                &owner,
+                &i64::from(f.attempt),
+                &f.owner,
                 &now,
-                &token_hash,
+                &f.token_hash,
             ],
         )
         .await?;
@@ -1336,7 +1332,8 @@ impl Store for PostgresStore {
             None => {
                 get_owned(&c, id, None).await?;
                 Err(StoreError::Conflict(format!(
-                    "attempt {attempt} of task {id} has ended"
+                    "attempt {} of task {id} has ended",
+                    f.attempt
                 )))
             }
         }
@@ -1349,16 +1346,18 @@ impl Store for PostgresStore {
         upto: i64,
         _now: UnixMillis,
     ) -> Result<bool> {
-        let rules::Fence {
-            attempt,
-            owner,
-            token_hash,
-        } = rules::attempt_fence(&fence)?;
+        let f = rules::attempt_fence(&fence)?;
         let c = self.conn().await?;
         let n = execute(
             &c,
             sql::TASK_INBOX_READ,
-            &[&uuid(id), &upto, &i64::from(attempt), &owner, &token_hash],
+            &[
+                &uuid(id),
+                &upto,
+                &i64::from(f.attempt),
+                &f.owner,
+                &f.token_hash,
+            ],
         )
         .await?;
         Ok(n > 0)

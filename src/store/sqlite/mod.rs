@@ -556,17 +556,13 @@ impl Store for SqliteStore {
         fence: MessageCheck,
         now: UnixMillis,
     ) -> Result<Task> {
-        let rules::Fence {
-            attempt,
-            owner,
-            token_hash,
-        } = rules::attempt_fence(&fence)?;
+        let f = rules::attempt_fence(&fence)?;
         let text = serde_json::to_string(&checkpoint).map_err(json_err)?;
         self.write_one(true, move |conn| {
             let t = rows::task(
                 &mut *conn.prepare_cached(sql::TASK_CHECKPOINT)?,
-                named_params! {":id": id.to_string(), ":checkpoint": text, ":attempt": attempt,
-                ":owner": owner, ":token": token_hash, ":now": now},
+                named_params! {":id": id.to_string(), ":checkpoint": text, ":attempt": f.attempt,
+                ":owner": f.owner, ":token": f.token_hash, ":now": now},
             )?;
             match t {
                 Some(t) => Ok((t, Vec::new())),
@@ -574,7 +570,8 @@ impl Store for SqliteStore {
                     // Why not: no such task, or the attempt has ended.
                     get_owned(conn, id, None)?;
                     Err(StoreError::Conflict(format!(
-                        "attempt {attempt} of task {id} has ended"
+                        "attempt {} of task {id} has ended",
+                        f.attempt
                     )))
                 }
             }
@@ -589,17 +586,13 @@ impl Store for SqliteStore {
         upto: i64,
         _now: UnixMillis,
     ) -> Result<bool> {
-        let rules::Fence {
-            attempt,
-            owner,
-            token_hash,
-        } = rules::attempt_fence(&fence)?;
+        let f = rules::attempt_fence(&fence)?;
         self.write_one(true, move |conn| {
             let n = conn
                 .prepare_cached(sql::TASK_INBOX_READ)?
                 .execute(named_params! {
-                    ":id": id.to_string(), ":upto": upto, ":attempt": attempt, ":owner": owner,
-                    ":token": token_hash,
+                    ":id": id.to_string(), ":upto": upto, ":attempt": f.attempt,
+                    ":owner": f.owner, ":token": f.token_hash,
                 })?;
             Ok((n > 0, Vec::new()))
         })
