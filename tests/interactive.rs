@@ -214,6 +214,63 @@ async fn a_message_on_stdin_counts_as_read_only_once_the_command_takes_it_from_t
     );
 }
 
+/// Says its task token, then (woken by nothing yet) waits once the file `go` appears in its task
+/// directory; woken, completes.
+const WAITER: &str = r#"printf '{"kind":"token","token":"%s"}\n' "$SPOOL_TASK_TOKEN"
+if [ -n "$SPOOL_WAKE" ]; then echo '{"result":"woken"}'; exit 0; fi
+n=0
+while [ ! -e go ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done
+echo '{"wait":{"for":"message","timeout_ms":600000}}'"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_left_open_by_an_attempt_that_waited_gets_401_not_the_owners_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[worker]\npoll_interval_ms = 100\nworkdir = {:?}\n{}",
+            work.display().to_string(),
+            kind("waiter", WAITER, "")
+        ),
+    );
+    let s = serve(&cfg, &[]);
+    let id = create(&s, &s.token, json!({"kind": "waiter"})).await;
+    let hello = eventually(T, "the task token", || async {
+        task_messages(&s, &id, "token").await.pop()
+    })
+    .await;
+    let tt = hello["content"]["token"].as_str().unwrap().to_string();
+    // The attempt's own long poll for its owner's messages, open while the attempt runs.
+    let poll = {
+        let url = s.url(&format!(
+            "/v1/tasks/{id}/messages?author=user&wait_ms=20000"
+        ));
+        tokio::spawn(async move { client().get(url).bearer_auth(tt).send().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(work.join(&id).join("go"), b"").unwrap();
+    wait_status(&s, &id, "waiting").await;
+    say(&s, &s.token, &id, "the answer").await;
+    let r = tokio::time::timeout(T, poll).await.unwrap().unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the ended attempt's long poll was handed its owner's message: {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the attempt this task token was issued for has ended"),
+        "{body}"
+    );
+    let done = s.wait_terminal(&id).await;
+    assert_eq!(done["result"], "woken", "{done}");
+}
+
 const AGENT: &str = r#"read -r payload
 case "$SPOOL_WAKE" in
   "") echo '{"kind":"question","text":"may I push to main?"}'

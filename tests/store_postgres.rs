@@ -1527,6 +1527,91 @@ async fn a_message_committed_while_the_wait_waited_for_the_row_wakes_it() {
     );
 }
 
+/// A task token's read that waited for the task's row while its attempt ended in a wait and the
+/// next claim (with the same attempt number, and the same worker) took the task is not recorded
+/// for that claim. The blocked UPDATE checks the row's newest version, but reads `task_tokens`
+/// as it was when it began, when the old token was still there: only a token that names the
+/// row's own claim counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_tokens_read_that_waited_for_the_row_is_not_recorded_for_the_next_claim() {
+    let server = pg::server();
+    let (url, store, t) = store_with_a_task().await;
+    let c = conformance::claim_one(store.as_ref(), "A", T0).await;
+    let token = format!("{:064x}", 1);
+    store
+        .task_token_create(&c, token.clone(), T0)
+        .await
+        .unwrap();
+    let m = store
+        .message_insert(
+            t.id,
+            "answer".into(),
+            json!("yes"),
+            MessageCheck::User(Some("u".into())),
+            T0 + 1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut holder = server.client(&url).await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&t.id.0])
+        .await
+        .unwrap();
+    let watcher = server.client(&url).await;
+    let db = db_name(&url);
+    let s = store.clone();
+    let stale = MessageCheck::Attempt(spool::store::TokenAttempt {
+        attempt: c.attempts,
+        started_at: c.started_at.unwrap(),
+        token_hash: token,
+    });
+    let id = t.id;
+    let read = tokio::spawn(async move { s.inbox_read(id, stale, m.id, T0 + 2).await });
+    until_lock_waiters(&watcher, &db, 1).await;
+    // Meanwhile, as the store writes them: the attempt waits (its tokens go with it), the owner's
+    // message wakes it, and worker A claims it again, with the number the wait gave back.
+    tx.execute(
+        "UPDATE tasks SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL, \
+         wait_until = $2 WHERE id = $1",
+        &[&t.id.0, &(T0 + 3_600_000)],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE tasks SET status = 'running', lease_owner = 'A', lease_expires_at = $2, \
+         started_at = $3, wait_until = NULL WHERE id = $1",
+        &[&t.id.0, &(T0 + 60_000), &(T0 + 3)],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let recorded = tokio::time::timeout(DEADLINE, read)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let row = holder
+        .query_one(
+            "SELECT inbox_read, attempts, status FROM tasks WHERE id = $1",
+            &[&t.id.0],
+        )
+        .await
+        .unwrap();
+    let (inbox_read, attempts, status): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("running", i64::from(c.attempts)),
+        "the next claim runs with the same number"
+    );
+    assert!(!recorded, "the ended attempt's token recorded a read");
+    assert_eq!(
+        inbox_read, 0,
+        "the next claim has message {} taken as read",
+        m.id
+    );
+}
+
 /// After an outage, every host's running tasks can have lost their lease at once: one claim
 /// rescues at most `EXPIRED_LEASES_PER_CLAIM` of them (those that ran out first), the next
 /// claim the rest.

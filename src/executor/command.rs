@@ -531,7 +531,7 @@ async fn run_child(
         if let Some(w) = writer.take() {
             let _ = w.await;
         }
-        pipe.record(&ctx).await?;
+        pipe.record(&ctx).await;
     }
     match status.code() {
         Some(code) => protocol.exit(i64::from(code)),
@@ -589,7 +589,7 @@ impl Protocol {
                             Ok(())
                         } else if obj.len() == 1 && obj.contains_key("checkpoint") {
                             if let Some(pipe) = &self.inbox {
-                                pipe.record(ctx).await?;
+                                pipe.record(ctx).await;
                             }
                             ctx.checkpoint(obj.remove("checkpoint").unwrap_or(Value::Null))
                                 .await
@@ -745,10 +745,11 @@ impl StdinInbox {
     }
 
     /// The newest message whose whole line the command has taken from the pipe and that was not
-    /// recorded yet. A write in progress makes it count fewer, never more.
+    /// recorded yet. The log is held while the kernel is asked: a write that lands meanwhile is
+    /// in the pipe but not yet in `written`, so it makes this count fewer, never more.
     fn read_upto(&self) -> Option<i64> {
-        let unread = rustix::io::ioctl_fionread(&self.read_end).ok()?;
         let mut log = self.log.lock().ok()?;
+        let unread = rustix::io::ioctl_fionread(&self.read_end).ok()?;
         let taken = log.written.saturating_sub(unread);
         let mut upto = None;
         while let Some(&(id, end)) = log.lines.front() {
@@ -761,14 +762,13 @@ impl StdinInbox {
         upto
     }
 
-    /// Records what the command has read so far as read by its attempt.
-    ///
-    /// # Errors
-    /// The database is unavailable.
-    async fn record(&self, ctx: &TaskContext) -> Result<(), TaskError> {
-        match self.read_upto() {
-            Some(upto) => ctx.inbox_read(upto).await,
-            None => Ok(()),
+    /// Records what the command has read so far as read by its attempt. A failure is logged
+    /// and passed over: what is not recorded is handed over again, never lost.
+    async fn record(&self, ctx: &TaskContext) {
+        if let Some(upto) = self.read_upto() {
+            if let Err(e) = ctx.inbox_read(upto).await {
+                tracing::warn!(task = %ctx.id(), error = %e.message, "the messages the command read are not recorded as read; the next attempt gets them again");
+            }
         }
     }
 }

@@ -317,10 +317,11 @@ async fn task_token(st: &AppState, token: &str) -> Result<(TaskId, TokenAttempt)
         .task_token_lookup(token_hash.clone(), st.clock.now())
         .await?;
     match check {
-        TaskTokenCheck::Valid(id, attempt) => Ok((
+        TaskTokenCheck::Valid(id, attempt, started_at) => Ok((
             id,
             TokenAttempt {
                 attempt,
+                started_at,
                 token_hash,
             },
         )),

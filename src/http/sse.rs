@@ -134,10 +134,14 @@ pub(super) async fn task_events(
                 // Gone (pruned) or the database is unavailable: close; the client resumes.
                 Err(_) => break,
             };
-            // A task token's stream ends with its attempt. (The read recorded below is fenced by
-            // the token, so a later attempt, which a wait gives the same number, never has
-            // messages it did not see taken as read.)
-            if attempt.as_ref().is_some_and(|a| task.status != TaskStatus::Running || task.attempts != a.attempt) {
+            // A task token's stream ends with its attempt: a later attempt has the same number
+            // after a wait, but not the same start. (The read recorded below is fenced by the
+            // token itself.)
+            if attempt.as_ref().is_some_and(|a| {
+                task.status != TaskStatus::Running
+                    || task.attempts != a.attempt
+                    || task.started_at != Some(a.started_at)
+            }) {
                 break;
             }
             // A page cut by count or by bytes may have more behind it: read again at once.

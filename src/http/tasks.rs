@@ -554,7 +554,8 @@ pub(super) async fn messages(
                     .map(|m| m.id)
                     .max();
                 if let Some(upto) = upto {
-                    st.store
+                    let recorded = st
+                        .store
                         .inbox_read(
                             id,
                             MessageCheck::Attempt(attempt.clone()),
@@ -562,6 +563,13 @@ pub(super) async fn messages(
                             st.clock.now(),
                         )
                         .await?;
+                    // Its attempt ended while it waited (a wait gives the number to the next
+                    // attempt): what it read is not the next attempt's, and it gets no more.
+                    if !recorded {
+                        return Err(ApiError::Unauthorized(
+                            "the attempt this task token was issued for has ended".into(),
+                        ));
+                    }
                 }
             }
             let next_after = msgs.last().map(|m| m.id).unwrap_or(after);

@@ -402,8 +402,8 @@ pub enum TaskTokenCheck {
     Unknown,
     /// Its attempt still has the task but the lease ran out.
     Expired,
-    /// Valid for this task and attempt.
-    Valid(TaskId, u32),
+    /// Valid for this task and attempt, which began (was claimed) at this time.
+    Valid(TaskId, u32, UnixMillis),
 }
 
 /// The attempt a task token names: its number and the token's hash.
@@ -415,6 +415,9 @@ pub enum TaskTokenCheck {
 pub struct TokenAttempt {
     /// The attempt number the token was issued for.
     pub attempt: u32,
+    /// When that attempt was claimed (`started_at`): a reader that cannot ask for the token at
+    /// every turn (an SSE stream) tells its attempt from the next by it.
+    pub started_at: UnixMillis,
     /// The token's hash, as stored.
     pub token_hash: String,
 }

@@ -287,6 +287,8 @@ fn hash(n: u32) -> String {
 fn by_token(attempt: u32, token: u32) -> MessageCheck {
     MessageCheck::Attempt(TokenAttempt {
         attempt,
+        // The stores fence by the token; this is for a stream's own check only.
+        started_at: 0,
         token_hash: hash(token),
     })
 }
@@ -2426,7 +2428,7 @@ pub async fn task_tokens_live_only_while_their_attempt_runs<B: Backend>(b: &B) {
     s.task_token_create(&c, hash(1), T0).await.unwrap();
     assert_eq!(
         s.task_token_lookup(hash(1), T0 + 1).await.unwrap(),
-        TaskTokenCheck::Valid(t.id, 1)
+        TaskTokenCheck::Valid(t.id, 1, c.started_at.unwrap())
     );
     assert_eq!(
         s.task_token_lookup(hash(2), T0).await.unwrap(),
@@ -2444,7 +2446,7 @@ pub async fn task_tokens_live_only_while_their_attempt_runs<B: Backend>(b: &B) {
         .unwrap();
     assert_eq!(
         s.task_token_lookup(hash(1), late).await.unwrap(),
-        TaskTokenCheck::Valid(t.id, 1)
+        TaskTokenCheck::Valid(t.id, 1, c.started_at.unwrap())
     );
     // The attempt ends: the token is gone, and no new one is stored for it.
     finish(s, &c, "A", TaskStatus::Pending, Some(T0), late)
@@ -2470,7 +2472,7 @@ pub async fn task_tokens_live_only_while_their_attempt_runs<B: Backend>(b: &B) {
     s.task_token_create(&c3, hash(5), later).await.unwrap();
     assert_eq!(
         s.task_token_lookup(hash(5), later).await.unwrap(),
-        TaskTokenCheck::Valid(t.id, 3)
+        TaskTokenCheck::Valid(t.id, 3, c3.started_at.unwrap())
     );
 }
 

@@ -6,4 +6,7 @@ SET inbox_read = max(inbox_read, :upto)
 WHERE id = :id AND status = 'running' AND attempts = :attempt
   AND (:owner IS NULL OR lease_owner = :owner)
   AND (:token IS NULL
-       OR EXISTS (SELECT 1 FROM task_tokens k WHERE k.token_hash = :token AND k.task_id = :id))
+       OR EXISTS (SELECT 1 FROM task_tokens k
+                  WHERE k.token_hash = :token AND k.task_id = tasks.id
+                    AND k.attempt = tasks.attempts AND k.lease_owner = tasks.lease_owner
+                    AND k.started_at = tasks.started_at))

@@ -1202,9 +1202,10 @@ impl Store for PostgresStore {
             Some(r) => {
                 let id: Uuid = r.try_get("task_id").map_err(pg_err)?;
                 let attempt: i64 = r.try_get("attempt").map_err(pg_err)?;
+                let started_at: i64 = r.try_get("started_at").map_err(pg_err)?;
                 let live: Option<bool> = r.try_get("live").map_err(pg_err)?;
                 if live == Some(true) {
-                    TaskTokenCheck::Valid(TaskId(id), attempt.max(0) as u32)
+                    TaskTokenCheck::Valid(TaskId(id), attempt.max(0) as u32, started_at)
                 } else {
                     TaskTokenCheck::Expired
                 }

@@ -888,6 +888,7 @@ impl Store for SqliteStore {
                         Ok((
                             r.get::<_, String>("task_id")?,
                             r.get::<_, i64>("attempt")?,
+                            r.get::<_, i64>("started_at")?,
                             r.get::<_, Option<bool>>("live")?,
                         ))
                     },
@@ -895,10 +896,10 @@ impl Store for SqliteStore {
                 .optional()?;
             Ok(match row {
                 None => TaskTokenCheck::Unknown,
-                Some((id, attempt, live)) => match id.parse::<TaskId>() {
+                Some((id, attempt, started_at, live)) => match id.parse::<TaskId>() {
                     Err(_) => TaskTokenCheck::Unknown,
                     Ok(_) if live != Some(true) => TaskTokenCheck::Expired,
-                    Ok(id) => TaskTokenCheck::Valid(id, attempt.max(0) as u32),
+                    Ok(id) => TaskTokenCheck::Valid(id, attempt.max(0) as u32, started_at),
                 },
             })
         })
