@@ -61,27 +61,65 @@ conformance::suite!(PostgresBackend);
 /// How long a test waits for a condition at most.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// How many sessions of database `db` wait for a lock now.
-async fn lock_waiters(c: &tokio_postgres::Client, db: &str) -> i64 {
-    c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        &[&db],
-    )
-    .await
-    .unwrap()
-    .get(0)
+/// A session of its own on a test database that watches for sessions waiting for a lock (and,
+/// through `Deref`, reads what a test checks).
+struct Watcher {
+    client: tokio_postgres::Client,
+    db: String,
 }
 
-/// Waits until `n` sessions of the database at `url` wait for a lock.
-async fn until_lock_waiters(c: &tokio_postgres::Client, db: &str, n: i64) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while lock_waiters(c, db).await < n {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "no session waited for the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+impl Watcher {
+    async fn new(url: &str) -> Self {
+        Self {
+            client: pg::server().client(url).await,
+            db: db_name(url),
+        }
     }
+
+    /// How many sessions of the database wait for a lock now.
+    async fn waiting(&self) -> i64 {
+        self.client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[&self.db],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until `n` sessions of the database wait for a lock.
+    async fn until_waiting(&self, n: i64) {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        while self.waiting().await < n {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "no session waited for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl std::ops::Deref for Watcher {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+/// A session of its own holding task `id`'s row, as a third writer would: a transaction that
+/// locked it (`SELECT … FOR UPDATE`) and goes on until the session sends `COMMIT`. Statements
+/// the session runs meanwhile are part of that transaction.
+async fn hold_row(url: &str, id: spool::task::TaskId) -> tokio_postgres::Client {
+    let holder = pg::server().client(url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&id.0])
+        .await
+        .unwrap();
+    holder
 }
 
 /// A fresh database of the test server, a store on it, and one pending task of user `u`.
@@ -135,8 +173,8 @@ async fn a_message_numbered_first_but_committed_last_is_never_skipped() {
             .unwrap()
             .unwrap()
     });
-    let watcher = server.client(&url).await;
-    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    let watcher = Watcher::new(&url).await;
+    watcher.until_waiting(1).await;
     assert!(!second.is_finished(), "the second writer did not wait");
     // A reader now sees neither.
     assert!(store
@@ -272,8 +310,8 @@ async fn a_quota_check_counts_an_enqueue_that_committed_while_it_waited() {
         s2.task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
             .await
     });
-    let watcher = server.client(&url).await;
-    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    let watcher = Watcher::new(&url).await;
+    watcher.until_waiting(1).await;
     tx.commit().await.unwrap();
     match tokio::time::timeout(DEADLINE, third)
         .await
@@ -747,8 +785,8 @@ async fn a_group_commit_that_waits_does_not_hold_up_the_next() {
         s2.task_insert(vec![conformance::task("default", 3, 0, T0 + 1)], T0 + 1)
             .await
     });
-    let watcher = server.client(&url).await;
-    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    let watcher = Watcher::new(&url).await;
+    watcher.until_waiting(1).await;
     let mut theirs = conformance::task("default", 3, 0, T0 + 2);
     theirs.user_id = "v".into();
     let second = tokio::time::timeout(DEADLINE, store.task_insert(vec![theirs], T0 + 2))
@@ -1351,7 +1389,7 @@ async fn enqueues_naming_the_same_users_in_opposite_orders_never_deadlock() {
     )
     .await
     .unwrap();
-    let watcher = server.client(&url).await;
+    let watcher = Watcher::new(&url).await;
     // u1's task is written, then the insert of u3's keyed task waits for that writer.
     let first = tokio::spawn(async move {
         let tasks = vec![
@@ -1361,7 +1399,7 @@ async fn enqueues_naming_the_same_users_in_opposite_orders_never_deadlock() {
         ];
         a.task_insert(tasks, T0).await
     });
-    until_lock_waiters(&watcher, &db_name(&url), 1).await;
+    watcher.until_waiting(1).await;
     // u2's task, then u1's, while the first is held.
     let second = tokio::spawn(async move {
         let tasks = vec![task_of("u2", Some("k2")), task_of("u1", None)];
@@ -1371,7 +1409,7 @@ async fn enqueues_naming_the_same_users_in_opposite_orders_never_deadlock() {
     // holds until it commits.
     let end = tokio::time::Instant::now() + DEADLINE;
     while !second.is_finished() {
-        if lock_waiters(&watcher, &db_name(&url)).await >= 2 {
+        if watcher.waiting().await >= 2 {
             break;
         }
         assert!(tokio::time::Instant::now() < end, "the second enqueue hung");
@@ -1413,14 +1451,14 @@ async fn the_others_of_a_group_with_a_refused_request_are_still_written_together
     )
     .await
     .unwrap();
-    let watcher = server.client(&url).await;
+    let watcher = Watcher::new(&url).await;
     let mut held = Vec::new();
     for n in 1..=2 {
         let s = store.clone();
         held.push(tokio::spawn(async move {
             s.task_insert(vec![task_of("blocker", None)], T0).await
         }));
-        until_lock_waiters(&watcher, &db_name(&url), n).await;
+        watcher.until_waiting(n).await;
     }
     let mut hs = Vec::new();
     for i in 0..16 {
@@ -1476,16 +1514,10 @@ async fn the_others_of_a_group_with_a_refused_request_are_still_written_together
 /// parking until the timeout. A third session holds the row first so the two queue up in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_committed_while_the_wait_waited_for_the_row_wakes_it() {
-    let server = pg::server();
     let (url, store, t) = store_with_a_task().await;
     let c = conformance::claim_one(store.as_ref(), "A", T0).await;
-    let mut holder = server.client(&url).await;
-    let tx = holder.transaction().await.unwrap();
-    tx.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&t.id.0])
-        .await
-        .unwrap();
-    let watcher = server.client(&url).await;
-    let db = db_name(&url);
+    let holder = hold_row(&url, t.id).await;
+    let watcher = Watcher::new(&url).await;
     let s = store.clone();
     let message = tokio::spawn(async move {
         s.message_insert(
@@ -1497,13 +1529,13 @@ async fn a_message_committed_while_the_wait_waited_for_the_row_wakes_it() {
         )
         .await
     });
-    until_lock_waiters(&watcher, &db, 1).await;
+    watcher.until_waiting(1).await;
     let s = store.clone();
     let wait = tokio::spawn(async move {
         conformance::park(s.as_ref(), &c, "A", T0 + 3_600_000, T0 + 2).await
     });
-    until_lock_waiters(&watcher, &db, 2).await;
-    tx.commit().await.unwrap();
+    watcher.until_waiting(2).await;
+    holder.batch_execute("COMMIT").await.unwrap();
     let m = tokio::time::timeout(DEADLINE, message)
         .await
         .unwrap()
@@ -1534,7 +1566,6 @@ async fn a_message_committed_while_the_wait_waited_for_the_row_wakes_it() {
 /// row's own claim counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_tokens_read_that_waited_for_the_row_is_not_recorded_for_the_next_claim() {
-    let server = pg::server();
     let (url, store, t) = store_with_a_task().await;
     let c = conformance::claim_one(store.as_ref(), "A", T0).await;
     let token = format!("{:064x}", 1);
@@ -1553,13 +1584,8 @@ async fn a_stale_tokens_read_that_waited_for_the_row_is_not_recorded_for_the_nex
         .await
         .unwrap()
         .unwrap();
-    let mut holder = server.client(&url).await;
-    let tx = holder.transaction().await.unwrap();
-    tx.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&t.id.0])
-        .await
-        .unwrap();
-    let watcher = server.client(&url).await;
-    let db = db_name(&url);
+    let holder = hold_row(&url, t.id).await;
+    let watcher = Watcher::new(&url).await;
     let s = store.clone();
     let stale = MessageCheck::Attempt(spool::store::TokenAttempt {
         attempt: c.attempts,
@@ -1568,24 +1594,26 @@ async fn a_stale_tokens_read_that_waited_for_the_row_is_not_recorded_for_the_nex
     });
     let id = t.id;
     let read = tokio::spawn(async move { s.inbox_read(id, stale, m.id, T0 + 2).await });
-    until_lock_waiters(&watcher, &db, 1).await;
+    watcher.until_waiting(1).await;
     // Meanwhile, as the store writes them: the attempt waits (its tokens go with it), the owner's
     // message wakes it, and worker A claims it again, with the number the wait gave back.
-    tx.execute(
-        "UPDATE tasks SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL, \
+    holder
+        .execute(
+            "UPDATE tasks SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL, \
          wait_until = $2 WHERE id = $1",
-        &[&t.id.0, &(T0 + 3_600_000)],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "UPDATE tasks SET status = 'running', lease_owner = 'A', lease_expires_at = $2, \
+            &[&t.id.0, &(T0 + 3_600_000)],
+        )
+        .await
+        .unwrap();
+    holder
+        .execute(
+            "UPDATE tasks SET status = 'running', lease_owner = 'A', lease_expires_at = $2, \
          started_at = $3, wait_until = NULL WHERE id = $1",
-        &[&t.id.0, &(T0 + 60_000), &(T0 + 3)],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+            &[&t.id.0, &(T0 + 60_000), &(T0 + 3)],
+        )
+        .await
+        .unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
     let recorded = tokio::time::timeout(DEADLINE, read)
         .await
         .unwrap()
