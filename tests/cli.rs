@@ -319,7 +319,7 @@ fn serve_writes_an_admin_token_file_readable_by_its_owner_only() {
 
 #[test]
 fn the_embedded_example_runs_its_tasks_to_the_end() {
-    // Built by `cargo build --release --all-targets` in tests/run.sh, beside the spool binary.
+    // Built by `cargo build --profile ci --all-targets` in tests/run.sh, beside the spool binary.
     let exe = spool_bin().parent().unwrap().join("examples/embedded");
     assert!(exe.exists(), "build the examples first: {}", exe.display());
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Every integration test of spool, in one test binary: one link instead of one per file, and
 //! what the files share is started once per run (PostgreSQL in [`pg`], the container engine in
 //! `containers`). Each file below is one module, named for the part it proves; run one of them
-//! with `cargo test --release --test integration <module>::`.
+//! with `cargo test --profile ci --test integration <module>::`.
 //!
 //! The tests drive the release `spool` binary (real processes, real HTTP on 127.0.0.1) or the
 //! library's stores in process.

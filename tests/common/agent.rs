@@ -21,7 +21,7 @@ pub fn agent_bin() -> PathBuf {
     let bin = super::spool_bin().parent().unwrap().join("examples/agent");
     assert!(
         bin.exists(),
-        "{} is missing: build it with cargo build --release --all-targets (tests/run.sh does)",
+        "{} is missing: build it with cargo build --profile ci --all-targets (tests/run.sh does)",
         bin.display()
     );
     bin
