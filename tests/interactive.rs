@@ -271,6 +271,75 @@ async fn a_long_poll_left_open_by_an_attempt_that_waited_gets_401_not_the_owners
     assert_eq!(done["result"], "woken", "{done}");
 }
 
+/// Says its task token; once the file `go` appears in its task directory, writes a `note`
+/// message; once `done` appears, completes.
+const TELLER: &str = r#"printf '{"kind":"token","token":"%s"}\n' "$SPOOL_TASK_TOKEN"
+n=0
+while [ ! -e go ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done
+echo '{"kind":"note","text":"written for the claim that runs now"}'
+n=0
+while [ ! -e done ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done
+echo '{"result":"done"}'"#;
+
+/// A task token's stream ends with its attempt even when it never reads the attempt's end: a
+/// wait, a wake and a claim by the same worker can all fall between two of its reads, and the
+/// claim after a wait runs with the same attempt number. Here that claim is made at once, in
+/// one write of the database (the task runs on, with another start time), and the task then
+/// writes a message: the stream must close without sending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_tokens_stream_closes_when_its_task_runs_again_under_another_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[worker]\npoll_interval_ms = 100\nworkdir = {:?}\n{}",
+            work.display().to_string(),
+            kind("teller", TELLER, "")
+        ),
+    );
+    let s = serve(&cfg, &[]);
+    let id = create(&s, &s.token, json!({"kind": "teller"})).await;
+    let hello = eventually(T, "the task token", || async {
+        task_messages(&s, &id, "token").await.pop()
+    })
+    .await;
+    let tt = hello["content"]["token"].as_str().unwrap();
+    let after = hello["id"].as_i64().unwrap().to_string();
+    let c = client();
+    let url = s.url(&format!("/v1/tasks/{id}/events"));
+    let mut stream = Stream::open(&c, &url, tt, Some(&after)).await;
+    assert_eq!(stream.expect("status").await.json()["status"], "running");
+    let db = rusqlite::Connection::open(dir.path().join("data/spool.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let claimed = db
+        .execute(
+            "UPDATE tasks SET started_at = started_at + 1 WHERE id = ?1 AND status = 'running'",
+            [&id],
+        )
+        .unwrap();
+    assert_eq!(claimed, 1);
+    std::fs::write(work.join(&id).join("go"), b"").unwrap();
+    let note = eventually(T, "the task's note", || async {
+        task_messages(&s, &id, "note").await.pop()
+    })
+    .await;
+    // It closes (a status event before that is fine), or it sends the note.
+    let sent = loop {
+        match stream.next(T).await {
+            None => break None,
+            Some(e) if e.name() == "message" => break Some(e),
+            Some(_) => continue,
+        }
+    };
+    assert!(
+        sent.is_none(),
+        "the ended attempt's stream was sent message {} of the claim after it: {sent:?}",
+        note["id"]
+    );
+    std::fs::write(work.join(&id).join("done"), b"").unwrap();
+}
+
 const AGENT: &str = r#"read -r payload
 case "$SPOOL_WAKE" in
   "") echo '{"kind":"question","text":"may I push to main?"}'
