@@ -214,6 +214,32 @@ async fn a_message_on_stdin_counts_as_read_only_once_the_command_takes_it_from_t
     );
 }
 
+/// A server whose kind `name` runs `script` in a task directory under `work/` of the returned
+/// directory (its poll every 100 ms), a task of that kind, and the `token` message in which the
+/// task said its task token.
+async fn a_task_that_said_its_token(
+    name: &str,
+    script: &str,
+) -> (tempfile::TempDir, Server, String, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[worker]\npoll_interval_ms = 100\nworkdir = {:?}\n{}",
+            work.display().to_string(),
+            kind(name, script, "")
+        ),
+    );
+    let s = serve(&cfg, &[]);
+    let id = create(&s, &s.token, json!({ "kind": name })).await;
+    let hello = eventually(T, "the task token", || async {
+        task_messages(&s, &id, "token").await.pop()
+    })
+    .await;
+    (dir, s, id, hello)
+}
+
 /// Says its task token, then (woken by nothing yet) waits once the file `go` appears in its task
 /// directory; woken, completes.
 const WAITER: &str = r#"printf '{"kind":"token","token":"%s"}\n' "$SPOOL_TASK_TOKEN"
@@ -224,22 +250,8 @@ echo '{"wait":{"for":"message","timeout_ms":600000}}'"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_left_open_by_an_attempt_that_waited_gets_401_not_the_owners_message() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, s, id, hello) = a_task_that_said_its_token("waiter", WAITER).await;
     let work = dir.path().join("work");
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[worker]\npoll_interval_ms = 100\nworkdir = {:?}\n{}",
-            work.display().to_string(),
-            kind("waiter", WAITER, "")
-        ),
-    );
-    let s = serve(&cfg, &[]);
-    let id = create(&s, &s.token, json!({"kind": "waiter"})).await;
-    let hello = eventually(T, "the task token", || async {
-        task_messages(&s, &id, "token").await.pop()
-    })
-    .await;
     let tt = hello["content"]["token"].as_str().unwrap().to_string();
     // The attempt's own long poll for its owner's messages, open while the attempt runs.
     let poll = {
@@ -288,22 +300,8 @@ echo '{"result":"done"}'"#;
 /// writes a message: the stream must close without sending it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_tokens_stream_closes_when_its_task_runs_again_under_another_start() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, s, id, hello) = a_task_that_said_its_token("teller", TELLER).await;
     let work = dir.path().join("work");
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[worker]\npoll_interval_ms = 100\nworkdir = {:?}\n{}",
-            work.display().to_string(),
-            kind("teller", TELLER, "")
-        ),
-    );
-    let s = serve(&cfg, &[]);
-    let id = create(&s, &s.token, json!({"kind": "teller"})).await;
-    let hello = eventually(T, "the task token", || async {
-        task_messages(&s, &id, "token").await.pop()
-    })
-    .await;
     let tt = hello["content"]["token"].as_str().unwrap();
     let after = hello["id"].as_i64().unwrap().to_string();
     let c = client();
