@@ -1044,17 +1044,7 @@ async fn a_group_commit_of_mixed_outcomes_keeps_every_column_of_each() {
     for (i, t) in claimed.iter().enumerate() {
         match i % 6 {
             1 => {
-                let m = store
-                    .message_insert(
-                        t.id,
-                        "answer".into(),
-                        json!("yes"),
-                        MessageCheck::User(Some("u".into())),
-                        T0 + 2,
-                    )
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let m = conformance::owner_says(store.as_ref(), t.id, "yes", T0 + 2).await;
                 store
                     .inbox_read(t.id, fence.clone(), m.id, T0 + 3)
                     .await
@@ -1573,17 +1563,7 @@ async fn a_stale_tokens_read_that_waited_for_the_row_is_not_recorded_for_the_nex
         .task_token_create(&c, token.clone(), T0)
         .await
         .unwrap();
-    let m = store
-        .message_insert(
-            t.id,
-            "answer".into(),
-            json!("yes"),
-            MessageCheck::User(Some("u".into())),
-            T0 + 1,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let m = conformance::owner_says(store.as_ref(), t.id, "yes", T0 + 1).await;
     let holder = hold_row(&url, t.id).await;
     let watcher = Watcher::new(&url).await;
     let s = store.clone();

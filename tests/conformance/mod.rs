@@ -2709,7 +2709,8 @@ pub async fn park(s: &dyn Store, t: &Task, owner: &str, until: i64, now: i64) ->
     .map(Arc::unwrap_or_clone)
 }
 
-async fn owner_says(s: &dyn Store, id: TaskId, text: &str, now: i64) -> Message {
+/// The owner, `u`, writes `text` to task `id` as an `answer` message.
+pub async fn owner_says(s: &dyn Store, id: TaskId, text: &str, now: i64) -> Message {
     s.message_insert(
         id,
         "answer".into(),
