@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 /// Open connections at most on the `http.metrics_listen` listener.
 const METRICS_MAX_CONNECTIONS: usize = 64;
 
+/// How often a running process reads the database's schema version, to stop once a newer
+/// spool has migrated it (see [`Spool::run`]).
+const SCHEMA_CHECK: Duration = Duration::from_secs(1);
+
 /// Errors of starting or running spool.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -377,9 +381,16 @@ impl Spool {
     /// Runs the worker pool and the retention pruner until `shutdown` is cancelled, then stops
     /// as `[shutdown]` says.
     ///
+    /// A newer spool on another host may migrate the database while this one runs. This
+    /// process would then go on writing in the older way, so once it reads a newer schema
+    /// version (every [`SCHEMA_CHECK`]) it cancels `shutdown` itself, stops as on SIGTERM and
+    /// returns `SchemaTooNew`, as it would have refused to start on that database.
+    ///
     /// # Errors
-    /// The worker could not register in the database.
+    /// The worker could not register in the database; the database was migrated past this
+    /// build's schema.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let schema = self.spawn_schema_watch(shutdown.clone());
         let pruner = self.spawn_pruner(shutdown.clone());
         // Every serve and work process runs the scheduler: firings are idempotent, so any
         // number of them fire each time once, and one of them alive is enough.
@@ -406,6 +417,8 @@ impl Spool {
         pruner.abort();
         scheduler.abort();
         let _ = scheduler.await;
+        schema.abort();
+        let moved_on = schema.await.ok().flatten();
         if let Some(s) = sweeper {
             s.abort();
             // Containers of attempts stopped by the shutdown are being stopped and removed.
@@ -414,7 +427,43 @@ impl Spool {
             )
             .await;
         }
-        res
+        match moved_on {
+            Some(e) => Err(e.into()),
+            None => res,
+        }
+    }
+
+    /// Reads the schema version every [`SCHEMA_CHECK`] until `shutdown`; when it is newer than
+    /// this build knows, cancels `shutdown` and returns the error to stop with. A read that
+    /// fails (the database is out of reach) is tried again at the next check.
+    fn spawn_schema_watch(
+        &self,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<Option<StoreError>> {
+        let store = self.store.clone();
+        let known = store.known_schema_version();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(SCHEMA_CHECK) => {}
+                }
+                match store.schema_version().await {
+                    Ok(found) if found > known => {
+                        tracing::error!(
+                            found,
+                            known,
+                            "a newer spool migrated the database: stopping, so that this one \
+                             writes nothing in the older way; start the newer spool in its place"
+                        );
+                        shutdown.cancel();
+                        return Some(StoreError::SchemaTooNew { found, known });
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot read the schema version"),
+                }
+            }
+        })
     }
 
     /// Checks that the container engine answers when a container kind is configured: `serve`

@@ -153,6 +153,14 @@ fn node_config(root: &Path, who: &str, url: &str, log: &Path, extra: &str) -> Pa
     )
 }
 
+/// `spool serve` that runs no tasks itself (named `serve`).
+fn serve_node(root: &Path, url: &str, log: &Path) -> Server {
+    serve(
+        &node_config(root, "serve", url, log, "[worker]\nconcurrency = 0"),
+        &[],
+    )
+}
+
 /// `spool work` named `who`.
 fn worker(root: &Path, who: &str, url: &str, log: &Path, worker_cfg: &str) -> Proc {
     let cfg = node_config(root, who, url, log, &format!("[worker]\n{worker_cfg}"));
@@ -419,16 +427,7 @@ async fn three_workers_complete_20000_tasks_once_each_through_a_kill_9_and_a_sto
     let db = pg::server().client(&url).await;
     let root = tempfile::tempdir().unwrap();
     let log = root.path().join("runs.log");
-    let s = serve(
-        &node_config(
-            root.path(),
-            "serve",
-            &url,
-            &log,
-            "[worker]\nconcurrency = 0",
-        ),
-        &[],
-    );
+    let s = serve_node(root.path(), &url, &log);
     let wcfg =
         format!("concurrency = 16\nprefetch = 16\nlease_ms = {LEASE_MS}\npoll_interval_ms = 200\n");
     let w1 = worker(root.path(), "w1", &url, &log, &wcfg);
@@ -720,16 +719,7 @@ async fn a_worker_cut_off_from_postgres_loses_its_tasks_to_others_and_works_on_w
     let db = pg.client(&url).await;
     let root = tempfile::tempdir().unwrap();
     let log = root.path().join("runs.log");
-    let s = serve(
-        &node_config(
-            root.path(),
-            "serve",
-            &url,
-            &log,
-            "[worker]\nconcurrency = 0",
-        ),
-        &[],
-    );
+    let s = serve_node(root.path(), &url, &log);
     let lease = 4000u64;
     let wcfg = format!("concurrency = 4\nlease_ms = {lease}\npoll_interval_ms = 200\n");
 
@@ -818,16 +808,7 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
     let url = pg.fresh_db().await;
     let root = tempfile::tempdir().unwrap();
     let log = root.path().join("runs.log");
-    let s = serve(
-        &node_config(
-            root.path(),
-            "serve",
-            &url,
-            &log,
-            "[worker]\nconcurrency = 0",
-        ),
-        &[],
-    );
+    let s = serve_node(root.path(), &url, &log);
     let wcfg = "concurrency = 4\nlease_ms = 3000\npoll_interval_ms = 200\n";
     let _w1 = worker(root.path(), "w1", &url, &log, wcfg);
     let _w2 = worker(root.path(), "w2", &url, &log, wcfg);
@@ -957,4 +938,40 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
     .await;
     timeline(&log);
     eprintln!("{n} tasks acknowledged; answers: {statuses:?}");
+}
+
+// ---- A newer spool migrates the database -----------------------------------------------------
+
+/// A newer spool on another host migrates the database while `serve` and `work` run here:
+/// both stop within seconds (exit 2, naming the versions), as they would refuse to start on it,
+/// rather than go on writing in the older way. Until then they run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_work_stop_once_a_newer_spool_migrates_the_database() {
+    let url = pg::server().fresh_db().await;
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("runs.log");
+    let mut s = serve_node(root.path(), &url, &log);
+    let mut w = worker(
+        root.path(),
+        "w1",
+        &url,
+        &log,
+        "concurrency = 1\npoll_interval_ms = 50\n",
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let id = enqueue_batches(&s, "rec", 1, json!(null)).await.remove(0);
+    assert_eq!(s.wait_terminal(&id).await["status"], "completed");
+
+    let known = spool::store::postgres::LATEST_VERSION;
+    pg::server()
+        .client(&url)
+        .await
+        .execute(
+            "INSERT INTO spool_schema_versions (version) VALUES ($1)",
+            &[&(known as i32 + 1)],
+        )
+        .await
+        .unwrap();
+    crate::processes::stops_for_the_newer_schema(&mut s.proc, known + 1, known);
+    crate::processes::stops_for_the_newer_schema(&mut w, known + 1, known);
 }

@@ -431,3 +431,45 @@ fn a_worker_frozen_past_its_lease_cannot_overwrite_the_newer_attempt() {
         Some(Some(0))
     );
 }
+
+/// Waits up to 15 s for `p` to exit; asserts it exited 2 and said which schema it found.
+pub(crate) fn stops_for_the_newer_schema(p: &mut Proc, found: u32, known: u32) {
+    let status = p.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(2)),
+        "still running or another exit: {}",
+        p.stderr()
+    );
+    let said = format!("database schema version {found} is newer than this spool knows ({known})");
+    assert!(p.stderr().contains(&said), "{}", p.stderr());
+}
+
+/// A newer spool migrates the database file while `serve` and `work` run on it: both stop
+/// within seconds (exit 2, naming the versions, as they would refuse to start), rather than
+/// go on writing in the older way. Until then they run on, although they read the version
+/// every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_work_stop_once_a_newer_spool_migrates_their_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[worker]\nconcurrency = 1\npoll_interval_ms = 50\n[kinds.ok]\ncommand = [\"true\"]\n",
+    );
+    let mut s = serve(&cfg, &[]);
+    let mut w = spawn(&["work"], &cfg, &[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let id = enqueue_kind(&client(), &s, "ok", 1, json!(null))
+        .await
+        .remove(0);
+    assert_eq!(s.wait_terminal(&id).await["status"], "completed");
+    assert!(w.child.try_wait().unwrap().is_none(), "{}", w.stderr());
+
+    let known = spool::store::LATEST_VERSION;
+    let c = rusqlite::Connection::open(dir.path().join("data/spool.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch(&format!("PRAGMA user_version = {}", known + 1))
+        .unwrap();
+    stops_for_the_newer_schema(&mut s.proc, known + 1, known);
+    stops_for_the_newer_schema(&mut w, known + 1, known);
+}

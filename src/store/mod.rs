@@ -931,6 +931,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A database error.
     async fn schema_version(&self) -> Result<u32>;
 
+    /// The newest schema version this build of spool knows (and migrates a database to).
+    fn known_schema_version(&self) -> u32;
+
     /// Forgets recorded changes older than `before`, keeping at least the newest `keep`;
     /// returns how many were removed: at most [`CHANGES_PRUNE_BATCH`], so a caller that got
     /// that many calls again.

@@ -1723,6 +1723,10 @@ impl Store for PostgresStore {
         migrate::current_version(&c).await
     }
 
+    fn known_schema_version(&self) -> u32 {
+        migrate::LATEST_VERSION
+    }
+
     async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize> {
         // The newest change always stays: `changes` tells a gap by the oldest change kept.
         let keep = keep.clamp(1, i64::MAX as u64) as i64;

@@ -1237,6 +1237,10 @@ impl Store for SqliteStore {
         self.read(migrate::current_version).await
     }
 
+    fn known_schema_version(&self) -> u32 {
+        migrate::LATEST_VERSION
+    }
+
     async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize> {
         // The newest change always stays: `changes` tells a gap by the oldest change kept, and
         // an emptied table would tell a cursor behind the pruned changes that it missed none.
