@@ -370,3 +370,35 @@ async fn a_claim_parks_a_bounded_part_of_a_large_flood_and_the_next_claims_park_
     assert_eq!(claims, 4, "the flood is parked by three claims");
     assert_eq!(parked(), 9_999);
 }
+
+/// Once a newer spool has migrated the file, this store writes nothing more: every write is
+/// refused with `Unavailable` (HTTP 503) naming the versions, and the file keeps what it had.
+/// (A running process also stops within a second: see `processes`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_writes_nothing_once_a_newer_spool_migrated_its_file() {
+    use conformance::{task, T0};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.db");
+    let s = open(&path, Limits::default()).await;
+    s.task_insert(vec![task("default", 1, 0, T0)], T0)
+        .await
+        .unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(&format!("PRAGMA user_version = {}", LATEST_VERSION + 1))
+        .unwrap();
+    match s.task_insert(vec![task("default", 1, 0, T0)], T0).await {
+        Err(spool::StoreError::Unavailable(m)) => assert!(
+            m.contains(&format!(
+                "schema version {} is newer than this spool knows ({LATEST_VERSION})",
+                LATEST_VERSION + 1
+            )),
+            "{m}"
+        ),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let tasks: i64 = other
+        .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tasks, 1, "a task was written under the newer schema");
+}

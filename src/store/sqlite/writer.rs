@@ -88,11 +88,16 @@ pub(super) fn writer_loop(
 }
 
 pub(super) fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, hub: &EventHub) {
-    if let Err(e) = conn
+    let begun = conn
         .prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut st| st.execute([]))
-    {
-        let err = StoreError::from(e);
+        .map_err(StoreError::from)
+        .and_then(|_| {
+            schema_known(conn).inspect_err(|_| {
+                let _ = conn.execute_batch("ROLLBACK");
+            })
+        });
+    if let Err(err) = begun {
         for job in batch.drain(..) {
             job.finish(Err(clone_err(&err)), hub);
         }
@@ -159,6 +164,22 @@ pub(super) fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, h
         };
         job.finish(c, hub);
     }
+}
+
+/// `SchemaTooNew` when a newer spool has migrated the file since this process opened it: the
+/// schema is then not the one this build writes, so nothing is written (the callers get 503, and
+/// [`crate::app::Spool::run`] stops the process within a second). A migration commits its version
+/// with its changes, so inside `BEGIN IMMEDIATE` the version read is the schema written to.
+fn schema_known(conn: &Connection) -> Result<()> {
+    let found: i64 = conn
+        .prepare_cached("PRAGMA user_version")?
+        .query_row([], |r| r.get(0))?;
+    let known = super::migrate::LATEST_VERSION;
+    if found > i64::from(known) {
+        let found = u32::try_from(found).unwrap_or(u32::MAX);
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    Ok(())
 }
 
 pub(super) fn clone_err(e: &StoreError) -> StoreError {
