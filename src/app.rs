@@ -383,13 +383,17 @@ impl Spool {
     ///
     /// A newer spool on another host may migrate the database while this one runs. This
     /// process would then go on writing in the older way, so once it reads a newer schema
-    /// version (every [`SCHEMA_CHECK`]) it cancels `shutdown` itself, stops as on SIGTERM and
-    /// returns `SchemaTooNew`, as it would have refused to start on that database.
+    /// version (every [`SCHEMA_CHECK`]) it stops as on SIGTERM (`shutdown` itself is left
+    /// alone) and returns `SchemaMigratedSince`.
     ///
     /// # Errors
-    /// The worker could not register in the database; the database was migrated past this
-    /// build's schema.
+    /// The worker could not register in the database; a newer spool migrated the database.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AppError> {
+        self.run_until(shutdown.child_token()).await
+    }
+
+    /// [`Spool::run`] until `stop`, which the schema check cancels.
+    async fn run_until(&self, shutdown: CancellationToken) -> Result<(), AppError> {
         let schema = self.spawn_schema_watch(shutdown.clone());
         let pruner = self.spawn_pruner(shutdown.clone());
         // Every serve and work process runs the scheduler: firings are idempotent, so any
@@ -450,14 +454,13 @@ impl Spool {
                 }
                 match store.schema_version().await {
                     Ok(found) if found > known => {
-                        tracing::error!(
+                        tracing::info!(
                             found,
                             known,
-                            "a newer spool migrated the database: stopping, so that this one \
-                             writes nothing in the older way; start the newer spool in its place"
+                            "stopping: a newer spool migrated the database"
                         );
                         shutdown.cancel();
-                        return Some(StoreError::SchemaTooNew { found, known });
+                        return Some(StoreError::SchemaMigratedSince { found, known });
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "cannot read the schema version"),
@@ -574,11 +577,12 @@ impl Spool {
     }
 
     /// Serves HTTP on `listener` (and `/metrics` on `http.metrics_listen` when set) and runs
-    /// the worker pool until `shutdown`.
+    /// the worker pool until `shutdown`, or until a newer spool migrates the database (see
+    /// [`Spool::run`]).
     ///
     /// # Errors
-    /// The metrics address cannot be bound, the worker pool could not start, or the server
-    /// failed.
+    /// The metrics address cannot be bound, the worker pool could not start, the server
+    /// failed, or a newer spool migrated the database.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -598,13 +602,16 @@ impl Spool {
     /// As [`Spool::serve`], with the `/metrics` listener already bound (`http.metrics_listen`).
     ///
     /// # Errors
-    /// The worker pool could not start, or the server failed.
+    /// The worker pool could not start, the server failed, or a newer spool migrated the
+    /// database.
     pub async fn serve_listeners(
         &self,
         listener: TcpListener,
         metrics_listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
+        // HTTP and the workers stop together, also when the schema check stops them.
+        let shutdown = shutdown.child_token();
         if let Some(j) = &self.cfg.auth.jwt {
             // Refuse to start rather than serve with JWT sign-in broken.
             crate::jwt::JwtVerifier::new(j).map_err(AppError::Invalid)?;
@@ -630,7 +637,7 @@ impl Spool {
         let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
         tracker.spawn(serve_http(listener, app, opts, shutdown.clone()));
         tracker.close();
-        let workers = self.run(shutdown.clone()).await;
+        let workers = self.run_until(shutdown.clone()).await;
         // Streams end on the token; a connection still open after a while is cut.
         if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
             .await

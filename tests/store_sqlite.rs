@@ -372,7 +372,8 @@ async fn a_claim_parks_a_bounded_part_of_a_large_flood_and_the_next_claims_park_
 }
 
 /// Once a newer spool has migrated the file, this store writes nothing more: every write is
-/// refused with `Unavailable` (HTTP 503) naming the versions, and the file keeps what it had.
+/// refused with `SchemaMigratedSince` (HTTP 503) naming the versions, and the file keeps what
+/// it had.
 /// (A running process also stops within a second: see `processes`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_writes_nothing_once_a_newer_spool_migrated_its_file() {
@@ -388,14 +389,10 @@ async fn a_store_writes_nothing_once_a_newer_spool_migrated_its_file() {
         .execute_batch(&format!("PRAGMA user_version = {}", LATEST_VERSION + 1))
         .unwrap();
     match s.task_insert(vec![task("default", 1, 0, T0)], T0).await {
-        Err(spool::StoreError::Unavailable(m)) => assert!(
-            m.contains(&format!(
-                "schema version {} is newer than this spool knows ({LATEST_VERSION})",
-                LATEST_VERSION + 1
-            )),
-            "{m}"
-        ),
-        other => panic!("expected Unavailable, got {other:?}"),
+        Err(spool::StoreError::SchemaMigratedSince { found, known }) => {
+            assert_eq!((found, known), (LATEST_VERSION + 1, LATEST_VERSION))
+        }
+        other => panic!("expected SchemaMigratedSince, got {other:?}"),
     }
     let tasks: i64 = other
         .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))

@@ -703,3 +703,41 @@ async fn a_handler_that_waits_frees_its_slot_and_goes_on_with_the_answer() {
     stop.cancel();
     runner.await.unwrap().unwrap();
 }
+
+/// An embedded pool stops by itself once a newer spool migrates its database: `run` returns
+/// `SchemaMigratedSince` within seconds, and the caller's token (which may stop the rest of
+/// the caller's program) is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_returns_once_a_newer_spool_migrates_the_database_and_leaves_the_callers_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        Spool::builder()
+            .config(config(dir.path(), ""))
+            .build()
+            .unwrap(),
+    );
+    let (stop, runner) = run_pool(&spool);
+    // The pool is running (registered, claiming) before the migration.
+    spool
+        .enqueue("spool.sleep", json!({"ms": 10}))
+        .await
+        .unwrap();
+    wait_all_terminal(&spool, 1, Duration::from_secs(20)).await;
+    let known = spool::store::LATEST_VERSION;
+    rusqlite::Connection::open(spool.config().db_path())
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {}", known + 1))
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), runner)
+        .await
+        .expect("run went on under the newer schema")
+        .unwrap();
+    match out {
+        Err(spool::app::AppError::Store(spool::StoreError::SchemaMigratedSince {
+            found,
+            known: k,
+        })) => assert_eq!((found, k), (known + 1, known)),
+        other => panic!("expected SchemaMigratedSince, got {other:?}"),
+    }
+    assert!(!stop.is_cancelled(), "the caller's token was cancelled");
+}

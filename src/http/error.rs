@@ -127,6 +127,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => Self::Unavailable(m),
+            // This process stops within a second; another (the newer spool) answers the retry.
+            e @ StoreError::SchemaMigratedSince { .. } => Self::Unavailable(e.to_string()),
             StoreError::NotFound(id) => Self::NotFound(format!("task {id} not found")),
             StoreError::Conflict(m) => Self::Conflict(m),
             e @ StoreError::LimitReached { .. } => Self::TooManyRequests {

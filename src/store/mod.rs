@@ -68,6 +68,18 @@ pub enum StoreError {
         /// Newest version this build knows.
         known: u32,
     },
+    /// A newer spool migrated the database while this process ran: it writes nothing more
+    /// and stops (see [`crate::app::Spool::run`]).
+    #[error(
+        "a newer spool migrated the database to schema version {found} since this process \
+         started (it knows {known}): start the newer spool in its place"
+    )]
+    SchemaMigratedSince {
+        /// Version found in the database.
+        found: u32,
+        /// Newest version this build knows.
+        known: u32,
+    },
     /// The file exists but is not a SQLite database.
     #[error("{0} is not a SQLite database")]
     NotADatabase(String),

@@ -76,7 +76,9 @@ pub const LATEST_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// The schema version recorded in the database.
 pub(crate) fn current_version(conn: &Connection) -> Result<u32, StoreError> {
-    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let v: i64 = conn
+        .prepare_cached("PRAGMA user_version")?
+        .query_row([], |r| r.get(0))?;
     Ok(v.max(0) as u32)
 }
 

@@ -166,18 +166,16 @@ pub(super) fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, h
     }
 }
 
-/// `SchemaTooNew` when a newer spool has migrated the file since this process opened it: the
-/// schema is then not the one this build writes, so nothing is written (the callers get 503, and
-/// [`crate::app::Spool::run`] stops the process within a second). A migration commits its version
-/// with its changes, so inside `BEGIN IMMEDIATE` the version read is the schema written to.
+/// `SchemaMigratedSince` when a newer spool has migrated the file since this process opened
+/// it: the schema is then not the one this build writes, so nothing is written (the callers get
+/// 503, and [`crate::app::Spool::run`] stops the process within a second). A migration commits
+/// its version with its changes, so inside `BEGIN IMMEDIATE` the version read is the schema
+/// written to.
 fn schema_known(conn: &Connection) -> Result<()> {
-    let found: i64 = conn
-        .prepare_cached("PRAGMA user_version")?
-        .query_row([], |r| r.get(0))?;
+    let found = super::migrate::current_version(conn)?;
     let known = super::migrate::LATEST_VERSION;
-    if found > i64::from(known) {
-        let found = u32::try_from(found).unwrap_or(u32::MAX);
-        return Err(StoreError::SchemaTooNew { found, known });
+    if found > known {
+        return Err(StoreError::SchemaMigratedSince { found, known });
     }
     Ok(())
 }
@@ -185,6 +183,9 @@ fn schema_known(conn: &Connection) -> Result<()> {
 pub(super) fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        &StoreError::SchemaMigratedSince { found, known } => {
+            StoreError::SchemaMigratedSince { found, known }
+        }
         other => StoreError::Unavailable(other.to_string()),
     }
 }
