@@ -392,7 +392,8 @@ impl Spool {
         self.run_until(shutdown.child_token()).await
     }
 
-    /// [`Spool::run`] until `stop`, which the schema check cancels.
+    /// [`Spool::run`] until `shutdown`, which the schema check cancels (so it must be this
+    /// process's own token, not the caller's).
     async fn run_until(&self, shutdown: CancellationToken) -> Result<(), AppError> {
         let schema = self.spawn_schema_watch(shutdown.clone());
         let pruner = self.spawn_pruner(shutdown.clone());

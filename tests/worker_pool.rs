@@ -83,6 +83,11 @@ async fn wait_all_terminal(spool: &Spool, n: usize, limit: Duration) {
     }
 }
 
+/// A spool on `cfg` with the built-in handlers only.
+fn spool_with(cfg: Config) -> Arc<Spool> {
+    Arc::new(Spool::builder().config(cfg).build().unwrap())
+}
+
 /// Runs the pool of `spool` in the background until the returned token is cancelled.
 fn run_pool(
     spool: &Arc<Spool>,
@@ -300,12 +305,7 @@ async fn canceling_a_running_handler_stops_it_within_a_heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_stops_the_attempt_and_retries_then_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(
-        Spool::builder()
-            .config(config(dir.path(), ""))
-            .build()
-            .unwrap(),
-    );
+    let spool = spool_with(config(dir.path(), ""));
     let (stop, runner) = run_pool(&spool);
     let opts = EnqueueOptions {
         max_attempts: Some(2),
@@ -352,12 +352,7 @@ async fn queue_concurrency_limit_caps_running_tasks_of_that_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_past_the_grace_releases_leases_without_counting_the_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(
-        Spool::builder()
-            .config(config(dir.path(), "").replace_grace())
-            .build()
-            .unwrap(),
-    );
+    let spool = spool_with(config(dir.path(), "").replace_grace());
     let (stop, runner) = run_pool(&spool);
     let long = spool
         .enqueue("spool.sleep", json!({"ms": 60_000}))
@@ -710,12 +705,7 @@ async fn a_handler_that_waits_frees_its_slot_and_goes_on_with_the_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_returns_once_a_newer_spool_migrates_the_database_and_leaves_the_callers_token() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(
-        Spool::builder()
-            .config(config(dir.path(), ""))
-            .build()
-            .unwrap(),
-    );
+    let spool = spool_with(config(dir.path(), ""));
     let (stop, runner) = run_pool(&spool);
     // The pool is running (registered, claiming) before the migration.
     spool

@@ -92,12 +92,11 @@ pub(super) fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteJob>>, h
         .prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut st| st.execute([]))
         .map_err(StoreError::from)
-        .and_then(|_| {
-            schema_known(conn).inspect_err(|_| {
-                let _ = conn.execute_batch("ROLLBACK");
-            })
-        });
+        .and_then(|_| schema_known(conn));
     if let Err(err) = begun {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         for job in batch.drain(..) {
             job.finish(Err(clone_err(&err)), hub);
         }
