@@ -5,7 +5,7 @@
 //! pool stops claiming, waits `shutdown.grace_ms` for running attempts, stops the rest and
 //! releases their leases; the store's writer finishes what it was given and closes last.
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::{Config, DatabaseUrl};
 use crate::executor::{Handler, Registry};
 use crate::http::serve::{serve as serve_http, ServeOptions};
@@ -26,6 +26,10 @@ const METRICS_MAX_CONNECTIONS: usize = 64;
 /// How often a running process reads the database's schema version, to stop once a newer
 /// spool has migrated it (see [`Spool::run`]).
 const SCHEMA_CHECK: Duration = Duration::from_secs(1);
+
+/// How often a running process reads the database's clock again (PostgreSQL: see
+/// [`Store::clock`]), to follow the drift between it and this host's clock.
+const CLOCK_SYNC: Duration = Duration::from_secs(30);
 
 /// Errors of starting or running spool.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +70,8 @@ impl SpoolBuilder {
         self
     }
 
-    /// Uses `clock` instead of the wall clock (tests).
+    /// Uses `clock` instead of the store's (the wall clock on SQLite, the database's on
+    /// PostgreSQL): tests.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -94,11 +99,12 @@ impl SpoolBuilder {
             queues.iter().map(String::as_str).chain(["default"]),
         );
         let store = open_store(&cfg)?;
+        let clock = self.clock.unwrap_or_else(|| store.clock());
         Ok(Spool {
             cfg: Arc::new(cfg),
             store,
             registry: Arc::new(registry),
-            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            clock,
             jitter: self.jitter.unwrap_or_else(crate::worker::random_jitter),
             owners: Default::default(),
         })
@@ -396,6 +402,7 @@ impl Spool {
     /// process's own token, not the caller's).
     async fn run_until(&self, shutdown: CancellationToken) -> Result<(), AppError> {
         let schema = self.spawn_schema_watch(shutdown.clone());
+        let clock = self.spawn_clock_sync(shutdown.clone());
         let pruner = self.spawn_pruner(shutdown.clone());
         // Every serve and work process runs the scheduler: firings are idempotent, so any
         // number of them fire each time once, and one of them alive is enough.
@@ -420,6 +427,7 @@ impl Spool {
             Ok(())
         };
         pruner.abort();
+        clock.abort();
         scheduler.abort();
         let _ = scheduler.await;
         schema.abort();
@@ -465,6 +473,27 @@ impl Spool {
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "cannot read the schema version"),
+                }
+            }
+        })
+    }
+
+    /// Reads the database's clock now (the metrics recorder may have started since the store
+    /// opened) and again every [`CLOCK_SYNC`] until `shutdown` (PostgreSQL; on SQLite, whose
+    /// clock is this host's, it ends at once). A read that fails is tried again at the next
+    /// one; the clock runs on from the last reading meanwhile.
+    fn spawn_clock_sync(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.sync_clock().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(e) => tracing::debug!(error = %e, "cannot read the database's clock"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(CLOCK_SYNC) => {}
                 }
             }
         })

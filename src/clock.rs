@@ -26,6 +26,77 @@ impl Clock for SystemClock {
     }
 }
 
+/// Another machine's clock as this process reads it: the time of a reading, moved on since by
+/// this host's monotonic clock. On PostgreSQL, processes on several hosts compare each other's
+/// times (a lease one worker set is judged run out by another, a `run_at` one host wrote is
+/// reached by another's clock), so every process reads the database's clock rather than its own:
+/// a host whose clock is off cannot rescue tasks that are running, run delayed tasks early, or
+/// keep leases past their time. Read again now and then ([`SyncedClock::adjust`]), it follows the
+/// drift between the two machines; a step of this host's wall clock (NTP, a VM resumed) does not
+/// move it.
+#[derive(Debug)]
+pub struct SyncedClock {
+    base: std::time::Instant,
+    /// The other clock's time at `base`, in milliseconds.
+    at_base: AtomicI64,
+}
+
+/// One reading of another clock: its time, and this host's monotonic time when the request
+/// left and when the answer came (since [`SyncedClock`]'s base).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// The other clock's time, in milliseconds since the epoch.
+    pub theirs: UnixMillis,
+    /// When the request was sent, in milliseconds since the base.
+    pub sent: i64,
+    /// When the answer came, in milliseconds since the base.
+    pub received: i64,
+}
+
+impl Default for SyncedClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyncedClock {
+    /// A clock that reads as this host's wall clock until it is first adjusted.
+    pub fn new() -> Self {
+        Self {
+            base: std::time::Instant::now(),
+            at_base: AtomicI64::new(SystemClock.now()),
+        }
+    }
+
+    /// Milliseconds of this host's monotonic clock since the base: the `sent` and `received`
+    /// of a [`Reading`].
+    pub fn local(&self) -> i64 {
+        i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Follows the best of `readings` (the one whose answer came soonest: the least doubt about
+    /// when the other clock was read, taken as the middle of its round trip). Returns how far
+    /// this clock now is ahead of this host's wall clock, in milliseconds (negative: behind), or
+    /// `None` when there was no reading.
+    pub fn adjust(&self, readings: &[Reading]) -> Option<i64> {
+        let best = readings
+            .iter()
+            .min_by_key(|r| r.received.saturating_sub(r.sent))?;
+        let middle = best.sent + best.received.saturating_sub(best.sent) / 2;
+        self.at_base
+            .store(best.theirs.saturating_sub(middle), Ordering::SeqCst);
+        Some(self.now().saturating_sub(SystemClock.now()))
+    }
+}
+
+impl Clock for SyncedClock {
+    fn now(&self) -> UnixMillis {
+        self.at_base
+            .load(Ordering::SeqCst)
+            .saturating_add(self.local())
+    }
+}
+
 /// A clock that moves only when told to, for tests of leases and backoff.
 #[derive(Debug)]
 pub struct ManualClock(AtomicI64);
@@ -76,6 +147,7 @@ pub fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -85,6 +157,34 @@ mod tests {
         let s = rfc3339(ms);
         assert!(s.ends_with('Z'), "{s}");
         assert_eq!(parse_rfc3339(&s), Ok(ms));
+    }
+
+    #[test]
+    fn a_synced_clock_follows_the_reading_with_the_shortest_round_trip() {
+        let c = SyncedClock::new();
+        // Before any reading: this host's wall clock.
+        assert!((c.now() - SystemClock.now()).abs() < 1000);
+        let t = c.local();
+        let off = c
+            .adjust(&[
+                // A slow answer, whose middle says another time: not taken.
+                Reading {
+                    theirs: 5_000_000,
+                    sent: t,
+                    received: t + 400,
+                },
+                Reading {
+                    theirs: 1_000_000,
+                    sent: t,
+                    received: t + 2,
+                },
+            ])
+            .unwrap();
+        // Taken at the middle of the 2 ms round trip, and moved on since by the monotonic clock.
+        let now = c.now();
+        assert!((1_000_000 - 1..1_000_000 + 1000).contains(&now), "{now}");
+        assert!((off - (now - SystemClock.now())).abs() < 1000, "{off}");
+        assert_eq!(c.adjust(&[]), None);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub mod token;
 pub mod worker;
 
 pub use app::{Spool, SpoolBuilder};
-pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use clock::{Clock, ManualClock, SyncedClock, SystemClock, UnixMillis};
 pub use config::Config;
 pub use executor::{Handler, Outcome, Registry, TaskContext, TaskError};
 /// SQLite's page cache without its scan after a rebalance: call `pcache::install()` before the

@@ -280,8 +280,10 @@ fn init_tracing(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal: a log file or journald gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => b.json().init(),
@@ -555,7 +557,7 @@ async fn token(cfg: Config, cmd: TokenCmd) -> anyhow::Result<()> {
                         ExistingUser::Refuse
                     },
                     token_hash: hash_token(&token),
-                    now: SystemClock.now(),
+                    now: store.clock().now(),
                 })
                 .await;
             store.close();
@@ -820,8 +822,9 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
     let store = open_store(&cfg)?;
     let signal = shutdown_signal();
     tokio::pin!(signal);
+    let clock = store.clock();
     loop {
-        let now = SystemClock.now();
+        let now = clock.now();
         let queues = store.queue_stats(configured_queues(&cfg), now).await?;
         // Token buckets are read only when some queue has a rate, as `GET /v1/queues` does.
         let buckets: HashMap<String, spool::store::Bucket> = if cfg.any_rate() {

@@ -789,7 +789,11 @@ async fn container_of_a_lost_lease_is_removed_and_the_task_runs_again() {
         .spawn()
         .expect("sqlite3 must be installed");
     let mut stdin = sq.stdin.take().unwrap();
-    stdin.write_all(b"BEGIN IMMEDIATE;\n").unwrap();
+    // The shell waits for the lock (the worker's heartbeats take it now and then) rather than
+    // fail at once, as its default of no busy timeout would.
+    stdin
+        .write_all(b".timeout 10000\nBEGIN IMMEDIATE;\n")
+        .unwrap();
     stdin.flush().unwrap();
     eventually(Duration::from_secs(15), "the lease lost", || async {
         s.proc.stderr().contains("lease lost").then_some(())

@@ -940,6 +940,120 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
     eprintln!("{n} tasks acknowledged; answers: {statuses:?}");
 }
 
+// ---- Hosts whose clocks are off ----------------------------------------------------------------
+
+/// The environment of a process on a host whose wall clock is `off` (`FAKETIME`: "-120s"):
+/// Debian's libfaketime (the test command installs it) in `LD_PRELOAD`, the monotonic clock
+/// left alone.
+fn clock_off(off: &str) -> [(&'static str, String); 3] {
+    let out = Command::new("dpkg")
+        .args(["-L", "libfaketime"])
+        .output()
+        .expect("dpkg must be there");
+    let lib = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.ends_with("/libfaketime.so.1"))
+        .map(str::to_string)
+        .expect("libfaketime must be installed: apt-get install faketime");
+    [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", off.to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+    ]
+}
+
+fn env_of<'a>(e: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    e.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `spool serve` on a host whose clock is five minutes behind, and two workers on hosts whose
+/// clocks are two minutes off, one behind and one ahead, all keep the database's time: the
+/// worker behind keeps its leases (the one ahead does not rescue tasks it is running), and
+/// tasks the front end makes due in a minute are not taken before. Each says how far off its
+/// host is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_whose_clocks_are_off_keep_the_databases_time() {
+    let _turn = SERIAL.lock().await;
+    let url = pg::server().fresh_db().await;
+    let db = pg::server().client(&url).await;
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("runs.log");
+    let s = serve(
+        &node_config(
+            root.path(),
+            "serve",
+            &url,
+            &log,
+            "[worker]\nconcurrency = 0",
+        ),
+        &env_of(&clock_off("-300s")),
+    );
+    let worker_off = |who: &str, off: &str| {
+        let wcfg = "concurrency = 4\nprefetch = 0\nlease_ms = 2000\npoll_interval_ms = 100";
+        let cfg = node_config(root.path(), who, &url, &log, &format!("[worker]\n{wcfg}"));
+        spawn(&["work"], &cfg, &env_of(&clock_off(off)))
+    };
+    let behind = worker_off("behind", "-120s");
+    let ahead = worker_off("ahead", "+120s");
+    let _ = worker_id(&db, behind.pid()).await;
+    let _ = worker_id(&db, ahead.pid()).await;
+    // Each logs how far its host's clock is from the database's (ahead: the database is).
+    for (p, ahead_ms) in [(&s.proc, 300_000), (&behind, 120_000), (&ahead, -120_000)] {
+        let log = p.stderr();
+        let said: Option<i64> = log
+            .split("database_ahead_ms=")
+            .nth(1)
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit() && c != '-').next())
+            .and_then(|v| v.parse().ok());
+        assert!(
+            said.is_some_and(|v| (v - ahead_ms).abs() < 2000),
+            "expected a warning of about {ahead_ms} ms: {log}"
+        );
+    }
+    // Due in a minute: not for a worker whose clock is two minutes ahead.
+    let c = client();
+    let mut later = Vec::new();
+    for _ in 0..4 {
+        let r = c
+            .post(s.url("/v1/tasks"))
+            .bearer_auth(&s.token)
+            .json(&json!({"kind": "rec", "payload": {}, "delay_ms": 60_000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        later.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Sixteen tasks of 3 s each, longer than the 2 s lease: each worker's heartbeats must keep
+    // its leases in the other's eyes.
+    let ids = enqueue_batches(&s, "held", 16, json!(3)).await;
+    until_completed(&db, 16, Duration::from_secs(60)).await;
+    let runs = timeline_held(&log);
+    for id in &ids {
+        assert_eq!(
+            runs.get(id).map(Vec::len),
+            Some(1),
+            "task {id} did not run exactly once: {:?}",
+            runs.get(id)
+        );
+    }
+    let who: HashSet<&str> = runs.values().flatten().map(|(_, w)| w.as_str()).collect();
+    assert!(
+        who.contains("behind") && who.contains("ahead"),
+        "both workers ran tasks: {who:?}"
+    );
+    let pending = rows_of(&db, &later).await;
+    assert!(
+        pending.len() == later.len() && pending.values().all(|r| r.starts_with("pending|")),
+        "tasks due in a minute were taken early: {pending:?}"
+    );
+}
+
 // ---- A newer spool migrates the database -----------------------------------------------------
 
 /// A newer spool on another host migrates the database while `serve` and `work` run here:

@@ -28,6 +28,17 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   fi
 fi
 
+# libfaketime (Debian's faketime package): tests/hosts_postgres.rs starts workers whose wall
+# clock is minutes off, as on a host without NTP.
+if ! dpkg -L libfaketime 2>/dev/null | grep -q '/libfaketime.so.1$'; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime
+  else
+    echo "error: the clock tests need Debian's faketime: apt-get install faketime" >&2
+    exit 1
+  fi
+fi
+
 # Podman (its Docker-compatible service is the container engine of tests/containers.rs, which
 # starts a throw-away one per run), runc (crun fails on these machines), slirp4netns (the agent's
 # container reaches 127.0.0.1 through it), Debian's static busybox, the root file system of the

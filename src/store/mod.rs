@@ -946,6 +946,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The newest schema version this build of spool knows (and migrates a database to).
     fn known_schema_version(&self) -> u32;
 
+    /// The clock every time this store keeps must be read from. SQLite: this host's own (the
+    /// file has one host). PostgreSQL: the database's, as [`crate::clock::SyncedClock`] reads
+    /// it (processes on several hosts compare each other's leases and `run_at`).
+    fn clock(&self) -> Arc<dyn crate::clock::Clock> {
+        Arc::new(crate::clock::SystemClock)
+    }
+
+    /// Reads the database's clock again, so [`Store::clock`] follows the drift between this
+    /// host's clock and the database's; returns how far the store's clock is ahead of this
+    /// host's wall clock, in milliseconds (`None` on SQLite, whose clock is the host's).
+    ///
+    /// # Errors
+    /// `Unavailable` or a database error.
+    async fn sync_clock(&self) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
     /// Forgets recorded changes older than `before`, keeping at least the newest `keep`;
     /// returns how many were removed: at most [`CHANGES_PRUNE_BATCH`], so a caller that got
     /// that many calls again.

@@ -34,7 +34,7 @@ use super::{
     TaskTokenCheck, TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES,
     LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
-use crate::clock::UnixMillis;
+use crate::clock::{Clock, Reading, SyncedClock, UnixMillis};
 use crate::events::{Event, EventHub};
 use crate::queue::{self, CancelAction};
 use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus};
@@ -91,6 +91,8 @@ pub struct PostgresStore {
     batcher: batch::Batcher,
     /// Group commit of outcomes (see [`complete`]).
     completer: complete::Completer,
+    /// The database's clock, read at open and by [`Store::sync_clock`].
+    clock: Arc<SyncedClock>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -193,6 +195,49 @@ pub(crate) async fn connect_direct(
     Ok(client)
 }
 
+/// Readings of the database's clock taken at once, of which [`SyncedClock::adjust`] keeps the
+/// one with the shortest round trip.
+const CLOCK_READINGS: usize = 3;
+
+/// How far this host's wall clock may be from the database's before it is logged as a warning
+/// (the queue is right either way: it keeps the database's time). Logged when first found, and
+/// again only when the difference moved by as much (a step of either clock), not at every
+/// reading.
+const CLOCK_WARN_MS: u64 = 1000;
+
+/// Reads the database's clock into `clock`; returns how far the database's clock is ahead of
+/// this host's wall clock, in milliseconds, and sets `spool_clock_offset_seconds` to it.
+async fn read_clock(c: &tokio_postgres::Client, clock: &SyncedClock) -> Result<i64> {
+    let was = clock.now().saturating_sub(crate::clock::SystemClock.now());
+    let st = c.prepare(sql::CLOCK_READ).await.map_err(pg_err)?;
+    let mut readings = Vec::with_capacity(CLOCK_READINGS);
+    for _ in 0..CLOCK_READINGS {
+        let sent = clock.local();
+        let row = c.query_one(&st, &[]).await.map_err(pg_err)?;
+        let received = clock.local();
+        let theirs: i64 = row.try_get(0).map_err(pg_err)?;
+        readings.push(Reading {
+            theirs,
+            sent,
+            received,
+        });
+    }
+    let ahead = clock.adjust(&readings).unwrap_or(0);
+    metrics::gauge!("spool_clock_offset_seconds").set(ahead as f64 / 1000.0);
+    if ahead.unsigned_abs() > CLOCK_WARN_MS
+        && ahead.saturating_sub(was).unsigned_abs() > CLOCK_WARN_MS
+    {
+        tracing::warn!(
+            database_ahead_ms = ahead,
+            "this host's clock is {:.1} s {} the database's: spool keeps the database's time \
+             (leases, run_at, every *_at), but set this host's clock right (NTP)",
+            ahead.unsigned_abs() as f64 / 1000.0,
+            if ahead > 0 { "behind" } else { "ahead of" }
+        );
+    }
+    Ok(ahead)
+}
+
 /// An error's text with its database message, if it has one.
 pub(crate) fn describe_err(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -222,8 +267,10 @@ impl PostgresStore {
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
         let mut c = connect_direct(&opts.url, timeout).await?;
         migrate::migrate(&mut c).await?;
+        let clock = Arc::new(SyncedClock::new());
+        read_clock(&c, &clock).await?;
         drop(c);
-        Self::with_pool(opts, hub)
+        Self::with_pool(opts, hub, clock)
     }
 
     /// [`PostgresStore::open`] from synchronous code (inside a runtime or not): the migrations
@@ -234,6 +281,7 @@ impl PostgresStore {
     pub fn open_blocking(opts: PostgresOptions) -> Result<Self> {
         let url = opts.url.clone();
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        let clock = Arc::new(SyncedClock::new());
         let migrated = std::thread::scope(|s| {
             s.spawn(|| {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -242,17 +290,22 @@ impl PostgresStore {
                     .map_err(|e| StoreError::Unavailable(format!("cannot start a runtime: {e}")))?;
                 rt.block_on(async {
                     let mut c = connect_direct(&url, timeout).await?;
-                    migrate::migrate(&mut c).await.map(|_| ())
+                    migrate::migrate(&mut c).await?;
+                    read_clock(&c, &clock).await.map(|_| ())
                 })
             })
             .join()
             .unwrap_or_else(|_| Err(StoreError::Unavailable("migration thread failed".into())))
         });
         migrated?;
-        Self::with_pool(opts, Arc::new(EventHub::new()))
+        Self::with_pool(opts, Arc::new(EventHub::new()), clock)
     }
 
-    fn with_pool(opts: PostgresOptions, hub: Arc<EventHub>) -> Result<Self> {
+    fn with_pool(
+        opts: PostgresOptions,
+        hub: Arc<EventHub>,
+        clock: Arc<SyncedClock>,
+    ) -> Result<Self> {
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
         let mut cfg = opts.url.config().map_err(StoreError::Unavailable)?;
         if cfg.get_connect_timeout().is_none() {
@@ -295,6 +348,7 @@ impl PostgresStore {
             listening: AtomicBool::new(false),
             batcher: batch::Batcher::new(),
             completer: complete::Completer::new(),
+            clock,
         })
     }
 
@@ -1725,6 +1779,15 @@ impl Store for PostgresStore {
 
     fn known_schema_version(&self) -> u32 {
         migrate::LATEST_VERSION
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    async fn sync_clock(&self) -> Result<Option<i64>> {
+        let c = self.conn().await?;
+        read_clock(&c, &self.clock).await.map(Some)
     }
 
     async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize> {

@@ -13,6 +13,7 @@ pub(crate) const CHANGE_NUMBER: &str =
     include_str!("../../../sql/postgres/queries/change_number.sql");
 pub(crate) const CHANGE_PRUNE: &str =
     include_str!("../../../sql/postgres/queries/change_prune.sql");
+pub(crate) const CLOCK_READ: &str = include_str!("../../../sql/postgres/queries/clock_read.sql");
 pub(crate) const FAILURES_LIST: &str =
     include_str!("../../../sql/postgres/queries/failures_list.sql");
 pub(crate) const HEALTH_TOUCH: &str =
