@@ -402,7 +402,7 @@ impl Spool {
     /// process's own token, not the caller's).
     async fn run_until(&self, shutdown: CancellationToken) -> Result<(), AppError> {
         let schema = self.spawn_schema_watch(shutdown.clone());
-        let clock = self.spawn_clock_sync(shutdown.clone());
+        let clock_sync = self.spawn_clock_sync(shutdown.clone());
         let pruner = self.spawn_pruner(shutdown.clone());
         // Every serve and work process runs the scheduler: firings are idempotent, so any
         // number of them fire each time once, and one of them alive is enough.
@@ -427,7 +427,7 @@ impl Spool {
             Ok(())
         };
         pruner.abort();
-        clock.abort();
+        clock_sync.abort();
         scheduler.abort();
         let _ = scheduler.await;
         schema.abort();
@@ -486,10 +486,11 @@ impl Spool {
         let store = self.store.clone();
         tokio::spawn(async move {
             loop {
-                match store.sync_clock().await {
+                match store.clock_sync().await {
                     Ok(Some(_)) => {}
                     Ok(None) => return,
-                    Err(e) => tracing::debug!(error = %e, "cannot read the database's clock"),
+                    // At most one line per CLOCK_SYNC.
+                    Err(e) => tracing::warn!(error = %e, "cannot read the database's clock"),
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

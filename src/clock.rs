@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Milliseconds since the Unix epoch, the unit of every `*_at` column.
 pub type UnixMillis = i64;
 
-/// A source of the current time. The store never reads the clock itself: callers pass `now`.
+/// A source of the current time. The store's statements never read the clock: callers pass
+/// `now`, from the clock [`crate::store::Store::clock`] names.
 pub trait Clock: Send + Sync + 'static {
     /// The current time in milliseconds since the epoch.
     fn now(&self) -> UnixMillis;
@@ -27,29 +28,28 @@ impl Clock for SystemClock {
 }
 
 /// Another machine's clock as this process reads it: the time of a reading, moved on since by
-/// this host's monotonic clock. On PostgreSQL, processes on several hosts compare each other's
-/// times (a lease one worker set is judged run out by another, a `run_at` one host wrote is
-/// reached by another's clock), so every process reads the database's clock rather than its own:
-/// a host whose clock is off cannot rescue tasks that are running, run delayed tasks early, or
-/// keep leases past their time. Read again now and then ([`SyncedClock::adjust`]), it follows the
-/// drift between the two machines; a step of this host's wall clock (NTP, a VM resumed) does not
-/// move it.
+/// this host's boot clock (`CLOCK_BOOTTIME`: monotonic, and counting time suspended). On
+/// PostgreSQL, processes on several hosts compare each other's times (a lease one worker set is
+/// judged run out by another, a `run_at` one host wrote falls due by another's clock), so every
+/// process reads the database's clock rather than its own: a host whose clock is off cannot
+/// rescue tasks that are running, run delayed tasks early, or keep leases past their time. Read
+/// again now and then ([`SyncedClock::adjust`]), it follows the drift between the two machines;
+/// a step of this host's wall clock (NTP) does not move it.
 #[derive(Debug)]
 pub struct SyncedClock {
-    base: std::time::Instant,
-    /// The other clock's time at `base`, in milliseconds.
-    at_base: AtomicI64,
+    /// The other clock's time when this host's boot clock read zero, in microseconds.
+    at_zero: AtomicI64,
 }
 
-/// One reading of another clock: its time, and this host's monotonic time when the request
-/// left and when the answer came (since [`SyncedClock`]'s base).
+/// One reading of another clock, in microseconds: its time (since the epoch), and this host's
+/// boot clock ([`SyncedClock::local`]) when the request left and when the answer came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reading {
-    /// The other clock's time, in milliseconds since the epoch.
-    pub theirs: UnixMillis,
-    /// When the request was sent, in milliseconds since the base.
+    /// The other clock's time, in microseconds since the epoch.
+    pub theirs: i64,
+    /// When the request was sent.
     pub sent: i64,
-    /// When the answer came, in milliseconds since the base.
+    /// When the answer came.
     pub received: i64,
 }
 
@@ -63,15 +63,21 @@ impl SyncedClock {
     /// A clock that reads as this host's wall clock until it is first adjusted.
     pub fn new() -> Self {
         Self {
-            base: std::time::Instant::now(),
-            at_base: AtomicI64::new(SystemClock.now()),
+            at_zero: AtomicI64::new(
+                SystemClock
+                    .now()
+                    .saturating_mul(1000)
+                    .saturating_sub(Self::local()),
+            ),
         }
     }
 
-    /// Milliseconds of this host's monotonic clock since the base: the `sent` and `received`
-    /// of a [`Reading`].
-    pub fn local(&self) -> i64 {
-        i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX)
+    /// This host's boot clock in microseconds: the `sent` and `received` of a [`Reading`].
+    pub fn local() -> i64 {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        t.tv_sec
+            .saturating_mul(1_000_000)
+            .saturating_add(t.tv_nsec / 1000)
     }
 
     /// Follows the best of `readings` (the one whose answer came soonest: the least doubt about
@@ -82,8 +88,10 @@ impl SyncedClock {
         let best = readings
             .iter()
             .min_by_key(|r| r.received.saturating_sub(r.sent))?;
-        let middle = best.sent + best.received.saturating_sub(best.sent) / 2;
-        self.at_base
+        let middle = best
+            .sent
+            .saturating_add(best.received.saturating_sub(best.sent) / 2);
+        self.at_zero
             .store(best.theirs.saturating_sub(middle), Ordering::SeqCst);
         Some(self.now().saturating_sub(SystemClock.now()))
     }
@@ -91,9 +99,10 @@ impl SyncedClock {
 
 impl Clock for SyncedClock {
     fn now(&self) -> UnixMillis {
-        self.at_base
+        self.at_zero
             .load(Ordering::SeqCst)
-            .saturating_add(self.local())
+            .saturating_add(Self::local())
+            .div_euclid(1000)
     }
 }
 
@@ -164,23 +173,23 @@ mod tests {
         let c = SyncedClock::new();
         // Before any reading: this host's wall clock.
         assert!((c.now() - SystemClock.now()).abs() < 1000);
-        let t = c.local();
+        let t = SyncedClock::local();
         let off = c
             .adjust(&[
                 // A slow answer, whose middle says another time: not taken.
                 Reading {
-                    theirs: 5_000_000,
+                    theirs: 5_000_000_000,
                     sent: t,
-                    received: t + 400,
+                    received: t + 400_000,
                 },
                 Reading {
-                    theirs: 1_000_000,
+                    theirs: 1_000_000_000,
                     sent: t,
-                    received: t + 2,
+                    received: t + 2000,
                 },
             ])
             .unwrap();
-        // Taken at the middle of the 2 ms round trip, and moved on since by the monotonic clock.
+        // Taken at the middle of the 2 ms round trip, and moved on since by the boot clock.
         let now = c.now();
         assert!((1_000_000 - 1..1_000_000 + 1000).contains(&now), "{now}");
         assert!((off - (now - SystemClock.now())).abs() < 1000, "{off}");

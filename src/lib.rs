@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | nouns | [`task`], [`clock`], [`backoff`] | ids, statuses, time, retry maths | do I/O |
 //! | queue | [`queue`] | every transition of a task and the validation of a new one (pure) | run anything |
-//! | store | [`store`]: the [`store::Store`] trait; [`store::sqlite`] | the database: migrations, SQL, transactions, the change log | know HTTP or processes; read the clock, a random source or the environment |
+//! | store | [`store`]: the [`store::Store`] trait; [`store::sqlite`] | the database: migrations, SQL, transactions, the change log | know HTTP or processes; read the clock (but [`store::Store::clock`] names the one callers read), a random source or the environment |
 //! | events | [`events`] | in-process announcements of committed changes | hold state |
 //! | executor | [`executor`] | handlers: command, webhook, container, built-ins, Rust [`executor::Handler`]s | touch SQL |
 //! | worker | [`worker`] | the pool: claim, run under a lease, heartbeat, report, stop | parse HTTP |

@@ -1763,3 +1763,34 @@ async fn a_column_added_by_another_host_costs_one_retry_not_a_restart() {
     }
     assert_eq!(said.expect("the message was never written").id, 2);
 }
+
+/// The store's clock reads the database's time, and reading it again (`clock_sync`, what
+/// `serve` and `work` do every 30 s) works on a pooled connection and says how far this host is
+/// off. (Hosts whose clocks are off: `hosts_postgres::workers_whose_clocks_are_off_...`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_clock_is_the_databases_and_can_be_read_again() {
+    let url = pg::server().fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    let db = pg::server().client(&url).await;
+    let db_now = || async {
+        db.query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let ahead = store.clock_sync().await.unwrap();
+    assert!(
+        ahead.is_some_and(|ms| ms.abs() < 1000),
+        "one host, one clock: {ahead:?}"
+    );
+    let before = db_now().await;
+    let now = store.clock().now();
+    let after = db_now().await;
+    assert!(
+        (before - 5..=after + 5).contains(&now),
+        "{now} is not between the database's {before} and {after}"
+    );
+}

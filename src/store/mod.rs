@@ -2,9 +2,11 @@
 //! It knows nothing of HTTP or processes.
 //!
 //! [`Store`] is the seam: everything above it (HTTP, the worker pool, the CLI, embedders) holds an
-//! `Arc<dyn Store>` and never names a driver type, a connection, a rowid or a PRAGMA. A store
-//! never reads the clock, a random source or the environment: the time, ids and tokens come in
-//! as arguments, so two stores given the same calls do the same thing. [`sqlite`] is the
+//! `Arc<dyn Store>` and never names a driver type, a connection, a rowid or a PRAGMA. A store's
+//! statements never read the clock, a random source or the environment: the time, ids and
+//! tokens come in as arguments, so two stores given the same calls do the same thing. Which
+//! clock callers read is the store's to say ([`Store::clock`]): the host's on SQLite, the
+//! database's on PostgreSQL. [`sqlite`] is the
 //! embedded default (one writer thread with group commit, a pool of readers); [`postgres`] is
 //! for many processes on many hosts sharing one database.
 //! [`migrate_pg`] copies a SQLite database into an empty PostgreSQL one
@@ -959,7 +961,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// `Unavailable` or a database error.
-    async fn sync_clock(&self) -> Result<Option<i64>> {
+    async fn clock_sync(&self) -> Result<Option<i64>> {
         Ok(None)
     }
 

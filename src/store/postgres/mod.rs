@@ -41,7 +41,7 @@ use crate::task::{Author, Message, NewTask, Task, TaskId, TaskStatus};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -91,8 +91,8 @@ pub struct PostgresStore {
     batcher: batch::Batcher,
     /// Group commit of outcomes (see [`complete`]).
     completer: complete::Completer,
-    /// The database's clock, read at open and by [`Store::sync_clock`].
-    clock: Arc<SyncedClock>,
+    /// The database's clock, read at open and by [`Store::clock_sync`].
+    clock: DbClock,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -200,42 +200,70 @@ pub(crate) async fn connect_direct(
 const CLOCK_READINGS: usize = 3;
 
 /// How far this host's wall clock may be from the database's before it is logged as a warning
-/// (the queue is right either way: it keeps the database's time). Logged when first found, and
-/// again only when the difference moved by as much (a step of either clock), not at every
-/// reading.
+/// (the queue is right either way: it keeps the database's time).
 const CLOCK_WARN_MS: u64 = 1000;
 
-/// Reads the database's clock into `clock`; returns how far the database's clock is ahead of
-/// this host's wall clock, in milliseconds, and sets `spool_clock_offset_seconds` to it.
-async fn read_clock(c: &tokio_postgres::Client, clock: &SyncedClock) -> Result<i64> {
-    let was = clock.now().saturating_sub(crate::clock::SystemClock.now());
-    let st = c.prepare(sql::CLOCK_READ).await.map_err(pg_err)?;
-    let mut readings = Vec::with_capacity(CLOCK_READINGS);
-    for _ in 0..CLOCK_READINGS {
-        let sent = clock.local();
-        let row = c.query_one(&st, &[]).await.map_err(pg_err)?;
-        let received = clock.local();
-        let theirs: i64 = row.try_get(0).map_err(pg_err)?;
-        readings.push(Reading {
-            theirs,
-            sent,
-            received,
-        });
+/// The database's clock as this process reads it, and the difference from this host's clock
+/// that was last logged.
+struct DbClock {
+    clock: Arc<SyncedClock>,
+    logged: AtomicI64,
+}
+
+impl DbClock {
+    fn new() -> Self {
+        Self {
+            clock: Arc::new(SyncedClock::new()),
+            logged: AtomicI64::new(0),
+        }
     }
-    let ahead = clock.adjust(&readings).unwrap_or(0);
-    metrics::gauge!("spool_clock_offset_seconds").set(ahead as f64 / 1000.0);
-    if ahead.unsigned_abs() > CLOCK_WARN_MS
-        && ahead.saturating_sub(was).unsigned_abs() > CLOCK_WARN_MS
-    {
-        tracing::warn!(
-            database_ahead_ms = ahead,
-            "this host's clock is {:.1} s {} the database's: spool keeps the database's time \
-             (leases, run_at, every *_at), but set this host's clock right (NTP)",
-            ahead.unsigned_abs() as f64 / 1000.0,
-            if ahead > 0 { "behind" } else { "ahead of" }
-        );
+
+    /// Reads the database's clock; returns how far it is ahead of this host's wall clock, in
+    /// milliseconds, and sets `spool_clock_offset_seconds` to it. Logs the difference when it
+    /// is news ([`clock_news`]).
+    async fn read(&self, c: &tokio_postgres::Client) -> Result<i64> {
+        let st = c.prepare(sql::CLOCK_READ).await.map_err(pg_err)?;
+        let mut readings = Vec::with_capacity(CLOCK_READINGS);
+        for _ in 0..CLOCK_READINGS {
+            let sent = SyncedClock::local();
+            let row = c.query_one(&st, &[]).await.map_err(pg_err)?;
+            let received = SyncedClock::local();
+            let theirs: i64 = row.try_get(0).map_err(pg_err)?;
+            readings.push(Reading {
+                theirs,
+                sent,
+                received,
+            });
+        }
+        let ahead = self.clock.adjust(&readings).unwrap_or(0);
+        metrics::gauge!("spool_clock_offset_seconds").set(ahead as f64 / 1000.0);
+        if clock_news(self.logged.load(Ordering::Relaxed), ahead) {
+            self.logged.store(ahead, Ordering::Relaxed);
+            if ahead.unsigned_abs() > CLOCK_WARN_MS {
+                tracing::warn!(
+                    database_ahead_ms = ahead,
+                    "this host's clock is {:.1} s {} the database's: spool keeps the database's \
+                     time (leases, run_at, every *_at), but set this host's clock right (NTP)",
+                    ahead.unsigned_abs() as f64 / 1000.0,
+                    if ahead > 0 { "behind" } else { "ahead of" }
+                );
+            } else {
+                tracing::info!(
+                    database_ahead_ms = ahead,
+                    "this host's clock is back within a second of the database's"
+                );
+            }
+        }
+        Ok(ahead)
     }
-    Ok(ahead)
+}
+
+/// Whether a difference of `ahead` ms between the database's clock and this host's is worth a
+/// line in the log after `logged` was the last logged (0 before any): when it moved by more
+/// than [`CLOCK_WARN_MS`] since, so a host found off is told once, again after a step of either
+/// clock, and once more when it is back; not at every reading.
+fn clock_news(logged: i64, ahead: i64) -> bool {
+    ahead.saturating_sub(logged).unsigned_abs() > CLOCK_WARN_MS
 }
 
 /// An error's text with its database message, if it has one.
@@ -267,8 +295,8 @@ impl PostgresStore {
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
         let mut c = connect_direct(&opts.url, timeout).await?;
         migrate::migrate(&mut c).await?;
-        let clock = Arc::new(SyncedClock::new());
-        read_clock(&c, &clock).await?;
+        let clock = DbClock::new();
+        clock.read(&c).await?;
         drop(c);
         Self::with_pool(opts, hub, clock)
     }
@@ -281,7 +309,7 @@ impl PostgresStore {
     pub fn open_blocking(opts: PostgresOptions) -> Result<Self> {
         let url = opts.url.clone();
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
-        let clock = Arc::new(SyncedClock::new());
+        let clock = DbClock::new();
         let migrated = std::thread::scope(|s| {
             s.spawn(|| {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -291,7 +319,7 @@ impl PostgresStore {
                 rt.block_on(async {
                     let mut c = connect_direct(&url, timeout).await?;
                     migrate::migrate(&mut c).await?;
-                    read_clock(&c, &clock).await.map(|_| ())
+                    clock.read(&c).await.map(|_| ())
                 })
             })
             .join()
@@ -301,11 +329,7 @@ impl PostgresStore {
         Self::with_pool(opts, Arc::new(EventHub::new()), clock)
     }
 
-    fn with_pool(
-        opts: PostgresOptions,
-        hub: Arc<EventHub>,
-        clock: Arc<SyncedClock>,
-    ) -> Result<Self> {
+    fn with_pool(opts: PostgresOptions, hub: Arc<EventHub>, clock: DbClock) -> Result<Self> {
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
         let mut cfg = opts.url.config().map_err(StoreError::Unavailable)?;
         if cfg.get_connect_timeout().is_none() {
@@ -1782,12 +1806,12 @@ impl Store for PostgresStore {
     }
 
     fn clock(&self) -> Arc<dyn Clock> {
-        self.clock.clone()
+        self.clock.clock.clone()
     }
 
-    async fn sync_clock(&self) -> Result<Option<i64>> {
+    async fn clock_sync(&self) -> Result<Option<i64>> {
         let c = self.conn().await?;
-        read_clock(&c, &self.clock).await.map(Some)
+        self.clock.read(&c).await.map(Some)
     }
 
     async fn changes_prune(&self, before: UnixMillis, keep: u64) -> Result<usize> {
@@ -2073,5 +2097,24 @@ where
     match r {
         Ok(r) => r,
         Err(e) => Err(StoreError::Unavailable(format!("wake-up listener: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_news;
+
+    #[test]
+    fn a_clock_difference_is_logged_when_found_moved_or_mended_not_at_every_reading() {
+        // Within a second at start: nothing to say.
+        assert!(!clock_news(0, 400));
+        // Found two minutes off: said once, not again at the next readings.
+        assert!(clock_news(0, 120_000));
+        assert!(!clock_news(120_000, 120_300));
+        // Either clock stepped by a minute: said again.
+        assert!(clock_news(120_000, 60_000));
+        // Set right: said once more.
+        assert!(clock_news(60_000, 5));
+        assert!(!clock_news(5, -200));
     }
 }
