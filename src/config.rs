@@ -1944,6 +1944,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(v) = env("SPOOL_DATABASE_BUSY_TIMEOUT_MS") {
         raw.database.busy_timeout_ms = Some(num("SPOOL_DATABASE_BUSY_TIMEOUT_MS", v)?);
     }
+    if let Some(v) = env("SPOOL_DATABASE_MAX_CONNECTIONS") {
+        raw.database.max_connections = Some(num("SPOOL_DATABASE_MAX_CONNECTIONS", v)?);
+    }
     if let Some(v) = env("SPOOL_WORKER_CONCURRENCY") {
         raw.worker.concurrency = Some(num("SPOOL_WORKER_CONCURRENCY", v)?);
     }
@@ -2284,6 +2287,7 @@ mod tests {
             &|k| match k {
                 "SPOOL_LISTEN" => Some("127.0.0.1:2".into()),
                 "SPOOL_WORKER_CONCURRENCY" => Some("3".into()),
+                "SPOOL_DATABASE_MAX_CONNECTIONS" => Some("5".into()),
                 _ => None,
             },
             Secrets::Required,
@@ -2291,6 +2295,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.worker.concurrency, 3);
+        assert_eq!(c.database.max_connections, 5);
+        let raw: RawConfig = toml::from_str("").unwrap();
+        let e = Config::from_raw(
+            raw,
+            &|k| (k == "SPOOL_DATABASE_MAX_CONNECTIONS").then(|| "0".into()),
+            Secrets::Required,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("database.max_connections"), "{e}");
     }
 
     #[test]

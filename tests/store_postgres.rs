@@ -1794,3 +1794,51 @@ async fn the_stores_clock_is_the_databases_and_can_be_read_again() {
         "{now} is not between the database's {before} and {after}"
     );
 }
+
+/// A connection the database refuses (here its role's `CONNECTION LIMIT`, as when PostgreSQL's
+/// `max_connections` is reached by the pools of many hosts) is `Unavailable` (503, retry) for
+/// the call that needed it, never another error, and the store goes on with the connections it
+/// has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_database_refuses_is_unavailable_and_the_store_goes_on() {
+    let url = pg::server().fresh_db().await;
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let role = format!("{name}_few");
+    let db = pg::server().client(&url).await;
+    db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN CONNECTION LIMIT 2; ALTER DATABASE {name} OWNER TO {role}"
+    ))
+    .await
+    .unwrap();
+    drop(db);
+    let url = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let store = open(&url, Limits::default()).await;
+    let t = store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .task
+        .id;
+    // 32 reads at once want more connections than the role may open.
+    let mut refused = 0;
+    let reads = (0..32).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.task_get(t, None).await })
+    });
+    for r in futures::future::join_all(reads).await {
+        match r.unwrap() {
+            Ok(got) => assert_eq!(got.id, t),
+            Err(StoreError::Unavailable(e)) => {
+                assert!(e.contains("53300"), "{e}");
+                refused += 1;
+            }
+            Err(e) => panic!("a refused connection answered {e:?}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "no connection was refused: the test proves nothing"
+    );
+    assert_eq!(store.task_get(t, None).await.unwrap().id, t);
+}
