@@ -2047,11 +2047,16 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_env(text, &|_| None)
+    }
+
+    /// `text` with the environment `env`.
+    fn parse_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "t".into(),
             reason: e.to_string(),
         })?;
-        Config::from_raw(raw, &|_| None, Secrets::Required)
+        Config::from_raw(raw, env, Secrets::Required)
     }
 
     #[test]
@@ -2152,12 +2157,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("docker.host"), "{e}");
-        let raw: RawConfig = toml::from_str("").unwrap();
-        let c = Config::from_raw(
-            raw,
-            &|k| (k == "DOCKER_HOST").then(|| "tcp://127.0.0.1:2375".to_string()),
-            Secrets::Required,
-        )
+        let c = parse_env("", &|k| {
+            (k == "DOCKER_HOST").then(|| "tcp://127.0.0.1:2375".to_string())
+        })
         .unwrap();
         assert_eq!(c.docker_host, "tcp://127.0.0.1:2375");
     }
@@ -2254,14 +2256,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("auth.jwt.admin_claim"), "{e}");
-        let raw: RawConfig = toml::from_str(
+        let e = parse_env(
             "[auth.jwt]\nhs256_secret_env = \"S\"\nissuer = \"i\"\naudience = \"a\"\n",
-        )
-        .unwrap();
-        let e = Config::from_raw(
-            raw,
             &|k| (k == "S").then(|| "short".to_string()),
-            Secrets::Required,
         )
         .unwrap_err()
         .to_string();
@@ -2281,27 +2278,19 @@ mod tests {
 
     #[test]
     fn env_overrides_file() {
-        let raw: RawConfig = toml::from_str("listen = \"127.0.0.1:1\"").unwrap();
-        let c = Config::from_raw(
-            raw,
-            &|k| match k {
-                "SPOOL_LISTEN" => Some("127.0.0.1:2".into()),
-                "SPOOL_WORKER_CONCURRENCY" => Some("3".into()),
-                "SPOOL_DATABASE_MAX_CONNECTIONS" => Some("5".into()),
-                _ => None,
-            },
-            Secrets::Required,
-        )
+        let c = parse_env("listen = \"127.0.0.1:1\"", &|k| match k {
+            "SPOOL_LISTEN" => Some("127.0.0.1:2".into()),
+            "SPOOL_WORKER_CONCURRENCY" => Some("3".into()),
+            "SPOOL_DATABASE_MAX_CONNECTIONS" => Some("5".into()),
+            _ => None,
+        })
         .unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.worker.concurrency, 3);
         assert_eq!(c.database.max_connections, 5);
-        let raw: RawConfig = toml::from_str("").unwrap();
-        let e = Config::from_raw(
-            raw,
-            &|k| (k == "SPOOL_DATABASE_MAX_CONNECTIONS").then(|| "0".into()),
-            Secrets::Required,
-        )
+        let e = parse_env("", &|k| {
+            (k == "SPOOL_DATABASE_MAX_CONNECTIONS").then(|| "0".into())
+        })
         .unwrap_err()
         .to_string();
         assert!(e.contains("database.max_connections"), "{e}");

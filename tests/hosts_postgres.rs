@@ -344,13 +344,16 @@ async fn says_lease_lost(p: &Proc, ids: &[String], limit: Duration) {
 }
 
 async fn enqueue_batches(s: &Server, kind: &str, n: usize, payload: Value) -> Vec<String> {
+    enqueue_batches_of(s, n, json!({"kind": kind, "payload": payload})).await
+}
+
+/// Enqueues `n` copies of `task` (a `POST /v1/tasks` body) in batches; returns their ids.
+async fn enqueue_batches_of(s: &Server, n: usize, task: Value) -> Vec<String> {
     let c = client();
     let mut ids = Vec::with_capacity(n);
     while ids.len() < n {
         let k = (n - ids.len()).min(1000);
-        let tasks: Vec<Value> = (0..k)
-            .map(|_| json!({"kind": kind, "payload": payload}))
-            .collect();
+        let tasks: Vec<Value> = (0..k).map(|_| task.clone()).collect();
         let r = c
             .post(s.url("/v1/tasks/batch"))
             .bearer_auth(&s.token)
@@ -1012,24 +1015,12 @@ async fn workers_whose_clocks_are_off_keep_the_databases_time() {
     }
     // Due in four minutes: not yet for the worker whose clock is two minutes ahead, which by
     // its own clock and the front end's (five minutes behind) would take them at once.
-    let c = client();
-    let mut later = Vec::new();
-    for _ in 0..4 {
-        let r = c
-            .post(s.url("/v1/tasks"))
-            .bearer_auth(&s.token)
-            .json(&json!({"kind": "rec", "payload": {}, "delay_ms": 240_000}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        later.push(
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
+    let later = enqueue_batches_of(
+        &s,
+        4,
+        json!({"kind": "rec", "payload": {}, "delay_ms": 240_000}),
+    )
+    .await;
     // Sixteen tasks of 3 s each, longer than the 2 s lease: each worker's heartbeats must keep
     // its leases in the other's eyes.
     let ids = enqueue_batches(&s, "held", 16, json!(3)).await;

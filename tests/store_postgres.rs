@@ -126,13 +126,18 @@ async fn hold_row(url: &str, id: spool::task::TaskId) -> tokio_postgres::Client 
 async fn store_with_a_task() -> (String, Arc<dyn Store>, Arc<spool::task::Task>) {
     let url = pg::server().fresh_db().await;
     let store = open(&url, Limits::default()).await;
-    let t = store
+    let t = a_task(&store).await;
+    (url, store, t)
+}
+
+/// One pending task of user `u`, inserted into `store`.
+async fn a_task(store: &Arc<dyn Store>) -> Arc<spool::task::Task> {
+    store
         .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
         .await
         .unwrap()
         .remove(0)
-        .task;
-    (url, store, t)
+        .task
 }
 
 fn db_name(url: &str) -> String {
@@ -1802,7 +1807,7 @@ async fn the_stores_clock_is_the_databases_and_can_be_read_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_database_refuses_is_unavailable_and_the_store_goes_on() {
     let url = pg::server().fresh_db().await;
-    let name = url.rsplit('/').next().unwrap().to_string();
+    let name = db_name(&url);
     let role = format!("{name}_few");
     let db = pg::server().client(&url).await;
     db.batch_execute(&format!(
@@ -1813,13 +1818,7 @@ async fn a_connection_the_database_refuses_is_unavailable_and_the_store_goes_on(
     drop(db);
     let url = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
     let store = open(&url, Limits::default()).await;
-    let t = store
-        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .task
-        .id;
+    let t = a_task(&store).await.id;
     // 32 reads at once want more connections than the role may open.
     let mut refused = 0;
     let reads = (0..32).map(|_| {

@@ -377,15 +377,14 @@ pub(super) async fn run(opts: BenchOptions, url: String) -> R<BenchReport> {
     }
     pb.finish_and_clear();
     let cpu = CpuTimes::now();
-    // The rows' times are the database's (every spool process keeps its clock): so is this.
+    // The rows' times are the database's (every spool process keeps its clock): so is this,
+    // read by the store's own statement (microseconds).
     let resumed: i64 = db
-        .query_one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
-            &[],
-        )
+        .query_one(crate::store::postgres::sql::CLOCK_READ, &[])
         .await
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| format!("end to end: read the database's clock: {e}"))?;
+        .and_then(|r| r.try_get::<_, i64>(0))
+        .map_err(|e| format!("end to end: read the database's clock: {e}"))?
+        / 1000;
     let _ = api.post("/v1/queues/bench-e2e/resume", &json!({})).await;
     let last = until_completed(&db, "bench-e2e", opts.e2e_n).await?;
     let stolen = cpu_since(cpu, STOLEN_MEANWHILE, opts.e2e_n);
