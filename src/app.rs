@@ -647,41 +647,88 @@ impl Spool {
             // Refuse to start rather than serve with JWT sign-in broken.
             crate::jwt::JwtVerifier::new(j).map_err(AppError::Invalid)?;
         }
-        let metrics = install_metrics();
-        let state = AppState::new(
-            self.store.clone(),
-            self.cfg.clone(),
-            self.clock.clone(),
-            shutdown.clone(),
-            metrics,
-        );
+        let state = self.app_state(&shutdown);
         let opts = ServeOptions::from_config(&self.cfg.http);
         let tracker = tokio_util::task::TaskTracker::new();
         if let Some(ml) = metrics_listener {
-            let app = metrics_router(state.clone());
-            // Scrapers are few: the operator's listener does not get a second full share of
-            // descriptors.
-            let mut mopts = opts.clone();
-            mopts.max_connections = mopts.max_connections.min(METRICS_MAX_CONNECTIONS);
-            tracker.spawn(serve_http(ml, app, mopts, shutdown.clone()));
+            tracker.spawn(serve_metrics(
+                ml,
+                state.clone(),
+                opts.clone(),
+                shutdown.clone(),
+            ));
         }
         let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
         tracker.spawn(serve_http(listener, app, opts, shutdown.clone()));
         tracker.close();
         let workers = self.run_until(shutdown.clone()).await;
-        // Streams end on the token; a connection still open after a while is cut.
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("http connections still open after 5 s; closing");
-        }
+        close_http(tracker).await;
         workers
+    }
+
+    /// [`Spool::run`], serving `/metrics` on `metrics_listener` meanwhile when given
+    /// (`spool work` with `http.metrics_listen`): this process's task counters and timings,
+    /// which no other process has, and the queue depths.
+    ///
+    /// # Errors
+    /// As [`Spool::run`].
+    pub async fn work_listeners(
+        &self,
+        metrics_listener: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        let shutdown = shutdown.child_token();
+        let tracker = tokio_util::task::TaskTracker::new();
+        if let Some(ml) = metrics_listener {
+            let opts = ServeOptions::from_config(&self.cfg.http);
+            let state = self.app_state(&shutdown);
+            tracker.spawn(serve_metrics(ml, state, opts, shutdown.clone()));
+        }
+        tracker.close();
+        let workers = self.run_until(shutdown.clone()).await;
+        // The workers may also end without the token (they could not start).
+        shutdown.cancel();
+        close_http(tracker).await;
+        workers
+    }
+
+    /// What the HTTP handlers share, with the metrics recorder installed.
+    fn app_state(&self, shutdown: &CancellationToken) -> AppState {
+        AppState::new(
+            self.store.clone(),
+            self.cfg.clone(),
+            self.clock.clone(),
+            shutdown.clone(),
+            install_metrics(),
+        )
     }
 
     /// Stops the writer and closes the database (also done on drop).
     pub fn close(&self) {
         self.store.close();
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown`. Scrapers are few: the operator's listener
+/// does not get a second full share of descriptors.
+async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    mut opts: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    opts.max_connections = opts.max_connections.min(METRICS_MAX_CONNECTIONS);
+    serve_http(listener, metrics_router(state), opts, shutdown).await;
+}
+
+/// Waits for the HTTP servers of `tracker`, which end on their token; a connection (a stream)
+/// still open after 5 s is cut.
+async fn close_http(tracker: tokio_util::task::TaskTracker) {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("http connections still open after 5 s; closing");
     }
 }
 

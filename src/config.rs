@@ -2294,6 +2294,18 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("database.max_connections"), "{e}");
+        // Each host's unit can point its processes at the shared database.
+        let c = parse_env("[database]\nurl = \"sqlite://x.db\"", &|k| {
+            (k == "SPOOL_DATABASE_URL").then(|| "postgres://spool:pw@db.internal/spool".into())
+        })
+        .unwrap();
+        match &c.database.url {
+            DatabaseUrl::Postgres(u) => assert_eq!(
+                u.redacted(),
+                "postgres://spool@db.internal/spool?sslmode=disable"
+            ),
+            other => panic!("SPOOL_DATABASE_URL was not taken: {other:?}"),
+        }
     }
 
     #[test]

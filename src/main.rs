@@ -645,20 +645,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(path) = spool.bootstrap_admin().await? {
         tracing::info!(path = %path.display(), "created the first admin token; read it from this file");
     }
-    let metrics_listener = match spool.config().http.metrics_listen {
-        Some(m) => Some(
-            tokio::net::TcpListener::bind(m)
-                .await
-                .map_err(|e| usage(format!("cannot listen on {m} (http.metrics_listen): {e}")))?,
-        ),
-        None => None,
-    };
+    let metrics_listener = bind_metrics(spool.config()).await?;
     let shutdown = stop_on_signal();
     tracing::info!(%addr, db = %spool.store().describe(), "spool serving");
     // Printed (after the signal handlers are in place) for scripts and tests that bind port 0.
-    if let Some(m) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
-        println!("metrics listening on http://{m}");
-    }
+    print_metrics_address(metrics_listener.as_ref());
     println!("listening on http://{addr}");
     spool
         .serve_listeners(listener, metrics_listener, shutdown)
@@ -690,10 +681,30 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
     spool::executor::reap::become_subreaper();
     let spool = Spool::builder().config(cfg).build()?;
     spool.check_container_engine().await?;
+    let metrics_listener = bind_metrics(spool.config()).await?;
     let shutdown = stop_on_signal();
-    spool.run(shutdown).await?;
+    print_metrics_address(metrics_listener.as_ref());
+    spool.work_listeners(metrics_listener, shutdown).await?;
     spool.close();
     Ok(())
+}
+
+/// The `/metrics` listener of `http.metrics_listen`, when set.
+async fn bind_metrics(cfg: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(m) = cfg.http.metrics_listen else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(m)
+        .await
+        .map_err(|e| usage(format!("cannot listen on {m} (http.metrics_listen): {e}")))?;
+    Ok(Some(l))
+}
+
+/// Prints where `/metrics` is served (for scripts and tests that bind port 0).
+fn print_metrics_address(l: Option<&tokio::net::TcpListener>) {
+    if let Some(m) = l.and_then(|l| l.local_addr().ok()) {
+        println!("metrics listening on http://{m}");
+    }
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -716,6 +716,7 @@ async fn a_worker_cut_off_from_postgres_loses_its_tasks_to_others_and_works_on_w
     let pg = pg::private(&pg::Options {
         listen: vec![net.host_ip.clone()],
         allow: vec![net.net.clone()],
+        ..Default::default()
     });
     let url = pg.fresh_db().await;
     let far_url = url.replace("127.0.0.1", &net.host_ip);

@@ -527,6 +527,46 @@ async fn until_listeners(c: &tokio_postgres::Client, db: &str, n: i64) {
     .await
 }
 
+/// A notification that never comes (PgBouncer in transaction mode, a link dropped between a
+/// commit and its NOTIFY) delays a task by at most one poll, never strands it: a task written
+/// with no NOTIFY at all, while the worker listens and sleeps, runs at the worker's next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_notification_is_lost_runs_at_the_workers_next_poll() {
+    let url = pg::server().fresh_db().await;
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let s = start(&url, "[worker]\nconcurrency = 0\npoll_interval_ms = 1000");
+    let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
+    let pg = pg::server().client(&url).await;
+    until_listeners(&pg, &db, 1).await;
+    // Past the worker's first look, so only a poll can find the task.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = uuid::Uuid::now_v7();
+    pg.execute(
+        "INSERT INTO tasks (id, user_id, queue, kind, payload, status, run_at, max_attempts, \
+         timeout_ms, created_at, updated_at) \
+         SELECT $1, u.id::text, 'default', 'spool.noop', 'null', 'pending', n.ms, 3, 60000, \
+                n.ms, n.ms \
+         FROM (SELECT id FROM users ORDER BY id LIMIT 1) u, \
+              (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms) n",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the task written without a NOTIFY to run",
+        || async {
+            let status: String = pg
+                .query_one("SELECT status FROM tasks WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get(0);
+            (status == "completed").then_some(())
+        },
+    )
+    .await;
+}
+
 /// A `spool work` process starts the tasks a `concurrency = 0` server takes within seconds
 /// though it polls once a minute (woken by NOTIFY), also after its listening session is cut;
 /// only the worker listens, until a `/v1/events` stream opens on the server.

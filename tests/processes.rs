@@ -478,3 +478,49 @@ async fn serve_and_work_stop_once_a_newer_spool_migrates_their_database() {
     stops_for_the_newer_schema(&mut s.proc, known + 1, known);
     stops_for_the_newer_schema(&mut w, known + 1, known);
 }
+
+/// `spool work` with `http.metrics_listen` serves `/metrics` there: a worker host's own task
+/// counters and timings, which no other process has, and the queue depths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_process_serves_its_own_metrics_on_metrics_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[worker]\nconcurrency = 2\npoll_interval_ms = 50\n\
+         [http]\nmetrics_listen = \"127.0.0.1:0\"\n",
+    );
+    let d = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || insert_tasks(&d, "spool.noop", json!(null), 5))
+        .await
+        .unwrap();
+    let mut w = spawn(&["work"], &cfg, &[]);
+    let metrics = w
+        .lines
+        .recv_timeout(Duration::from_secs(30))
+        .ok()
+        .and_then(|l| l.strip_prefix("metrics listening on ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no metrics address printed: {}", w.stderr()));
+    wait_until(Duration::from_secs(60), "all tasks completed", || {
+        count(dir.path(), "completed") == 5
+    });
+    let r = client()
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let text = r.text().await.unwrap();
+    let started: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("spool_tasks_started_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(started, 5.0, "{text}");
+    for name in ["spool_task_run_seconds_count", "spool_queue_depth"] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    assert_eq!(
+        w.terminate(Duration::from_secs(30)).map(|s| s.code()),
+        Some(Some(0))
+    );
+}

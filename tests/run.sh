@@ -28,6 +28,17 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   fi
 fi
 
+# openssl (Debian's openssl package): tests/store_postgres.rs makes a CA and a server certificate
+# for a PostgreSQL that speaks TLS.
+if ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+  else
+    echo "error: the TLS test needs Debian's openssl: apt-get install openssl" >&2
+    exit 1
+  fi
+fi
+
 # libfaketime (Debian's faketime package): tests/hosts_postgres.rs starts workers whose wall
 # clock is minutes off, as on a host without NTP.
 if ! dpkg -L libfaketime 2>/dev/null | grep -q '/libfaketime.so.1$'; then

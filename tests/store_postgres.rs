@@ -546,6 +546,97 @@ async fn describe_never_shows_the_password() {
     assert!(!format!("{store:?}").contains("hunter2"));
 }
 
+/// TLS as the URL asks (`sslmode`), on a server that lets the store's role in over TLS alone:
+/// with the server's certificate verified against `sslrootcert`, the store migrates, writes,
+/// reads and listens, each of its sessions encrypted (`pg_stat_ssl`); `sslmode=prefer` verifies
+/// the same way. A plain connection, a certificate that no trusted root signed, one for another
+/// host name, and an `sslrootcert` that cannot be read are each refused as `Unavailable`, saying
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_speaks_tls_as_its_url_asks_and_refuses_a_server_it_cannot_verify() {
+    let pg = pg::private(&pg::Options {
+        tls: true,
+        ..Default::default()
+    });
+    let url = pg.fresh_db().await;
+    let db = db_name(&url);
+    let admin = pg.client(&url).await;
+    let role = pg::TLS_ROLE;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; ALTER DATABASE {db} OWNER TO {role}"
+        ))
+        .await
+        .unwrap();
+    let at =
+        |host: &str, options: &str| format!("postgres://{role}@{host}:{}/{db}?{options}", pg.port);
+    let ca = format!("sslrootcert={}", pg.ca().display());
+    let verified = at("localhost", &format!("sslmode=verify-full&{ca}"));
+
+    let store = open(&verified, Limits::default()).await;
+    let t = a_task(&store).await;
+    assert_eq!(store.task_get(t.id, None).await.unwrap().id, t.id);
+    let (_worker, wake) = listening_pool(&verified, &admin, "default").await;
+    store
+        .task_insert(vec![conformance::task("default", 3, 0, T0)], T0)
+        .await
+        .unwrap();
+    woken(&wake, "an enqueue over TLS").await;
+    let preferred = open(
+        &at("localhost", &format!("sslmode=prefer&{ca}")),
+        Limits::default(),
+    )
+    .await;
+    assert_eq!(preferred.task_list(pending()).await.unwrap().tasks.len(), 2);
+    let sessions: Vec<(bool, String)> = admin
+        .query(
+            "SELECT s.ssl, coalesce(s.version, '') FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Three stores' pools and one listening session at least.
+    assert!(sessions.len() >= 4, "{sessions:?}");
+    assert!(
+        sessions.iter().all(|(ssl, v)| *ssl && v.starts_with("TLS")),
+        "{sessions:?}"
+    );
+
+    let refused = [
+        (at("localhost", "sslmode=disable"), "no encryption"),
+        // The built-in web roots did not sign the test's CA.
+        (
+            at("localhost", "sslmode=require"),
+            "UnknownIssuer (no CA this host trusts signed the server's certificate: name its \
+             CA with sslrootcert=/path/ca.pem in the URL)",
+        ),
+        // The certificate names localhost, not 127.0.0.1.
+        (
+            at("127.0.0.1", &format!("sslmode=require&{ca}")),
+            "not valid for name",
+        ),
+        (
+            at(
+                "localhost",
+                "sslmode=require&sslrootcert=/nonexistent/ca.pem",
+            ),
+            "sslrootcert /nonexistent/ca.pem",
+        ),
+    ];
+    for (url, why) in refused {
+        let mut opts = PostgresOptions::new(PostgresUrl::parse(&url).unwrap());
+        opts.timeout_ms = 5000;
+        match PostgresStore::open(opts).await {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains(why), "{url}: {m}"),
+            other => panic!("{url}: expected Unavailable ({why}), got {other:?}"),
+        }
+    }
+}
+
 async fn tables(c: &tokio_postgres::Client) -> i64 {
     c.query_one(
         "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
@@ -1552,6 +1643,66 @@ async fn a_message_committed_while_the_wait_waited_for_the_row_wakes_it() {
         "the wait parked past message {}",
         m.id
     );
+}
+
+/// A claim passes over a pending task whose row another transaction holds (`FOR UPDATE SKIP
+/// LOCKED`) and takes the next one at once, where a plain `FOR UPDATE` would wait for the
+/// holder's commit: claimers on many hosts never queue behind each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_passes_over_a_task_another_transaction_holds_without_waiting() {
+    let (url, store, first) = store_with_a_task().await;
+    let second = a_task(&store).await;
+    let holder = hold_row(&url, first.id).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        conformance::claim(store.as_ref(), "A", 2, T0),
+    )
+    .await
+    .expect("the claim waited for the row another transaction holds");
+    let ids: Vec<_> = got.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [second.id]);
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        conformance::claim_one(store.as_ref(), "B", T0).await.id,
+        first.id
+    );
+}
+
+/// A rescue never overwrites a finish that commits while it runs (River #1302): the worker's
+/// finish holds the task's row, written but not yet committed, as a claim long after the lease
+/// looks for expired leases. The rescue passes over that row without waiting, and once the
+/// finish commits the task is completed at the attempt that ran it, not pending again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescue_never_overwrites_a_finish_that_commits_while_it_runs() {
+    let (url, store, t) = store_with_a_task().await;
+    let c = conformance::claim_one(store.as_ref(), "A", T0).await;
+    let holder = hold_row(&url, t.id).await;
+    holder
+        .execute(
+            "UPDATE tasks SET status = 'completed', completed_at = $2, updated_at = $2, \
+             lease_owner = NULL, lease_expires_at = NULL WHERE id = $1",
+            &[&t.id.0, &(T0 + 5)],
+        )
+        .await
+        .unwrap();
+    let later = T0 + 3_600_000;
+    let taken = tokio::time::timeout(
+        Duration::from_secs(5),
+        conformance::claim(store.as_ref(), "B", 1, later),
+    )
+    .await
+    .expect("the rescue waited for the finish");
+    assert!(taken.is_empty(), "{taken:?}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let after = store.task_get(t.id, None).await.unwrap();
+    assert_eq!(
+        (after.status, after.attempts, after.completed_at),
+        (TaskStatus::Completed, c.attempts, Some(T0 + 5))
+    );
+    // Nothing is left for a rescue to take.
+    assert!(conformance::claim(store.as_ref(), "B", 1, later + 1)
+        .await
+        .is_empty());
 }
 
 /// A task token's read that waited for the task's row while its attempt ended in a wait and the

@@ -210,7 +210,7 @@ async fn claim_in(s: &dyn Store, owner: &str, queue: &str, n: u32, now: i64) -> 
     .collect()
 }
 
-async fn claim(s: &dyn Store, owner: &str, n: u32, now: i64) -> Vec<Task> {
+pub async fn claim(s: &dyn Store, owner: &str, n: u32, now: i64) -> Vec<Task> {
     claim_in(s, owner, "default", n, now).await
 }
 

@@ -26,6 +26,8 @@ pub struct PgServer {
     pub data: PathBuf,
     /// Its `listen_addresses`.
     pub listen: String,
+    /// Whether it offers TLS (see [`Options::tls`]).
+    pub tls: bool,
 }
 
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
@@ -70,7 +72,14 @@ pub struct Options {
     pub listen: Vec<String>,
     /// More `pg_hba.conf` networks allowed in (trust), e.g. `10.213.7.0/30`.
     pub allow: Vec<String>,
+    /// TLS on (`ssl = on`), with a certificate for the host name `localhost` alone, signed by a
+    /// CA of this server's own ([`PgServer::ca`]); the role [`TLS_ROLE`] may connect over TLS
+    /// only (`pg_hba.conf`: `hostnossl ... reject`), other roles either way.
+    pub tls: bool,
 }
+
+/// The role a TLS server ([`Options::tls`]) lets in over TLS only. The test creates it.
+pub const TLS_ROLE: &str = "spool_tls";
 
 fn start() -> Result<PgServer, String> {
     start_with(&Options::default())
@@ -115,11 +124,16 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    if !opts.allow.is_empty() {
+    if !opts.allow.is_empty() || opts.tls {
         let hba = data.join("pg_hba.conf");
         let mut text = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
         for net in &opts.allow {
             text.push_str(&format!("host all all {net} trust\n"));
+        }
+        if opts.tls {
+            // The first line that matches decides.
+            text = format!("hostnossl all {TLS_ROLE} all reject\n{text}");
+            make_certificates(&dir)?;
         }
         std::fs::write(&hba, text).map_err(|e| e.to_string())?;
     }
@@ -131,6 +145,7 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
         dir: dir.clone(),
         data,
         listen: listen.join(","),
+        tls: opts.tls,
     };
     // The server runs under pg_ctl (so the tests can restart it on the same port and
     // directory). The watchdog waits for this process to go, or for the `stop` file of
@@ -154,6 +169,59 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
         .map_err(|e| format!("start the watchdog: {e}"))?;
     server.wait_ready(Duration::from_secs(60))?;
     Ok(server)
+}
+
+/// A CA and a certificate it signs for the host name `localhost` (not for `127.0.0.1`), in
+/// `dir/tls/`, made with the OS's `openssl` (a missing one fails the test); the key readable by
+/// the server's user alone, as PostgreSQL demands.
+fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).map_err(|e| e.to_string())?;
+    let ext = tls.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName = DNS:localhost\nbasicConstraints = CA:FALSE\n\
+         keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    const EC: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let steps = [
+        format!("req -x509 {EC} -days 2 -subj /CN=spool-test-ca -keyout ca.key -out ca.pem"),
+        format!("req {EC} -subj /CN=localhost -keyout server.key -out server.csr"),
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+         -extfile server.ext -out server.pem"
+            .to_string(),
+    ];
+    for step in steps {
+        let args: Vec<&str> = step.split_whitespace().collect();
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(&tls)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("openssl (Debian's openssl package): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let key = tls.join("server.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+    }
+    if is_root() {
+        let pg = nix::unistd::User::from_name("postgres")
+            .map_err(|e| e.to_string())?
+            .ok_or("no user named postgres")?;
+        for f in [&tls, &key] {
+            nix::unistd::chown(f, Some(pg.uid), Some(pg.gid)).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// A server of one test alone (to be restarted, or to listen on more addresses); stopped and
@@ -185,13 +253,27 @@ pub fn private(opts: &Options) -> Private {
 impl PgServer {
     /// `postgres` options: the port, socket directory, addresses and durability settings.
     fn postgres_options(&self) -> String {
-        format!(
+        let mut o = format!(
             "-p {port} -k {dir} -c listen_addresses={listen} -c fsync=on \
              -c synchronous_commit=on -c max_connections=300 -c shared_buffers=32MB",
             port = self.port,
             dir = self.dir.display(),
             listen = self.listen,
-        )
+        );
+        if self.tls {
+            let tls = self.dir.join("tls");
+            o.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                tls.join("server.pem").display(),
+                tls.join("server.key").display()
+            ));
+        }
+        o
+    }
+
+    /// The CA that signed a TLS server's certificate (PEM), for `sslrootcert`.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tls").join("ca.pem")
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {

@@ -270,10 +270,21 @@ fn clock_news(logged: i64, ahead: i64) -> bool {
 pub(crate) fn describe_err(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => match std::error::Error::source(e) {
-            Some(s) => format!("{e}: {s}"),
-            None => e.to_string(),
-        },
+        None => {
+            let text = match std::error::Error::source(e) {
+                Some(s) => format!("{e}: {s}"),
+                None => e.to_string(),
+            };
+            // rustls names the check that failed, not what to do about it.
+            if text.contains("UnknownIssuer") {
+                format!(
+                    "{text} (no CA this host trusts signed the server's certificate: name \
+                     its CA with sslrootcert=/path/ca.pem in the URL)"
+                )
+            } else {
+                text
+            }
+        }
     }
 }
 
