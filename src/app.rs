@@ -641,33 +641,16 @@ impl Spool {
         metrics_listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
-        // HTTP and the workers stop together, also when the schema check stops them.
-        let shutdown = shutdown.child_token();
         if let Some(j) = &self.cfg.auth.jwt {
             // Refuse to start rather than serve with JWT sign-in broken.
             crate::jwt::JwtVerifier::new(j).map_err(AppError::Invalid)?;
         }
-        let state = self.app_state(&shutdown);
-        let opts = ServeOptions::from_config(&self.cfg.http);
-        let tracker = tokio_util::task::TaskTracker::new();
-        if let Some(ml) = metrics_listener {
-            tracker.spawn(serve_metrics(
-                ml,
-                state.clone(),
-                opts.clone(),
-                shutdown.clone(),
-            ));
-        }
-        let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-        tracker.spawn(serve_http(listener, app, opts, shutdown.clone()));
-        tracker.close();
-        let workers = self.run_until(shutdown.clone()).await;
-        close_http(tracker).await;
-        workers
+        self.run_serving(Some(listener), metrics_listener, shutdown)
+            .await
     }
 
     /// [`Spool::run`], serving `/metrics` on `metrics_listener` meanwhile when given
-    /// (`spool work` with `http.metrics_listen`): this process's task counters and timings,
+    /// (`spool work` with `worker.metrics_listen`): this process's task counters and timings,
     /// which no other process has, and the queue depths.
     ///
     /// # Errors
@@ -677,16 +660,38 @@ impl Spool {
         metrics_listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
+        self.run_serving(None, metrics_listener, shutdown).await
+    }
+
+    /// The workers until `shutdown`, with the API on `api` and `/metrics` on `metrics` when
+    /// given. HTTP and the workers stop together: on the token, when the schema check stops
+    /// them, or when the workers could not start.
+    async fn run_serving(
+        &self,
+        api: Option<TcpListener>,
+        metrics: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
         let shutdown = shutdown.child_token();
         let tracker = tokio_util::task::TaskTracker::new();
-        if let Some(ml) = metrics_listener {
-            let opts = ServeOptions::from_config(&self.cfg.http);
+        if api.is_some() || metrics.is_some() {
             let state = self.app_state(&shutdown);
-            tracker.spawn(serve_metrics(ml, state, opts, shutdown.clone()));
+            let opts = ServeOptions::from_config(&self.cfg.http);
+            if let Some(ml) = metrics {
+                tracker.spawn(serve_metrics(
+                    ml,
+                    state.clone(),
+                    opts.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            if let Some(l) = api {
+                let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+                tracker.spawn(serve_http(l, app, opts, shutdown.clone()));
+            }
         }
         tracker.close();
         let workers = self.run_until(shutdown.clone()).await;
-        // The workers may also end without the token (they could not start).
         shutdown.cancel();
         close_http(tracker).await;
         workers

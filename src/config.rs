@@ -177,6 +177,7 @@ struct RawWorker {
     queues: Option<Vec<String>>,
     workdir: Option<PathBuf>,
     api_url: Option<String>,
+    metrics_listen: Option<String>,
     /// `HOSTNAME` from the environment, read with the rest of it at load.
     #[serde(skip)]
     host: Option<String>,
@@ -499,6 +500,9 @@ pub struct WorkerConfig {
     /// Where a task reaches spool's API (`SPOOL_URL` of command tasks): `worker.api_url`, else
     /// `http://` and the listen address (a wildcard address as loopback).
     pub api_url: String,
+    /// Where `spool work` serves `/metrics` (its own listener; `serve` uses
+    /// `http.metrics_listen`): unset, `spool work` serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
     /// `api_url` was not configured: it follows the address `serve` binds (see
     /// [`Config::bound_to`]).
     pub api_url_from_listen: bool,
@@ -1190,6 +1194,10 @@ impl Config {
                 queues,
                 workdir,
                 host: raw.worker.host.unwrap_or_else(|| "localhost".into()),
+                metrics_listen: listen_address(
+                    "worker.metrics_listen",
+                    raw.worker.metrics_listen.as_deref(),
+                )?,
                 api_url_from_listen: raw.worker.api_url.is_none(),
                 api_url: match raw.worker.api_url {
                     Some(u) => {
@@ -1625,21 +1633,24 @@ impl Config {
     }
 }
 
+/// An optional listening address of `key` ("" or unset: none).
+fn listen_address(key: &str, v: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => t
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| invalid(key, format!("{t:?} is not an address like 127.0.0.1:9187"))),
+    }
+}
+
 /// Validates `[http]` (less the body and stall limits, checked with the rest before it).
 fn http_config(
     raw: RawHttp,
     max_body_bytes: usize,
     stall_timeout_ms: u64,
 ) -> Result<HttpConfig, ConfigError> {
-    let metrics_listen = match raw.metrics_listen.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(t) => Some(t.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "http.metrics_listen",
-                format!("{t:?} is not an address like 127.0.0.1:9187"),
-            )
-        })?),
-    };
+    let metrics_listen = listen_address("http.metrics_listen", raw.metrics_listen.as_deref())?;
     let metrics_auth = match raw.metrics_auth.as_deref().unwrap_or("none") {
         "none" => MetricsAuth::None,
         "admin" => MetricsAuth::Admin,
@@ -1967,6 +1978,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some(v) = env("SPOOL_WORKER_WORKDIR") {
         raw.worker.workdir = Some(v.into());
+    }
+    if let Some(v) = env("SPOOL_WORKER_METRICS_LISTEN") {
+        raw.worker.metrics_listen = Some(v);
     }
     if let Some(v) = env("SPOOL_LIMITS_MESSAGE_BYTES") {
         raw.limits.message_bytes = Some(num("SPOOL_LIMITS_MESSAGE_BYTES", v)?);
@@ -2330,6 +2344,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http.metrics_listen"), "{e}");
+        assert_eq!(c.worker.metrics_listen, None);
+        let e = parse("[worker]\nmetrics_listen = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker.metrics_listen"), "{e}");
         let e = parse("[http]\nheader_timeout_ms = 0\n")
             .unwrap_err()
             .to_string();

@@ -645,7 +645,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(path) = spool.bootstrap_admin().await? {
         tracing::info!(path = %path.display(), "created the first admin token; read it from this file");
     }
-    let metrics_listener = bind_metrics(spool.config()).await?;
+    let metrics_listener =
+        bind_metrics(spool.config().http.metrics_listen, "http.metrics_listen").await?;
     let shutdown = stop_on_signal();
     tracing::info!(%addr, db = %spool.store().describe(), "spool serving");
     // Printed (after the signal handlers are in place) for scripts and tests that bind port 0.
@@ -681,7 +682,11 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
     spool::executor::reap::become_subreaper();
     let spool = Spool::builder().config(cfg).build()?;
     spool.check_container_engine().await?;
-    let metrics_listener = bind_metrics(spool.config()).await?;
+    let metrics_listener = bind_metrics(
+        spool.config().worker.metrics_listen,
+        "worker.metrics_listen",
+    )
+    .await?;
     let shutdown = stop_on_signal();
     print_metrics_address(metrics_listener.as_ref());
     spool.work_listeners(metrics_listener, shutdown).await?;
@@ -689,14 +694,17 @@ async fn work(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `/metrics` listener of `http.metrics_listen`, when set.
-async fn bind_metrics(cfg: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    let Some(m) = cfg.http.metrics_listen else {
+/// The `/metrics` listener on `addr` (the config's `key`), when set.
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+    key: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(m) = addr else {
         return Ok(None);
     };
     let l = tokio::net::TcpListener::bind(m)
         .await
-        .map_err(|e| usage(format!("cannot listen on {m} (http.metrics_listen): {e}")))?;
+        .map_err(|e| usage(format!("cannot listen on {m} ({key}): {e}")))?;
     Ok(Some(l))
 }
 

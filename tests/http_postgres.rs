@@ -529,7 +529,8 @@ async fn until_listeners(c: &tokio_postgres::Client, db: &str, n: i64) {
 
 /// A notification that never comes (PgBouncer in transaction mode, a link dropped between a
 /// commit and its NOTIFY) delays a task by at most one poll, never strands it: a task written
-/// with no NOTIFY at all, while the worker listens and sleeps, runs at the worker's next poll.
+/// with no NOTIFY at all while the worker listens, due a second and a half later (so the look a
+/// worker takes when it starts listening cannot find it), runs at one of the worker's polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_notification_is_lost_runs_at_the_workers_next_poll() {
     let url = pg::server().fresh_db().await;
@@ -538,14 +539,12 @@ async fn a_task_whose_notification_is_lost_runs_at_the_workers_next_poll() {
     let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
     let pg = pg::server().client(&url).await;
     until_listeners(&pg, &db, 1).await;
-    // Past the worker's first look, so only a poll can find the task.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let id = uuid::Uuid::now_v7();
     pg.execute(
         "INSERT INTO tasks (id, user_id, queue, kind, payload, status, run_at, max_attempts, \
          timeout_ms, created_at, updated_at) \
-         SELECT $1, u.id::text, 'default', 'spool.noop', 'null', 'pending', n.ms, 3, 60000, \
-                n.ms, n.ms \
+         SELECT $1, u.id::text, 'default', 'spool.noop', 'null', 'pending', n.ms + 1500, 3, \
+                60000, n.ms, n.ms \
          FROM (SELECT id FROM users ORDER BY id LIMIT 1) u, \
               (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms) n",
         &[&id],

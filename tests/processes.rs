@@ -479,15 +479,21 @@ async fn serve_and_work_stop_once_a_newer_spool_migrates_their_database() {
     stops_for_the_newer_schema(&mut w, known + 1, known);
 }
 
-/// `spool work` with `http.metrics_listen` serves `/metrics` there: a worker host's own task
-/// counters and timings, which no other process has, and the queue depths.
+/// `spool work` with `worker.metrics_listen` serves `/metrics` there: a worker host's own task
+/// counters and timings, which no other process has, and the queue depths. It leaves
+/// `http.metrics_listen` to `serve`, so processes sharing one config do not fight over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_work_process_serves_its_own_metrics_on_metrics_listen() {
+async fn a_work_process_serves_its_own_metrics_on_worker_metrics_listen() {
     let dir = tempfile::tempdir().unwrap();
+    // serve's metrics address, taken (by the serve of the same config, as it were).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let cfg = write_config(
         dir.path(),
-        "[worker]\nconcurrency = 2\npoll_interval_ms = 50\n\
-         [http]\nmetrics_listen = \"127.0.0.1:0\"\n",
+        &format!(
+            "[worker]\nconcurrency = 2\npoll_interval_ms = 50\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [http]\nmetrics_listen = \"{}\"\n",
+            taken.local_addr().unwrap()
+        ),
     );
     let d = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || insert_tasks(&d, "spool.noop", json!(null), 5))

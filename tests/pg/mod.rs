@@ -57,6 +57,13 @@ pub fn as_postgres(program: &str) -> Command {
     }
 }
 
+/// The `postgres` user, who runs the server.
+fn postgres_user() -> Result<nix::unistd::User, String> {
+    nix::unistd::User::from_name("postgres")
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no user named postgres".to_string())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -98,9 +105,7 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
         .map_err(|e| e.to_string())?
         .keep();
     if is_root() {
-        let pg = nix::unistd::User::from_name("postgres")
-            .map_err(|e| e.to_string())?
-            .ok_or("no user named postgres")?;
+        let pg = postgres_user()?;
         nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid)).map_err(|e| e.to_string())?;
     }
     let data = dir.join("data");
@@ -133,7 +138,10 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
         if opts.tls {
             // The first line that matches decides.
             text = format!("hostnossl all {TLS_ROLE} all reject\n{text}");
-            make_certificates(&dir)?;
+            if let Err(e) = make_certificates(&dir) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
         }
         std::fs::write(&hba, text).map_err(|e| e.to_string())?;
     }
@@ -186,7 +194,11 @@ fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     const EC: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
     let steps = [
-        format!("req -x509 {EC} -days 2 -subj /CN=spool-test-ca -keyout ca.key -out ca.pem"),
+        format!(
+            "req -x509 {EC} -days 2 -subj /CN=spool-test-ca \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign \
+             -keyout ca.key -out ca.pem"
+        ),
         format!("req {EC} -subj /CN=localhost -keyout server.key -out server.csr"),
         "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
          -extfile server.ext -out server.pem"
@@ -214,9 +226,7 @@ fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     if is_root() {
-        let pg = nix::unistd::User::from_name("postgres")
-            .map_err(|e| e.to_string())?
-            .ok_or("no user named postgres")?;
+        let pg = postgres_user()?;
         for f in [&tls, &key] {
             nix::unistd::chown(f, Some(pg.uid), Some(pg.gid)).map_err(|e| e.to_string())?;
         }
