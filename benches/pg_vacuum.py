@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The tasks table of a PostgreSQL spool under steady churn: autovacuum's defaults against the
-settings the README recommends (README, "Autovacuum at high churn").
+settings the README recommends (README, "Retention and autovacuum").
 
 Starts its own PostgreSQL 15 (initdb into a temporary directory, a free loopback port, fsync and
 synchronous_commit on, autovacuum at its defaults) and, for each setting in turn, a fresh
@@ -145,14 +145,34 @@ def run(binary, pg, root, n, name, table, cluster, minutes, rate, retained):
         pg.sql(db, "SELECT pg_reload_conf()")
         reset.append(cluster.split("=")[0].strip())
     serve = spool(binary, ["serve"], cfg)
+    workers = []
+    try:
+        measure(binary, pg, db, d, cfg, serve, workers, name, minutes, rate, retained)
+    finally:
+        for p in [serve] + workers:
+            p.send_signal(signal.SIGTERM)
+        for p in [serve] + workers:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for s in reset:
+            pg.sql(db, f"ALTER SYSTEM RESET {s}")
+            pg.sql(db, "SELECT pg_reload_conf()")
+    pg.sql("postgres", f"DROP DATABASE {db}")
+
+
+def measure(binary, pg, db, d, cfg, serve, workers, name, minutes, rate, retained):
     base = None
     for line in serve.stdout:
         if line.startswith("listening on http://"):
             base = line.strip()[len("listening on http://"):]
             break
+    if base is None:
+        sys.exit("spool serve did not start")
     token = open(f"{d}/data/admin.token").read().strip()
-    workers = [spool(binary, ["work"], cfg, {"SPOOL_WORKER_CONCURRENCY": "64"})
-               for _ in range(2)]
+    workers.extend(spool(binary, ["work"], cfg, {"SPOOL_WORKER_CONCURRENCY": "64"})
+                   for _ in range(2))
     host, port = base.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     batch = json.dumps({"tasks": [{"kind": "spool.noop"}] * (rate // 2)})
@@ -185,17 +205,10 @@ def run(binary, pg, root, n, name, table, cluster, minutes, rate, retained):
                   flush=True)
             next_sample += 30
         time.sleep(max(0.0, min(next_batch, next_sample) - time.monotonic()))
-    for p in [serve] + workers:
-        p.send_signal(signal.SIGTERM)
-    for p in [serve] + workers:
-        p.wait(timeout=60)
-    for s in reset:
-        pg.sql(db, f"ALTER SYSTEM RESET {s}")
-        pg.sql(db, "SELECT pg_reload_conf()")
     later = probes[len(probes) // 2:]
-    print(f"probe buffers in the second half: median {sorted(later)[len(later) // 2]}, "
-          f"max {max(later)}")
-    pg.sql("postgres", f"DROP DATABASE {db}")
+    if later:
+        print(f"probe buffers in the second half: median {sorted(later)[len(later) // 2]}, "
+              f"max {max(later)}")
 
 
 if __name__ == "__main__":
@@ -203,6 +216,8 @@ if __name__ == "__main__":
     minutes = float(sys.argv[2]) if len(sys.argv) > 2 else 5
     rate = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
     retained = int(sys.argv[4]) if len(sys.argv) > 4 else 2_000_000
+    if not 2 <= rate <= 2000:
+        sys.exit("RATE must be 2..2000: a batch a half second, of at most 1,000 tasks")
     root = tempfile.mkdtemp(prefix="spool-vacuum-")
     os.chmod(root, 0o711)  # the server's user goes through it to its own directory
     pg = Pg(root)

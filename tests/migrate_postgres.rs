@@ -44,13 +44,26 @@ fn kinds(dir: &Path) -> String {
         ),
     )
     .unwrap();
+    // Parks itself until its owner writes (waiting), then completes once ANSWERED is there.
+    let asks = dir.join("asks.sh");
+    std::fs::write(
+        &asks,
+        format!(
+            "if [ -e {a} ]; then echo '{{\"result\":\"answered\"}}'; \
+             else echo '{{\"wait\":{{\"for\":\"message\",\"timeout_ms\":3600000}}}}'; fi\n",
+            a = dir.join("ANSWERED").display()
+        ),
+    )
+    .unwrap();
     format!(
         "[kinds.ok]\ncommand = [\"sh\", {ok:?}]\n\
          [kinds.bad]\ncommand = [\"sh\", {bad:?}]\n\
-         [kinds.slow]\ncommand = [\"sh\", {slow:?}]\n",
+         [kinds.slow]\ncommand = [\"sh\", {slow:?}]\n\
+         [kinds.asks]\ncommand = [\"sh\", {asks:?}]\n",
         ok = ok.display().to_string(),
         bad = bad.display().to_string(),
         slow = slow.display().to_string(),
+        asks = asks.display().to_string(),
     )
 }
 
@@ -307,6 +320,10 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
     )
     .await;
 
+    // A task waiting for its owner's answer, holding no slot.
+    let waiting = create(&c, &a, &admin, json!({"kind": "asks"})).await;
+    wait_status(&c, &a, &admin, &waiting, "waiting").await;
+
     // The copy, while A runs.
     let url = pg::server().fresh_db().await;
     let db = dir_a.path().join("data/spool.db");
@@ -443,7 +460,7 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
 
     // The same tasks, queues and messages, read through the API of each.
     let tasks_a = all_tasks(&c, &a, &admin).await;
-    assert_eq!(tasks_a.len(), 6);
+    assert_eq!(tasks_a.len(), 7);
     assert_eq!(all_tasks(&c, &b, &admin).await, tasks_a);
     let statuses: Vec<&str> = tasks_a
         .iter()
@@ -457,7 +474,8 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
             "canceled",
             "pending",
             "pending",
-            "running"
+            "running",
+            "waiting"
         ]
     );
     assert_eq!(queues(&c, &b, &admin).await, queues(&c, &a, &admin).await);
@@ -650,6 +668,19 @@ async fn a_live_sqlite_queue_moves_to_postgres_whole_and_goes_on_there() {
         vec![1, 1, 2],
         "the copied message, then the second attempt's"
     );
+    // The waiting task wakes on PostgreSQL when its owner answers there, and runs to the end.
+    std::fs::write(dir_b.path().join("ANSWERED"), "").unwrap();
+    let (st, m) = post(
+        &c,
+        &b,
+        &admin,
+        &format!("/v1/tasks/{waiting}/messages"),
+        json!({"kind": "say", "content": "yes"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    let answered = wait_status(&c, &b, &admin, &waiting, "completed").await;
+    assert_eq!(answered["result"], "answered", "{answered}");
     let (st, _) = post(&c, &b, &admin, "/v1/queues/held/resume", json!({})).await;
     assert_eq!(st, StatusCode::OK);
     wait_status(&c, &b, &admin, &pending, "completed").await;
