@@ -704,6 +704,12 @@ async fn a_stopped_file_moves_but_never_into_a_database_a_server_has_used() {
     let admin = a.token.clone();
     let id = create(&c, &a, &admin, json!({"kind": "ok"})).await;
     wait_status(&c, &a, &admin, &id, "completed").await;
+    // More tasks than one COPY takes (1,000 rows): 2,500, due in an hour.
+    for n in [1000, 1000, 500] {
+        let later = vec![json!({"kind": "ok", "delay_ms": 3_600_000}); n];
+        let (st, r) = post(&c, &a, &admin, "/v1/tasks/batch", json!({ "tasks": later })).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+    }
     assert!(a.proc.terminate(Duration::from_secs(30)).unwrap().success());
 
     // A server started on the target first made its admin: the copy is refused, untouched.
@@ -754,6 +760,18 @@ async fn a_stopped_file_moves_but_never_into_a_database_a_server_has_used() {
     let t = get(&c, &b, &admin, &format!("/v1/tasks/{id}")).await;
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(t["result"], json!({"done": true}), "{t}");
+    const COUNTS: &str = "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FROM tasks";
+    let row = pg::server()
+        .client(&url)
+        .await
+        .query_one(COUNTS, &[])
+        .await
+        .unwrap();
+    let on_pg: (i64, i64) = (row.get(0), row.get(1));
+    let on_sqlite: (i64, i64) = common::open_db(dir_a.path())
+        .query_row(COUNTS, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((on_pg, on_sqlite), ((2500, 2501), (2500, 2501)));
 }
 
 // ---- the operator views -------------------------------------------------------------------
