@@ -495,7 +495,8 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Parent of each command task's own working directory (outside the data directory).
     pub workdir: PathBuf,
-    /// The host name workers are registered under (`HOSTNAME`, read at load).
+    /// The host name workers are registered under: `HOSTNAME` from the environment (read at
+    /// load), else the system's host name (a service started by systemd has no `HOSTNAME`).
     pub host: String,
     /// Where a task reaches spool's API (`SPOOL_URL` of command tasks): `worker.api_url`, else
     /// `http://` and the listen address (a wildcard address as loopback).
@@ -1193,7 +1194,7 @@ impl Config {
                 prefetch,
                 queues,
                 workdir,
-                host: raw.worker.host.unwrap_or_else(|| "localhost".into()),
+                host: raw.worker.host.unwrap_or_else(system_host_name),
                 metrics_listen: listen_address(
                     "worker.metrics_listen",
                     raw.worker.metrics_listen.as_deref(),
@@ -1631,6 +1632,15 @@ impl Config {
             self.worker.api_url = api_url_of(addr);
         }
     }
+}
+
+/// The system's host name (`gethostname`), or `localhost` where it has none.
+fn system_host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// An optional listening address of `key` ("" or unset: none).

@@ -855,6 +855,7 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
             HashMap::new()
         };
         let (running, failed) = store.inspect_lists(20).await?;
+        let workers = store.worker_list().await?;
         let schedules: Vec<Value> = store
             .schedule_list()
             .await?
@@ -882,7 +883,21 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                     v
                 })
                 .collect();
-            let out = json!({"queues": queues, "running": running, "recent_failures": failed, "schedules": schedules, "last_drill": last_drill});
+            let workers: Vec<Value> = workers
+                .iter()
+                .map(|w| {
+                    json!({
+                        "id": w.id,
+                        "host": w.host,
+                        "pid": w.pid,
+                        "running": w.running,
+                        "started_at": rfc3339(w.started_at),
+                        "heartbeat_at": rfc3339(w.heartbeat_at),
+                        "heartbeat_age_ms": (now - w.heartbeat_at).max(0),
+                    })
+                })
+                .collect();
+            let out = json!({"queues": queues, "running": running, "workers": workers, "recent_failures": failed, "schedules": schedules, "last_drill": last_drill});
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             if watch {
@@ -937,6 +952,26 @@ async fn inspect(cfg: Config, as_json: bool, watch: bool) -> anyhow::Result<()> 
                     t.lease_expires_at
                         .map(|e| age((e - now).max(0) as u64))
                         .unwrap_or_default(),
+                ]);
+            }
+            print_table(&rows);
+            println!("\nWORKERS ({})", workers.len());
+            let mut rows = vec![vec![
+                "WORKER".to_string(),
+                "HOST".into(),
+                "PID".into(),
+                "RUNNING".into(),
+                "UP".into(),
+                "LAST HEARTBEAT".into(),
+            ]];
+            for w in &workers {
+                rows.push(vec![
+                    w.id.clone(),
+                    w.host.clone(),
+                    w.pid.to_string(),
+                    w.running.to_string(),
+                    age((now - w.started_at).max(0) as u64),
+                    format!("{} ago", age((now - w.heartbeat_at).max(0) as u64)),
                 ]);
             }
             print_table(&rows);

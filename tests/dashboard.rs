@@ -2,8 +2,9 @@
 //! `playwright-core`, both installed by `tests/run.sh`): sign in, watch a task appear and its
 //! progress arrive live, cancel a running task, and check a user sees none of the admin's tasks;
 //! and an interactive task: its question shown while it waits, answered from the page's message
-//! box. Screenshots land in `.test-artifacts/dashboard/`. A missing browser or driver fails the
-//! test.
+//! box. The first runs on SQLite and on PostgreSQL. Screenshots land in
+//! `.test-artifacts/dashboard/` (and `dashboard-postgres/`). A missing browser or driver fails
+//! the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -55,6 +56,24 @@ fn run_browser_script(script: &str, args: &[&str], pass: &str) {
 
 #[test]
 fn dashboard_signs_in_streams_progress_cancels_and_hides_other_users_tasks() {
+    dashboard_end_to_end("", "dashboard");
+}
+
+/// The same walk through the dashboard on a server whose queue is on PostgreSQL.
+#[test]
+fn the_dashboard_works_the_same_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(crate::pg::server().fresh_db());
+    dashboard_end_to_end(
+        &format!("[database]\nurl = {url:?}\n"),
+        "dashboard-postgres",
+    );
+}
+
+/// Signs in as the admin, watches a task of `slow` stream its progress, cancels one, and
+/// signs in as a user who sees none of the admin's tasks. `database` is appended to the
+/// config; the screenshots go to `.test-artifacts/<shots>/`.
+fn dashboard_end_to_end(database: &str, shots: &str) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     browser_tools();
     let dir = tempfile::tempdir().unwrap();
@@ -63,11 +82,11 @@ fn dashboard_signs_in_streams_progress_cancels_and_hides_other_users_tasks() {
         dir.path(),
         &format!("[worker]\npoll_interval_ms = 100\n[kinds.slow]\ncommand = [\"sh\", \"-c\", {script:?}]\n\
                   [schedules.nightly]\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Berlin\"\n\
-                  task = {{ kind = \"spool.noop\" }}\n"),
+                  task = {{ kind = \"spool.noop\" }}\n{database}"),
     );
     let mut server = serve(&cfg, &[]);
     let user = server.user_token("alice", false);
-    let shots = repo.join(".test-artifacts/dashboard");
+    let shots = repo.join(".test-artifacts").join(shots);
     std::fs::create_dir_all(&shots).unwrap();
 
     run_browser_script(

@@ -1,7 +1,7 @@
 //! The real `spool serve` and `spool work` binaries on a PostgreSQL database (a fresh one per test
 //! on the throw-away PostgreSQL 15 of `tests/pg/`): the HTTP API, idempotency across two servers
-//! on one database, SSE resume, a worker in another process, and 503 (never 500) when the
-//! database cannot be reached.
+//! on one database, SSE resume and long polls across them, `/metrics` and `spool inspect`, a
+//! worker in another process, and 503 (never 500) when the database cannot be reached.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -343,6 +343,247 @@ async fn a_spool_work_process_runs_tasks_enqueued_through_a_serve_with_no_slots(
         !m["messages"].as_array().unwrap().is_empty(),
         "the command's output reached the database: {m}"
     );
+}
+
+// ---- long polls, metrics and inspect -------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_one_server_returns_the_message_and_the_end_written_through_the_other() {
+    // No NOTIFY reaches a long poll from another host: server A finds B's rows at its poll tick.
+    let (a, b) = two_servers("[worker]\nconcurrency = 0\npoll_interval_ms = 200").await;
+    let c = client();
+    let id = create(&c, &a, json!({"kind": "spool.noop"})).await;
+    let msgs = format!("/v1/tasks/{id}/messages");
+    let long_poll = |after: i64| {
+        let (c, url, tok) = (
+            c.clone(),
+            a.url(&format!("{msgs}?after={after}&wait_ms=20000")),
+            a.token.clone(),
+        );
+        tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+            let st = r.status();
+            (st, r.json::<Value>().await.unwrap())
+        })
+    };
+
+    let poll = long_poll(0);
+    // Give the poll time to be waiting (the result is checked below, not the timing).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!poll.is_finished(), "A's long poll returned before B wrote");
+    let (st, m) = post(&c, &b, &msgs, json!({"kind": "ping", "content": "from b"})).await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    let (st, r) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("A's long poll did not return within 10 s of B's message (wait_ms was 20 s)")
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let got = r["messages"].as_array().unwrap();
+    assert_eq!(got.len(), 1, "{r}");
+    assert_eq!(
+        (&got[0]["id"], &got[0]["content"]),
+        (&m["id"], &json!("from b"))
+    );
+    assert_eq!(r["next_after"], m["id"]);
+
+    // The task ended through B ends A's next long poll with the terminal status.
+    let last = m["id"].as_i64().unwrap();
+    let poll = long_poll(last);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "A's long poll returned before B canceled"
+    );
+    let (st, t) = post(&c, &b, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let (st, r) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("A's long poll did not return after B canceled the task")
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["task_status"], "canceled", "{r}");
+    assert_eq!(r["messages"], json!([]), "{r}");
+    assert_eq!(r["next_after"], last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_queues_and_inspect_count_and_list_what_postgres_holds() {
+    let url = pg::server().fresh_db().await;
+    // Nobody works `held`: its tasks stay pending. `bad` fails in `default` at its one attempt.
+    let s = start(
+        &url,
+        "[worker]\nconcurrency = 1\npoll_interval_ms = 100\nqueues = [\"default\"]\n\
+         [kinds.bad]\ncommand = [\"sh\", \"-c\", \"exit 3\"]\n[queues.held]\nconcurrency = 1\n",
+    );
+    let c = client();
+    let tasks: Vec<Value> = (0..3)
+        .map(|i| json!({"kind": "spool.noop", "queue": "held", "payload": {"i": i}}))
+        .collect();
+    let (st, r) = post(&c, &s, "/v1/tasks/batch", json!({ "tasks": tasks })).await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    let bad = create(&c, &s, json!({"kind": "bad", "max_attempts": 1})).await;
+    let t = s.wait_terminal(&bad).await;
+    assert_eq!(t["status"], "failed", "{t}");
+
+    // /metrics: the depth gauges read from the database (at most once a second).
+    let text = eventually(Duration::from_secs(20), "the depths in /metrics", || {
+        let c = c.clone();
+        let url = s.url("/metrics");
+        async move {
+            let text = c.get(url).send().await.ok()?.text().await.ok()?;
+            (text.contains(r#"spool_queue_depth{queue="held",status="pending"} 3"#)
+                && text.contains(r#"spool_queue_depth{queue="default",status="failed"} 1"#))
+            .then_some(text)
+        }
+    })
+    .await;
+    assert!(
+        text.contains(r#"spool_tasks_enqueued_total{queue="held",kind="spool.noop"} 3"#),
+        "{text}"
+    );
+
+    // GET /v1/queues.
+    let (st, q) = get(&c, &s, "/v1/queues").await;
+    assert_eq!(st, StatusCode::OK, "{q}");
+    let queue = |v: &Value, name: &str| {
+        v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("no queue {name} in {v}"))
+            .clone()
+    };
+    assert_eq!(queue(&q, "held")["pending"], 3, "{q}");
+    assert_eq!(queue(&q, "default")["failed"], 1, "{q}");
+
+    // spool inspect, as JSON and as a table, on the same config.
+    let v: Value = serde_json::from_str(&s.cli_ok(&["inspect", "--json"])).unwrap();
+    assert_eq!(queue(&v, "held")["pending"], 3, "{v}");
+    assert_eq!(queue(&v, "default")["failed"], 1, "{v}");
+    assert_eq!(v["running"], json!([]), "{v}");
+    let failures = v["recent_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{v}");
+    assert_eq!(failures[0]["id"], bad.as_str(), "{v}");
+    let table = s.cli_ok(&["inspect"]);
+    assert!(table.contains("postgres"), "names its database: {table}");
+    let held = table
+        .lines()
+        .find(|l| l.starts_with("held "))
+        .unwrap_or_else(|| panic!("no row for held: {table}"));
+    assert_eq!(
+        held.split_whitespace().nth(2),
+        Some("3"),
+        "held's PENDING column: {table}"
+    );
+    assert!(
+        table
+            .split("RECENT FAILURES")
+            .nth(1)
+            .is_some_and(|f| f.contains(&bad)),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_lists_each_worker_process_by_host_with_the_tasks_it_holds() {
+    let url = pg::server().fresh_db().await;
+    let s = start(
+        &url,
+        "[worker]\nconcurrency = 0\npoll_interval_ms = 100\n[kinds.hold]\ncommand = [\"sleep\", \"60\"]\n",
+    );
+    // Heartbeats every 200 ms; a short grace, so a stop does not wait on the defaults.
+    let work = |host: &'static str| {
+        spawn(
+            &["work"],
+            &s.config,
+            &[
+                ("HOSTNAME", host),
+                ("SPOOL_WORKER_CONCURRENCY", "1"),
+                ("SPOOL_WORKER_LEASE_MS", "600"),
+                ("SPOOL_SHUTDOWN_GRACE_MS", "2000"),
+            ],
+        )
+    };
+    let a = work("host-a");
+    // No HOSTNAME (as under systemd): the system's host name.
+    let mut b = work("");
+    let system = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(
+        system, "localhost",
+        "the fallback is told from the old default only on a host with a name of its own"
+    );
+    let c = client();
+    let id = create(&c, &s, json!({"kind": "hold"})).await;
+    // `spool inspect --json`, at most four times a second (each run is a process).
+    let inspect = || async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        serde_json::from_str::<Value>(&s.cli_ok(&["inspect", "--json"])).unwrap()
+    };
+    let inspect = &inspect;
+    // Both registered, one holding the task, and each has heartbeated since it registered.
+    let v = eventually(
+        Duration::from_secs(20),
+        "both workers, one holding the task, both heartbeating",
+        move || async move {
+            let v = inspect().await;
+            let workers = v["workers"].as_array().unwrap();
+            let beat = workers
+                .iter()
+                .all(|w| w["heartbeat_at"].as_str() > w["started_at"].as_str());
+            (workers.len() == 2 && beat && v["running"].as_array().unwrap().len() == 1).then_some(v)
+        },
+    )
+    .await;
+    let workers = v["workers"].as_array().unwrap();
+    let mut by_host: Vec<(String, i64)> = workers
+        .iter()
+        .map(|w| {
+            (
+                w["host"].as_str().unwrap().to_string(),
+                w["pid"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    by_host.sort();
+    let mut want = vec![
+        ("host-a".to_string(), i64::from(a.pid())),
+        (system.clone(), i64::from(b.pid())),
+    ];
+    want.sort();
+    assert_eq!(by_host, want, "{v}");
+    let holder = &v["running"][0]["lease_owner"];
+    assert_eq!(v["running"][0]["id"], id.as_str(), "{v}");
+    for w in workers {
+        let holds = i64::from(&w["id"] == holder);
+        assert_eq!(w["running"], holds, "the task is held by {holder}: {v}");
+        assert!(w["heartbeat_age_ms"].as_i64().unwrap() >= 0, "{v}");
+    }
+    let table = s.cli_ok(&["inspect"]);
+    let line = table
+        .lines()
+        .find(|l| l.contains("host-a"))
+        .unwrap_or_else(|| panic!("no worker of host-a: {table}"));
+    assert!(line.contains(&a.pid().to_string()), "{table}");
+    assert!(table.contains("WORKERS (2)"), "{table}");
+
+    // A worker that stops is gone from the list.
+    let (st, t) = post(&c, &s, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    assert!(b.terminate(Duration::from_secs(30)).unwrap().success());
+    let v = eventually(
+        Duration::from_secs(20),
+        "one worker left",
+        move || async move {
+            let v = inspect().await;
+            (v["workers"].as_array().unwrap().len() == 1).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(v["workers"][0]["host"], "host-a", "{v}");
 }
 
 // ---- the database out of reach ---------------------------------------------------------------

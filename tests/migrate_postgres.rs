@@ -2,8 +2,8 @@
 //! messages, users, tokens, a paused queue and an idempotency key is copied, while its server
 //! runs, into a fresh database of the throw-away PostgreSQL 15 of `tests/pg/`; a server on
 //! PostgreSQL then serves the same tasks, tokens, streams and keys, and a `spool work` there
-//! rescues the task that was running. Also: a target that is not empty is refused untouched, and
-//! the operator views answer in `psql`.
+//! rescues the task that was running. Also: a target that is not empty is refused untouched, a
+//! copy that reads back differently is rolled back, and the operator views answer in `psql`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -193,6 +193,25 @@ fn psql(url: &str, sql: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// A fresh database with spool's schema (`spool migrate`) and no rows; its URL, and the
+/// directory of the config that migrated it.
+async fn migrated_db() -> (String, tempfile::TempDir) {
+    let url = pg::server().fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}"));
+    let out = Command::new(spool_bin())
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (url, dir)
 }
 
 /// A fingerprint of every row of every spool table of the database at `url`.
@@ -774,6 +793,69 @@ async fn a_stopped_file_moves_but_never_into_a_database_a_server_has_used() {
     assert_eq!((on_pg, on_sqlite), ((2500, 2501), (2500, 2501)));
 }
 
+/// A copy that reads back differently from the file (here a trigger an operator left on the
+/// target rewrites each user's name) is refused at the checksum: exit 1, every table as empty as
+/// before, and once the cause is gone the same command copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_reads_back_differently_is_rolled_back_and_the_command_can_run_again() {
+    let c = client();
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = config(dir_a.path(), "[worker]\nconcurrency = 0");
+    let mut a = serve(&cfg_a, &[]);
+    let admin = a.token.clone();
+    let ids = [
+        create(&c, &a, &admin, json!({"kind": "ok"})).await,
+        create(&c, &a, &admin, json!({"kind": "bad"})).await,
+    ];
+    assert!(a.proc.terminate(Duration::from_secs(30)).unwrap().success());
+
+    // The target has spool's schema (`spool migrate`) and no rows, so the copy may go in.
+    let (url, _dir_b) = migrated_db().await;
+    psql(
+        &url,
+        "CREATE FUNCTION test_mangle() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN NEW.name := NEW.name || 'x'; RETURN NEW; END $$; \
+         CREATE TRIGGER test_mangle BEFORE INSERT ON users \
+         FOR EACH ROW EXECUTE FUNCTION test_mangle()",
+    );
+    let before = pg_fingerprint(&url).await;
+
+    let out = migrate(&cfg_a, &["--to", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a fault, not a usage error: {err}"
+    );
+    assert!(
+        err.contains("does not match")
+            && err.contains("users: checksum")
+            && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(pg_fingerprint(&url).await, before, "nothing was written");
+
+    psql(&url, "DROP TRIGGER test_mangle ON users");
+    let out = migrate(&cfg_a, &["--to", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kinds: Vec<String> = psql(&url, "SELECT id || ' ' || kind FROM tasks ORDER BY id");
+    assert_eq!(kinds, [format!("{} ok", ids[0]), format!("{} bad", ids[1])]);
+    const NAMES: &str = "SELECT name FROM users ORDER BY id";
+    let on_sqlite: Vec<String> = common::open_db(dir_a.path())
+        .prepare(NAMES)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!on_sqlite.is_empty());
+    assert_eq!(psql(&url, NAMES), on_sqlite, "the names as they were");
+}
+
 // ---- the operator views -------------------------------------------------------------------
 
 fn now_ms() -> i64 {
@@ -806,19 +888,7 @@ fn tid(l: char) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_views_answer_in_psql_as_on_sqlite() {
-    let url = pg::server().fresh_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}"));
-    let out = Command::new(spool_bin())
-        .args(["migrate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (url, _dir) = migrated_db().await;
     let c = pg::server().client(&url).await;
     c.execute(
         "INSERT INTO users (name, issuer, is_admin, created_at) VALUES ('alice', NULL, false, 0), \

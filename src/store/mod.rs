@@ -310,6 +310,24 @@ pub struct Inserted {
     pub created: bool,
 }
 
+/// A worker pool (a `spool work` process, or the slots of a `spool serve`) as it registered
+/// itself, for `spool inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The pool's id: the `lease_owner` of the tasks it runs.
+    pub id: String,
+    /// The host name it registered under.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: i64,
+    /// When it registered.
+    pub started_at: UnixMillis,
+    /// Its last heartbeat (every third of `worker.lease_ms`).
+    pub heartbeat_at: UnixMillis,
+    /// The tasks it holds running now.
+    pub running: i64,
+}
+
 /// Depths of one queue, as `GET /v1/queues` shows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
@@ -924,6 +942,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// `Unavailable` or a database error.
     async fn worker_remove(&self, id: String) -> Result<()>;
+
+    /// The registered worker pools, by host then start, each with the tasks it holds running.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>>;
 
     // ---- operations -------------------------------------------------------------------------
 

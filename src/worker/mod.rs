@@ -639,8 +639,14 @@ impl WorkerPool {
                                         "heartbeat took too long; will retry");
                                 }
                             }
+                            // The `workers` row (what `spool inspect` lists) is best effort.
                             let now = pool.clock.now();
-                            let _ = tokio::time::timeout(every, pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now)).await;
+                            let beat = pool.store.worker_heartbeat(pool.id.clone(), host.clone(), std::process::id(), now - 10 * lease as i64, now);
+                            match tokio::time::timeout(every, beat).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => tracing::debug!(error = %e, "worker row not updated"),
+                                Err(_) => tracing::debug!("worker row update took too long"),
+                            }
                         }
                         ev = cancels.recv() => match ev {
                             Ok(t) => pool.on_cancel(&t),

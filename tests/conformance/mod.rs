@@ -23,7 +23,7 @@ use spool::queue::{decide, Outcome, Transition};
 use spool::store::{
     ChangeParams, ClaimParams, ExistingUser, FinishParams, HeldLease, Limits, ListParams,
     MessageCheck, QueueClaim, Store, StoreError, TaskTokenCheck, TokenAttempt, TokenCreate,
-    TokenRevoke, ADMIN_NAME, CHANGE_PAGE_BYTES, LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
+    TokenRevoke, WorkerInfo, ADMIN_NAME, CHANGE_PAGE_BYTES, LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
 use spool::task::{Message, NewTask, Task, TaskId, TaskStatus};
 use std::collections::{HashMap, HashSet};
@@ -119,7 +119,7 @@ macro_rules! suite {
             message_insert_checks_scope_attempt_and_lease,
             queue_stats_count_every_status_and_pause,
             inspect_lists_running_oldest_first_and_latest_failures,
-            workers_heartbeat_and_are_removed,
+            workers_are_listed_with_the_tasks_they_hold_until_removed_or_silent,
             schema_version_and_ping_write,
             a_closed_store_refuses_writes,
             a_wait_frees_the_lease_spends_no_attempt_and_an_owner_message_wakes_it,
@@ -2644,25 +2644,56 @@ pub async fn inspect_lists_running_oldest_first_and_latest_failures<B: Backend>(
     assert_eq!((running[0].id, failed[0].id), (r1.id, f2.id));
 }
 
-pub async fn workers_heartbeat_and_are_removed<B: Backend>(b: &B) {
+pub async fn workers_are_listed_with_the_tasks_they_hold_until_removed_or_silent<B: Backend>(
+    b: &B,
+) {
     let f = b.fresh(Limits::default()).await;
     let s = &*f.store;
-    s.worker_heartbeat("w1".into(), "host".into(), 1, T0 - 60_000, T0)
+    s.worker_heartbeat("w1".into(), "host-b".into(), 1, T0 - 60_000, T0)
         .await
         .unwrap();
-    s.worker_heartbeat("w2".into(), "host".into(), 2, T0 - 60_000, T0)
+    s.worker_heartbeat("w2".into(), "host-a".into(), 2, T0 - 60_000, T0)
         .await
         .unwrap();
-    // Again (an update), and one that forgets the others as stale.
-    s.worker_heartbeat("w1".into(), "host".into(), 1, T0 - 60_000, T0 + 1000)
+    // w1 holds two running tasks; a third is pending.
+    for _ in 0..3 {
+        add(s, task("default", 3, 0, T0), T0).await;
+    }
+    claim_one(s, "w1", T0 + 10).await;
+    claim_one(s, "w1", T0 + 20).await;
+    // Again: its row follows its latest heartbeat (its start stays).
+    s.worker_heartbeat("w1".into(), "host-b".into(), 11, T0 - 60_000, T0 + 1000)
         .await
         .unwrap();
-    s.worker_heartbeat("w3".into(), "other".into(), 3, T0 + 500, T0 + 2000)
+    let worker = |id: &str, host: &str, pid: i64, heartbeat_at: i64, running: i64| WorkerInfo {
+        id: id.into(),
+        host: host.into(),
+        pid,
+        started_at: T0,
+        heartbeat_at,
+        running,
+    };
+    assert_eq!(
+        s.worker_list().await.unwrap(),
+        vec![
+            worker("w2", "host-a", 2, T0, 0),
+            worker("w1", "host-b", 11, T0 + 1000, 2)
+        ],
+        "by host, each with what it holds"
+    );
+    // A heartbeat forgets the workers silent since its `stale_before`: w2 (last seen at T0).
+    s.worker_heartbeat("w3".into(), "host-a".into(), 3, T0 + 500, T0 + 2000)
         .await
         .unwrap();
+    let ids = |l: Vec<WorkerInfo>| l.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.worker_list().await.unwrap()), ["w3", "w1"]);
     s.worker_remove("w3".into()).await.unwrap();
     s.worker_remove("w3".into()).await.unwrap();
     s.worker_remove("never".into()).await.unwrap();
+    assert_eq!(ids(s.worker_list().await.unwrap()), ["w1"]);
+    // Another process reads the same.
+    let other = b.another(&f).await;
+    assert_eq!(ids(other.worker_list().await.unwrap()), ["w1"]);
 }
 
 pub async fn schema_version_and_ping_write<B: Backend>(b: &B) {

@@ -31,8 +31,8 @@ pub use url::PostgresUrl;
 use super::{
     rules, ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, Limits,
     ListParams, MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskPage,
-    TaskTokenCheck, TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES,
-    LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
+    TaskTokenCheck, TokenCreate, TokenInfo, TokenRevoke, User, WorkerInfo, ADMIN_NAME,
+    CHANGE_PAGE_BYTES, LIST_PAGE_BYTES, MESSAGE_PAGE_BYTES,
 };
 use crate::clock::{Clock, Reading, SyncedClock, UnixMillis};
 use crate::events::{Event, EventHub};
@@ -1789,6 +1789,25 @@ impl Store for PostgresStore {
         let c = self.conn().await?;
         execute(&c, sql::WORKER_DELETE, &[&id, &i64::MIN]).await?;
         Ok(())
+    }
+
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>> {
+        let c = self.conn().await?;
+        query(&c, sql::WORKER_LIST, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(WorkerInfo {
+                    id: r.try_get("id")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    started_at: r.try_get("started_at")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                    running: r.try_get("running")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(pg_err)
     }
 
     // ---- operations -------------------------------------------------------------------------

@@ -92,6 +92,7 @@ pub(crate) const WORKER_DELETE: &str =
     include_str!("../../../sql/postgres/queries/worker_delete.sql");
 pub(crate) const WORKER_UPSERT: &str =
     include_str!("../../../sql/postgres/queries/worker_upsert.sql");
+pub(crate) const WORKER_LIST: &str = include_str!("../../../sql/postgres/queries/worker_list.sql");
 pub(crate) const WORK_LISTEN: &str = include_str!("../../../sql/postgres/queries/work_listen.sql");
 pub(crate) const WORK_NOTIFY: &str = include_str!("../../../sql/postgres/queries/work_notify.sql");
 pub(crate) const WAIT_EXPIRED: &str =

@@ -30,7 +30,8 @@ use writer::{writer_loop, WriteJob};
 use super::{
     ChangePage, ChangeParams, ClaimParams, FinishParams, HeldLease, Inserted, ListParams,
     MessageCheck, QueueStats, Queued, Result, Store, StoreError, TaskPage, TaskTokenCheck,
-    TokenCreate, TokenInfo, TokenRevoke, User, ADMIN_NAME, CHANGE_PAGE_BYTES, LIST_PAGE_BYTES,
+    TokenCreate, TokenInfo, TokenRevoke, User, WorkerInfo, ADMIN_NAME, CHANGE_PAGE_BYTES,
+    LIST_PAGE_BYTES,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
@@ -818,6 +819,28 @@ impl Store for SqliteStore {
             conn.prepare_cached(sql::WORKER_DELETE)?
                 .execute(named_params! {":id": id, ":stale_before": i64::MIN})?;
             Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    /// The registered worker pools, by host then start, each with the tasks it holds running.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(sql::WORKER_LIST)?;
+            let rows = st.query_map([], |r| {
+                Ok(WorkerInfo {
+                    id: r.get("id")?,
+                    host: r.get("host")?,
+                    pid: r.get("pid")?,
+                    started_at: r.get("started_at")?,
+                    heartbeat_at: r.get("heartbeat_at")?,
+                    running: r.get("running")?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -55,6 +55,7 @@ pub(crate) const WORKER_DELETE: &str =
     include_str!("../../../sql/sqlite/queries/worker_delete.sql");
 pub(crate) const WORKER_UPSERT: &str =
     include_str!("../../../sql/sqlite/queries/worker_upsert.sql");
+pub(crate) const WORKER_LIST: &str = include_str!("../../../sql/sqlite/queries/worker_list.sql");
 pub(crate) const TASK_TOKEN_INSERT: &str =
     include_str!("../../../sql/sqlite/queries/task_token_insert.sql");
 pub(crate) const TASK_TOKEN_HOLDS: &str =
