@@ -1,7 +1,9 @@
 //! The real `spool serve` and `spool work` binaries on a PostgreSQL database (a fresh one per test
 //! on the throw-away PostgreSQL 15 of `tests/pg/`): the HTTP API, idempotency across two servers
 //! on one database, SSE resume and long polls across them, `/metrics` and `spool inspect`, a
-//! worker in another process, and 503 (never 500) when the database cannot be reached.
+//! worker in another process, spool behind PgBouncer (session mode works, transaction mode is
+//! refused with 503 naming the pool mode), and 503 (never 500) when the database cannot be
+//! reached.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -584,6 +586,181 @@ async fn inspect_lists_each_worker_process_by_host_with_the_tasks_it_holds() {
     )
     .await;
     assert_eq!(v["workers"][0]["host"], "host-a", "{v}");
+}
+
+// ---- behind PgBouncer ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_runs_behind_pgbouncer_in_session_mode_woken_by_notify_through_it() {
+    let direct = pg::server().fresh_db().await;
+    // A pooler that refuses the startup `options` (PgBouncer's default): the command stops at
+    // its first pooled connection and says what to change.
+    let strict = pg::Bouncer::start("session", false);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("[database]\nurl = {:?}\n", strict.url(&direct)),
+    );
+    let out = std::process::Command::new(common::spool_bin())
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("unsupported startup parameter")
+            && err.contains("ignore_startup_parameters = options"),
+        "{err}"
+    );
+    drop(strict);
+
+    // With `ignore_startup_parameters = options`: serve and work through it. The worker polls
+    // once a minute, so tasks enqueued after it started run within the test only if its LISTEN,
+    // through the pooler, hears the enqueues' NOTIFY.
+    let bouncer = pg::Bouncer::start("session", true);
+    let s = start(
+        &bouncer.url(&direct),
+        "[worker]\nconcurrency = 0\npoll_interval_ms = 60000\n",
+    );
+    let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
+    let c = client();
+    // The worker has started (and made its first claim) once it is registered.
+    let db = pg::server().client(&direct).await;
+    eventually(Duration::from_secs(20), "the worker to register", || {
+        let db = &db;
+        async move {
+            let n: i64 = db
+                .query_one("SELECT count(*) FROM workers", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(create(&c, &s, json!({"kind": "spool.noop", "payload": {"i": i}})).await);
+    }
+    let (st, r) = post(
+        &c,
+        &s,
+        "/v1/tasks/batch",
+        json!({"tasks": [{"kind": "spool.noop"}, {"kind": "spool.noop"}]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    ids.extend(
+        r["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string()),
+    );
+    for id in &ids {
+        let t = tokio::time::timeout(Duration::from_secs(30), s.wait_terminal(id))
+            .await
+            .expect("a task did not run within 30 s (the worker's poll is a minute)");
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    // Messages through it too (on a task due in an hour, which takes them).
+    let later = create(&c, &s, json!({"kind": "spool.noop", "delay_ms": 3_600_000})).await;
+    let (st, m) = post(
+        &c,
+        &s,
+        &format!("/v1/tasks/{later}/messages"),
+        json!({"kind": "log", "content": "through the pooler"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    let (_, page) = get(&c, &s, &format!("/v1/tasks/{later}/messages")).await;
+    assert_eq!(
+        page["messages"][0]["content"], "through the pooler",
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_in_transaction_mode_gets_503_naming_the_pool_mode_never_500() {
+    let direct = pg::server().fresh_db().await;
+    let bouncer = pg::Bouncer::start("transaction", true);
+    let s = start(
+        &bouncer.url(&direct),
+        "[worker]\nconcurrency = 0\n[limits]\nrequests_per_second = 0\n",
+    );
+    let c = client();
+    // Eight clients at once, each enqueueing and reading: statements prepared through one
+    // server session are sent through another.
+    let mut clients = Vec::new();
+    for n in 0..8 {
+        let (c, url, token) = (c.clone(), s.url("/v1/tasks"), s.token.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for i in 0..15 {
+                let r = c
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"kind": "spool.noop", "payload": {"n": n, "i": i}}))
+                    .send()
+                    .await
+                    .unwrap();
+                let st = r.status();
+                seen.push((st, r.json::<Value>().await.unwrap()));
+                let r = c.get(&url).bearer_auth(&token).send().await.unwrap();
+                let st = r.status();
+                seen.push((st, r.json::<Value>().await.unwrap()));
+            }
+            seen
+        }));
+    }
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for h in clients {
+        for (st, body) in h.await.unwrap() {
+            match st {
+                StatusCode::CREATED => created.push(body["id"].as_str().unwrap().to_string()),
+                StatusCode::OK => {}
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+                    let msg = body["error"]["message"].as_str().unwrap();
+                    if msg.contains("pool_mode = session") {
+                        refused += 1;
+                    }
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+    }
+    assert!(refused > 0, "no 503 named the pool mode");
+    // From the first lost statement on, the server does no database work at all.
+    let (st, body) = get(&c, &s, "/v1/tasks").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does no more database work"),
+        "{body}"
+    );
+    let ready = c.get(s.url("/readyz")).send().await.unwrap().status();
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+    eprintln!(
+        "through PgBouncer in transaction mode: {} enqueues acknowledged, {refused} answers 503 \
+         naming the pool mode",
+        created.len()
+    );
+    // Each acknowledged enqueue is in the database (read directly, not through the pooler).
+    let db = pg::server().client(&direct).await;
+    let stored: i64 = db
+        .query_one(
+            "SELECT count(*) FROM tasks WHERE id::text = ANY($1)",
+            &[&created],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored as usize, created.len());
 }
 
 // ---- the database out of reach ---------------------------------------------------------------

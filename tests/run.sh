@@ -39,6 +39,17 @@ if ! command -v openssl >/dev/null; then
   fi
 fi
 
+# PgBouncer (Debian's pgbouncer, 1.18): tests/http_postgres.rs runs spool behind it, started by
+# the test itself on a free loopback port (the package's own service is not used).
+if [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
+  else
+    echo "error: the PgBouncer tests need Debian's pgbouncer: apt-get install pgbouncer" >&2
+    exit 1
+  fi
+fi
+
 # libfaketime (Debian's faketime package): tests/hosts_postgres.rs starts workers whose wall
 # clock is minutes off, as on a host without NTP.
 if ! dpkg -L libfaketime 2>/dev/null | grep -q '/libfaketime.so.1$'; then

@@ -419,3 +419,156 @@ impl PgServer {
         client
     }
 }
+
+/// Debian's PgBouncer (1.18), the connection pooler a team puts between many hosts and
+/// PostgreSQL.
+pub const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+
+/// A PgBouncer in front of this run's server, on a free loopback port, with `pool_mode` as
+/// given; `ignore_options` adds `ignore_startup_parameters = options`. Stopped (SIGTERM, then
+/// SIGKILL) with its directory when dropped.
+pub struct Bouncer {
+    /// Its loopback port.
+    pub port: u16,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Bouncer {
+    pub fn start(pool_mode: &str, ignore_options: bool) -> Bouncer {
+        assert!(
+            std::path::Path::new(PGBOUNCER).exists(),
+            "{PGBOUNCER} is missing: install Debian's pgbouncer (tests/run.sh does)"
+        );
+        let pg = server();
+        let mut dir = tempfile::Builder::new()
+            .prefix("spool-pgbouncer-")
+            .tempdir()
+            .unwrap();
+        // From 1.21 PgBouncer can keep prepared statements in transaction mode (on by default
+        // from 1.24); these tests are of the pooler that cannot, as Debian 12's 1.18.
+        let version = Command::new(PGBOUNCER).arg("--version").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stdout).to_string();
+        let minor: u32 = version
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.split('.').nth(1))
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("pgbouncer --version said {version:?}"));
+        let keep_statements = if minor >= 21 {
+            "max_prepared_statements = 0\n"
+        } else {
+            ""
+        };
+        let users = dir.path().join("users.txt");
+        std::fs::write(&users, "\"postgres\" \"\"\n").unwrap();
+        let ignore = if ignore_options {
+            "ignore_startup_parameters = options\n"
+        } else {
+            ""
+        };
+        if is_root() {
+            let u = postgres_user().unwrap();
+            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).unwrap();
+        }
+        // A port found free may be taken before PgBouncer binds it: then it exits, and the
+        // next try takes another.
+        for _ in 0..5 {
+            let port = free_port();
+            let ini = dir.path().join("pgbouncer.ini");
+            std::fs::write(
+                &ini,
+                format!(
+                    "[databases]\n* = host=127.0.0.1 port={pg_port}\n[pgbouncer]\n\
+                     listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                     auth_type = trust\nauth_file = {users}\npool_mode = {pool_mode}\n\
+                     max_client_conn = 500\ndefault_pool_size = 60\n{ignore}{keep_statements}\
+                     logfile = {log}\n",
+                    pg_port = pg.port,
+                    users = users.display(),
+                    log = dir.path().join("log").display(),
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new(PGBOUNCER);
+            if is_root() {
+                // It refuses to run as root; it switches to the user once started.
+                let u = postgres_user().unwrap();
+                for p in [&users, &ini] {
+                    nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
+                }
+                cmd.args(["-u", "postgres"]);
+            }
+            let child = cmd
+                .arg(&ini)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{PGBOUNCER}: {e}"));
+            let mut b = Bouncer { port, child, dir };
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // A watchdog stops it if this test process dies first (no Drop then).
+                    let script = format!(
+                        "while [ -d /proc/{pid} ]; do \
+                         if [ ! -d /proc/{me} ]; then kill {pid}; exit; fi; sleep 0.5; done",
+                        me = std::process::id(),
+                        pid = b.child.id(),
+                    );
+                    watchdog(&script);
+                    return b;
+                }
+                if let Ok(Some(_)) = b.child.try_wait() {
+                    break; // its port was taken: try another
+                }
+                assert!(
+                    Instant::now() < end,
+                    "PgBouncer did not listen within 10 s: {}",
+                    std::fs::read_to_string(b.dir.path().join("log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
+        }
+        panic!("PgBouncer could not bind a free port in five tries")
+    }
+
+    /// The URL of the database of `direct` (a URL of this run's server) through this pooler.
+    pub fn url(&self, direct: &str) -> String {
+        let db = direct.rsplit('/').next().unwrap();
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+/// Starts `sh -c script` in the background, never waited for: it ends on its own, and its exit
+/// status is of no use.
+#[allow(clippy::zombie_processes)]
+fn watchdog(script: &str) {
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // reaped already: its PID is no longer its own
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -315,6 +315,7 @@ async fn over_quota(pool: &Pool, limits: &Limits, jobs: &[Job]) -> Result<BTreeS
 }
 
 async fn conn(pool: &Pool) -> Result<Conn> {
+    super::refuse_if_pooled_away()?;
     pool.get().await.map_err(pool_err)
 }
 

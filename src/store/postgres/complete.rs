@@ -210,6 +210,7 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         nows.push(j.p.now);
         wait_untils.push(j.p.wait_until);
     }
+    super::refuse_if_pooled_away()?;
     let mut c = pool.get().await.map_err(pool_err)?;
     // Not one pipeline (see `pipeline`): a worker killed after sending one would still have
     // its outcomes committed, maybe long after its death when rows it needs are locked, while

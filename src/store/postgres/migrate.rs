@@ -119,7 +119,10 @@ pub(crate) async fn migrate(c: &mut tokio_postgres::Client) -> Result<Vec<u32>> 
             continue;
         }
         tx.batch_execute(sql).await.map_err(|e| {
-            StoreError::Migration(format!("PostgreSQL schema step {version} failed: {e}"))
+            StoreError::Migration(format!(
+                "PostgreSQL schema step {version} failed: {}",
+                super::describe_err(&e)
+            ))
         })?;
         tx.execute(
             "INSERT INTO spool_schema_versions (version) VALUES ($1)",

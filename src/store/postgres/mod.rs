@@ -128,17 +128,63 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
             || code == "40001" // serialization failure
             || code == "25006"; // read-only transaction (a standby)
         if unavailable {
-            return StoreError::Unavailable(format!("PostgreSQL: {} ({code})", db.message()));
+            return StoreError::Unavailable(format!("PostgreSQL: {}", describe_err(&e)));
         }
-        return StoreError::Backend(Box::new(e));
+        if code == "26000" {
+            pooled_away();
+            return StoreError::Unavailable(format!("PostgreSQL: {}", describe_err(&e)));
+        }
+        return StoreError::Backend(Box::new(PgError(e)));
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     let text = e.to_string();
     if e.is_closed() || io || text.contains("connect") || text.contains("timeout") {
         return StoreError::Unavailable(format!("PostgreSQL: {text}"));
     }
-    StoreError::Backend(Box::new(e))
+    StoreError::Backend(Box::new(PgError(e)))
 }
+
+/// Set once a statement this process prepared was gone from its session (SQLSTATE 26000): a
+/// pooler in transaction mode (PgBouncer's `pool_mode = transaction`) hands each transaction to
+/// any server session, where this process's statements are lost and statements of another
+/// process, named alike, could run in their place. From then on the process does no database
+/// work (503) until it is restarted on a direct connection or a session-mode pooler.
+static POOLED_AWAY: AtomicBool = AtomicBool::new(false);
+
+const POOLED_AWAY_TEXT: &str = "PostgreSQL is reached through a connection pooler in \
+    transaction mode (a statement spool prepared was gone from its session), where one spool \
+    process's statements can run in another's session: this process does no more database \
+    work. Use pool_mode = session or connect to PostgreSQL directly, then restart it";
+
+/// Records that a pooler lost a statement (see [`POOLED_AWAY`]); says so once.
+fn pooled_away() {
+    if !POOLED_AWAY.swap(true, Ordering::AcqRel) {
+        tracing::error!("{POOLED_AWAY_TEXT}");
+    }
+}
+
+/// `Unavailable` once a pooler lost a statement of this process (see [`POOLED_AWAY`]).
+pub(super) fn refuse_if_pooled_away() -> Result<()> {
+    if POOLED_AWAY.load(Ordering::Acquire) {
+        Err(StoreError::Unavailable(POOLED_AWAY_TEXT.into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// A PostgreSQL error kept whole (its SQLSTATE is read back, see [`quota_refusal`]), shown as
+/// [`describe_err`] tells it: tokio-postgres's own text of a database error is only "db error".
+#[derive(Debug)]
+pub(crate) struct PgError(pub(crate) tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe_err(&self.0))
+    }
+}
+
+/// No `source`: its text already is the whole of it (a chain would print it twice).
+impl std::error::Error for PgError {}
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
@@ -269,7 +315,30 @@ fn clock_news(logged: i64, ahead: i64) -> bool {
 /// An error's text with its database message, if it has one.
 pub(crate) fn describe_err(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        Some(db) => {
+            let code = db.code().code();
+            let text = format!("{} ({code})", db.message());
+            // What a PgBouncer between spool and PostgreSQL answers: say what to change.
+            if code == "26000" {
+                format!(
+                    "{text}: a connection pooler in transaction mode, such as PgBouncer's \
+                     pool_mode = transaction, loses the statements spool prepares; use \
+                     pool_mode = session or connect to PostgreSQL directly"
+                )
+            } else if db
+                .message()
+                .contains("unsupported startup parameter: options")
+            {
+                format!(
+                    "{text}: a connection pooler such as PgBouncer refuses the \
+                     idle_in_transaction_session_timeout spool asks for at connect; add \
+                     ignore_startup_parameters = options to pgbouncer.ini and set that \
+                     timeout on spool's role instead, as the README says under PgBouncer"
+                )
+            } else {
+                text
+            }
+        }
         None => {
             let text = match std::error::Error::source(e) {
                 Some(s) => format!("{e}: {s}"),
@@ -389,6 +458,7 @@ impl PostgresStore {
 
     async fn conn(&self) -> Result<Conn> {
         self.open_for_use()?;
+        refuse_if_pooled_away()?;
         self.pool.get().await.map_err(pool_err)
     }
 
@@ -619,8 +689,8 @@ async fn insert_pipelined(
 fn quota_refusal(e: StoreError, limits: &Limits) -> StoreError {
     let code = match &e {
         StoreError::Backend(b) => b
-            .downcast_ref::<tokio_postgres::Error>()
-            .and_then(|p| p.code())
+            .downcast_ref::<PgError>()
+            .and_then(|p| p.0.code())
             .map(|c| c.code().to_string()),
         _ => None,
     };
