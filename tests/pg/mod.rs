@@ -441,7 +441,7 @@ impl Bouncer {
             "{PGBOUNCER} is missing: install Debian's pgbouncer (tests/run.sh does)"
         );
         let pg = server();
-        let mut dir = tempfile::Builder::new()
+        let dir = tempfile::Builder::new()
             .prefix("spool-pgbouncer-")
             .tempdir()
             .unwrap();
@@ -467,15 +467,21 @@ impl Bouncer {
         } else {
             ""
         };
+        let ini = dir.path().join("pgbouncer.ini");
+        let mut cmd = Command::new(PGBOUNCER);
         if is_root() {
+            // It refuses to run as root; it switches to the user once started.
             let u = postgres_user().unwrap();
-            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).unwrap();
+            for p in [dir.path(), &users] {
+                nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
+            }
+            cmd.args(["-u", "postgres"]);
         }
+        cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
         // A port found free may be taken before PgBouncer binds it: then it exits, and the
         // next try takes another.
         for _ in 0..5 {
             let port = free_port();
-            let ini = dir.path().join("pgbouncer.ini");
             std::fs::write(
                 &ini,
                 format!(
@@ -490,46 +496,29 @@ impl Bouncer {
                 ),
             )
             .unwrap();
-            let mut cmd = Command::new(PGBOUNCER);
-            if is_root() {
-                // It refuses to run as root; it switches to the user once started.
-                let u = postgres_user().unwrap();
-                for p in [&users, &ini] {
-                    nix::unistd::chown(p, Some(u.uid), Some(u.gid)).unwrap();
-                }
-                cmd.args(["-u", "postgres"]);
-            }
-            let child = cmd
-                .arg(&ini)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{PGBOUNCER}: {e}"));
-            let mut b = Bouncer { port, child, dir };
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{PGBOUNCER}: {e}"));
             let end = Instant::now() + Duration::from_secs(10);
-            loop {
+            while child.try_wait().unwrap().is_none() {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     // A watchdog stops it if this test process dies first (no Drop then).
-                    let script = format!(
+                    watchdog(&format!(
                         "while [ -d /proc/{pid} ]; do \
                          if [ ! -d /proc/{me} ]; then kill {pid}; exit; fi; sleep 0.5; done",
                         me = std::process::id(),
-                        pid = b.child.id(),
+                        pid = child.id(),
+                    ));
+                    return Bouncer { port, child, dir };
+                }
+                if Instant::now() > end {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "PgBouncer did not listen within 10 s: {}",
+                        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
                     );
-                    watchdog(&script);
-                    return b;
                 }
-                if let Ok(Some(_)) = b.child.try_wait() {
-                    break; // its port was taken: try another
-                }
-                assert!(
-                    Instant::now() < end,
-                    "PgBouncer did not listen within 10 s: {}",
-                    std::fs::read_to_string(b.dir.path().join("log")).unwrap_or_default()
-                );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
         }
         panic!("PgBouncer could not bind a free port in five tries")
     }

@@ -31,7 +31,7 @@
 //! unique index, as two hosts' would.
 
 use super::{
-    insert_committed, pg_err, pool_err, query, quota_caps, sql, Conn, Limits, Result, StoreError,
+    checkout as conn, insert_committed, pg_err, query, quota_caps, sql, Limits, Result, StoreError,
 };
 use crate::clock::UnixMillis;
 use crate::events::{Event, EventHub};
@@ -312,11 +312,6 @@ async fn over_quota(pool: &Pool, limits: &Limits, jobs: &[Job]) -> Result<BTreeS
         }
     }
     Ok(over)
-}
-
-async fn conn(pool: &Pool) -> Result<Conn> {
-    super::refuse_if_pooled_away()?;
-    pool.get().await.map_err(pool_err)
 }
 
 /// The batch's rows (each with its request's `now`) in one transaction.

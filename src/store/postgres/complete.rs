@@ -9,7 +9,7 @@
 //! holds; a task that appears twice waits for the next batch. `task_finish` returns after the
 //! commit, as before, so the store's ordering contract holds unchanged.
 
-use super::{pg_err, pool_err, query, sql, Result, StoreError};
+use super::{pg_err, query, sql, Result, StoreError};
 use crate::events::{Event, EventHub};
 use crate::store::FinishParams;
 use crate::task::{Task, WakeReason};
@@ -210,8 +210,7 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
         nows.push(j.p.now);
         wait_untils.push(j.p.wait_until);
     }
-    super::refuse_if_pooled_away()?;
-    let mut c = pool.get().await.map_err(pool_err)?;
+    let mut c = super::checkout(pool).await?;
     // Not one pipeline (see `pipeline`): a worker killed after sending one would still have
     // its outcomes committed, maybe long after its death when rows it needs are locked, while
     // what a dead worker held is expected to be rescued after one lease. Round trips: the

@@ -163,13 +163,13 @@ fn pooled_away() {
     }
 }
 
-/// `Unavailable` once a pooler lost a statement of this process (see [`POOLED_AWAY`]).
-pub(super) fn refuse_if_pooled_away() -> Result<()> {
+/// A connection of the pool: the one way every part of the store gets one. `Unavailable` once a
+/// pooler lost a statement of this process (see [`POOLED_AWAY`]), or when none comes in time.
+pub(super) async fn checkout(pool: &Pool) -> Result<Conn> {
     if POOLED_AWAY.load(Ordering::Acquire) {
-        Err(StoreError::Unavailable(POOLED_AWAY_TEXT.into()))
-    } else {
-        Ok(())
+        return Err(StoreError::Unavailable(POOLED_AWAY_TEXT.into()));
     }
+    pool.get().await.map_err(pool_err)
 }
 
 /// A PostgreSQL error kept whole (its SQLSTATE is read back, see [`quota_refusal`]), shown as
@@ -458,8 +458,7 @@ impl PostgresStore {
 
     async fn conn(&self) -> Result<Conn> {
         self.open_for_use()?;
-        refuse_if_pooled_away()?;
-        self.pool.get().await.map_err(pool_err)
+        checkout(&self.pool).await
     }
 
     /// `Unavailable` once closed; starts the wake-up listener on the first use after something
