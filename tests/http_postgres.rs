@@ -593,32 +593,51 @@ async fn inspect_lists_each_worker_process_by_host_with_the_tasks_it_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_runs_behind_pgbouncer_in_session_mode_woken_by_notify_through_it() {
     let direct = pg::server().fresh_db().await;
-    // A pooler that refuses the startup `options` (PgBouncer's default): the command stops at
-    // its first pooled connection and says what to change.
-    let strict = pg::Bouncer::start("session", false);
+    // PgBouncer as it comes: it refuses startup parameters it does not know, such as `options`.
+    let bouncer = pg::Bouncer::start("session");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!("[database]\nurl = {:?}\n", strict.url(&direct)),
-    );
-    let out = std::process::Command::new(common::spool_bin())
-        .args(["migrate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let migrate = |url: &str| {
+        let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}\n"));
+        std::process::Command::new(common::spool_bin())
+            .args(["migrate", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    // `options` of the user's own in the URL are refused by it, and spool says what to do.
+    let out = migrate(&format!(
+        "{}?options=-c%20statement_timeout%3D0",
+        bouncer.url(&direct)
+    ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("unsupported startup parameter")
-            && err.contains("ignore_startup_parameters = options"),
+        err.contains("unsupported startup parameter") && err.contains("take it out of the URL"),
         "{err}"
     );
-    drop(strict);
+    let out = migrate(&bouncer.url(&direct));
+    assert!(out.status.success(), "{out:?}");
 
-    // With `ignore_startup_parameters = options`: serve and work through it. The worker polls
-    // once a minute, so tasks enqueued after it started run within the test only if its LISTEN,
-    // through the pooler, hears the enqueues' NOTIFY.
-    let bouncer = pg::Bouncer::start("session", true);
+    // Each session that inserts tasks records its idle_in_transaction_session_timeout: spool
+    // sets it on every pooled connection, through the pooler.
+    let db = pg::server().client(&direct).await;
+    db.batch_execute(
+        "CREATE TABLE seen_timeouts (pid int, timeout text);
+         CREATE FUNCTION record_timeout() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           INSERT INTO seen_timeouts
+             VALUES (pg_backend_pid(), current_setting('idle_in_transaction_session_timeout'));
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER record_timeout AFTER INSERT ON tasks
+           FOR EACH STATEMENT EXECUTE FUNCTION record_timeout();",
+    )
+    .await
+    .unwrap();
+
+    // Serve and work through it. The worker polls once a minute, so tasks enqueued after it
+    // started run within the test only if its LISTEN, through the pooler, hears the enqueues'
+    // NOTIFY.
     let s = start(
         &bouncer.url(&direct),
         "[worker]\nconcurrency = 0\npoll_interval_ms = 60000\n",
@@ -626,7 +645,6 @@ async fn spool_runs_behind_pgbouncer_in_session_mode_woken_by_notify_through_it(
     let _worker = spawn(&["work"], &s.config, &[("SPOOL_WORKER_CONCURRENCY", "2")]);
     let c = client();
     // The worker has started (and made its first claim) once it is registered.
-    let db = pg::server().client(&direct).await;
     eventually(Duration::from_secs(20), "the worker to register", || {
         let db = &db;
         async move {
@@ -679,12 +697,23 @@ async fn spool_runs_behind_pgbouncer_in_session_mode_woken_by_notify_through_it(
         page["messages"][0]["content"], "through the pooler",
         "{page}"
     );
+    // Every insert ran in a session with the timeout of database.busy_timeout_ms (5 s by
+    // default), not PostgreSQL's default of none.
+    let seen: Vec<String> = db
+        .query("SELECT timeout FROM seen_timeouts", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!seen.is_empty(), "no insert was recorded");
+    assert!(seen.iter().all(|t| t == "5s"), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbouncer_in_transaction_mode_gets_503_naming_the_pool_mode_never_500() {
     let direct = pg::server().fresh_db().await;
-    let bouncer = pg::Bouncer::start("transaction", true);
+    let bouncer = pg::Bouncer::start("transaction");
     let s = start(
         &bouncer.url(&direct),
         "[worker]\nconcurrency = 0\n[limits]\nrequests_per_second = 0\n",

@@ -425,8 +425,8 @@ impl PgServer {
 pub const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
 /// A PgBouncer in front of this run's server, on a free loopback port, with `pool_mode` as
-/// given; `ignore_options` adds `ignore_startup_parameters = options`. Stopped (SIGTERM, then
-/// SIGKILL) with its directory when dropped.
+/// given and PgBouncer's defaults otherwise (it refuses startup parameters it does not know,
+/// such as `options`). Stopped (SIGTERM, then SIGKILL) with its directory when dropped.
 pub struct Bouncer {
     /// Its loopback port.
     pub port: u16,
@@ -435,7 +435,7 @@ pub struct Bouncer {
 }
 
 impl Bouncer {
-    pub fn start(pool_mode: &str, ignore_options: bool) -> Bouncer {
+    pub fn start(pool_mode: &str) -> Bouncer {
         assert!(
             std::path::Path::new(PGBOUNCER).exists(),
             "{PGBOUNCER} is missing: install Debian's pgbouncer (tests/run.sh does)"
@@ -462,11 +462,6 @@ impl Bouncer {
         };
         let users = dir.path().join("users.txt");
         std::fs::write(&users, "\"postgres\" \"\"\n").unwrap();
-        let ignore = if ignore_options {
-            "ignore_startup_parameters = options\n"
-        } else {
-            ""
-        };
         let ini = dir.path().join("pgbouncer.ini");
         let mut cmd = Command::new(PGBOUNCER);
         if is_root() {
@@ -488,7 +483,7 @@ impl Bouncer {
                     "[databases]\n* = host=127.0.0.1 port={pg_port}\n[pgbouncer]\n\
                      listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
                      auth_type = trust\nauth_file = {users}\npool_mode = {pool_mode}\n\
-                     max_client_conn = 500\ndefault_pool_size = 60\n{ignore}{keep_statements}\
+                     max_client_conn = 500\ndefault_pool_size = 60\n{keep_statements}\
                      logfile = {log}\n",
                     pg_port = pg.port,
                     users = users.display(),

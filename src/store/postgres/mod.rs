@@ -194,6 +194,12 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
             }
             other => other,
         },
+        deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(e)) => {
+            StoreError::Unavailable(format!(
+                "cannot set up a PostgreSQL connection: {}",
+                describe_err(&e)
+            ))
+        }
         deadpool_postgres::PoolError::Closed => {
             StoreError::Unavailable("the store is closed".into())
         }
@@ -330,10 +336,9 @@ pub(crate) fn describe_err(e: &tokio_postgres::Error) -> String {
                 .contains("unsupported startup parameter: options")
             {
                 format!(
-                    "{text}: a connection pooler such as PgBouncer refuses the \
-                     idle_in_transaction_session_timeout spool asks for at connect; add \
-                     ignore_startup_parameters = options to pgbouncer.ini and set that \
-                     timeout on spool's role instead, as the README says under PgBouncer"
+                    "{text}: a connection pooler such as PgBouncer refuses the options \
+                     parameter of database.url; take it out of the URL and set those \
+                     settings on spool's role (ALTER ROLE ... SET) instead"
                 )
             } else {
                 text
@@ -438,6 +443,15 @@ impl PostgresStore {
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
+            .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let set = session::set_timeout(timeout);
+                Box::pin(async move {
+                    client
+                        .batch_execute(&set)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot make the pool: {e}")))?;
         Ok(Self {
