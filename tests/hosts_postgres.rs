@@ -810,17 +810,69 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
     let _turn = SERIAL.lock().await;
     let pg = std::sync::Arc::new(pg::private(&pg::Options::default()));
     let url = pg.fresh_db().await;
-    let root = tempfile::tempdir().unwrap();
-    let log = root.path().join("runs.log");
-    let s = serve_node(root.path(), &url, &log);
-    let wcfg = "concurrency = 4\nlease_ms = 3000\npoll_interval_ms = 200\n";
-    let _w1 = worker(root.path(), "w1", &url, &log, wcfg);
-    let _w2 = worker(root.path(), "w2", &url, &log, wcfg);
+    let (_root, log, s, _workers) = serve_and_two_workers(&url);
 
     // Clients enqueue one task a request, and read it back, all along.
     let stop = tokio_util::sync::CancellationToken::new();
+    let load = load(&s, 4, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // `pg_ctl restart -m fast` under the load.
+    pg_ctl_step(&pg, pg::PgServer::restart).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Down for a while: 503 on writes, reads and /readyz.
+    pg_ctl_step(&pg, pg::PgServer::stop).await;
+    refuses_while_down(&s).await;
+    pg_ctl_step(&pg, pg::PgServer::start_again).await;
+    ready_again(&s).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let (acked, statuses) = load_ended(load).await;
+
+    // Every acknowledged task completes: the workers reconnected.
+    let db = pg.client(&url).await;
+    all_completed(&db, &acked).await;
+    timeline(&log);
+    eprintln!("{} tasks acknowledged; answers: {statuses:?}", acked.len());
+}
+
+/// `spool serve` and two `spool work` processes (4 slots, 3 s leases) on `url`, in a directory
+/// of their own that also holds their runs' log.
+fn serve_and_two_workers(url: &str) -> (tempfile::TempDir, PathBuf, Server, [Proc; 2]) {
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("runs.log");
+    let s = serve_node(root.path(), url, &log);
+    let wcfg = "concurrency = 4\nlease_ms = 3000\npoll_interval_ms = 200\n";
+    let workers = [
+        worker(root.path(), "w1", url, &log, wcfg),
+        worker(root.path(), "w2", url, &log, wcfg),
+    ];
+    (root, log, s, workers)
+}
+
+/// Runs `step` (a `pg_ctl` command, which blocks until it is done) on `server`, off the
+/// runtime's threads.
+async fn pg_ctl_step(server: &std::sync::Arc<pg::Private>, step: fn(&pg::PgServer)) {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || step(&server))
+        .await
+        .unwrap();
+}
+
+/// What a client of [`load`] saw: the ids of its acknowledged enqueues, and how many answers
+/// of each status.
+type Seen = (Vec<String>, BTreeMap<u16, u32>);
+
+/// `clients` clients that enqueue one task a request and read it back, until `stop`. Any
+/// answer but a success or 503 `unavailable` fails the test.
+fn load(
+    s: &Server,
+    clients: usize,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
     let mut load = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..clients {
         let (base, token, stop) = (s.base.clone(), s.token.clone(), stop.clone());
         load.push(tokio::spawn(async move {
             let c = client();
@@ -863,19 +915,27 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
             (acked, statuses)
         }));
     }
+    load
+}
+
+/// All that the clients of [`load`] saw, once they have stopped; at least one was acknowledged.
+async fn load_ended(load: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
+    let mut acked = Vec::new();
+    let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
+    for l in load {
+        let (a, st) = l.await.unwrap();
+        acked.extend(a);
+        for (k, v) in st {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    assert!(!acked.is_empty(), "no enqueue was acknowledged");
+    (acked, statuses)
+}
+
+/// While no database takes writes: 503 on writes, reads and `/readyz`, three times.
+async fn refuses_while_down(s: &Server) {
     let c = client();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    // `pg_ctl restart -m fast` under the load.
-    let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.restart())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    // Down for a while: 503 on writes, reads and /readyz.
-    let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
     for _ in 0..3 {
         let r = c
             .post(s.url("/v1/tasks"))
@@ -895,10 +955,11 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
             .unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
-    let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.start_again())
-        .await
-        .unwrap();
+}
+
+/// Waits (30 s at most) until `serve` answers `/readyz` with 200.
+async fn ready_again(s: &Server) {
+    let c = client();
     eventually(
         Duration::from_secs(30),
         "serve to be ready again",
@@ -908,22 +969,11 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.cancel();
-    let mut acked = Vec::new();
-    let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
-    for l in load {
-        let (a, st) = l.await.unwrap();
-        acked.extend(a);
-        for (k, v) in st {
-            *statuses.entry(k).or_default() += v;
-        }
-    }
-    assert!(!acked.is_empty());
+}
 
-    // Every acknowledged task completes: the workers reconnected.
-    let db = pg.client(&url).await;
-    let n = acked.len();
+/// Waits (120 s at most) until every task of `ids` is completed.
+async fn all_completed(db: &tokio_postgres::Client, ids: &[String]) {
+    let n = ids.len() as i64;
     eventually(
         Duration::from_secs(120),
         "every acknowledged task to complete",
@@ -931,17 +981,93 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
             let done: i64 = db
                 .query_one(
                     "SELECT count(*) FROM tasks WHERE id::text = ANY($1) AND status = 'completed'",
-                    &[&acked],
+                    &[&ids],
                 )
                 .await
                 .unwrap()
                 .get(0);
-            (done == n as i64).then_some(())
+            (done == n).then_some(())
         },
     )
     .await;
+}
+
+// ---- A failover to a standby -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_promoted_standby_gives_503_never_500_and_every_acknowledged_task_completes(
+) {
+    let _turn = SERIAL.lock().await;
+    let primary = std::sync::Arc::new(pg::private(&pg::Options::default()));
+    let direct = primary.fresh_db().await;
+    let db_name = direct.rsplit('/').next().unwrap().to_string();
+    let p = primary.clone();
+    let standby = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || pg::standby_of(&p))
+            .await
+            .unwrap(),
+    );
+    // Synchronous replication: a commit is acknowledged once the standby has it too.
+    let admin = primary.client(&primary.url("postgres")).await;
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the standby to replicate synchronously",
+        || async {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    drop(admin);
+    // Both servers in the URL; spool's connections go to the one that takes writes.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db_name}?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let (_root, log, s, _workers) = serve_and_two_workers(&url);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = load(&s, 4, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The primary crashes: until the standby is promoted nothing takes writes.
+    pg_ctl_step(&primary, pg::PgServer::crash).await;
+    refuses_while_down(&s).await;
+    pg_ctl_step(&standby, pg::PgServer::promote).await;
+    ready_again(&s).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let (mut acked, statuses) = load_ended(load).await;
+    // The promoted standby takes enqueues.
+    let r = client()
+        .post(s.url("/v1/tasks"))
+        .bearer_auth(&s.token)
+        .json(&json!({"kind": "rec"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    acked.push(body["id"].as_str().unwrap().to_string());
+
+    // Every acknowledged task, from before the failover and after, is on the promoted standby
+    // and completes there; none ran on two workers at once.
+    let db = standby.client(&standby.url(&db_name)).await;
+    all_completed(&db, &acked).await;
     timeline(&log);
-    eprintln!("{n} tasks acknowledged; answers: {statuses:?}");
+    eprintln!("{} tasks acknowledged; answers: {statuses:?}", acked.len());
 }
 
 // ---- Hosts whose clocks are off ----------------------------------------------------------------

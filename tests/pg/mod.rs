@@ -99,15 +99,7 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
             "{initdb} is missing: install Debian's postgresql package (tests/run.sh does)"
         ));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("spool-pg-")
-        .tempdir()
-        .map_err(|e| e.to_string())?
-        .keep();
-    if is_root() {
-        let pg = postgres_user()?;
-        nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid)).map_err(|e| e.to_string())?;
-    }
+    let dir = server_dir()?;
     let data = dir.join("data");
     let out = as_postgres(&initdb)
         .arg("-D")
@@ -155,6 +147,12 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
         listen: listen.join(","),
         tls: opts.tls,
     };
+    launch(server)
+}
+
+/// Starts `server` (its data directory made) under pg_ctl, with a watchdog, and waits until it
+/// accepts connections.
+fn launch(server: PgServer) -> Result<PgServer, String> {
     // The server runs under pg_ctl (so the tests can restart it on the same port and
     // directory). The watchdog waits for this process to go, or for the `stop` file of
     // [`PgServer::stop_for_good`]; then a fast shutdown, and the directory goes too. /proc, not
@@ -164,7 +162,7 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
          {bin}/pg_ctl stop -D {data} -m fast -w >/dev/null 2>&1; rm -rf {dir}",
         bin = PG_BIN,
         data = server.data.display(),
-        dir = dir.display(),
+        dir = server.dir.display(),
         me = std::process::id(),
     );
     server.pg_ctl_start()?;
@@ -177,6 +175,54 @@ fn start_with(opts: &Options) -> Result<PgServer, String> {
         .map_err(|e| format!("start the watchdog: {e}"))?;
     server.wait_ready(Duration::from_secs(60))?;
     Ok(server)
+}
+
+/// A directory for a server, owned by the `postgres` user when this process is root.
+fn server_dir() -> Result<PathBuf, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("spool-pg-")
+        .tempdir()
+        .map_err(|e| e.to_string())?
+        .keep();
+    if is_root() {
+        let pg = postgres_user()?;
+        nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid)).map_err(|e| e.to_string())?;
+    }
+    Ok(dir)
+}
+
+/// A hot standby of `primary` (which must be a server of one test: its settings change), made
+/// by `pg_basebackup -R` and streaming from it on a port of its own; stopped and removed when
+/// dropped. [`PgServer::promote`] makes it the primary.
+pub fn standby_of(primary: &PgServer) -> Private {
+    let standby = (|| {
+        let dir = server_dir()?;
+        let data = dir.join("data");
+        let out = as_postgres(&format!("{PG_BIN}/pg_basebackup"))
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", "postgres", "-X", "stream", "-R", "-c", "fast", "-D"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_basebackup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        launch(PgServer {
+            port: free_port(),
+            dir,
+            data,
+            listen: "127.0.0.1".into(),
+            tls: false,
+        })
+    })();
+    match standby {
+        Ok(s) => Private(s),
+        Err(e) => panic!("the standby could not be started: {e}"),
+    }
 }
 
 /// A CA and a certificate it signs for the host name `localhost` (not for `127.0.0.1`), in
@@ -377,10 +423,22 @@ impl PgServer {
             .unwrap();
     }
 
+    /// `pg_ctl stop -m immediate`: every server process quits at once, as in a crash (no
+    /// shutdown checkpoint, nothing more sent to a standby).
+    pub fn crash(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "60"])
+            .unwrap();
+    }
+
     /// Starts the server [`PgServer::stop`] stopped, on the same port.
     pub fn start_again(&self) {
         self.pg_ctl_start().unwrap();
         self.wait_ready(Duration::from_secs(60)).unwrap();
+    }
+
+    /// `pg_ctl promote`: a standby becomes a primary; returns once it takes writes.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "60"]).unwrap();
     }
 
     /// Stops the server now and lets the watchdog remove its directory.

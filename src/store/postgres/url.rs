@@ -46,15 +46,20 @@ impl PostgresUrl {
     /// # Errors
     /// A message saying what is wrong (without the password).
     pub fn parse(v: &str) -> Result<Self, String> {
-        let mut url = url::Url::parse(v)
-            .map_err(|e| format!("{:?} is not a PostgreSQL URL: {e}", redact_text(v)))?;
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
+        // Taken apart by hand, not by a URL parser: PostgreSQL's URLs may name several hosts
+        // (`host1:5432,host2:5432`, for a failover), which no URL has. tokio-postgres reads
+        // the rest.
+        let (scheme, rest) = v
+            .split_once("://")
+            .ok_or_else(|| format!("{:?} is not a PostgreSQL URL", redact_text(v)))?;
+        if !matches!(scheme, "postgres" | "postgresql") {
             return Err(format!("{:?} is not a postgres:// URL", redact_text(v)));
         }
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut tls = TlsMode::Disable;
         let mut root_cert = None;
         let mut kept: Vec<(String, String)> = Vec::new();
-        for (k, val) in url.query_pairs() {
+        for (k, val) in url::form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 "sslmode" => {
                     tls = match val.as_ref() {
@@ -84,8 +89,10 @@ impl PostgresUrl {
             }
             .into(),
         ));
-        url.query_pairs_mut().clear().extend_pairs(kept.iter());
-        let conn = url.to_string();
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept.iter())
+            .finish();
+        let conn = format!("{scheme}://{base}?{query}");
         // Checked here so a bad option is a config error, not a failure at start.
         let cfg: tokio_postgres::Config = conn
             .parse()
@@ -99,10 +106,9 @@ impl PostgresUrl {
                 redact_text(v)
             ));
         }
-        let _ = url.set_password(None);
         Ok(Self {
+            redacted: format!("{scheme}://{}?{query}", without_password(base)),
             conn,
-            redacted: url.to_string(),
             tls,
             root_cert,
         })
@@ -126,6 +132,19 @@ impl PostgresUrl {
     /// The CA file given by `sslrootcert`, if any.
     pub fn root_cert(&self) -> Option<&std::path::Path> {
         self.root_cert.as_deref()
+    }
+}
+
+/// The host part of a URL (`user:password@hosts/db`) without its password.
+fn without_password(base: &str) -> String {
+    let authority_end = base.find('/').unwrap_or(base.len());
+    let (authority, path) = base.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{user}@{hosts}{path}")
+        }
+        None => base.to_string(),
     }
 }
 
@@ -177,6 +196,23 @@ pub(crate) fn tls_connector(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_hosts_are_kept_for_a_failover_to_the_writable_one() {
+        let u = PostgresUrl::parse(
+            "postgres://bob:s3cret@h1:5432,h2:5433/spool?target_session_attrs=read-write",
+        )
+        .unwrap();
+        assert!(!u.to_string().contains("s3cret"), "{u}");
+        assert!(u.to_string().contains("h1:5432,h2:5433/spool"), "{u}");
+        let c = u.config().unwrap();
+        assert_eq!(c.get_hosts().len(), 2);
+        assert_eq!(c.get_ports(), &[5432, 5433]);
+        assert_eq!(
+            c.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+    }
 
     #[test]
     fn the_password_is_never_shown_and_sslmode_is_read() {
