@@ -1998,3 +1998,23 @@ async fn a_connection_the_database_refuses_is_unavailable_and_the_store_goes_on(
     );
     assert_eq!(store.task_get(t, None).await.unwrap().id, t);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_accepts_and_never_answers_is_unavailable_not_a_hang() {
+    // The kernel completes the TCP handshakes into this listener's backlog; nothing ever
+    // accepts them, so the start-up message gets no answer, as from a stopped server process.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/spool");
+    let mut opts = PostgresOptions::new(PostgresUrl::parse(&url).unwrap());
+    opts.timeout_ms = 300;
+    let opened = tokio::time::timeout(Duration::from_secs(30), PostgresStore::open(opts))
+        .await
+        .expect("opening the store hung on a server that never answers");
+    match opened {
+        Err(StoreError::Unavailable(e)) => assert!(e.contains("no answer within"), "{e}"),
+        Err(e) => panic!("expected Unavailable, got {e:?}"),
+        Ok(_) => panic!("a store opened on a server that never answers"),
+    }
+    drop(silent);
+}

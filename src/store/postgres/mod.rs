@@ -200,6 +200,9 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
                 describe_err(&e)
             ))
         }
+        deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Message(m)) => {
+            StoreError::Unavailable(format!("cannot set up a PostgreSQL connection: {m}"))
+        }
         deadpool_postgres::PoolError::Closed => {
             StoreError::Unavailable("the store is closed".into())
         }
@@ -227,24 +230,53 @@ pub(crate) async fn connect_direct(
     let fail = |e: tokio_postgres::Error| {
         StoreError::Unavailable(format!("cannot connect to {url}: {}", describe_err(&e)))
     };
-    let client = match url.tls() {
-        url::TlsMode::Disable => {
-            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            client
-        }
-        _ => {
-            let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
-            let (client, conn) = cfg.connect(tls).await.map_err(fail)?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            client
+    let connect = async {
+        match url.tls() {
+            url::TlsMode::Disable => {
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
+            _ => {
+                let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
+                let (client, conn) = cfg.connect(tls).await.map_err(fail)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
         }
     };
-    Ok(client)
+    within_connect_limit(url, timeout, connect).await
+}
+
+/// The longest one connection may take to be made: `timeout` for each host the URL names
+/// (tokio-postgres tries them in turn, each TCP connect with its own `connect_timeout`), and
+/// once more for the start-up exchange, which no connect timeout covers: a server that
+/// accepts the connection and never answers would hold it for good.
+fn connect_limit(url: &PostgresUrl, timeout: Duration) -> Duration {
+    timeout.saturating_mul(
+        u32::try_from(url.hosts())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1),
+    )
+}
+
+/// `connect`, given up with `Unavailable` past [`connect_limit`].
+async fn within_connect_limit<T>(
+    url: &PostgresUrl,
+    timeout: Duration,
+    connect: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let limit = connect_limit(url, timeout);
+    tokio::time::timeout(limit, connect).await.map_err(|_| {
+        StoreError::Unavailable(format!(
+            "cannot connect to {url}: no answer within {} ms",
+            limit.as_millis()
+        ))
+    })?
 }
 
 /// Readings of the database's clock taken at once, of which [`SyncedClock::adjust`] keeps the
@@ -441,15 +473,20 @@ impl PostgresStore {
             .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
+            // Each host of the URL in turn, and the start-up exchange (see connect_limit).
+            .create_timeout(Some(connect_limit(&opts.url, timeout)))
             .recycle_timeout(Some(timeout))
+            // Not covered by the create timeout: given a limit of its own.
             .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
                 let set = session::set_timeout(timeout);
                 Box::pin(async move {
-                    client
-                        .batch_execute(&set)
-                        .await
-                        .map_err(deadpool_postgres::HookError::Backend)
+                    match tokio::time::timeout(timeout, client.batch_execute(&set)).await {
+                        Ok(done) => done.map_err(deadpool_postgres::HookError::Backend),
+                        Err(_) => Err(deadpool_postgres::HookError::message(format!(
+                            "no answer to the connection's first statement within {} ms",
+                            timeout.as_millis()
+                        ))),
+                    }
                 })
             }))
             .build()
@@ -2164,12 +2201,14 @@ async fn listen_once(url: &PostgresUrl, timeout: Duration, hub: &Arc<EventHub>) 
     cfg.keepalives_retries(6);
     match url.tls() {
         url::TlsMode::Disable => {
-            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(pg_err)?;
+            let connect = async { cfg.connect(tokio_postgres::NoTls).await.map_err(pg_err) };
+            let (client, conn) = within_connect_limit(url, timeout, connect).await?;
             drive_listener(client, conn, hub).await
         }
         _ => {
             let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
-            let (client, conn) = cfg.connect(tls).await.map_err(pg_err)?;
+            let connect = async { cfg.connect(tls).await.map_err(pg_err) };
+            let (client, conn) = within_connect_limit(url, timeout, connect).await?;
             drive_listener(client, conn, hub).await
         }
     }

@@ -46,23 +46,38 @@ impl PostgresUrl {
     /// # Errors
     /// A message saying what is wrong (without the password).
     pub fn parse(v: &str) -> Result<Self, String> {
-        // Taken apart by hand, not by a URL parser: PostgreSQL's URLs may name several hosts
-        // (`host1:5432,host2:5432`, for a failover), which no URL has. tokio-postgres reads
-        // the rest.
+        let v = v.trim();
         let (scheme, rest) = v
             .split_once("://")
             .ok_or_else(|| format!("{:?} is not a PostgreSQL URL", redact_text(v)))?;
         if !matches!(scheme, "postgres" | "postgresql") {
             return Err(format!("{:?} is not a postgres:// URL", redact_text(v)));
         }
-        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        // Taken apart as tokio-postgres takes it apart, not by a URL parser (PostgreSQL's URLs
+        // may name several hosts, `db1:5432,db2:5432`, which no URL has): the user and password
+        // up to the first `@`, the hosts up to `/` or `?`, the database up to `?`, then
+        // `key=value` pairs joined by `&`, each percent-encoded (a `+` is a plus sign, not a
+        // space). The parts spool does not read are passed on as they were written.
+        let (creds, after) = match rest.split_once('@') {
+            Some((c, a)) => (Some(c), a),
+            None => (None, rest),
+        };
+        let (location, query) = after.split_once('?').unwrap_or((after, ""));
+        if location.split('/').next().is_some_and(|h| h.contains('@')) {
+            return Err(format!(
+                "{:?}: an @ in the user name or password must be written %40",
+                redact_text(v)
+            ));
+        }
         let mut tls = TlsMode::Disable;
         let mut root_cert = None;
-        let mut kept: Vec<(String, String)> = Vec::new();
-        for (k, val) in url::form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
+        let mut kept: Vec<&str> = Vec::new();
+        let mut shown: Vec<&str> = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, val) = pair.split_once('=').unwrap_or((pair, ""));
+            match decode(k).as_str() {
                 "sslmode" => {
-                    tls = match val.as_ref() {
+                    tls = match decode(val).as_str() {
                         "disable" => TlsMode::Disable,
                         "prefer" | "allow" => TlsMode::Prefer,
                         "require" | "verify-ca" | "verify-full" => TlsMode::Require,
@@ -74,25 +89,30 @@ impl PostgresUrl {
                         }
                     };
                 }
-                "sslrootcert" => root_cert = Some(PathBuf::from(val.as_ref())),
-                _ => kept.push((k.into_owned(), val.into_owned())),
+                "sslrootcert" => root_cert = Some(PathBuf::from(decode(val))),
+                "password" => {
+                    kept.push(pair);
+                    shown.push("password=***");
+                }
+                _ => {
+                    kept.push(pair);
+                    shown.push(pair);
+                }
             }
         }
         // tokio-postgres applies sslmode itself: require when spool requires TLS, prefer when
         // it may use it, disable otherwise.
-        kept.push((
-            "sslmode".into(),
-            match tls {
-                TlsMode::Disable => "disable",
-                TlsMode::Prefer => "prefer",
-                TlsMode::Require => "require",
-            }
-            .into(),
-        ));
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(kept.iter())
-            .finish();
-        let conn = format!("{scheme}://{base}?{query}");
+        let sslmode = match tls {
+            TlsMode::Disable => "sslmode=disable",
+            TlsMode::Prefer => "sslmode=prefer",
+            TlsMode::Require => "sslmode=require",
+        };
+        kept.push(sslmode);
+        shown.push(sslmode);
+        let conn = match creds {
+            Some(c) => format!("{scheme}://{c}@{location}?{}", kept.join("&")),
+            None => format!("{scheme}://{location}?{}", kept.join("&")),
+        };
         // Checked here so a bad option is a config error, not a failure at start.
         let cfg: tokio_postgres::Config = conn
             .parse()
@@ -106,12 +126,22 @@ impl PostgresUrl {
                 redact_text(v)
             ));
         }
+        let user = creds.map(|c| c.split_once(':').map_or(c, |(u, _)| u));
+        let redacted = match user {
+            Some(u) => format!("{scheme}://{u}@{location}?{}", shown.join("&")),
+            None => format!("{scheme}://{location}?{}", shown.join("&")),
+        };
         Ok(Self {
-            redacted: format!("{scheme}://{}?{query}", without_password(base)),
             conn,
+            redacted,
             tls,
             root_cert,
         })
+    }
+
+    /// The number of hosts the URL names (each is tried in turn when connecting).
+    pub(crate) fn hosts(&self) -> usize {
+        self.config().map_or(1, |c| c.get_hosts().len().max(1))
     }
 
     /// The connection settings, with the password.
@@ -135,17 +165,11 @@ impl PostgresUrl {
     }
 }
 
-/// The host part of a URL (`user:password@hosts/db`) without its password.
-fn without_password(base: &str) -> String {
-    let authority_end = base.find('/').unwrap_or(base.len());
-    let (authority, path) = base.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{user}@{hosts}{path}")
-        }
-        None => base.to_string(),
-    }
+/// A percent-encoded part of the URL, decoded (bytes that are not UTF-8 replaced).
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A URL-ish text with anything between `://user:` and `@` replaced (for errors about a URL
@@ -196,6 +220,49 @@ pub(crate) fn tls_connector(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_is_hidden_wherever_tokio_postgres_would_read_one() {
+        for (url, password) in [
+            // Unencoded `/`, `?` and `#`: tokio-postgres reads up to the first `@`.
+            ("postgres://bob:pa/ss@h/db", "pa/ss"),
+            ("postgres://bob:pa?ss@h/db", "pa?ss"),
+            ("postgres://bob:pa#ss@h/db", "pa#ss"),
+            ("postgres://bob:p%40ss@h1:5432,h2:5433/db", "p@ss"),
+            ("postgres://bob@h/db?password=s3cret", "s3cret"),
+        ] {
+            let u = PostgresUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let c = u.config().unwrap();
+            assert_eq!(c.get_password(), Some(password.as_bytes()), "{url}");
+            assert_eq!(c.get_user(), Some("bob"), "{url}");
+            for shown in [u.to_string(), format!("{u:?}")] {
+                assert!(
+                    !shown.contains("ss@") && !shown.contains("s3cret"),
+                    "{shown}"
+                );
+                assert!(shown.contains("postgres://bob@h"), "{shown}");
+            }
+        }
+        // An unencoded `@` in the password would make the rest of it a host name.
+        let e = PostgresUrl::parse("postgres://bob:p@ss@h/db").unwrap_err();
+        assert!(e.contains("%40") && !e.contains("p@ss"), "{e}");
+    }
+
+    #[test]
+    fn options_are_passed_on_as_written() {
+        let u = PostgresUrl::parse(
+            "postgres://bob@h/db?application_name=my%20app+1&options=-c%20x%3Dy&sslmode=prefer",
+        )
+        .unwrap();
+        let c = u.config().unwrap();
+        assert_eq!(c.get_application_name(), Some("my app+1"));
+        assert_eq!(c.get_options(), Some("-c x=y"));
+        assert_eq!(u.tls(), TlsMode::Prefer);
+        assert_eq!(
+            u.to_string(),
+            "postgres://bob@h/db?application_name=my%20app+1&options=-c%20x%3Dy&sslmode=prefer"
+        );
+    }
 
     #[test]
     fn several_hosts_are_kept_for_a_failover_to_the_writable_one() {
