@@ -814,7 +814,7 @@ async fn a_postgres_restart_mid_run_gives_503_never_500_and_every_acknowledged_t
 
     // Clients enqueue one task a request, and read it back, all along.
     let stop = tokio_util::sync::CancellationToken::new();
-    let load = load(&s, 4, &stop);
+    let load = load(&s, 4, &json!({"kind": "rec"}), &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // `pg_ctl restart -m fast` under the load.
@@ -864,16 +864,18 @@ async fn pg_ctl_step(server: &std::sync::Arc<pg::Private>, step: fn(&pg::PgServe
 /// of each status.
 type Seen = (Vec<String>, BTreeMap<u16, u32>);
 
-/// `clients` clients that enqueue one task a request and read it back, until `stop`. Any
-/// answer but a success or 503 `unavailable` fails the test.
+/// `clients` clients that enqueue one `task` (a `POST /v1/tasks` body) a request and read it
+/// back, until `stop`. Any answer but a success or 503 `unavailable` fails the test.
 fn load(
     s: &Server,
     clients: usize,
+    task: &Value,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<Seen>> {
     let mut load = Vec::new();
     for _ in 0..clients {
         let (base, token, stop) = (s.base.clone(), s.token.clone(), stop.clone());
+        let task = task.clone();
         load.push(tokio::spawn(async move {
             let c = client();
             let mut acked = Vec::new();
@@ -882,7 +884,7 @@ fn load(
                 let r = c
                     .post(format!("{base}/v1/tasks"))
                     .bearer_auth(&token)
-                    .json(&json!({"kind": "rec"}))
+                    .json(&task)
                     .send()
                     .await
                     .unwrap();
@@ -1045,7 +1047,8 @@ async fn a_failover_to_a_promoted_standby_gives_503_never_500_and_every_acknowle
     );
     let (_root, log, s, _workers) = serve_and_two_workers(&url);
     let stop = tokio_util::sync::CancellationToken::new();
-    let load = load(&s, 4, &stop);
+    // Every task holds a lock file while it runs, so two runs of one task at once are seen.
+    let load = load(&s, 4, &json!({"kind": "held", "payload": 0}), &stop);
     // Tasks of two seconds, some running when the primary goes.
     let held = enqueue_batches(&s, "held", 8, json!(2)).await;
     let db = primary.client(&primary.url(&db_name)).await;

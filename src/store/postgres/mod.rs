@@ -203,6 +203,12 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
         deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Message(m)) => {
             StoreError::Unavailable(format!("cannot set up a PostgreSQL connection: {m}"))
         }
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create) => {
+            StoreError::Unavailable(
+                "cannot connect to PostgreSQL: no host of database.url took a connection in time"
+                    .into(),
+            )
+        }
         deadpool_postgres::PoolError::Closed => {
             StoreError::Unavailable("the store is closed".into())
         }
@@ -223,17 +229,16 @@ pub(crate) async fn connect_direct(
     url: &PostgresUrl,
     timeout: Duration,
 ) -> Result<tokio_postgres::Client> {
-    let mut cfg = url.config().map_err(StoreError::Unavailable)?;
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(timeout);
-    }
+    let configs = host_configs(url, timeout)?;
     let fail = |e: tokio_postgres::Error| {
         StoreError::Unavailable(format!("cannot connect to {url}: {}", describe_err(&e)))
     };
     let connect = async {
         match url.tls() {
             url::TlsMode::Disable => {
-                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+                let (client, conn) = connect_first(&configs, tokio_postgres::NoTls, timeout)
+                    .await
+                    .map_err(fail)?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -241,7 +246,7 @@ pub(crate) async fn connect_direct(
             }
             _ => {
                 let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
-                let (client, conn) = cfg.connect(tls).await.map_err(fail)?;
+                let (client, conn) = connect_first(&configs, tls, timeout).await.map_err(fail)?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -252,10 +257,92 @@ pub(crate) async fn connect_direct(
     within_connect_limit(url, timeout, connect).await
 }
 
+/// The URL's connection settings, one per host to try in turn, each with `timeout` as its TCP
+/// connect timeout unless the URL gives one.
+fn host_configs(url: &PostgresUrl, timeout: Duration) -> Result<Vec<tokio_postgres::Config>> {
+    let mut configs = url.host_configs().map_err(StoreError::Unavailable)?;
+    for cfg in &mut configs {
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(timeout);
+        }
+    }
+    Ok(configs)
+}
+
+/// Connects through the first of `configs` (one per host of the URL, in order) that takes the
+/// connection, giving each `timeout` for the whole of it: TCP, TLS, the start-up and the
+/// `target_session_attrs` check. tokio-postgres's own turn over hosts limits only each TCP
+/// connect, so a host that accepts connections and never answers (a server process stopped
+/// on a running machine) would hold every new connection, and the hosts after it would never
+/// be tried.
+async fn connect_first<T>(
+    configs: &[tokio_postgres::Config],
+    tls: T,
+    timeout: Duration,
+) -> std::result::Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, T::Stream>,
+    ),
+    tokio_postgres::Error,
+>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone,
+{
+    let mut last = None;
+    for cfg in configs {
+        match tokio::time::timeout(timeout, cfg.connect(tls.clone())).await {
+            Ok(Ok(connected)) => return Ok(connected),
+            Ok(Err(e)) => last = Some(e),
+            // tokio-postgres's own error for this ("timeout waiting for server").
+            Err(_) => last = Some(tokio_postgres::Error::__private_api_timeout()),
+        }
+    }
+    Err(last.unwrap_or_else(tokio_postgres::Error::__private_api_timeout))
+}
+
+/// The pool's way of making a connection: [`connect_first`] over the URL's hosts, with the
+/// connection's task spawned as deadpool's own connector does.
+struct HostByHost<T> {
+    configs: Vec<tokio_postgres::Config>,
+    tls: T,
+    timeout: Duration,
+}
+
+impl<T> deadpool_postgres::Connect for HostByHost<T>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> futures::future::BoxFuture<
+        '_,
+        std::result::Result<
+            (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+            tokio_postgres::Error,
+        >,
+    > {
+        Box::pin(async move {
+            let (client, conn) =
+                connect_first(&self.configs, self.tls.clone(), self.timeout).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %describe_err(&e), "a pooled connection ended");
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
 /// The longest one connection may take to be made: `timeout` for each host the URL names
-/// (tokio-postgres tries them in turn, each TCP connect with its own `connect_timeout`), and
-/// once more for the start-up exchange, which no connect timeout covers: a server that
-/// accepts the connection and never answers would hold it for good.
+/// (tried in turn, see [`connect_first`]), and once more. With hosts given as parameters
+/// (`?host=a,b`) tokio-postgres tries them itself, and this is what bounds the start-up
+/// exchange, which its connect timeout does not cover.
 fn connect_limit(url: &PostgresUrl, timeout: Duration) -> Duration {
     timeout.saturating_mul(
         u32::try_from(url.hosts())
@@ -448,19 +535,31 @@ impl PostgresStore {
 
     fn with_pool(opts: PostgresOptions, hub: Arc<EventHub>, clock: DbClock) -> Result<Self> {
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
-        let mut cfg = opts.url.config().map_err(StoreError::Unavailable)?;
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(timeout);
+        let cfg = opts.url.config().map_err(StoreError::Unavailable)?;
+        let mut configs = host_configs(&opts.url, timeout)?;
+        for c in &mut configs {
+            session::harden(c, timeout);
         }
-        session::harden(&mut cfg, timeout);
         let mgr_cfg = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
         let mgr = match opts.url.tls() {
-            url::TlsMode::Disable => Manager::from_config(cfg, tokio_postgres::NoTls, mgr_cfg),
-            _ => Manager::from_config(
+            url::TlsMode::Disable => Manager::from_connect(
                 cfg,
-                url::tls_connector(&opts.url).map_err(StoreError::Unavailable)?,
+                HostByHost {
+                    configs,
+                    tls: tokio_postgres::NoTls,
+                    timeout,
+                },
+                mgr_cfg,
+            ),
+            _ => Manager::from_connect(
+                cfg,
+                HostByHost {
+                    configs,
+                    tls: url::tls_connector(&opts.url).map_err(StoreError::Unavailable)?,
+                    timeout,
+                },
                 mgr_cfg,
             ),
         };
@@ -2190,24 +2289,27 @@ async fn listen(url: PostgresUrl, timeout: Duration, hub: Arc<EventHub>) {
 }
 
 async fn listen_once(url: &PostgresUrl, timeout: Duration, hub: &Arc<EventHub>) -> Result<()> {
-    let mut cfg = url.config().map_err(StoreError::Unavailable)?;
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(timeout);
+    let mut configs = host_configs(url, timeout)?;
+    for cfg in &mut configs {
+        // A link that dies silently is noticed within about a minute.
+        cfg.keepalives(true);
+        cfg.keepalives_idle(Duration::from_secs(30));
+        cfg.keepalives_interval(Duration::from_secs(5));
+        cfg.keepalives_retries(6);
     }
-    // A link that dies silently is noticed within about a minute.
-    cfg.keepalives(true);
-    cfg.keepalives_idle(Duration::from_secs(30));
-    cfg.keepalives_interval(Duration::from_secs(5));
-    cfg.keepalives_retries(6);
     match url.tls() {
         url::TlsMode::Disable => {
-            let connect = async { cfg.connect(tokio_postgres::NoTls).await.map_err(pg_err) };
+            let connect = async {
+                connect_first(&configs, tokio_postgres::NoTls, timeout)
+                    .await
+                    .map_err(pg_err)
+            };
             let (client, conn) = within_connect_limit(url, timeout, connect).await?;
             drive_listener(client, conn, hub).await
         }
         _ => {
             let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
-            let connect = async { cfg.connect(tls).await.map_err(pg_err) };
+            let connect = async { connect_first(&configs, tls, timeout).await.map_err(pg_err) };
             let (client, conn) = within_connect_limit(url, timeout, connect).await?;
             drive_listener(client, conn, hub).await
         }

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 pub struct PostgresUrl {
     /// What tokio-postgres is given: the URL without the options spool handles itself.
     conn: String,
+    /// The same, once for each host the URL names before its path (one entry, `conn`, when it
+    /// names one, or names its hosts in parameters): spool tries them in turn itself.
+    per_host: Vec<String>,
     /// The URL without its password, for logs.
     redacted: String,
     /// Whether TLS is used, and how.
@@ -62,13 +65,16 @@ impl PostgresUrl {
             Some((c, a)) => (Some(c), a),
             None => (None, rest),
         };
-        let (location, query) = after.split_once('?').unwrap_or((after, ""));
-        if location.split('/').next().is_some_and(|h| h.contains('@')) {
+        // Anything else would put part of a password where a host, a database or a parameter
+        // is read (and show it in logs): one `@`, and no `/`, `?` or `#` before it.
+        if after.contains('@') || creds.is_some_and(|c| c.contains(['/', '?', '#'])) {
             return Err(format!(
-                "{:?}: an @ in the user name or password must be written %40",
+                "{:?}: write @ / ? # in a user name or password percent-encoded \
+                 (%40 %2F %3F %23), and @ nowhere else",
                 redact_text(v)
             ));
         }
+        let (location, query) = after.split_once('?').unwrap_or((after, ""));
         let mut tls = TlsMode::Disable;
         let mut root_cert = None;
         let mut kept: Vec<&str> = Vec::new();
@@ -90,7 +96,7 @@ impl PostgresUrl {
                     };
                 }
                 "sslrootcert" => root_cert = Some(PathBuf::from(decode(val))),
-                "password" => {
+                key if key.eq_ignore_ascii_case("password") => {
                     kept.push(pair);
                     shown.push("password=***");
                 }
@@ -109,9 +115,24 @@ impl PostgresUrl {
         };
         kept.push(sslmode);
         shown.push(sslmode);
-        let conn = match creds {
-            Some(c) => format!("{scheme}://{c}@{location}?{}", kept.join("&")),
-            None => format!("{scheme}://{location}?{}", kept.join("&")),
+        let query = kept.join("&");
+        let with = |location: &str| match creds {
+            Some(c) => format!("{scheme}://{c}@{location}?{query}"),
+            None => format!("{scheme}://{location}?{query}"),
+        };
+        let conn = with(location);
+        let (hosts, path) = location.split_at(location.find('/').unwrap_or(location.len()));
+        let in_params = kept.iter().any(|p| {
+            let k = p.split('=').next().unwrap_or_default();
+            matches!(decode(k).as_str(), "host" | "hostaddr" | "port")
+        });
+        let per_host = if hosts.contains(',') && !in_params {
+            hosts
+                .split(',')
+                .map(|h| with(&format!("{h}{path}")))
+                .collect()
+        } else {
+            vec![conn.clone()]
         };
         // Checked here so a bad option is a config error, not a failure at start.
         let cfg: tokio_postgres::Config = conn
@@ -133,6 +154,7 @@ impl PostgresUrl {
         };
         Ok(Self {
             conn,
+            per_host,
             redacted,
             tls,
             root_cert,
@@ -147,6 +169,14 @@ impl PostgresUrl {
     /// The connection settings, with the password.
     pub(crate) fn config(&self) -> Result<tokio_postgres::Config, String> {
         self.conn.parse().map_err(|e| format!("{self}: {e}"))
+    }
+
+    /// The connection settings for each host in turn (see `per_host`).
+    pub(crate) fn host_configs(&self) -> Result<Vec<tokio_postgres::Config>, String> {
+        self.per_host
+            .iter()
+            .map(|c| c.parse().map_err(|e| format!("{self}: {e}")))
+            .collect()
     }
 
     /// The URL without its password.
@@ -172,18 +202,33 @@ fn decode(s: &str) -> String {
         .into_owned()
 }
 
-/// A URL-ish text with anything between `://user:` and `@` replaced (for errors about a URL
-/// that did not parse).
+/// A URL-ish text for an error about it: everything before its last `@` (after the scheme)
+/// replaced, and the value of any `password` parameter.
 fn redact_text(v: &str) -> String {
-    let Some((scheme, rest)) = v.split_once("://") else {
-        return v.to_string();
+    let (scheme, rest) = v.split_once("://").unwrap_or(("", v));
+    let rest = match rest.rsplit_once('@') {
+        Some((_, after)) => format!("***@{after}"),
+        None => rest.to_string(),
     };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => v.to_string(),
-        },
-        None => v.to_string(),
+    let rest = match rest.split_once('?') {
+        Some((before, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if decode(k).eq_ignore_ascii_case("password") => {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{before}?{}", pairs.join("&"))
+        }
+        None => rest,
+    };
+    if scheme.is_empty() {
+        rest
+    } else {
+        format!("{scheme}://{rest}")
     }
 }
 
@@ -224,10 +269,7 @@ mod tests {
     #[test]
     fn a_password_is_hidden_wherever_tokio_postgres_would_read_one() {
         for (url, password) in [
-            // Unencoded `/`, `?` and `#`: tokio-postgres reads up to the first `@`.
-            ("postgres://bob:pa/ss@h/db", "pa/ss"),
-            ("postgres://bob:pa?ss@h/db", "pa?ss"),
-            ("postgres://bob:pa#ss@h/db", "pa#ss"),
+            ("postgres://bob:pa%2Fss@h/db", "pa/ss"),
             ("postgres://bob:p%40ss@h1:5432,h2:5433/db", "p@ss"),
             ("postgres://bob@h/db?password=s3cret", "s3cret"),
         ] {
@@ -243,9 +285,29 @@ mod tests {
                 assert!(shown.contains("postgres://bob@h"), "{shown}");
             }
         }
-        // An unencoded `@` in the password would make the rest of it a host name.
-        let e = PostgresUrl::parse("postgres://bob:p@ss@h/db").unwrap_err();
-        assert!(e.contains("%40") && !e.contains("p@ss"), "{e}");
+        // Anything that would move part of a password elsewhere is refused, and the error
+        // shows none of it.
+        for (bad, secret) in [
+            ("postgres://bob:p@zq@h/db", "zq"),
+            ("postgres://bob:p@z/q@h/db", "z/q"),
+            ("postgres://bob:p@zq?wxy@h/db", "wxy"),
+            ("postgres://h/spool?user=bob&password=p@zq", "p@zq"),
+            ("postgres://bob:pa/zq@h/db", "pa/zq"),
+        ] {
+            let e = PostgresUrl::parse(bad).unwrap_err();
+            assert!(e.contains("%40") && !e.contains(secret), "{bad}: {e}");
+        }
+        for (bad, secret) in [
+            (
+                "postgres://bob@h/db?password=s3cret&connect_timeout=x",
+                "s3cret",
+            ),
+            ("postgres://bob@h/db?PASSWORD=s3cret", "s3cret"),
+            ("bob:s3cret@h/db", "s3cret"),
+        ] {
+            let e = PostgresUrl::parse(bad).unwrap_err();
+            assert!(!e.contains(secret), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -279,6 +341,24 @@ mod tests {
             c.get_target_session_attrs(),
             tokio_postgres::config::TargetSessionAttrs::ReadWrite
         );
+        // Tried one by one, each with everything else the URL says.
+        let each = u.host_configs().unwrap();
+        assert_eq!(each.len(), 2);
+        for (c, port) in each.iter().zip([5432, 5433]) {
+            assert_eq!(c.get_hosts().len(), 1);
+            assert_eq!(c.get_ports(), &[port]);
+            assert_eq!(c.get_password(), Some(&b"s3cret"[..]));
+            assert_eq!(c.get_dbname(), Some("spool"));
+            assert_eq!(
+                c.get_target_session_attrs(),
+                tokio_postgres::config::TargetSessionAttrs::ReadWrite
+            );
+        }
+        // Hosts given as parameters stay with tokio-postgres.
+        let u = PostgresUrl::parse("postgres://bob@/spool?host=h1&host=h2&port=5432&port=5433")
+            .unwrap();
+        assert_eq!(u.host_configs().unwrap().len(), 1);
+        assert_eq!(u.hosts(), 2);
     }
 
     #[test]
