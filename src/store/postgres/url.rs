@@ -138,8 +138,19 @@ impl PostgresUrl {
         let cfg: tokio_postgres::Config = conn
             .parse()
             .map_err(|e| format!("{:?}: {e}", redact_text(v)))?;
-        if cfg.get_hosts().is_empty() {
+        if cfg.get_hosts().is_empty() && cfg.get_hostaddrs().is_empty() {
             return Err(format!("{:?} names no host", redact_text(v)));
+        }
+        // tokio-postgres reads `host=a,b` as one host named "a,b".
+        if kept.iter().any(|p| {
+            p.split_once('=')
+                .is_some_and(|(k, val)| decode(k) == "host" && decode(val).contains(','))
+        }) {
+            return Err(format!(
+                "{:?}: name each host in a host= parameter of its own (host=a&host=b), \
+                 or list them before the path (a:5432,b:5432/db)",
+                redact_text(v)
+            ));
         }
         if cfg.get_dbname().is_none_or(str::is_empty) {
             return Err(format!(
@@ -354,6 +365,12 @@ mod tests {
                 tokio_postgres::config::TargetSessionAttrs::ReadWrite
             );
         }
+        // One parameter naming two hosts would be read as one host "h1,h2".
+        let e = PostgresUrl::parse("postgres://bob@/spool?host=h1,h2").unwrap_err();
+        assert!(e.contains("host=a&host=b"), "{e}");
+        // An address alone is a host.
+        let u = PostgresUrl::parse("postgres://bob@/spool?hostaddr=127.0.0.1").unwrap();
+        assert_eq!(u.config().unwrap().get_hostaddrs().len(), 1);
         // Hosts given as parameters stay with tokio-postgres.
         let u = PostgresUrl::parse("postgres://bob@/spool?host=h1&host=h2&port=5432&port=5433")
             .unwrap();
