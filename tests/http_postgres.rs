@@ -598,11 +598,7 @@ async fn spool_runs_behind_pgbouncer_in_session_mode_woken_by_notify_through_it(
     let dir = tempfile::tempdir().unwrap();
     let migrate = |url: &str| {
         let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}\n"));
-        std::process::Command::new(common::spool_bin())
-            .args(["migrate", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap()
+        common::spool_cli(&cfg, &["migrate"])
     };
     // `options` of the user's own in the URL are refused by it, and spool says what to do.
     let out = migrate(&format!(

@@ -201,16 +201,7 @@ async fn migrated_db() -> (String, tempfile::TempDir) {
     let url = pg::server().fresh_db().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &format!("[database]\nurl = {url:?}"));
-    let out = Command::new(spool_bin())
-        .args(["migrate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::spool_cli_ok(&cfg, &["migrate"]);
     (url, dir)
 }
 

@@ -80,6 +80,26 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `spool ARGS --config CONFIG` to its end; its output.
+pub fn spool_cli(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(spool_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// As [`spool_cli`], asserting success.
+pub fn spool_cli_ok(config: &Path, args: &[&str]) {
+    let out = spool_cli(config, args);
+    assert!(
+        out.status.success(),
+        "spool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts `spool <args> --config <config>` with `envs`; stdout lines arrive on `lines`.
 pub fn spawn(args: &[&str], config: &Path, envs: &[(&str, &str)]) -> Proc {
     let dir = config.parent().unwrap();

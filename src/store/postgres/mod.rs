@@ -230,31 +230,16 @@ pub(crate) async fn connect_direct(
     timeout: Duration,
 ) -> Result<tokio_postgres::Client> {
     let configs = host_configs(url, timeout)?;
-    let fail = |e: tokio_postgres::Error| {
-        StoreError::Unavailable(format!("cannot connect to {url}: {}", describe_err(&e)))
-    };
-    let connect = async {
-        match url.tls() {
-            url::TlsMode::Disable => {
-                let (client, conn) = connect_first(&configs, tokio_postgres::NoTls, timeout)
-                    .await
-                    .map_err(fail)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(client)
-            }
-            _ => {
-                let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
-                let (client, conn) = connect_first(&configs, tls, timeout).await.map_err(fail)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(client)
-            }
+    let connected = match url.tls() {
+        url::TlsMode::Disable => connect_driven(&configs, tokio_postgres::NoTls, timeout).await,
+        _ => {
+            let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
+            connect_driven(&configs, tls, timeout).await
         }
     };
-    within_connect_limit(url, timeout, connect).await
+    connected.map(|(client, _)| client).map_err(|e| {
+        StoreError::Unavailable(format!("cannot connect to {url}: {}", describe_err(&e)))
+    })
 }
 
 /// The URL's connection settings, one per host to try in turn, each with `timeout` as its TCP
@@ -270,7 +255,7 @@ fn host_configs(url: &PostgresUrl, timeout: Duration) -> Result<Vec<tokio_postgr
 }
 
 /// Connects through the first of `configs` (one per host of the URL, in order) that takes the
-/// connection, giving each `timeout` for the whole of it: TCP, TLS, the start-up and the
+/// connection, giving each host `timeout` for the whole of it: TCP, TLS, the start-up and the
 /// `target_session_attrs` check. tokio-postgres's own turn over hosts limits only each TCP
 /// connect, so a host that accepts connections and never answers (a server process stopped
 /// on a running machine) would hold every new connection, and the hosts after it would never
@@ -291,7 +276,10 @@ where
 {
     let mut last = None;
     for cfg in configs {
-        match tokio::time::timeout(timeout, cfg.connect(tls.clone())).await {
+        // A config naming several hosts (`?host=a&host=b`) is tried by tokio-postgres in turn.
+        let hosts = u32::try_from(cfg.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+        let limit = timeout.saturating_mul(hosts);
+        match tokio::time::timeout(limit, cfg.connect(tls.clone())).await {
             Ok(Ok(connected)) => return Ok(connected),
             Ok(Err(e)) => last = Some(e),
             // tokio-postgres's own error for this ("timeout waiting for server").
@@ -326,44 +314,41 @@ where
             tokio_postgres::Error,
         >,
     > {
-        Box::pin(async move {
-            let (client, conn) =
-                connect_first(&self.configs, self.tls.clone(), self.timeout).await?;
-            let task = tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %describe_err(&e), "a pooled connection ended");
-                }
-            });
-            Ok((client, task))
-        })
+        Box::pin(connect_driven(
+            &self.configs,
+            self.tls.clone(),
+            self.timeout,
+        ))
     }
 }
 
-/// The longest one connection may take to be made: `timeout` for each host the URL names
-/// (tried in turn, see [`connect_first`]), and once more. With hosts given as parameters
-/// (`?host=a,b`) tokio-postgres tries them itself, and this is what bounds the start-up
-/// exchange, which its connect timeout does not cover.
+/// [`connect_first`], with the connection driven by a task of its own (which ends with it).
+async fn connect_driven<T>(
+    configs: &[tokio_postgres::Config],
+    tls: T,
+    timeout: Duration,
+) -> std::result::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone,
+    T::Stream: Send + 'static,
+{
+    let (client, conn) = connect_first(configs, tls, timeout).await?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %describe_err(&e), "a PostgreSQL connection ended");
+        }
+    });
+    Ok((client, task))
+}
+
+/// The pool's limit for making one connection: `timeout` for each host the URL names (tried
+/// in turn, see [`connect_first`]), and once more.
 fn connect_limit(url: &PostgresUrl, timeout: Duration) -> Duration {
     timeout.saturating_mul(
         u32::try_from(url.hosts())
             .unwrap_or(u32::MAX)
             .saturating_add(1),
     )
-}
-
-/// `connect`, given up with `Unavailable` past [`connect_limit`].
-async fn within_connect_limit<T>(
-    url: &PostgresUrl,
-    timeout: Duration,
-    connect: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    let limit = connect_limit(url, timeout);
-    tokio::time::timeout(limit, connect).await.map_err(|_| {
-        StoreError::Unavailable(format!(
-            "cannot connect to {url}: no answer within {} ms",
-            limit.as_millis()
-        ))
-    })?
 }
 
 /// Readings of the database's clock taken at once, of which [`SyncedClock::adjust`] keeps the
@@ -2299,18 +2284,16 @@ async fn listen_once(url: &PostgresUrl, timeout: Duration, hub: &Arc<EventHub>) 
     }
     match url.tls() {
         url::TlsMode::Disable => {
-            let connect = async {
-                connect_first(&configs, tokio_postgres::NoTls, timeout)
-                    .await
-                    .map_err(pg_err)
-            };
-            let (client, conn) = within_connect_limit(url, timeout, connect).await?;
+            let (client, conn) = connect_first(&configs, tokio_postgres::NoTls, timeout)
+                .await
+                .map_err(pg_err)?;
             drive_listener(client, conn, hub).await
         }
         _ => {
             let tls = url::tls_connector(url).map_err(StoreError::Unavailable)?;
-            let connect = async { connect_first(&configs, tls, timeout).await.map_err(pg_err) };
-            let (client, conn) = within_connect_limit(url, timeout, connect).await?;
+            let (client, conn) = connect_first(&configs, tls, timeout)
+                .await
+                .map_err(pg_err)?;
             drive_listener(client, conn, hub).await
         }
     }
