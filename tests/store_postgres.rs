@@ -1711,6 +1711,116 @@ async fn a_rescue_never_overwrites_a_finish_that_commits_while_it_runs() {
     );
 }
 
+/// How many sessions of the database wait for a lock in a statement whose text holds `what`.
+async fn waiting_in(w: &Watcher, what: &str) -> i64 {
+    w.query_one(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = $1 AND wait_event_type = 'Lock' AND strpos(query, $2) > 0",
+        &[&w.db, &what],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits until a session of the database waits for a lock in a statement holding `what`.
+async fn until_waiting_in(w: &Watcher, what: &str) {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while waiting_in(w, what).await < 1 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "nothing waited in {what:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker's group of outcomes and its heartbeat never deadlock: both lock the rows they
+/// change in id order. The interleaving that deadlocked under load (seen in `spool bench`) is
+/// forced here. Of three running tasks a < m < b, a third session holds m; the heartbeat naming
+/// all three locks a and waits for m. A group ending b and a starts (the completer is held on
+/// another task's row until both outcomes are queued, so they go in one statement). When m is
+/// let go, the heartbeat goes on to b. The group's UPDATE used to lock its rows in whatever
+/// order its plan read them (here the order they lie in the table, b's before a's, as the test
+/// arranges), so it held b and waited for a, the heartbeat waited for b, and PostgreSQL failed
+/// one of the two after `deadlock_timeout`: seen as both outcomes answered 503 (40P01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_outcomes_and_a_heartbeat_of_one_worker_never_deadlock() {
+    let url = pg::server().fresh_db().await;
+    let store = open(&url, Limits::default()).await;
+    for _ in 0..4 {
+        a_task(&store).await;
+    }
+    let mut claimed = conformance::claim(store.as_ref(), "W", 4, T0).await;
+    assert_eq!(claimed.len(), 4);
+    let gate = claimed.remove(0);
+    claimed.sort_by_key(|t| t.id.0);
+    let [a, m, b]: [spool::task::Task; 3] = claimed.try_into().unwrap();
+    // a's row written again, so it lies after b's: the group's UPDATE, reading the running
+    // tasks in the order their rows lie, locked b before a.
+    let held = store
+        .lease_extend("W".into(), vec![a.id], conformance::LEASE, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let done = |t: &spool::task::Task| spool::store::FinishParams {
+        task: Arc::new(t.clone()),
+        owner: "W".into(),
+        status: TaskStatus::Completed,
+        result: Some(json!("ok")),
+        error: None,
+        run_at: None,
+        uncount: false,
+        wait_until: None,
+        now: T0 + 10,
+    };
+    let finish = |t: &spool::task::Task| {
+        let (s, p) = (store.clone(), done(t));
+        tokio::spawn(async move { s.task_finish_wait(p).await })
+    };
+    let watcher = Watcher::new(&url).await;
+    let gate_holder = hold_row(&url, gate.id).await;
+    let m_holder = hold_row(&url, m.id).await;
+    // The completer's first group (the gate's outcome) waits for the gate's row...
+    let gate_done = finish(&gate);
+    until_waiting_in(&watcher, "End several attempts").await;
+    // ...while b's outcome and a's queue behind it (given time to, so both go in its next).
+    let b_done = finish(&b);
+    let a_done = finish(&a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The heartbeat locks a and waits for m.
+    let (s, ids) = (store.clone(), vec![a.id, m.id, b.id]);
+    let beat = tokio::spawn(async move {
+        s.lease_extend("W".into(), ids, conformance::LEASE, T0 + 5)
+            .await
+    });
+    until_waiting_in(&watcher, "Heartbeat").await;
+    // The gate goes: its group commits, and the group of b and a meets the heartbeat's lock.
+    gate_holder.batch_execute("COMMIT").await.unwrap();
+    let gate_end = tokio::time::timeout(DEADLINE, gate_done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gate_end.unwrap().unwrap().status, TaskStatus::Completed);
+    until_waiting_in(&watcher, "End several attempts").await;
+    // m goes: the heartbeat takes m and b.
+    m_holder.batch_execute("COMMIT").await.unwrap();
+    let held = tokio::time::timeout(DEADLINE, beat).await.unwrap().unwrap();
+    let held = match held {
+        Ok(h) => h,
+        Err(e) => panic!("the heartbeat failed: {e}"),
+    };
+    let mut held_ids: Vec<_> = held.iter().map(|h| h.id).collect();
+    held_ids.sort_by_key(|id| id.0);
+    assert_eq!(held_ids, vec![a.id, m.id, b.id]);
+    for (name, h) in [("a", a_done), ("b", b_done)] {
+        match tokio::time::timeout(DEADLINE, h).await.unwrap().unwrap() {
+            Ok(Some(t)) => assert_eq!(t.status, TaskStatus::Completed, "{name}"),
+            other => panic!("the outcome of {name}: {other:?}"),
+        }
+    }
+}
+
 /// A task token's read that waited for the task's row while its attempt ended in a wait and the
 /// next claim (with the same attempt number, and the same worker) took the task is not recorded
 /// for that claim. The blocked UPDATE checks the row's newest version, but reads `task_tokens`

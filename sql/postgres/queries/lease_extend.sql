@@ -1,6 +1,7 @@
 -- Heartbeat: extend the leases $1 holds on the tasks $3 names, to $2. A task missing from the
 -- answer is no longer ours; a lease held but not named runs out. Rows are locked in id order,
--- as the rescue takes them, so the two never deadlock.
+-- as a group of outcomes locks them (task_finish_many.sql), so the two never deadlock (a
+-- rescue passes over locked rows).
 UPDATE tasks AS t
 SET lease_expires_at = $2
 FROM (SELECT id FROM tasks WHERE lease_owner = $1 AND status = 'running' AND id = ANY($3)

@@ -14,7 +14,14 @@
 -- come just after the wait (a cancel asked for still ends it canceled).
 -- Returns the rows it ended, as they are now: the caller wakes the queues of tasks
 -- pending again (a retry, an attempt given back) after the commit (work_notify.sql).
-WITH done AS (
+-- The rows are locked in id order first, as the heartbeat (lease_extend.sql) locks them: the
+-- UPDATE alone locked them in the arrays' order, so a group ending tasks b and a while the
+-- same worker's heartbeat held a and waited for b deadlocked, and PostgreSQL broke it after
+-- deadlock_timeout (a second) by failing one of the two.
+WITH locked AS MATERIALIZED (
+    SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+),
+done AS (
     UPDATE tasks AS t
     SET status = CASE WHEN t.cancel_requested AND x.status IN ('pending', 'waiting')
                       THEN 'canceled'
@@ -45,6 +52,7 @@ WITH done AS (
     FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[],
                 $7::int8[], $8::int8[], $9::int8[], $10::int8[])
          AS x(id, owner, attempt, status, result, error, run_at, uncount, now, wait_until)
+         JOIN locked AS l ON l.id = x.id
     WHERE t.id = x.id AND t.lease_owner = x.owner AND t.attempts = x.attempt
       AND t.status = 'running'
     RETURNING t.id, t.queue, t.status, t.attempts, t.last_error, t.run_at, t.completed_at,
