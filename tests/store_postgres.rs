@@ -1803,6 +1803,12 @@ async fn a_group_of_outcomes_and_a_heartbeat_of_one_worker_never_deadlock() {
         .unwrap();
     assert_eq!(gate_end.unwrap().unwrap().status, TaskStatus::Completed);
     until_waiting_in(&watcher, "End several attempts").await;
+    // b's outcome waits with a's: one group (b alone would have committed by now).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !b_done.is_finished(),
+        "b's outcome was written in a group of its own"
+    );
     // m goes: the heartbeat takes m and b.
     m_holder.batch_execute("COMMIT").await.unwrap();
     let held = tokio::time::timeout(DEADLINE, beat).await.unwrap().unwrap();

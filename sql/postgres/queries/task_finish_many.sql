@@ -14,12 +14,20 @@
 -- come just after the wait (a cancel asked for still ends it canceled).
 -- Returns the rows it ended, as they are now: the caller wakes the queues of tasks
 -- pending again (a retry, an attempt given back) after the commit (work_notify.sql).
--- The rows are locked in id order first, as the heartbeat (lease_extend.sql) locks them: the
--- UPDATE alone locked them in the arrays' order, so a group ending tasks b and a while the
--- same worker's heartbeat held a and waited for b deadlocked, and PostgreSQL broke it after
--- deadlock_timeout (a second) by failing one of the two.
+-- The rows the UPDATE will change (the same fence) are locked first, in id order, as the
+-- heartbeat (lease_extend.sql) locks them. The UPDATE alone locked them in the order its plan
+-- read them (for a busy queue, the order they lie in the table), so a group ending tasks b and
+-- a while the same worker's heartbeat held a and waited for b deadlocked, and PostgreSQL broke
+-- it after deadlock_timeout (a second) by failing one of the two. Rows that are not this
+-- worker's any more are not locked, as the UPDATE alone never locked them. FOR NO KEY UPDATE
+-- is the lock the UPDATE takes anyway.
 WITH locked AS MATERIALIZED (
-    SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+    SELECT t.id
+    FROM tasks AS t
+    JOIN unnest($1::uuid[], $2::text[], $3::int8[]) AS x(id, owner, attempt) ON t.id = x.id
+    WHERE t.lease_owner = x.owner AND t.attempts = x.attempt AND t.status = 'running'
+    ORDER BY t.id
+    FOR NO KEY UPDATE OF t
 ),
 done AS (
     UPDATE tasks AS t

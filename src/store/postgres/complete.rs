@@ -193,9 +193,10 @@ async fn write(pool: &Pool, jobs: &[Job]) -> Result<HashMap<Uuid, EndedRow>> {
     let mut uncounts = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
     let mut wait_untils = Vec::with_capacity(n);
-    // In id order, the order heartbeats lock tasks in, so that the statement (whose plan walks
-    // the arrays in order) takes them in that order too. (Rescues lock theirs in expiry order,
-    // but with SKIP LOCKED: they pass over a row a finish holds rather than wait for it.)
+    // In id order, the order heartbeats lock tasks in. The statement locks its rows in that
+    // order itself before it changes them, whatever order its plan reads the arrays in (see
+    // task_finish_many.sql). (Rescues lock theirs in expiry order, but with SKIP LOCKED: they
+    // pass over a row a finish holds rather than wait for it.)
     let mut sorted: Vec<&Job> = jobs.iter().collect();
     sorted.sort_unstable_by_key(|j| j.p.task.id.0);
     for j in sorted {
