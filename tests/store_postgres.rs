@@ -78,11 +78,17 @@ impl Watcher {
 
     /// How many sessions of the database wait for a lock now.
     async fn waiting(&self) -> i64 {
+        self.waiting_in("").await
+    }
+
+    /// How many sessions of the database wait for a lock in a statement whose text holds
+    /// `what`.
+    async fn waiting_in(&self, what: &str) -> i64 {
         self.client
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = $1 AND wait_event_type = 'Lock'",
-                &[&self.db],
+                 WHERE datname = $1 AND wait_event_type = 'Lock' AND strpos(query, $2) > 0",
+                &[&self.db, &what],
             )
             .await
             .unwrap()
@@ -91,11 +97,16 @@ impl Watcher {
 
     /// Waits until `n` sessions of the database wait for a lock.
     async fn until_waiting(&self, n: i64) {
+        self.until_waiting_in(n, "").await;
+    }
+
+    /// Waits until `n` sessions of the database wait for a lock in a statement holding `what`.
+    async fn until_waiting_in(&self, n: i64, what: &str) {
         let end = tokio::time::Instant::now() + DEADLINE;
-        while self.waiting().await < n {
+        while self.waiting_in(what).await < n {
             assert!(
                 tokio::time::Instant::now() < end,
-                "no session waited for the lock"
+                "no session waited for the lock (in a statement holding {what:?})"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1711,30 +1722,6 @@ async fn a_rescue_never_overwrites_a_finish_that_commits_while_it_runs() {
     );
 }
 
-/// How many sessions of the database wait for a lock in a statement whose text holds `what`.
-async fn waiting_in(w: &Watcher, what: &str) -> i64 {
-    w.query_one(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = $1 AND wait_event_type = 'Lock' AND strpos(query, $2) > 0",
-        &[&w.db, &what],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
-/// Waits until a session of the database waits for a lock in a statement holding `what`.
-async fn until_waiting_in(w: &Watcher, what: &str) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while waiting_in(w, what).await < 1 {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "nothing waited in {what:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A worker's group of outcomes and its heartbeat never deadlock: both lock the rows they
 /// change in id order. The interleaving that deadlocked under load (seen in `spool bench`) is
 /// forced here. Of three running tasks a < m < b, a third session holds m; the heartbeat naming
@@ -1783,7 +1770,7 @@ async fn a_group_of_outcomes_and_a_heartbeat_of_one_worker_never_deadlock() {
     let m_holder = hold_row(&url, m.id).await;
     // The completer's first group (the gate's outcome) waits for the gate's row...
     let gate_done = finish(&gate);
-    until_waiting_in(&watcher, "End several attempts").await;
+    watcher.until_waiting_in(1, "End several attempts").await;
     // ...while b's outcome and a's queue behind it (given time to, so both go in its next).
     let b_done = finish(&b);
     let a_done = finish(&a);
@@ -1794,7 +1781,7 @@ async fn a_group_of_outcomes_and_a_heartbeat_of_one_worker_never_deadlock() {
         s.lease_extend("W".into(), ids, conformance::LEASE, T0 + 5)
             .await
     });
-    until_waiting_in(&watcher, "Heartbeat").await;
+    watcher.until_waiting_in(1, "Heartbeat").await;
     // The gate goes: its group commits, and the group of b and a meets the heartbeat's lock.
     gate_holder.batch_execute("COMMIT").await.unwrap();
     let gate_end = tokio::time::timeout(DEADLINE, gate_done)
@@ -1802,7 +1789,7 @@ async fn a_group_of_outcomes_and_a_heartbeat_of_one_worker_never_deadlock() {
         .unwrap()
         .unwrap();
     assert_eq!(gate_end.unwrap().unwrap().status, TaskStatus::Completed);
-    until_waiting_in(&watcher, "End several attempts").await;
+    watcher.until_waiting_in(1, "End several attempts").await;
     // b's outcome waits with a's: one group (b alone would have committed by now).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(

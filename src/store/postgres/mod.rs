@@ -277,8 +277,7 @@ where
     let mut last = None;
     for cfg in configs {
         // A config naming several hosts (`?host=a&host=b`) is tried by tokio-postgres in turn.
-        let hosts = u32::try_from(cfg.get_hosts().len().max(1)).unwrap_or(u32::MAX);
-        let limit = timeout.saturating_mul(hosts);
+        let limit = timeout.saturating_mul(url::hosts_in(cfg));
         match tokio::time::timeout(limit, cfg.connect(tls.clone())).await {
             Ok(Ok(connected)) => return Ok(connected),
             Ok(Err(e)) => last = Some(e),
@@ -344,11 +343,7 @@ where
 /// The pool's limit for making one connection: `timeout` for each host the URL names (tried
 /// in turn, see [`connect_first`]), and once more.
 fn connect_limit(url: &PostgresUrl, timeout: Duration) -> Duration {
-    timeout.saturating_mul(
-        u32::try_from(url.hosts())
-            .unwrap_or(u32::MAX)
-            .saturating_add(1),
-    )
+    timeout.saturating_mul(url.hosts().saturating_add(1))
 }
 
 /// Readings of the database's clock taken at once, of which [`SyncedClock::adjust`] keeps the
@@ -520,6 +515,8 @@ impl PostgresStore {
 
     fn with_pool(opts: PostgresOptions, hub: Arc<EventHub>, clock: DbClock) -> Result<Self> {
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        // Only for deadpool's manager, which hands it to its connector: HostByHost connects
+        // through `configs` instead.
         let cfg = opts.url.config().map_err(StoreError::Unavailable)?;
         let mut configs = host_configs(&opts.url, timeout)?;
         for c in &mut configs {

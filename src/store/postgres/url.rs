@@ -173,8 +173,10 @@ impl PostgresUrl {
     }
 
     /// The number of hosts the URL names (each is tried in turn when connecting).
-    pub(crate) fn hosts(&self) -> usize {
-        self.config().map_or(1, |c| c.get_hosts().len().max(1))
+    pub(crate) fn hosts(&self) -> u32 {
+        self.host_configs()
+            .map_or(1, |cs| cs.iter().map(hosts_in).fold(0, u32::saturating_add))
+            .max(1)
     }
 
     /// The connection settings, with the password.
@@ -204,6 +206,13 @@ impl PostgresUrl {
     pub fn root_cert(&self) -> Option<&std::path::Path> {
         self.root_cert.as_deref()
     }
+}
+
+/// How many hosts tokio-postgres tries in turn for `cfg`: each host, or each address where
+/// only addresses are named; at least one.
+pub(crate) fn hosts_in(cfg: &tokio_postgres::Config) -> u32 {
+    let n = cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1);
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// A percent-encoded part of the URL, decoded (bytes that are not UTF-8 replaced).
